@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Each builds .venv itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The torch / torchvision pair that this project's CPU machines carry as wheels; on other
+# machines any matching pair works (override with `make test TORCH_PINS=`).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+WORKDIR ?= runs/demo
+
+.PHONY: demo test install install-test clean
+
+$(VENV)/.core: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+$(VENV)/.test: setup.py $(VENV)/.core
+	$(VENV)/bin/pip install -q -e ".[test]" $(TORCH_PINS)
+	touch $@
+
+install: $(VENV)/.core
+install-test: $(VENV)/.test
+
+demo: $(VENV)/.core
+	$(PY) launch/main.py --config configs/demo.py --workdir $(WORKDIR)
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs

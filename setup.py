@@ -1,0 +1,50 @@
+"""tripletclip_jax: CLIP pretraining with synthetic hard negatives (TripletCLIP) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10",
+    "flax>=0.12",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.11",
+    "grain>=0.2.12",
+    "ml_collections>=1.0",
+    "numpy>=1.26",
+    "pillow>=10",
+    "ftfy>=6.1",
+    "regex>=2023.0",
+    "protobuf>=4.25",
+    "tqdm>=4.66",
+    "tensorboardX>=2.6",
+    "safetensors>=0.4",
+    "huggingface_hub>=0.25",
+    "matplotlib>=3.8",
+    "absl-py>=2.0",
+]
+# The negatives tool and the HF reference models. torch is pinned to the CPU/GPU
+# wheels this project's machines carry; a newer torch works on GPU boxes too.
+GEN = ["torch>=2.4", "transformers>=4.45", "diffusers>=0.31", "accelerate>=1.0", "webdataset>=0.2.90"]
+TEST = GEN + [
+    "pytest>=8",
+    "torchvision>=0.19",
+    "open_clip_torch>=2.26",  # reference tokenizer and the benchmark baseline
+    "tensorflow-cpu>=2.16",  # TFRecord byte compatibility
+    "tensorflow-datasets>=4.9.4",
+]
+
+setup(
+    name="tripletclip_jax",
+    version="0.1.0",
+    description=__doc__,
+    packages=find_packages(include=["tripletclip_jax", "tripletclip_jax.*"]),
+    package_data={"tripletclip_jax": ["data/*.gz"]},
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require={
+        "tpu": ["jax[tpu]>=0.10"],
+        "gpu": ["jax[cuda12]>=0.10"],
+        "gen": GEN,
+        "tfds": ["tensorflow-datasets>=4.9.4", "tensorflow-cpu>=2.16"],
+        "test": TEST,
+    },
+)

@@ -1,0 +1,91 @@
+"""Model configuration and presets (shapes identical to OpenAI's CLIP)."""
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  image_size: int = 224
+  patch_size: int = 32
+  width: int = 768
+  layers: int = 12
+  heads: int = 12
+  mlp_ratio: float = 4.0
+
+  @property
+  def num_tokens(self) -> int:
+    return (self.image_size // self.patch_size) ** 2 + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+  vocab_size: int = 49408
+  context_length: int = 77
+  width: int = 512
+  layers: int = 12
+  heads: int = 8
+  mlp_ratio: float = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+  """Everything that defines the network, plus compute options.
+
+  `act` is "quick_gelu" (OpenAI weights) or "gelu"; `dtype` is the compute
+  dtype ("float32" or "bfloat16"); parameters are always float32.
+  """
+  embed_dim: int = 512
+  vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
+  text: TextConfig = dataclasses.field(default_factory=TextConfig)
+  act: str = "quick_gelu"
+  dtype: str = "float32"
+  remat: bool = False
+  attention_impl: str | None = None  # None lets JAX pick; "cudnn" / "xla" to force.
+  logit_scale_init: float = math.log(1 / 0.07)
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  def replace(self, **kw) -> "CLIPConfig":
+    return dataclasses.replace(self, **kw)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "CLIPConfig":
+    d = dict(d)
+    vision = VisionConfig(**d.pop("vision", {}))
+    text = TextConfig(**d.pop("text", {}))
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(f"Unknown model config keys {sorted(unknown)}; valid: "
+                       f"{[f.name for f in dataclasses.fields(cls)]}")
+    return cls(vision=vision, text=text, **d)
+
+
+PRESETS = {
+    # Trains in minutes on 2 CPU cores; used by tests and the demo.
+    "tiny": CLIPConfig(
+        embed_dim=64,
+        vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=2, heads=4),
+        text=TextConfig(context_length=32, width=128, layers=2, heads=4),
+        act="gelu"),
+    "vit_b32": CLIPConfig(),
+    "vit_b16": CLIPConfig(vision=VisionConfig(patch_size=16)),
+    "vit_l14": CLIPConfig(
+        embed_dim=768,
+        vision=VisionConfig(patch_size=14, width=1024, layers=24, heads=16),
+        text=TextConfig(width=768, layers=12, heads=12)),
+}
+
+
+def get_preset(name: str, **overrides) -> CLIPConfig:
+  """Returns preset `name` with top-level fields replaced by `overrides`."""
+  if name not in PRESETS:
+    raise ValueError(f"Unknown model preset {name!r}; choose one of {sorted(PRESETS)}.")
+  return PRESETS[name].replace(**overrides)

@@ -1,0 +1,143 @@
+"""Train state and the jitted, sharded, donated train step.
+
+Gradient accumulation keeps the contrastive loss exact (open_clip's
+`--accum-freq`): every micro-batch is first encoded without gradient, then
+each micro-batch is re-encoded with gradient and scored against the full set
+of embeddings. A naive split would shrink the set of negatives.
+"""
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from tripletclip_jax import losses, sharding
+from tripletclip_jax.models import CLIP, CLIPConfig, init_params
+from tripletclip_jax.train.optim import MAX_LOG_LOGIT_SCALE
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def create_train_state(config: CLIPConfig, tx: optax.GradientTransformation, mesh: Mesh, rng,
+                       min_fsdp_size: int = 2 ** 16):
+  """Initialises parameters and optimizer state directly in their shardings.
+
+  Returns (state, state_shardings); nothing is ever materialised whole on one host.
+  """
+  def init(rng):
+    params = init_params(config, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  shapes = jax.eval_shape(init, rng)
+  shardings = sharding.tree_shardings(shapes, mesh, min_fsdp_size)
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def encode_batch(model: CLIP, params, batch: dict, loss: str) -> dict:
+  """Encodes what `loss` needs; positives and negatives share one forward pass per tower.
+
+  Returns L2-normalised float32 embeddings {'img', 'txt', 'neg_img', 'neg_txt'} [N, D]
+  (the negatives are None when unused).
+  """
+  neg_img, neg_txt = losses.uses_negatives(loss)
+  n = batch["image"].shape[0]
+  images = jnp.concatenate([batch["image"], batch["neg_image"]]) if neg_img else batch["image"]
+  texts = jnp.concatenate([batch["text"], batch["neg_text"]]) if neg_txt else batch["text"]
+  vi = model.apply({"params": params}, images, method=CLIP.encode_image)
+  vt = model.apply({"params": params}, texts, method=CLIP.encode_text)
+  return {"img": vi[:n], "txt": vt[:n],
+          "neg_img": vi[n:] if neg_img else None, "neg_txt": vt[n:] if neg_txt else None}
+
+
+def _loss_from_embeds(loss: str, e: dict, log_scale):
+  return losses.compute_loss(loss, e["img"], e["txt"], e["neg_img"], e["neg_txt"], jnp.exp(log_scale))
+
+
+def batch_keys(loss: str) -> tuple[str, ...]:
+  neg_img, neg_txt = losses.uses_negatives(loss)
+  return ("image", "text") + (("neg_image",) if neg_img else ()) + (("neg_text",) if neg_txt else ())
+
+
+def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int = 1, mesh: Mesh | None = None):
+  """(loss, metrics), grads for one global batch; exact under accumulation."""
+  if accum_steps == 1:
+    def f(p):
+      return _loss_from_embeds(loss, encode_batch(model, p, batch, loss), p["logit_scale"])
+    return jax.value_and_grad(f, has_aux=True)(params)
+
+  n = batch["image"].shape[0]
+  if n % accum_steps:
+    raise ValueError(f"batch_size={n} does not split into accum_steps={accum_steps} micro-batches.")
+  m = n // accum_steps
+
+  # Micro-batch j takes examples j, j+A, j+2A, ...: each micro-batch stays spread over all
+  # devices. Every array is permuted the same way, and the losses are invariant to that.
+  def to_micro(x):
+    x = jnp.swapaxes(x.reshape((m, accum_steps) + x.shape[1:]), 0, 1)
+    if mesh is not None:
+      x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
+    return x
+  micro = {k: to_micro(batch[k]) for k in batch_keys(loss)}
+
+  frozen = jax.lax.stop_gradient(params)
+  all_e = jax.lax.map(lambda mb: encode_batch(model, frozen, mb, loss), micro)  # each [A, m, D]
+  flat = lambda e: jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), e)
+
+  # The temperature's gradient comes once, from the full set of embeddings.
+  (total, metrics), g_scale = jax.value_and_grad(
+      lambda s: _loss_from_embeds(loss, flat(all_e), s), has_aux=True)(params["logit_scale"])
+  log_scale = jax.lax.stop_gradient(params["logit_scale"])
+
+  def micro_grad(acc, j):
+    mb = jax.tree.map(lambda x: x[j], micro)
+    def f(p):
+      e_j = encode_batch(model, p, mb, loss)
+      e = jax.tree.map(lambda a, b: a.at[j].set(b), all_e, e_j)
+      return _loss_from_embeds(loss, flat(e), log_scale)[0]
+    g = jax.grad(f)(params)
+    return jax.tree.map(jnp.add, acc, g), None
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  grads, _ = jax.lax.scan(micro_grad, zeros, jnp.arange(accum_steps))
+  grads = dict(grads, logit_scale=g_scale)
+  return (total, metrics), grads
+
+
+def make_train_step(config: CLIPConfig, tx: optax.GradientTransformation, schedule: Callable,
+                    loss: str, mesh: Mesh, state_shardings, accum_steps: int = 1) -> Callable:
+  """Returns `step(state, batch) -> (state, metrics)`, jitted, with `state` donated.
+
+  `batch` holds global arrays split over the mesh: image/neg_image [N, H, W, 3]
+  float32, text/neg_text [N, L] int32.
+  """
+  model = CLIP(config)
+
+  def step(state: TrainState, batch: dict):
+    (value, metrics), grads = loss_and_grads(model, state.params, batch, loss, accum_steps, mesh)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    params = dict(params, logit_scale=jnp.minimum(params["logit_scale"], MAX_LOG_LOGIT_SCALE))
+    metrics = dict(metrics, loss=value, grad_norm=optax.tree.norm(grads),
+                   logit_scale=jnp.exp(params["logit_scale"]), learning_rate=schedule(state.step))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  keys = batch_keys(loss)
+  jitted = jax.jit(step, in_shardings=(state_shardings, {k: sharding.batch_sharding(mesh) for k in keys}),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+  def run(state: TrainState, batch: dict):
+    missing = [k for k in keys if k not in batch]
+    if missing:
+      raise KeyError(f"loss {loss!r} needs batch keys {missing}; the batch has {sorted(batch)}.")
+    return jitted(state, {k: batch[k] for k in keys})  # the loss ignores the other keys
+
+  return run
