@@ -14,6 +14,7 @@ CORE = [
     "ftfy>=6.1",
     "regex>=2023.0",
     "protobuf>=4.25",
+    "google-crc32c>=1.5",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
     "safetensors>=0.4",

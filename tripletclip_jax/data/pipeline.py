@@ -1,0 +1,206 @@
+"""The Grain input pipeline: shards -> shuffled, per-process, decoded, batched numpy.
+
+    ds = make_dataset("data/train-*.tfrecord", batch_size=256, image_size=224, seed=0)
+    it = iter(ds)            # batches {image, neg_image, text, neg_text, bad_counts}
+    state = it.get_state()   # checkpointable, also with worker processes
+
+Bad records (undecodable image, missing feature, empty caption, CRC mismatch,
+truncated shard) are skipped, counted by reason in each batch's `bad_counts`
+and logged once with shard and key. Too many in a window stops the run.
+"""
+
+import bisect
+import collections
+import logging
+import os
+from typing import Any
+
+import grain
+import numpy as np
+
+from tripletclip_jax.data import image_ops, records
+from tripletclip_jax.data.tokenizer import tokenize
+
+BAD_REASONS = ("undecodable_image", "missing_feature", "empty_caption", "crc_mismatch", "truncated")
+log = logging.getLogger(__name__)
+
+
+class ShardSource:
+  """Random access over every record of every shard, through the index sidecars.
+
+  `source[i]` -> (shard path, payload bytes or None, bad reason or None, detail).
+  Picklable: file handles open lazily in each worker process.
+  """
+
+  def __init__(self, paths: list[str], verify_crc: bool = True):
+    self.paths = list(paths)
+    self.verify_crc = verify_crc
+    counts = [len(records.load_index(p)) for p in self.paths]
+    self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    self._indexes: dict[int, np.ndarray] = {}
+    self._files: dict[int, Any] = {}
+    self._pid = None
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  def __getstate__(self):
+    return {k: v for k, v in self.__dict__.items() if k not in ("_files", "_indexes")}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _files={}, _indexes={})
+
+  def _locate(self, i: int) -> tuple[int, int, int]:
+    s = bisect.bisect_right(self.starts, i) - 1
+    if s not in self._indexes:
+      self._indexes[s] = records.load_index(self.paths[s])
+    offset, _ = self._indexes[s][i - self.starts[s]]
+    return s, int(offset), i - int(self.starts[s])
+
+  def __getitem__(self, i: int):
+    if self._pid != os.getpid():  # never share file offsets with a forked parent
+      self._files, self._pid = {}, os.getpid()
+    s, offset, local = self._locate(int(i))
+    if s not in self._files:
+      self._files[s] = open(self.paths[s], "rb")
+    try:
+      return self.paths[s], records.read_at(self._files[s], offset, self.paths[s], self.verify_crc), None, ""
+    except records.RecordError as e:
+      return self.paths[s], None, e.reason, f"record {local}: {e}"
+
+
+def _bad(reason: str, where: str, detail: str) -> dict:
+  return {"_bad": reason, "_where": where, "_detail": detail}
+
+
+class Preprocess:
+  """Record -> {image, neg_image, text, neg_text} numpy arrays, or a bad-record marker."""
+
+  def __init__(self, image_size: int, context_length: int, train: bool, crop_scale=(0.9, 1.0)):
+    self.image_size, self.context_length, self.train = image_size, context_length, train
+    self.crop_scale = tuple(crop_scale)
+
+  def __call__(self, item, rng: np.random.Generator | None = None):
+    path, payload, reason, detail = item
+    shard = os.path.basename(path)
+    if payload is None:
+      return _bad(reason, shard, detail)
+    try:
+      ex = records.decode_example(payload)
+    except Exception as e:  # noqa: BLE001 - a corrupt payload whose CRC was not checked
+      return _bad("undecodable_image", shard, f"unparseable Example: {e}")
+    key = ex.get("key", b"?")
+    where = f"{shard}:{key.decode('utf-8', 'replace') if isinstance(key, bytes) else key}"
+    missing = [f for f in records.REQUIRED if f not in ex or ex[f] == []]
+    if missing:
+      return _bad("missing_feature", where, f"missing {missing}")
+    caps = [ex["caption"].decode("utf-8", "replace"), ex["neg_caption"].decode("utf-8", "replace")]
+    if not all(c.strip() for c in caps):
+      return _bad("empty_caption", where, "empty caption or neg_caption")
+    try:
+      if self.train:
+        imgs = [image_ops.train_transform(ex[f], self.image_size, rng, self.crop_scale) for f in ("image", "neg_image")]
+      else:
+        imgs = [image_ops.eval_transform(ex[f], self.image_size) for f in ("image", "neg_image")]
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt images
+      return _bad("undecodable_image", where, f"{type(e).__name__}: {e}")
+    text = tokenize(caps, self.context_length)
+    return {"image": imgs[0], "neg_image": imgs[1], "text": text[0], "neg_text": text[1]}
+
+
+class TooManyBadRecords(RuntimeError):
+  pass
+
+
+class _SkipBadBatchIterator(grain.DatasetIterator):
+  def __init__(self, parent, batch_size: int, drop_remainder: bool, max_bad_fraction: float, window: int):
+    super().__init__(parent)
+    self._batch_size, self._drop_remainder = batch_size, drop_remainder
+    self._max_bad, self._window = max_bad_fraction, collections.deque(maxlen=window)
+    self._logged = set()
+
+  def __next__(self):
+    good, counts = [], np.zeros(len(BAD_REASONS), np.int64)
+    while len(good) < self._batch_size:
+      try:
+        el = next(self._parent)
+      except StopIteration:
+        break
+      if "_bad" in el:
+        counts[BAD_REASONS.index(el["_bad"])] += 1
+        if (el["_where"], el["_detail"]) not in self._logged:
+          self._logged.add((el["_where"], el["_detail"]))
+          log.warning("Skipped bad record (%s) %s: %s", el["_bad"], el["_where"], el["_detail"])
+        self._window.append(el["_where"].split(":")[0])
+        self._check_window()
+      else:
+        good.append(el)
+        self._window.append(None)
+    if not good or (self._drop_remainder and len(good) < self._batch_size):
+      raise StopIteration
+    batch = {k: np.stack([g[k] for g in good]) for k in good[0]}
+    batch["bad_counts"] = counts
+    return batch
+
+  def _check_window(self):
+    if len(self._window) < self._window.maxlen:
+      return
+    bad = [s for s in self._window if s is not None]
+    if len(bad) > self._max_bad * len(self._window):
+      shards = sorted(set(bad))
+      raise TooManyBadRecords(
+          f"{len(bad)} of the last {len(self._window)} records are bad (limit max_bad_fraction="
+          f"{self._max_bad}) in shards {shards}: check or regenerate them, or raise max_bad_fraction.")
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state):
+    self._parent.set_state(state)
+
+
+class SkipBadBatch(grain.IterDataset):
+  """Batches `batch_size` good elements, skipping and counting bad-record markers."""
+
+  def __init__(self, parent, batch_size: int, drop_remainder: bool = True, max_bad_fraction: float = 0.01,
+               window: int = 1000):
+    super().__init__(parent)
+    self._args = (batch_size, drop_remainder, max_bad_fraction, window)
+
+  def __iter__(self):
+    return _SkipBadBatchIterator(self._parent.__iter__(), *self._args)
+
+
+def make_dataset(pattern: str, *, batch_size: int, image_size: int, context_length: int = 77,
+                 train: bool = True, seed: int = 0, num_epochs: int | None = None, shuffle: bool | None = None,
+                 num_workers: int = 0, process_index: int | None = None, process_count: int | None = None,
+                 crop_scale=(0.9, 1.0), max_bad_fraction: float = 0.01, bad_window: int = 1000,
+                 drop_remainder: bool | None = None) -> grain.IterDataset:
+  """Per-process batches from TripletData shards.
+
+  `batch_size` is this process's share of the global batch. The order is a
+  global shuffle from `seed`, reshuffled each epoch; process p takes every
+  `process_count`-th element of it, so shares are disjoint and complete.
+  Eval mode (`train=False`) defaults to one epoch, no shuffle, keeping the
+  last partial batch.
+  """
+  if process_index is None or process_count is None:
+    import jax  # only for the process layout; the pipeline itself needs no JAX
+    process_index, process_count = jax.process_index(), jax.process_count()
+  source = ShardSource(records.resolve_shards(pattern))
+  if len(source) == 0:
+    raise ValueError(f"The shards matching {pattern!r} hold no records.")
+  shuffle = train if shuffle is None else shuffle
+  ds = grain.MapDataset.source(source)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  if train or num_epochs:
+    ds = ds.repeat(num_epochs)  # None: forever, reshuffled every epoch
+  ds = ds[process_index::process_count]
+  prep = Preprocess(image_size, context_length, train, crop_scale)
+  ds = ds.random_map(prep, seed=seed) if train else ds.map(prep)
+  ds = ds.to_iter_dataset()
+  ds = SkipBadBatch(ds, batch_size, train if drop_remainder is None else drop_remainder, max_bad_fraction, bad_window)
+  if num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return ds

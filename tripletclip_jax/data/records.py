@@ -1,0 +1,242 @@
+"""TripletData records: `tf.train.Example` protos in TFRecord shards, without TensorFlow.
+
+A shard `NAME-00000-of-00064.tfrecord` has an index sidecar
+`NAME-00000-of-00064.tfrecord.index.npy` (int64 [N, 2]: offset, length of each
+record) for random access. Framing is TFRecord's: uint64 length, masked
+CRC32C of the length, payload, masked CRC32C of the payload. The Example
+message classes are built with the protobuf library from a descriptor that is
+wire-identical to tensorflow/core/example/example.proto, so files are
+byte-compatible with TensorFlow both ways.
+"""
+
+import glob as globlib
+import json
+import os
+import struct
+from typing import Iterator
+
+import google_crc32c
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+SCHEMA_VERSION = 1
+REQUIRED = ("key", "image", "caption", "neg_image", "neg_caption")
+OPTIONAL = ("neg_type", "neg_source", "source", "clip_score")
+INDEX_SUFFIX = ".index.npy"
+MANIFEST = "manifest.json"
+
+
+class RecordError(Exception):
+  """A record that cannot be read; `reason` is one of the bad-data categories."""
+
+  def __init__(self, reason: str, message: str):
+    super().__init__(message)
+    self.reason = reason
+
+
+def _build_example_classes():
+  f = descriptor_pb2.FileDescriptorProto(name="tripletclip_jax/example.proto", package="tripletclip_jax", syntax="proto3")
+  T = descriptor_pb2.FieldDescriptorProto
+  def msg(name, fields, nested=(), oneof=None):
+    m = f.message_type.add(name=name)
+    for n in nested:
+      m.nested_type.add().CopyFrom(n)
+    if oneof:
+      m.oneof_decl.add(name=oneof)
+    for number, (fname, ftype, label, type_name, packed) in enumerate(fields, 1):
+      fd = m.field.add(name=fname, number=number, type=ftype, label=label)
+      if type_name:
+        fd.type_name = type_name
+      if packed:
+        fd.options.packed = True
+      if oneof:
+        fd.oneof_index = 0
+    return m
+  rep, opt = T.LABEL_REPEATED, T.LABEL_OPTIONAL
+  msg("BytesList", [("value", T.TYPE_BYTES, rep, None, False)])
+  msg("FloatList", [("value", T.TYPE_FLOAT, rep, None, True)])
+  msg("Int64List", [("value", T.TYPE_INT64, rep, None, True)])
+  msg("Feature", [("bytes_list", T.TYPE_MESSAGE, opt, ".tripletclip_jax.BytesList", False),
+                  ("float_list", T.TYPE_MESSAGE, opt, ".tripletclip_jax.FloatList", False),
+                  ("int64_list", T.TYPE_MESSAGE, opt, ".tripletclip_jax.Int64List", False)], oneof="kind")
+  entry = descriptor_pb2.DescriptorProto(name="FeatureEntry")
+  entry.field.add(name="key", number=1, type=T.TYPE_STRING, label=opt)
+  entry.field.add(name="value", number=2, type=T.TYPE_MESSAGE, label=opt, type_name=".tripletclip_jax.Feature")
+  entry.options.map_entry = True
+  msg("Features", [("feature", T.TYPE_MESSAGE, rep, ".tripletclip_jax.Features.FeatureEntry", False)], nested=[entry])
+  msg("Example", [("features", T.TYPE_MESSAGE, opt, ".tripletclip_jax.Features", False)])
+  pool = descriptor_pool.DescriptorPool()
+  pool.Add(f)
+  return message_factory.GetMessageClass(pool.FindMessageTypeByName("tripletclip_jax.Example"))
+
+
+Example = _build_example_classes()
+
+
+def encode_example(features: dict) -> bytes:
+  """dict -> serialized Example. bytes/str -> bytes_list, float -> float_list, int -> int64_list."""
+  ex = Example()
+  for name, value in features.items():
+    if value is None:
+      continue
+    feat = ex.features.feature[name]
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if all(isinstance(v, (bytes, str)) for v in values):
+      feat.bytes_list.value.extend(v.encode("utf-8") if isinstance(v, str) else v for v in values)
+    elif all(isinstance(v, (bool, int, np.integer)) for v in values):
+      feat.int64_list.value.extend(int(v) for v in values)
+    elif all(isinstance(v, (float, int, np.floating, np.integer)) for v in values):
+      feat.float_list.value.extend(float(v) for v in values)
+    else:
+      raise TypeError(f"feature {name!r}: unsupported value {value!r}")
+  return ex.SerializeToString(deterministic=True)
+
+
+def decode_example(data: bytes) -> dict:
+  """Serialized Example -> {name: bytes | float | int | list}; single values are unwrapped."""
+  ex = Example.FromString(data)
+  out = {}
+  for name, feat in ex.features.feature.items():
+    kind = feat.WhichOneof("kind")
+    values = list(getattr(feat, kind).value) if kind else []
+    out[name] = values[0] if len(values) == 1 else values
+  return out
+
+
+def _masked_crc(data: bytes) -> int:
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame(payload: bytes) -> bytes:
+  """TFRecord framing of one record."""
+  length = struct.pack("<Q", len(payload))
+  return length + struct.pack("<I", _masked_crc(length)) + payload + struct.pack("<I", _masked_crc(payload))
+
+
+def read_at(f, offset: int, path: str = "", verify: bool = True) -> bytes:
+  """Reads the framed record at byte `offset` of open file `f`; raises RecordError."""
+  f.seek(offset)
+  head = f.read(12)
+  if len(head) < 12:
+    raise RecordError("truncated", f"{path}: truncated record header at byte {offset}")
+  length, = struct.unpack("<Q", head[:8])
+  if verify and struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
+    raise RecordError("crc_mismatch", f"{path}: length CRC mismatch at byte {offset}")
+  body = f.read(length + 4)
+  if len(body) < length + 4:
+    raise RecordError("truncated", f"{path}: truncated record at byte {offset} (shard cut short)")
+  payload = body[:length]
+  if verify and struct.unpack("<I", body[length:])[0] != _masked_crc(payload):
+    raise RecordError("crc_mismatch", f"{path}: data CRC mismatch at byte {offset}")
+  return payload
+
+
+def scan(path: str) -> np.ndarray:
+  """Offsets and lengths [N, 2] of the records in `path`, found by walking the framing.
+
+  A cut-off tail becomes a last row with length -1, so that reading it reports
+  the truncation instead of losing it silently.
+  """
+  rows, offset, size = [], 0, os.path.getsize(path)
+  with open(path, "rb") as f:
+    while offset < size:
+      head = f.read(12)
+      length = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
+      if length < 0 or offset + 16 + length > size:
+        rows.append((offset, -1))
+        break
+      rows.append((offset, length))
+      offset += 16 + length
+      f.seek(offset)
+  return np.asarray(rows, np.int64).reshape(-1, 2)
+
+
+def iter_records(path: str, verify: bool = True) -> Iterator[bytes]:
+  """Sequential read of a shard's payloads (raises RecordError at a bad record)."""
+  with open(path, "rb") as f:
+    for offset, _ in load_index(path):
+      yield read_at(f, int(offset), path, verify)
+
+
+def shard_name(prefix: str, index: int, count: int) -> str:
+  return f"{prefix}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+class ShardWriter:
+  """Writes one shard atomically: a temporary file renamed into place on close.
+
+  A writer killed mid-way leaves only `*.tmp-PID` files, never a shard or
+  index that looks complete.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    self._tmp = f"{path}.tmp-{os.getpid()}"
+    self._f = open(self._tmp, "wb")
+    self._index = []
+    self.count = 0
+
+  def write(self, features: dict) -> None:
+    payload = encode_example(features)
+    self._index.append((self._f.tell(), len(payload)))
+    self._f.write(frame(payload))
+    self.count += 1
+
+  def close(self) -> None:
+    self._f.flush()
+    os.fsync(self._f.fileno())
+    self._f.close()
+    index_tmp = f"{self.path}{INDEX_SUFFIX}.tmp-{os.getpid()}.npy"
+    np.save(index_tmp, np.asarray(self._index, np.int64).reshape(-1, 2))
+    os.replace(index_tmp, self.path + INDEX_SUFFIX)  # index first: a shard never lacks its index
+    os.replace(self._tmp, self.path)
+
+  def abort(self) -> None:
+    self._f.close()
+    if os.path.exists(self._tmp):
+      os.remove(self._tmp)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, *_):
+    self.abort() if exc_type else self.close()
+
+
+def write_manifest(directory: str, name: str, shards: list[str], counts: list[int], **how_made) -> str:
+  """Writes `manifest.json`: counts per shard, schema version and how the data was made."""
+  manifest = {"name": name, "schema_version": SCHEMA_VERSION, "num_examples": int(sum(counts)),
+              "shards": [{"file": os.path.basename(s), "num_examples": int(c)} for s, c in zip(shards, counts)],
+              "features": {"required": list(REQUIRED), "optional": list(OPTIONAL)}, "created_by": how_made}
+  path = os.path.join(directory, MANIFEST)
+  with open(path + ".tmp", "w") as f:
+    json.dump(manifest, f, indent=2)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def resolve_shards(pattern: str) -> list[str]:
+  """A directory, a glob or a comma-separated list -> sorted shard paths; clear error if none."""
+  paths = []
+  for part in pattern.split(","):
+    part = part.strip()
+    if os.path.isdir(part):
+      part = os.path.join(part, "*.tfrecord")
+    found = sorted(globlib.glob(part))
+    if not found:
+      raise FileNotFoundError(f"No TFRecord shards match {part!r}: check the path (a directory, a glob "
+                              "such as data/train-*.tfrecord, or a comma-separated list).")
+    paths.extend(found)
+  return paths
+
+
+def load_index(path: str) -> np.ndarray:
+  """The shard's record index [N, 2], from its sidecar or by scanning (shards written by TensorFlow).
+
+  Records past the end of a cut-off shard stay in the index; reading them raises
+  RecordError('truncated').
+  """
+  side = path + INDEX_SUFFIX
+  return np.load(side) if os.path.exists(side) else scan(path)
