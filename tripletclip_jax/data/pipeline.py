@@ -1,7 +1,7 @@
 """The Grain input pipeline: shards -> shuffled, per-process, decoded, batched numpy.
 
     ds = make_dataset("data/train-*.tfrecord", batch_size=256, image_size=224, seed=0)
-    it = iter(ds)            # batches {image, neg_image, text, neg_text, bad_counts}
+    it = iter(ds)            # batches {image, neg_image, text, neg_text, key, bad_counts}
     state = it.get_state()   # checkpointable, also with worker processes
 
 Bad records (undecodable image, missing feature, empty caption, CRC mismatch,
@@ -58,11 +58,11 @@ class ShardSource:
     return s, int(offset), i - int(self.starts[s])
 
   def __getitem__(self, i: int):
-    if self._pid != os.getpid():  # never share file offsets with a forked parent
+    if self._pid != os.getpid():  # descriptors are per process: reopen after a fork
       self._files, self._pid = {}, os.getpid()
     s, offset, local = self._locate(int(i))
     if s not in self._files:
-      self._files[s] = open(self.paths[s], "rb")
+      self._files[s] = os.open(self.paths[s], os.O_RDONLY)
     try:
       return self.paths[s], records.read_at(self._files[s], offset, self.paths[s], self.verify_crc), None, ""
     except records.RecordError as e:
@@ -90,7 +90,8 @@ class Preprocess:
     except Exception as e:  # noqa: BLE001 - a corrupt payload whose CRC was not checked
       return _bad("undecodable_image", shard, f"unparseable Example: {e}")
     key = ex.get("key", b"?")
-    where = f"{shard}:{key.decode('utf-8', 'replace') if isinstance(key, bytes) else key}"
+    key = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+    where = f"{shard}:{key}"
     missing = [f for f in records.REQUIRED if f not in ex or ex[f] == []]
     if missing:
       return _bad("missing_feature", where, f"missing {missing}")
@@ -105,7 +106,7 @@ class Preprocess:
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt images
       return _bad("undecodable_image", where, f"{type(e).__name__}: {e}")
     text = tokenize(caps, self.context_length)
-    return {"image": imgs[0], "neg_image": imgs[1], "text": text[0], "neg_text": text[1]}
+    return {"image": imgs[0], "neg_image": imgs[1], "text": text[0], "neg_text": text[1], "key": np.bytes_(key)}
 
 
 class TooManyBadRecords(RuntimeError):

@@ -114,16 +114,18 @@ def frame(payload: bytes) -> bytes:
   return length + struct.pack("<I", _masked_crc(length)) + payload + struct.pack("<I", _masked_crc(payload))
 
 
-def read_at(f, offset: int, path: str = "", verify: bool = True) -> bytes:
-  """Reads the framed record at byte `offset` of open file `f`; raises RecordError."""
-  f.seek(offset)
-  head = f.read(12)
+def read_at(fd: int, offset: int, path: str = "", verify: bool = True) -> bytes:
+  """Reads the framed record at byte `offset` of file descriptor `fd`; raises RecordError.
+
+  Positional reads (pread) share no file offset, so threads may read one file at once.
+  """
+  head = os.pread(fd, 12, offset)
   if len(head) < 12:
     raise RecordError("truncated", f"{path}: truncated record header at byte {offset}")
   length, = struct.unpack("<Q", head[:8])
   if verify and struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
     raise RecordError("crc_mismatch", f"{path}: length CRC mismatch at byte {offset}")
-  body = f.read(length + 4)
+  body = os.pread(fd, length + 4, offset + 12)
   if len(body) < length + 4:
     raise RecordError("truncated", f"{path}: truncated record at byte {offset} (shard cut short)")
   payload = body[:length]
@@ -154,9 +156,12 @@ def scan(path: str) -> np.ndarray:
 
 def iter_records(path: str, verify: bool = True) -> Iterator[bytes]:
   """Sequential read of a shard's payloads (raises RecordError at a bad record)."""
-  with open(path, "rb") as f:
+  fd = os.open(path, os.O_RDONLY)
+  try:
     for offset, _ in load_index(path):
-      yield read_at(f, int(offset), path, verify)
+      yield read_at(fd, int(offset), path, verify)
+  finally:
+    os.close(fd)
 
 
 def shard_name(prefix: str, index: int, count: int) -> str:

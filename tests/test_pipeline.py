@@ -1,0 +1,123 @@
+"""The Grain pipeline: determinism, resumable state with workers, process shares, bad data."""
+
+import io
+
+import numpy as np
+import pytest
+from absl import flags
+from PIL import Image
+
+from tripletclip_jax.data import demo_world, pipeline, records
+
+flags.FLAGS.mark_as_parsed()  # grain's multiprocessing reads an absl flag
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("demo"))
+  demo_world.write_demo_data(d, num_train=96, num_eval=4, seed=0, num_shards=3)
+  return d
+
+
+def _ds(demo_dir, **kw):
+  kw = {"batch_size": 8, "image_size": 32, "context_length": 16, "seed": 1, **kw}
+  return pipeline.make_dataset(f"{demo_dir}/train", **kw)
+
+
+def _keys(batches):
+  return [k.decode() for b in batches for k in b["key"]]
+
+
+def test_batches_have_the_right_shapes(demo_dir):
+  b = next(iter(_ds(demo_dir)))
+  assert b["image"].shape == (8, 32, 32, 3) and b["image"].dtype == np.float32
+  assert b["neg_image"].shape == (8, 32, 32, 3)
+  assert b["text"].shape == (8, 16) and b["text"].dtype == np.int32 and np.all(b["text"][:, 0] == 49406)
+  assert b["bad_counts"].tolist() == [0] * len(pipeline.BAD_REASONS)
+  assert abs(float(b["image"].mean())) < 2.0
+
+
+def test_order_is_seeded_and_reshuffled_each_epoch(demo_dir):
+  take = lambda ds, n: [next(it) for it in [iter(ds)] for _ in range(n)]
+  a, b = _keys(take(_ds(demo_dir), 24)), _keys(take(_ds(demo_dir), 24))
+  assert a == b
+  assert a != _keys(take(_ds(demo_dir, seed=2), 24))
+  epoch1, epoch2 = a[:96], a[96:]
+  assert sorted(epoch1) == sorted(epoch2) == sorted(set(epoch1)) and epoch1 != epoch2
+
+
+def test_state_restores_exactly_with_worker_processes(demo_dir):
+  ds = _ds(demo_dir, num_workers=2)
+  it = iter(ds)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  want = [next(it) for _ in range(5)]
+  it.close()
+  it2 = iter(_ds(demo_dir, num_workers=2))
+  it2.set_state(state)
+  got = [next(it2) for _ in range(5)]
+  it2.close()
+  for w, g in zip(want, got):
+    for k in w:
+      np.testing.assert_array_equal(w[k], g[k])
+
+
+@pytest.mark.parametrize("count", [2, 3, 5])
+def test_process_shares_are_disjoint_and_complete(demo_dir, count):
+  shares = [set(_keys(_ds(demo_dir, train=False, process_index=i, process_count=count))) for i in range(count)]
+  assert sum(len(s) for s in shares) == 96
+  assert len(set().union(*shares)) == 96
+
+
+def _png(color):
+  buf = io.BytesIO()
+  Image.new("RGB", (40, 40), color).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _bad_shards(tmp_path, n_good=20):
+  good = lambda i: {"key": f"g{i}", "image": _png("red"), "caption": "a red square",
+                    "neg_image": _png("blue"), "neg_caption": "a blue square"}
+  path = str(tmp_path / records.shard_name("bad", 0, 2))
+  with records.ShardWriter(path) as w:
+    for i in range(n_good):
+      w.write(good(i))
+    w.write(dict(good(100), key="corrupt", image=b"not an image"))
+    w.write({k: v for k, v in good(101).items() if k != "neg_caption"} | {"key": "missing"})
+    w.write(dict(good(102), key="empty", caption="   "))
+    w.write(dict(good(103), key="crc"))
+  data = bytearray(open(path, "rb").read())
+  off = int(records.load_index(path)[-1, 0])
+  data[off + 30] ^= 0xFF  # corrupt the payload of the last record: CRC mismatch
+  open(path, "wb").write(bytes(data))
+  path2 = str(tmp_path / records.shard_name("bad", 1, 2))
+  with records.ShardWriter(path2) as w:
+    for i in range(3):
+      w.write(good(200 + i))
+  open(path2, "r+b").truncate(records.load_index(path2)[-1, 0] + 10)  # the last record is cut short
+  return str(tmp_path)
+
+
+def test_bad_records_are_skipped_and_counted_by_reason(tmp_path, caplog):
+  d = _bad_shards(tmp_path)
+  ds = pipeline.make_dataset(d, batch_size=4, image_size=32, context_length=16, train=False, max_bad_fraction=1.0)
+  batches = list(ds)
+  counts = dict(zip(pipeline.BAD_REASONS, sum(b["bad_counts"] for b in batches).tolist()))
+  assert counts == {"undecodable_image": 1, "missing_feature": 1, "empty_caption": 1, "crc_mismatch": 1, "truncated": 1}
+  assert sorted(_keys(batches)) == sorted([f"g{i}" for i in range(20)] + ["g200", "g201"])
+  logged = caplog.text
+  assert "bad-00000-of-00002.tfrecord:corrupt" in logged and "bad-00000-of-00002.tfrecord:empty" in logged
+
+
+def test_too_many_bad_records_stop_with_the_shard_names(tmp_path):
+  d = _bad_shards(tmp_path, n_good=3)
+  ds = pipeline.make_dataset(d, batch_size=2, image_size=32, context_length=16, train=False,
+                             max_bad_fraction=0.01, bad_window=8)
+  with pytest.raises(pipeline.TooManyBadRecords, match=r"bad-00000-of-00002\.tfrecord"):
+    list(ds)
+
+
+def test_missing_data_fails_at_once(tmp_path):
+  with pytest.raises(FileNotFoundError, match="No TFRecord shards match"):
+    pipeline.make_dataset(str(tmp_path / "nope" / "*.tfrecord"), batch_size=2, image_size=32)

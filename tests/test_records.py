@@ -1,0 +1,97 @@
+"""Record format: TFRecord framing and tf.train.Example, byte-compatible with TensorFlow."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tripletclip_jax.data import records
+
+FEATURES = {"key": "k-0", "image": b"\x89PNG\x00\x01", "caption": "a red circle \u00e9",
+            "neg_image": b"\xff\xd8jpeg", "neg_caption": "a blue circle", "clip_score": 0.25, "count": 3}
+
+
+def _write(path, rows):
+  with records.ShardWriter(path) as w:
+    for r in rows:
+      w.write(r)
+
+
+def test_tensorflow_reads_our_shards(tmp_path):
+  tf = pytest.importorskip("tensorflow")
+  path = str(tmp_path / records.shard_name("t", 0, 1))
+  rows = [dict(FEATURES, key=f"k-{i}") for i in range(5)]
+  _write(path, rows)
+  spec = {"key": tf.io.FixedLenFeature([], tf.string), "image": tf.io.FixedLenFeature([], tf.string),
+          "caption": tf.io.FixedLenFeature([], tf.string), "clip_score": tf.io.FixedLenFeature([], tf.float32),
+          "count": tf.io.FixedLenFeature([], tf.int64)}
+  got = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(path)]
+  assert [g["key"].numpy().decode() for g in got] == [r["key"] for r in rows]
+  assert got[0]["image"].numpy() == FEATURES["image"]
+  assert got[0]["caption"].numpy().decode() == FEATURES["caption"]
+  assert got[0]["clip_score"].numpy() == np.float32(0.25) and got[0]["count"].numpy() == 3
+
+
+def test_we_read_tensorflow_shards_and_match_its_bytes(tmp_path):
+  tf = pytest.importorskip("tensorflow")
+  path = str(tmp_path / "tf-00000-of-00001.tfrecord")
+  feature = lambda v: (tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() if isinstance(v, str) else v]))
+                       if isinstance(v, (str, bytes)) else
+                       tf.train.Feature(float_list=tf.train.FloatList(value=[v])) if isinstance(v, float) else
+                       tf.train.Feature(int64_list=tf.train.Int64List(value=[v])))
+  protos = [tf.train.Example(features=tf.train.Features(feature={k: feature(v) for k, v in dict(FEATURES, key=f"k-{i}").items()}))
+            for i in range(4)]
+  with tf.io.TFRecordWriter(path) as w:
+    for p in protos:
+      w.write(p.SerializeToString(deterministic=True))
+  got = [records.decode_example(r) for r in records.iter_records(path)]  # no index sidecar: scanned
+  assert [g["key"] for g in got] == [f"k-{i}".encode() for i in range(4)]
+  assert got[0]["clip_score"] == pytest.approx(0.25) and got[0]["count"] == 3
+  # Serialisation is byte-identical to TensorFlow's, and so is the framing.
+  assert records.encode_example(dict(FEATURES, key="k-0")) == protos[0].SerializeToString(deterministic=True)
+  ours = str(tmp_path / "ours.tfrecord")
+  _write(ours, [dict(FEATURES, key=f"k-{i}") for i in range(4)])
+  assert open(ours, "rb").read() == open(path, "rb").read()
+
+
+def test_index_sidecar_and_random_access(tmp_path):
+  path = str(tmp_path / records.shard_name("t", 0, 1))
+  _write(path, [dict(FEATURES, key=f"k-{i}", caption="x" * i) for i in range(10)])
+  index = records.load_index(path)
+  assert index.shape == (10, 2)
+  np.testing.assert_array_equal(index, records.scan(path))
+  fd = os.open(path, os.O_RDONLY)
+  assert records.decode_example(records.read_at(fd, int(index[7, 0]), path))["key"] == b"k-7"
+  os.close(fd)
+
+
+def test_killed_writer_leaves_no_complete_looking_shard(tmp_path):
+  path = str(tmp_path / records.shard_name("t", 0, 1))
+  with pytest.raises(RuntimeError):
+    with records.ShardWriter(path) as w:
+      w.write(FEATURES)
+      raise RuntimeError("killed")
+  assert os.listdir(tmp_path) == []
+  w = records.ShardWriter(path)
+  w.write(FEATURES)  # never closed, as if SIGKILLed
+  assert not os.path.exists(path) and not os.path.exists(path + records.INDEX_SUFFIX)
+
+
+def test_crc_and_truncation_are_detected(tmp_path):
+  path = str(tmp_path / "t.tfrecord")
+  _write(path, [dict(FEATURES, key=f"k-{i}") for i in range(3)])
+  data = bytearray(open(path, "rb").read())
+  data[20] ^= 0xFF  # inside the first payload
+  open(path, "wb").write(bytes(data[:-10]))  # and cut the last record short
+  it = records.iter_records(path)
+  with pytest.raises(records.RecordError) as e:
+    next(it)
+  assert e.value.reason == "crc_mismatch"
+  os.remove(path + records.INDEX_SUFFIX)  # a scanned shard reports its cut-off tail too
+  index = records.scan(path)
+  assert index.shape == (3, 2) and index[-1, 1] == -1
+
+
+def test_missing_path_is_clear(tmp_path):
+  with pytest.raises(FileNotFoundError, match="No TFRecord shards match"):
+    records.resolve_shards(str(tmp_path / "nothing-*.tfrecord"))
