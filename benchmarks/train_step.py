@@ -19,7 +19,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -27,19 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from tripletclip_jax import sharding  # noqa: E402
 from tripletclip_jax.models import forward_flops, get_preset, init_params, train_flops_per_example  # noqa: E402
 from tripletclip_jax.train import create_train_state, make_optimizer, make_train_step  # noqa: E402
-
-
-def matmul_peak(dtype, n: int, reps: int = 5) -> float:
-  """Measured FLOP/s of a square matmul on the default backend."""
-  a = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * n ** 3 / min(times)
+from tripletclip_jax.train.metrics import measure_matmul_peak  # noqa: E402
 
 
 def make_batch(cfg, n: int, seed: int = 0) -> dict:
@@ -123,8 +110,7 @@ def main():
     return
 
   backend = jax.default_backend()
-  dtype = jnp.dtype(args.dtype)
-  peak = matmul_peak(dtype, 2048 if backend == "cpu" else 8192)
+  peak = measure_matmul_peak(args.dtype)
   data, fsdp = (int(x) for x in args.mesh.split(","))
   mesh = sharding.make_mesh(data, fsdp)
   sharding.check_batch_divides(args.batch_size, mesh)

@@ -1,0 +1,79 @@
+"""Trains TripletCLIP (or a baseline loss) from a config file.
+
+  python launch/main.py --config configs/cc3m.py --workdir gs://bucket/runs/cc3m
+  python launch/main.py --config configs/demo.py --workdir runs/demo --config.total_steps=100
+  python launch/main.py --config configs/demo.py:clip --workdir runs/demo_clip
+
+Restarting with the same workdir resumes from its latest checkpoint.
+"""
+
+import difflib
+import importlib.util
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py[:arg]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go.")
+
+
+def _config_keys(argv) -> list[str]:
+  """Flattened keys of the requested config, for suggestions after a bad override."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None and "--config" in argv:
+    spec = argv[argv.index("--config") + 1]
+  if not spec:
+    return []
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_cfg", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  cfg = module.get_config(arg) if arg else module.get_config()
+  def flat(d, prefix=""):
+    for k, v in d.items():
+      if hasattr(v, "items"):
+        yield from flat(v, f"{prefix}{k}.")
+      else:
+        yield f"{prefix}{k}"
+  return list(flat(cfg))
+
+
+def parse_flags(argv):
+  """absl parsing, with one-line errors (exit 2) for unknown keys and bad values."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
+    overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    try:
+      keys = _config_keys(argv)
+    except Exception:  # noqa: BLE001 - the config file itself is broken: report the original error
+      keys = []
+    unknown = [k for k in overrides if keys and k not in keys]
+    if unknown:
+      close = difflib.get_close_matches(unknown[0], keys, n=3, cutoff=0.5)
+      msg = f"Unknown config key '{unknown[0]}'" + (f"; did you mean {', '.join(close)}?" if close else "; see the config file.")
+    else:
+      msg = str(e).strip().splitlines()[0]
+      msg = msg.replace("flag --config.", "bad value for config key ")
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  del argv
+  if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
+    print("error: pass --config=configs/NAME.py and --workdir=DIR", file=sys.stderr)
+    sys.exit(2)
+  from tripletclip_jax.train.loop import Preempted, train_and_evaluate
+  try:
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  except Preempted as e:
+    print(e)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

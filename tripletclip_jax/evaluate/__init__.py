@@ -1,0 +1,1 @@
+"""Evaluators: each has `evaluate(model, ...) -> dict` of percentages over the inference API."""

@@ -1,0 +1,70 @@
+"""The open_clip-style inference API used by the evaluators and by users.
+
+    import tripletclip_jax as tc
+    model = tc.load("runs/demo")     # a training workdir (latest checkpoint) or a Hugging Face CLIP directory
+    img = model.encode_images(images)                # PIL images / uint8 HxWx3 arrays -> [N, D], L2-normalised
+    txt = model.encode_texts(["a red circle left of a blue square"])                  # -> [N, D]
+"""
+
+import os
+
+import jax
+import numpy as np
+
+from tripletclip_jax.data.image_ops import preprocess
+from tripletclip_jax.data.tokenizer import tokenize
+from tripletclip_jax.models import CLIP, CLIPConfig
+
+
+class Model:
+  """Batched, jit-compiled encoders over fixed parameters. Embeddings are float32 numpy."""
+
+  def __init__(self, config: CLIPConfig, params, batch_size: int = 128):
+    self.config, self.params, self.batch_size = config, params, batch_size
+    module = CLIP(config)
+    self._img = jax.jit(lambda p, x: module.apply({"params": p}, x, method=CLIP.encode_image))
+    self._txt = jax.jit(lambda p, t: module.apply({"params": p}, t, method=CLIP.encode_text))
+
+  @property
+  def image_size(self) -> int:
+    return self.config.vision.image_size
+
+  @property
+  def logit_scale(self) -> float:
+    return float(np.exp(self.params["logit_scale"]))
+
+  def _batched(self, fn, arrays: np.ndarray) -> np.ndarray:
+    # Pad every chunk to one size so that a single compiled program serves every call.
+    out = []
+    for i in range(0, len(arrays), self.batch_size):
+      chunk = arrays[i:i + self.batch_size]
+      pad = self.batch_size - len(chunk)
+      if pad:
+        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+      out.append(np.asarray(fn(self.params, chunk))[:len(chunk) - pad])
+    return np.concatenate(out) if out else np.zeros((0, self.config.embed_dim), np.float32)
+
+  def encode_images(self, images) -> np.ndarray:
+    """PIL images, uint8 [H, W, 3] arrays or encoded bytes -> [N, D] L2-normalised float32."""
+    return self._batched(self._img, preprocess(list(images), self.image_size))
+
+  def encode_preprocessed(self, pixels: np.ndarray) -> np.ndarray:
+    """Already normalised float32 [N, S, S, 3] -> [N, D]."""
+    return self._batched(self._img, np.asarray(pixels, np.float32))
+
+  def encode_texts(self, texts) -> np.ndarray:
+    """Captions -> [N, D] L2-normalised float32."""
+    return self._batched(self._txt, tokenize(list(texts), self.config.text.context_length))
+
+
+def load(path: str, step: int | None = None, batch_size: int = 128) -> Model:
+  """A training workdir (latest or `step` checkpoint) or a Hugging Face CLIP directory -> Model."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No model at {path!r}: pass a training workdir or a Hugging Face CLIP directory.")
+  if os.path.exists(os.path.join(path, "config.json")):
+    from tripletclip_jax.interop import hf
+    config, params = hf.load_hf(path)
+  else:
+    from tripletclip_jax.train import checkpoint
+    config, params = checkpoint.load_params(path, step)
+  return Model(config, params, batch_size)

@@ -1,0 +1,281 @@
+"""Hugging Face interop: transformers `CLIPModel` directories <-> our Flax parameters.
+
+transformers 5 has no Flax models, so the conversion is ours: Dense kernels
+are the transposed torch weights, the patch conv kernel is
+W.transpose(2, 3, 1, 0), and the projections are transposed. Import needs no
+torch for safetensors checkpoints; export needs none at all.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from tripletclip_jax.data import image_ops
+from tripletclip_jax.data.tokenizer import get_tokenizer
+from tripletclip_jax.models import CLIPConfig, TextConfig, VisionConfig
+
+_LN = {"weight": "scale", "bias": "bias"}
+_BLOCK = {"self_attn.q_proj": "attn/q_proj", "self_attn.k_proj": "attn/k_proj", "self_attn.v_proj": "attn/v_proj",
+          "self_attn.out_proj": "attn/out_proj", "mlp.fc1": "c_fc", "mlp.fc2": "c_proj"}
+_BLOCK_LN = {"layer_norm1": "ln_1", "layer_norm2": "ln_2"}
+
+
+# ----------------------------------------------------------------------------- config
+
+def config_from_hf_dict(d: dict) -> CLIPConfig:
+  t, v = d["text_config"], d["vision_config"]
+  acts = {t.get("hidden_act", "quick_gelu"), v.get("hidden_act", "quick_gelu")}
+  if len(acts) != 1 or not acts <= {"quick_gelu", "gelu"}:
+    raise ValueError(f"Unsupported activations {sorted(acts)}: both towers must use quick_gelu or gelu.")
+  return CLIPConfig(
+      embed_dim=d.get("projection_dim", 512),
+      vision=VisionConfig(image_size=v["image_size"], patch_size=v["patch_size"], width=v["hidden_size"],
+                          layers=v["num_hidden_layers"], heads=v["num_attention_heads"],
+                          mlp_ratio=v["intermediate_size"] / v["hidden_size"]),
+      text=TextConfig(vocab_size=t["vocab_size"], context_length=t["max_position_embeddings"], width=t["hidden_size"],
+                      layers=t["num_hidden_layers"], heads=t["num_attention_heads"],
+                      mlp_ratio=t["intermediate_size"] / t["hidden_size"]),
+      act=acts.pop(), logit_scale_init=d.get("logit_scale_init_value", 2.6592))
+
+
+def resolve(path: str) -> str:
+  """A local directory as is; otherwise a Hub id, downloaded when the machine is online."""
+  if os.path.isdir(path):
+    return path
+  if os.path.exists(path):
+    raise ValueError(f"{path} is a file: pass a Hugging Face CLIP directory (config.json + model.safetensors).")
+  from huggingface_hub import snapshot_download
+  try:
+    return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.txt"])
+  except Exception as e:  # noqa: BLE001 - offline, unknown repo, ...: one clear line
+    raise FileNotFoundError(f"{path!r} is neither a local directory nor a reachable Hub id ({type(e).__name__}).") from e
+
+
+def config_from_hf(path: str) -> CLIPConfig:
+  path = resolve(path)
+  with open(os.path.join(path, "config.json")) as f:
+    d = json.load(f)
+  if d.get("model_type") not in (None, "clip"):
+    raise ValueError(f"{path}/config.json has model_type={d.get('model_type')!r}; only 'clip' is supported.")
+  return config_from_hf_dict(d)
+
+
+def config_to_hf(config: CLIPConfig):
+  import transformers
+  vc, tc = config.vision, config.text
+  return transformers.CLIPConfig(
+      projection_dim=config.embed_dim, logit_scale_init_value=config.logit_scale_init,
+      text_config=dict(vocab_size=tc.vocab_size, hidden_size=tc.width, intermediate_size=int(tc.width * tc.mlp_ratio),
+                       num_hidden_layers=tc.layers, num_attention_heads=tc.heads, max_position_embeddings=tc.context_length,
+                       hidden_act=config.act, projection_dim=config.embed_dim, bos_token_id=49406, eos_token_id=49407,
+                       pad_token_id=49407),
+      vision_config=dict(hidden_size=vc.width, intermediate_size=int(vc.width * vc.mlp_ratio), num_hidden_layers=vc.layers,
+                         num_attention_heads=vc.heads, image_size=vc.image_size, patch_size=vc.patch_size,
+                         hidden_act=config.act, projection_dim=config.embed_dim))
+
+
+# ----------------------------------------------------------------------------- weights
+
+def _pairs(config: CLIPConfig):
+  """(hf key, our path, kind) for every tensor; kind says how the layout differs."""
+  out = [("vision_model.embeddings.patch_embedding.weight", "visual/conv1/kernel", "conv"),
+         ("vision_model.embeddings.class_embedding", "visual/class_embedding", "same"),
+         ("vision_model.embeddings.position_embedding.weight", "visual/positional_embedding", "same"),
+         ("visual_projection.weight", "visual/proj", "t"),
+         ("text_model.embeddings.token_embedding.weight", "text/token_embedding/embedding", "same"),
+         ("text_model.embeddings.position_embedding.weight", "text/positional_embedding", "same"),
+         ("text_projection.weight", "text/text_projection", "t"),
+         ("logit_scale", "logit_scale", "scalar")]
+  for hf_ln, ours in (("vision_model.pre_layrnorm", "visual/ln_pre"), ("vision_model.post_layernorm", "visual/ln_post"),
+                      ("text_model.final_layer_norm", "text/ln_final")):
+    out += [(f"{hf_ln}.{a}", f"{ours}/{b}", "same") for a, b in _LN.items()]
+  for tower, ours, layers in (("vision_model", "visual", config.vision.layers), ("text_model", "text", config.text.layers)):
+    for i in range(layers):
+      hf_p, our_p = f"{tower}.encoder.layers.{i}", f"{ours}/transformer/resblocks_{i}"
+      for a, b in _BLOCK.items():
+        out += [(f"{hf_p}.{a}.weight", f"{our_p}/{b}/kernel", "t"), (f"{hf_p}.{a}.bias", f"{our_p}/{b}/bias", "same")]
+      for a, b in _BLOCK_LN.items():
+        out += [(f"{hf_p}.{a}.{x}", f"{our_p}/{b}/{y}", "same") for x, y in _LN.items()]
+  return out
+
+
+def _to_ours(x: np.ndarray, kind: str) -> np.ndarray:
+  if kind == "conv":
+    return x.transpose(2, 3, 1, 0)
+  if kind == "t":
+    return x.T
+  if kind == "scalar":
+    return x.reshape(())
+  return x
+
+
+def _to_hf(x: np.ndarray, kind: str) -> np.ndarray:
+  if kind == "conv":
+    return x.transpose(3, 2, 0, 1)
+  if kind == "t":
+    return x.T
+  return x
+
+
+def _expected_shapes(config: CLIPConfig) -> dict:
+  import jax
+  from tripletclip_jax.models import init_params
+  shapes = jax.eval_shape(lambda r: init_params(config, r), jax.random.key(0))
+  return {"/".join(str(k.key) for k in path): tuple(x.shape) for path, x in jax.tree_util.tree_leaves_with_path(shapes)}
+
+
+def params_from_hf_state(config: CLIPConfig, state: dict, source: str = "checkpoint") -> dict:
+  """HF state dict (numpy) -> our nested params; a missing or misshapen tensor names its key."""
+  expected = _expected_shapes(config)
+  params: dict = {}
+  for hf_key, path, kind in _pairs(config):
+    if hf_key not in state:
+      raise KeyError(f"{source} lacks tensor {hf_key!r} needed for {path}; is it a CLIPModel checkpoint?")
+    value = _to_ours(np.asarray(state[hf_key], np.float32), kind)
+    if value.shape != expected[path]:
+      raise ValueError(f"{source}: tensor {hf_key!r} has shape {tuple(state[hf_key].shape)}, which does not match "
+                       f"the config (expects {expected[path]} as {path}).")
+    node = params
+    *parents, leaf = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return params
+
+
+def params_to_hf_state(config: CLIPConfig, params) -> dict:
+  out = {}
+  for hf_key, path, kind in _pairs(config):
+    node = params
+    for p in path.split("/"):
+      node = node[p]
+    out[hf_key] = np.array(_to_hf(np.asarray(node, np.float32), kind), order="C")  # keeps 0-d logit_scale 0-d
+  return out
+
+
+def load_hf(path: str):
+  """(CLIPConfig, params) from a transformers CLIP directory or Hub id."""
+  path = resolve(path)
+  config = config_from_hf(path)
+  st = os.path.join(path, "model.safetensors")
+  if os.path.exists(st):
+    from safetensors.numpy import load_file
+    state = load_file(st)
+  elif os.path.exists(os.path.join(path, "pytorch_model.bin")):
+    import torch
+    state = {k: v.float().numpy() for k, v in torch.load(os.path.join(path, "pytorch_model.bin"),
+                                                          map_location="cpu", weights_only=True).items()}
+  else:
+    raise FileNotFoundError(f"{path} has no model.safetensors or pytorch_model.bin.")
+  return config, params_from_hf_state(config, state, source=path)
+
+
+def from_openai_state_dict(state: dict, act: str = "quick_gelu"):
+  """(CLIPConfig, params) from an OpenAI / open_clip CLIP state dict (numpy or torch tensors).
+
+  The fused qkv `in_proj` splits into q, k, v along dim 0; sizes come from the shapes.
+  """
+  sd = {k: np.asarray(v.float().numpy() if hasattr(v, "float") else v, np.float32) for k, v in state.items()}
+  def layers(prefix):
+    return len({k.split(".")[3] for k in sd if k.startswith(f"{prefix}transformer.resblocks.")})
+  vw = sd["visual.conv1.weight"]
+  v_layers, t_layers = layers("visual."), len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+  width, patch = vw.shape[0], vw.shape[-1]
+  grid = int(round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5))
+  t_width = sd["token_embedding.weight"].shape[1]
+  config = CLIPConfig(
+      embed_dim=sd["visual.proj"].shape[1],
+      vision=VisionConfig(image_size=grid * patch, patch_size=patch, width=width, layers=v_layers, heads=max(width // 64, 1),
+                          mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width),
+      text=TextConfig(vocab_size=sd["token_embedding.weight"].shape[0], context_length=sd["positional_embedding"].shape[0],
+                      width=t_width, layers=t_layers, heads=max(t_width // 64, 1),
+                      mlp_ratio=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / t_width),
+      act=act)
+  hf = {"vision_model.embeddings.patch_embedding.weight": vw,
+        "vision_model.embeddings.class_embedding": sd["visual.class_embedding"],
+        "vision_model.embeddings.position_embedding.weight": sd["visual.positional_embedding"],
+        "visual_projection.weight": sd["visual.proj"].T, "text_projection.weight": sd["text_projection"].T,
+        "text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
+        "text_model.embeddings.position_embedding.weight": sd["positional_embedding"],
+        "logit_scale": sd["logit_scale"]}
+  for ours, hf_name in (("visual.ln_pre", "vision_model.pre_layrnorm"), ("visual.ln_post", "vision_model.post_layernorm"),
+                        ("ln_final", "text_model.final_layer_norm")):
+    hf[f"{hf_name}.weight"], hf[f"{hf_name}.bias"] = sd[f"{ours}.weight"], sd[f"{ours}.bias"]
+  for src, dst, n in (("visual.transformer", "vision_model.encoder", v_layers), ("transformer", "text_model.encoder", t_layers)):
+    for i in range(n):
+      s, d = f"{src}.resblocks.{i}", f"{dst}.layers.{i}"
+      for w, name in ((sd[f"{s}.attn.in_proj_weight"], "weight"), (sd[f"{s}.attn.in_proj_bias"], "bias")):
+        for part, proj in zip(np.split(w, 3, axis=0), ("q_proj", "k_proj", "v_proj")):
+          hf[f"{d}.self_attn.{proj}.{name}"] = part
+      for a, b in (("attn.out_proj", "self_attn.out_proj"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"),
+                   ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2")):
+        hf[f"{d}.{b}.weight"], hf[f"{d}.{b}.bias"] = sd[f"{s}.{a}.weight"], sd[f"{s}.{a}.bias"]
+  return config, params_from_hf_state(config, hf, source="OpenAI state dict")
+
+
+# ----------------------------------------------------------------------------- export
+
+def write_tokenizer(out_dir: str, context_length: int = 77) -> None:
+  """vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json of our BPE."""
+  tok = get_tokenizer()
+  rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+  vocab = {rename.get(t, t): i for t, i in tok.encoder.items()}
+  with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
+    json.dump(vocab, f, ensure_ascii=False)
+  with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
+    f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in tok.merges) + "\n")
+  special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+             "pad_token": "<|endoftext|>"}
+  with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+    json.dump({"tokenizer_class": "CLIPTokenizer", "model_max_length": context_length, "do_lower_case": True,
+               "clean_up_tokenization_spaces": False, **special}, f, indent=2)
+  with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
+    json.dump(special, f, indent=2)
+
+
+def write_preprocessor(out_dir: str, image_size: int) -> None:
+  from transformers import CLIPImageProcessor
+  CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                     image_mean=image_ops.OPENAI_MEAN.tolist(), image_std=image_ops.OPENAI_STD.tolist(),
+                     resample=3, do_convert_rgb=True).save_pretrained(out_dir)
+
+
+def _model_card(config: CLIPConfig, train_config: dict | None, eval_results: dict | None) -> str:
+  lines = ["---", "library_name: transformers", "tags: [clip, tripletclip, tripletclip_jax]", "---", "",
+           "# TripletCLIP checkpoint (tripletclip_jax)", "",
+           "A CLIP model trained with [tripletclip_jax](https://pypi.org/project/tripletclip_jax/) and exported as a "
+           "`transformers.CLIPModel`.", "", "```python", "from transformers import CLIPModel, CLIPProcessor",
+           "model = CLIPModel.from_pretrained(PATH)", "processor = CLIPProcessor.from_pretrained(PATH)", "```", "",
+           "## Model", "", "```json", json.dumps(config.to_dict(), indent=2), "```", ""]
+  if train_config:
+    lines += ["## Training config", "", "```json", json.dumps(train_config, indent=2, default=str), "```", ""]
+  if eval_results:
+    lines += ["## Latest evaluation (accuracy %)", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in sorted(eval_results.items()) if isinstance(v, (int, float))]
+    lines.append("")
+  return "\n".join(lines)
+
+
+def export_hf(config: CLIPConfig, params, out_dir: str, train_config: dict | None = None,
+              eval_results: dict | None = None) -> str:
+  """Writes a directory that `CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained` load offline."""
+  from safetensors.numpy import save_file
+  os.makedirs(out_dir, exist_ok=True)
+  config_to_hf(config).save_pretrained(out_dir)
+  state = params_to_hf_state(config, params)
+  save_file(dict(sorted(state.items())), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+  write_tokenizer(out_dir, config.text.context_length)
+  write_preprocessor(out_dir, config.vision.image_size)
+  with open(os.path.join(out_dir, "README.md"), "w") as f:
+    f.write(_model_card(config, train_config, eval_results))
+  return out_dir
+
+
+def push_to_hub(out_dir: str, repo_id: str) -> str:
+  """Uploads an exported directory with huggingface_hub (needs a token and network)."""
+  from huggingface_hub import HfApi
+  api = HfApi()
+  api.create_repo(repo_id, exist_ok=True)
+  api.upload_folder(repo_id=repo_id, folder_path=out_dir)
+  return f"https://huggingface.co/{repo_id}"

@@ -1,0 +1,65 @@
+"""The trainer's config schema: every training config starts from `base_config()`.
+
+Top-level keys common to every run: total_steps, batch_size (positive pairs,
+global), loss, seed, log_every_steps, checkpoint_every_steps, eval_every_steps.
+"""
+
+import math
+
+import ml_collections
+from ml_collections import config_dict
+
+from tripletclip_jax.models.flops import ENCODES_PER_EXAMPLE
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.loss = "tripletclip"           # clip | negclip | negimage | tripletclip
+  c.batch_size = 1024              # global positive pairs per step
+  c.total_steps = 90_000
+  c.total_examples = config_dict.placeholder(int)  # alternative to total_steps: positive pairs seen
+  c.compute_matched = False        # scale steps so every loss encodes as many image-text pairs as tripletclip
+  c.seed = 0
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 1000
+  c.eval_every_steps = 5000
+  c.keep_checkpoints = 3
+  c.allow_schedule_change = False
+  c.init_from = config_dict.placeholder(str)  # "hf:PATH" starts from a Hugging Face CLIP
+  c.accum_steps = 1
+
+  c.model = ml_collections.ConfigDict(dict(preset="vit_b32", dtype="bfloat16", remat=False, act="quick_gelu",
+                                           attention_impl=config_dict.placeholder(str)))
+  c.optimizer = ml_collections.ConfigDict(dict(learning_rate=5e-4, warmup_steps=1000, b1=0.9, b2=0.999, eps=1e-8,
+                                               weight_decay=0.5, grad_clip_norm=config_dict.placeholder(float)))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2 ** 16))
+  c.data = ml_collections.ConfigDict(dict(
+      train=config_dict.placeholder(str),   # shard glob / directory of TripletData
+      num_workers=8, crop_scale=(0.9, 1.0), max_bad_fraction=0.01, bad_window=1000,
+      demo_data_dir=config_dict.placeholder(str),  # demo: where to generate the world (default WORKDIR/data)
+      demo_num_train=0, demo_num_eval=0))
+  c.eval = ml_collections.ConfigDict(dict(
+      sugarcrepe_dir=config_dict.placeholder(str), sugarcrepe_image_dir=config_dict.placeholder(str),
+      extra_sugarcrepe_dirs=(),  # more SugarCrepe-format folders, reported under their folder name
+  ))
+  c.export_hf_dir = config_dict.placeholder(str)  # export a transformers CLIP directory at the end
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address=config_dict.placeholder(str), num_processes=config_dict.placeholder(int),
+      process_id=config_dict.placeholder(int)))
+  c.peak_tflops_per_chip = config_dict.placeholder(float)  # for MFU; measured with a matmul when unset
+  c.progress_bar = True
+  return c
+
+
+def pairs_per_example(loss: str) -> float:
+  """Image-text pairs encoded per positive pair: (images + texts) / 2."""
+  n_img, n_txt = ENCODES_PER_EXAMPLE[loss]
+  return (n_img + n_txt) / 2
+
+
+def resolve_total_steps(config) -> int:
+  """Steps from total_steps or total_examples, scaled under compute_matched to tripletclip's encodes."""
+  steps = math.ceil(config.total_examples / config.batch_size) if config.total_examples else config.total_steps
+  if config.compute_matched:
+    steps = round(steps * pairs_per_example("tripletclip") / pairs_per_example(config.loss))
+  return int(steps)

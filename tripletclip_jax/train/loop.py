@@ -1,0 +1,253 @@
+"""`train_and_evaluate(config, workdir)`: the one trainer, with pluggable losses.
+
+Data from Grain, a jitted donated step over the device mesh, metrics every
+`log_every_steps`, Orbax checkpoints with the Grain iterator state (exact
+resume), SIGTERM -> checkpoint and clean exit, evaluation every
+`eval_every_steps` and at the end.
+"""
+
+import logging
+import math
+import os
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from tripletclip_jax import sharding
+from tripletclip_jax.data import demo_world, pipeline
+from tripletclip_jax.evaluate import sugarcrepe
+from tripletclip_jax.inference import Model
+from tripletclip_jax.models import get_preset, train_flops_per_example
+from tripletclip_jax.train import checkpoint as ckpt
+from tripletclip_jax.train.config import pairs_per_example, resolve_total_steps
+from tripletclip_jax.train.metrics import MetricWriter, measure_matmul_peak
+from tripletclip_jax.train.optim import make_optimizer
+from tripletclip_jax.train.step import create_train_state, make_train_step
+
+log = logging.getLogger(__name__)
+SCHEDULE_KEYS = ("total_steps", "batch_size", "loss")
+
+
+class Preempted(Exception):
+  """Raised after SIGTERM once the checkpoint is safely written."""
+
+
+def maybe_initialize_distributed(config) -> None:
+  """jax.distributed for multi-process runs: explicit coordinator settings, or a TPU pod."""
+  if jax.distributed.is_initialized():
+    return
+  d = config.distributed
+  if d.coordinator_address:
+    if d.num_processes and d.num_processes > 1:
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only used on CPU backends
+    jax.distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
+  elif len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
+    jax.distributed.initialize()  # a TPU pod slice: every setting comes from the environment
+
+
+def model_config(config):
+  """CLIPConfig from the preset (or from a Hugging Face checkpoint for init_from) plus compute options."""
+  m = config.model
+  opts = dict(dtype=m.dtype, remat=m.remat, act=m.act, attention_impl=m.attention_impl)
+  if config.init_from:
+    from tripletclip_jax.interop import hf
+    return hf.config_from_hf(_hf_path(config.init_from)).replace(dtype=m.dtype, remat=m.remat,
+                                                                 attention_impl=m.attention_impl)
+  return get_preset(m.preset, **opts)
+
+
+def _hf_path(init_from: str) -> str:
+  if not init_from.startswith("hf:"):
+    raise ValueError(f"init_from={init_from!r}: use 'hf:PATH_OR_HUB_ID'.")
+  return init_from[3:]
+
+
+def prepare_data(config, workdir: str) -> tuple[str, list[tuple[str, str]]]:
+  """(train shard pattern, [(name, sugarcrepe dir)]); generates the demo world when configured."""
+  d = config.data
+  train, evals = d.train, []
+  if config.eval.sugarcrepe_dir:
+    evals.append(("sugarcrepe", config.eval.sugarcrepe_dir))
+  evals += [(os.path.basename(p.rstrip("/")), p) for p in config.eval.extra_sugarcrepe_dirs]
+  if train is None and d.demo_num_train:
+    root = d.demo_data_dir or os.path.join(workdir, "data")
+    if jax.process_index() == 0 and not os.path.exists(os.path.join(root, "train", "manifest.json")):
+      out = demo_world.write_demo_data(root, d.demo_num_train, d.demo_num_eval, seed=0)
+      print(f"Generated the demo world in {root}: {out['train']} training triplets ({out['seconds']:.1f}s)")
+    multihost_utils.sync_global_devices("demo data")
+    train = os.path.join(root, "train")
+    if not evals:
+      evals = [("sugarcrepe_heldout", os.path.join(root, "sugarcrepe")),
+               ("sugarcrepe_seen", os.path.join(root, "sugarcrepe_seen"))]
+  if train is None:
+    raise ValueError("config.data.train is not set: pass --config.data.train=GLOB_OR_DIR of TripletData shards.")
+  return train, evals
+
+
+def check_schedule(meta: dict, config, total_steps: int, workdir: str) -> None:
+  now = {"total_steps": total_steps, "batch_size": config.batch_size, "loss": config.loss}
+  changed = {k: (meta["schedule"][k], now[k]) for k in SCHEDULE_KEYS if meta["schedule"][k] != now[k]}
+  if changed and not config.allow_schedule_change:
+    what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    raise ValueError(f"Refusing to resume {workdir}: the schedule changed ({what}). Use a new workdir, or pass "
+                     "--config.allow_schedule_change=true to continue anyway.")
+
+
+def full_params(state):
+  """Parameters as host numpy on every process (gathered across hosts when sharded)."""
+  if jax.process_count() == 1:
+    return jax.device_get(state.params)
+  return multihost_utils.process_allgather(state.params, tiled=True)
+
+
+def run_evals(model_cfg, params, evals) -> dict:
+  model = Model(model_cfg, params)
+  out = {}
+  for name, directory in evals:
+    for k, v in sugarcrepe.evaluate(model, directory).items():
+      out[f"eval/{name}/{k}"] = v
+  return out
+
+
+def format_table(results: dict, evals) -> str:
+  rows = []
+  for name, _ in evals:
+    cells = [f"{results.get(f'eval/{name}/{s}', float('nan')):5.1f}" for s in (*sugarcrepe.SUBSETS, "mean")]
+    rows.append(f"| {name} | " + " | ".join(cells) + " |")
+  head = "| benchmark | " + " | ".join((*sugarcrepe.SUBSETS, "mean")) + " |"
+  return "\n".join([head, "|" + "---|" * (len(sugarcrepe.SUBSETS) + 2), *rows])
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final metrics."""
+  maybe_initialize_distributed(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  total_steps = resolve_total_steps(config)
+  train_pattern, evals = prepare_data(config, workdir)
+
+  model_cfg = model_config(config)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  sharding.check_batch_divides(config.batch_size, mesh)
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size={config.batch_size} does not split over {jax.process_count()} processes.")
+  tx, schedule = make_optimizer(learning_rate=config.optimizer.learning_rate, total_steps=total_steps,
+                                warmup_steps=config.optimizer.warmup_steps, b1=config.optimizer.b1,
+                                b2=config.optimizer.b2, eps=config.optimizer.eps,
+                                weight_decay=config.optimizer.weight_decay,
+                                grad_clip_norm=config.optimizer.grad_clip_norm)
+  state, state_sh = create_train_state(model_cfg, tx, mesh, jax.random.key(config.seed), config.mesh.min_fsdp_size)
+  step_fn = make_train_step(model_cfg, tx, schedule, config.loss, mesh, state_sh, config.accum_steps)
+
+  ds = pipeline.make_dataset(
+      train_pattern, batch_size=config.batch_size // jax.process_count(), image_size=model_cfg.vision.image_size,
+      context_length=model_cfg.text.context_length, train=True, seed=config.seed,
+      num_workers=config.data.num_workers, crop_scale=tuple(config.data.crop_scale),
+      max_bad_fraction=config.data.max_bad_fraction, bad_window=config.data.bad_window)
+  data_iter = iter(ds)
+
+  manager = ckpt.make_manager(workdir, config.keep_checkpoints)
+  start, bad_totals = 0, np.zeros(len(pipeline.BAD_REASONS), np.int64)
+  latest = manager.latest_step()
+  if latest is not None:
+    _, meta = ckpt.read_meta(workdir, latest)
+    check_schedule(meta, config, total_steps, workdir)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
+    state, meta = ckpt.restore(manager, latest, abstract, data_iter)
+    start, bad_totals = latest, np.asarray(meta["bad_counts"], np.int64)
+    print(f"Resumed from step {latest} in {ckpt.checkpoint_dir(workdir)}")
+  elif config.init_from:
+    from tripletclip_jax.interop import hf
+    _, hf_params = hf.load_hf(_hf_path(config.init_from))
+    params = jax.device_put(hf_params, state_sh.params)
+    state = jax.jit(lambda p: state.replace(params=p, opt_state=tx.init(p)), out_shardings=state_sh)(params)
+
+  writer = MetricWriter(workdir, enabled=is_main, echo=tqdm.write)  # prints above the progress bar
+  peak = (config.peak_tflops_per_chip * 1e12) if config.peak_tflops_per_chip else measure_matmul_peak(model_cfg.dtype)
+  flops_ex = train_flops_per_example(model_cfg, config.loss)
+  n_chips = jax.device_count()
+  schedule_meta = {"total_steps": total_steps, "batch_size": config.batch_size, "loss": config.loss}
+
+  def meta_for(step):
+    return {"step": step, "seed": config.seed, "schedule": schedule_meta, "bad_counts": bad_totals.tolist(),
+            "model_config": model_cfg.to_dict(), "config": config.to_dict(),
+            "pairs_seen": step * config.batch_size * pairs_per_example(config.loss)}
+
+  preempted = []
+  previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  pending, t_data, t_last, last_good = [], 0.0, time.perf_counter(), latest
+  results: dict = {}
+  bar = tqdm(total=total_steps, initial=start, disable=not (is_main and config.progress_bar and sys.stdout.isatty()),
+             unit="step", dynamic_ncols=True)
+
+  def check_finite():
+    nonlocal pending
+    host = jax.device_get(pending)
+    for m in host:
+      if not np.isfinite(m["loss"]):
+        where = f"step {last_good} in {ckpt.checkpoint_dir(workdir)}" if last_good is not None else "none yet"
+        raise FloatingPointError(f"Non-finite loss ({m['loss']}) at step {m['_step']}; last good checkpoint: "
+                                 f"{where}. Lower the learning rate or enable grad_clip_norm, then restart.")
+    pending = []
+    return host[-1] if host else None
+
+  try:
+    for step in range(start, total_steps):
+      t0 = time.perf_counter()
+      batch = next(data_iter)
+      t_data += time.perf_counter() - t0
+      bad_totals += batch.pop("bad_counts")
+      state, m = step_fn(state, sharding.put_batch({k: v for k, v in batch.items() if k != "key"}, mesh))
+      pending.append(dict(m, _step=step + 1))
+      s = step + 1
+      bar.update(1)
+      if s % config.log_every_steps == 0 or s == total_steps:
+        interval = len(pending)
+        last = check_finite()
+        now = time.perf_counter()
+        ex_s = interval * config.batch_size / (now - t_last)
+        bad = multihost_utils.process_allgather(bad_totals).reshape(-1, len(bad_totals)).sum(0) \
+            if jax.process_count() > 1 else bad_totals
+        rec = {k: v for k, v in last.items() if k != "_step"}
+        rec.update({"examples_per_s": ex_s, "examples_per_s_per_chip": ex_s / n_chips,
+                    "mfu": ex_s * flops_ex / (peak * n_chips), "data_wait_fraction": t_data / (now - t_last),
+                    "pairs_seen": s * config.batch_size * pairs_per_example(config.loss),
+                    **{f"bad_records/{r}": int(c) for r, c in zip(pipeline.BAD_REASONS, bad)}})
+        writer.write(s, rec)
+        bar.set_postfix(loss=f"{rec['loss']:.3f}")
+        t_data, t_last = 0.0, time.perf_counter()
+      if s % config.checkpoint_every_steps == 0 or s == total_steps or preempted:
+        check_finite()
+        ckpt.save(manager, s, state, data_iter, meta_for(s), force=True)
+        last_good = s
+        if preempted:
+          manager.wait_until_finished()
+          raise Preempted(f"SIGTERM: saved checkpoint {s} in {ckpt.checkpoint_dir(workdir)}; restart to resume.")
+      if evals and (s % config.eval_every_steps == 0 or s == total_steps):
+        results = run_evals(model_cfg, full_params(state), evals)
+        writer.write(s, results, echo=False)
+        t_last = time.perf_counter()  # evaluation time is not training throughput
+  finally:
+    bar.close()
+    manager.wait_until_finished()
+    signal.signal(signal.SIGTERM, previous)
+    if hasattr(data_iter, "close"):
+      data_iter.close()
+
+  if evals and is_main:
+    print(f"\nHeld-out compositional evaluation ({config.loss}, step {total_steps}), accuracy %:")
+    print(format_table(results, evals))
+  if config.export_hf_dir and is_main:
+    from tripletclip_jax.interop import hf
+    out = os.path.join(workdir, config.export_hf_dir)
+    hf.export_hf(model_cfg, full_params(state), out, train_config=config.to_dict(), eval_results=results)
+    print(f"Exported a transformers CLIPModel to {out}")
+  writer.close()
+  final = jax.device_get(state.params["logit_scale"])
+  return {"step": total_steps, "logit_scale": float(np.exp(final)), **results}

@@ -1,0 +1,66 @@
+"""Metric sinks: stdout, TensorBoard event files and WORKDIR/metrics.jsonl (process 0 only)."""
+
+import json
+import os
+import time
+
+import numpy as np
+
+
+class MetricWriter:
+  """`write(step, {name: scalar})` to every sink; a no-op on processes other than 0."""
+
+  def __init__(self, workdir: str, enabled: bool = True, echo=print):
+    self.enabled, self.echo = enabled, echo
+    if not enabled:
+      return
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    from tensorboardX import SummaryWriter
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict, echo: bool = True) -> None:
+    if not self.enabled:
+      return
+    clean = {k: (float(v) if np.ndim(v) == 0 and not isinstance(v, str) else v) for k, v in metrics.items()}
+    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+    self._jsonl.flush()
+    for k, v in clean.items():
+      if isinstance(v, float):
+        self._tb.add_scalar(k, v, step)
+    self._tb.flush()
+    if echo and self.echo:
+      shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in clean.items())
+      self.echo(f"[step {step}] {shown}")
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> dict[int, dict]:
+  """metrics.jsonl -> {step: merged record}; a step logged again after a resume keeps the last value."""
+  out: dict[int, dict] = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        rec = json.loads(line)
+        out.setdefault(rec["step"], {}).update(rec)
+  return out
+
+
+def measure_matmul_peak(dtype="float32") -> float:
+  """FLOP/s of a square matmul on the default device: the MFU denominator when no peak is given."""
+  import jax
+  import jax.numpy as jnp
+  n = 2048 if jax.default_backend() == "cpu" else 8192
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(3):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
