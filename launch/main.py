@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py[:arg]).", lock_config=True)
@@ -65,6 +65,7 @@ def parse_flags(argv):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every file operation at INFO
   if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
     print("error: pass --config=configs/NAME.py and --workdir=DIR", file=sys.stderr)
     sys.exit(2)

@@ -197,9 +197,11 @@ def make_dataset(pattern: str, *, batch_size: int, image_size: int, context_leng
     ds = ds.shuffle(seed=seed)
   if train or num_epochs:
     ds = ds.repeat(num_epochs)  # None: forever, reshuffled every epoch
-  ds = ds[process_index::process_count]
   prep = Preprocess(image_size, context_length, train, crop_scale)
+  # Augmentation randomness is keyed by the global position (before the per-process slice), so
+  # an example is cropped the same way whatever the number of processes.
   ds = ds.random_map(prep, seed=seed) if train else ds.map(prep)
+  ds = ds[process_index::process_count]
   ds = ds.to_iter_dataset()
   ds = SkipBadBatch(ds, batch_size, train if drop_remainder is None else drop_remainder, max_bad_fraction, bad_window)
   if num_workers > 0:

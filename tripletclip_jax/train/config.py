@@ -25,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 5000
   c.keep_checkpoints = 3
   c.allow_schedule_change = False
+  c.stop_after_steps = config_dict.placeholder(int)  # checkpoint and stop after this many steps of this run
   c.init_from = config_dict.placeholder(str)  # "hf:PATH" starts from a Hugging Face CLIP
   c.accum_steps = 1
 

@@ -125,6 +125,15 @@ def format_table(results: dict, evals) -> str:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final metrics."""
+  preempted = []  # SIGTERM (TPU preemption) only sets a flag: the loop checkpoints and exits cleanly
+  previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  try:
+    return _train(config, workdir, preempted)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _train(config, workdir: str, preempted: list) -> dict:
   maybe_initialize_distributed(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -179,8 +188,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
             "model_config": model_cfg.to_dict(), "config": config.to_dict(),
             "pairs_seen": step * config.batch_size * pairs_per_example(config.loss)}
 
-  preempted = []
-  previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
   pending, t_data, t_last, last_good = [], 0.0, time.perf_counter(), latest
   results: dict = {}
   bar = tqdm(total=total_steps, initial=start, disable=not (is_main and config.progress_bar and sys.stdout.isatty()),
@@ -222,7 +229,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write(s, rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}")
         t_data, t_last = 0.0, time.perf_counter()
-      if s % config.checkpoint_every_steps == 0 or s == total_steps or preempted:
+      stopping = config.stop_after_steps is not None and s - start >= config.stop_after_steps
+      if s % config.checkpoint_every_steps == 0 or s == total_steps or preempted or stopping:
         check_finite()
         ckpt.save(manager, s, state, data_iter, meta_for(s), force=True)
         last_good = s
@@ -233,12 +241,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
         results = run_evals(model_cfg, full_params(state), evals)
         writer.write(s, results, echo=False)
         t_last = time.perf_counter()  # evaluation time is not training throughput
+      if stopping and s < total_steps:
+        print(f"Stopped after {config.stop_after_steps} steps at step {s}; restart to resume.")
+        return {"step": s, "stopped": True}
   finally:
     bar.close()
     manager.wait_until_finished()
-    signal.signal(signal.SIGTERM, previous)
     if hasattr(data_iter, "close"):
       data_iter.close()
+    writer.close()
 
   if evals and is_main:
     print(f"\nHeld-out compositional evaluation ({config.loss}, step {total_steps}), accuracy %:")
@@ -248,6 +259,5 @@ def train_and_evaluate(config, workdir: str) -> dict:
     out = os.path.join(workdir, config.export_hf_dir)
     hf.export_hf(model_cfg, full_params(state), out, train_config=config.to_dict(), eval_results=results)
     print(f"Exported a transformers CLIPModel to {out}")
-  writer.close()
   final = jax.device_get(state.params["logit_scale"])
   return {"step": total_steps, "logit_scale": float(np.exp(final)), **results}

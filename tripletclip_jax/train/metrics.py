@@ -7,6 +7,13 @@ import time
 import numpy as np
 
 
+def _scalar(v):
+  if isinstance(v, (str, bool)):
+    return v
+  v = np.asarray(v)
+  return int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
+
+
 class MetricWriter:
   """`write(step, {name: scalar})` to every sink; a no-op on processes other than 0."""
 
@@ -21,7 +28,7 @@ class MetricWriter:
   def write(self, step: int, metrics: dict, echo: bool = True) -> None:
     if not self.enabled:
       return
-    clean = {k: (float(v) if np.ndim(v) == 0 and not isinstance(v, str) else v) for k, v in metrics.items()}
+    clean = {k: _scalar(v) for k, v in metrics.items()}
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
     self._jsonl.flush()
     for k, v in clean.items():

@@ -1,0 +1,182 @@
+"""The trainer end to end: exact resume, kill and preemption, overrides, multi-process, the demo."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tripletclip_jax.data import demo_world
+from tripletclip_jax.train import checkpoint
+from tripletclip_jax.train.loop import train_and_evaluate
+from tripletclip_jax.train.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import demo  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("demo_data"))
+  demo_world.write_demo_data(d, num_train=96, num_eval=6, seed=0, num_shards=2)
+  return d
+
+
+def small_config(data_dir, **overrides):
+  c = demo.get_config()
+  with c.unlocked():
+    c.batch_size, c.total_steps, c.compute_matched = 16, 8, False
+    c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 2, 4, 8
+    c.data.demo_data_dir = data_dir
+    c.export_hf_dir = None
+    c.progress_bar = False
+    for k, v in overrides.items():
+      node = c
+      *parents, leaf = k.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = v
+  return c
+
+
+def _cli_overrides(data_dir, **extra):
+  kv = {"batch_size": 16, "total_steps": 8, "compute_matched": False, "log_every_steps": 2,
+        "checkpoint_every_steps": 4, "eval_every_steps": 100, "data.demo_data_dir": data_dir, "progress_bar": False,
+        **extra}
+  return [f"--config.{k}={v}" for k, v in kv.items()]
+
+
+def _losses(workdir):
+  return {s: (r["loss"], r["i2t_acc"], r["grad_norm"]) for s, r in read_metrics(workdir).items() if "loss" in r}
+
+
+def test_resume_is_bit_identical(data_dir, tmp_path):
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  train_and_evaluate(small_config(data_dir), a)
+  out = train_and_evaluate(small_config(data_dir, stop_after_steps=4), b)
+  assert out == {"step": 4, "stopped": True}
+  train_and_evaluate(small_config(data_dir), b)
+  assert _losses(a) == _losses(b) and sorted(_losses(a)) == [2, 4, 6, 8]
+  _, pa = checkpoint.load_params(a)
+  _, pb = checkpoint.load_params(b)
+  for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  final = read_metrics(a)[8]
+  assert "eval/sugarcrepe_heldout/mean" in final and final["pairs_seen"] == 8 * 16 * 2
+  assert all(final[f"bad_records/{r}"] == 0 for r in ("undecodable_image", "crc_mismatch"))
+
+
+def test_changed_schedule_is_refused(data_dir, tmp_path):
+  w = str(tmp_path / "w")
+  train_and_evaluate(small_config(data_dir, stop_after_steps=2, checkpoint_every_steps=2), w)
+  with pytest.raises(ValueError, match=r"schedule changed \(total_steps 8 -> 10\)"):
+    train_and_evaluate(small_config(data_dir, total_steps=10), w)
+  out = train_and_evaluate(small_config(data_dir, total_steps=10, allow_schedule_change=True, stop_after_steps=2), w)
+  assert out["step"] == 4
+
+
+def test_non_finite_loss_names_the_step(data_dir, tmp_path):
+  cfg = small_config(data_dir, **{"optimizer.learning_rate": 1e12, "optimizer.warmup_steps": 0, "total_steps": 40,
+                                  "log_every_steps": 40, "checkpoint_every_steps": 40})
+  with pytest.raises(FloatingPointError, match=r"Non-finite loss .* at step \d+; last good checkpoint: none yet"):
+    train_and_evaluate(cfg, str(tmp_path / "nan"))
+
+
+def _main(workdir, *args, env=None, **kw):
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch/main.py"), "--config", "configs/demo.py",
+                           "--workdir", workdir, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env, **kw)
+
+
+def _cpu_env(devices):
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+
+
+def _wait_for(path, proc, timeout=240):
+  t = time.time()
+  while not os.path.exists(path):
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() - t < timeout, f"timed out waiting for {path}"
+    time.sleep(0.2)
+
+
+def test_sigkill_then_restart_completes(data_dir, tmp_path):
+  w = str(tmp_path / "k")
+  args = _cli_overrides(data_dir, total_steps=40, checkpoint_every_steps=4, log_every_steps=4)
+  p = _main(w, *args, env=_cpu_env(2))
+  _wait_for(os.path.join(w, "checkpoints", "4"), p)
+  p.kill()
+  p.wait()
+  p = _main(w, *args, env=_cpu_env(2))
+  out, err = p.communicate(timeout=600)
+  assert p.returncode == 0, err
+  assert "Resumed from step" in out
+  assert checkpoint.read_meta(w)[0] == 40 and 40 in read_metrics(w)
+
+
+def test_sigterm_leaves_a_checkpoint(data_dir, tmp_path):
+  w = str(tmp_path / "t")
+  p = _main(w, *_cli_overrides(data_dir, total_steps=100000, checkpoint_every_steps=100000), env=_cpu_env(2))
+  _wait_for(os.path.join(w, "metrics.jsonl"), p)
+  while not open(os.path.join(w, "metrics.jsonl")).read():  # training has started
+    time.sleep(0.2)
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 0, err
+  assert "SIGTERM: saved checkpoint" in out
+  step, _ = checkpoint.read_meta(w)
+  assert 0 < step < 100000
+
+
+@pytest.mark.parametrize("arg,needle", [("--config.batchsize=3", "Unknown config key 'batchsize'; did you mean batch_size"),
+                                        ("--config.batch_size=abc", "batch_size"),
+                                        ("--config.optimizer.learnin_rate=1", "optimizer.learning_rate")])
+def test_bad_override_exits_2_with_one_line(tmp_path, arg, needle):
+  p = _main(str(tmp_path / "x"), arg)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 2
+  lines = [l for l in err.strip().splitlines() if l.strip()]
+  assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(data_dir, tmp_path):
+  args = _cli_overrides(data_dir, total_steps=4, checkpoint_every_steps=4, log_every_steps=1)
+  single = _main(str(tmp_path / "one"), *args, env=_cpu_env(4))
+  out, err = single.communicate(timeout=600)
+  assert single.returncode == 0, err
+  port = _free_port()
+  procs = [_main(str(tmp_path / "two"), *args, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                 "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}", env=_cpu_env(2))
+           for i in range(2)]
+  for p in procs:
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  one, two = _losses(str(tmp_path / "one")), _losses(str(tmp_path / "two"))
+  assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+  for s in one:
+    np.testing.assert_allclose(two[s], one[s], rtol=2e-4, atol=1e-5, err_msg=f"step {s}")
+
+
+def test_demo_config_end_to_end(tmp_path):
+  w = str(tmp_path / "demo")
+  p = _main(w, "--config.total_steps=6", "--config.log_every_steps=3", "--config.data.demo_num_train=64",
+            "--config.data.demo_num_eval=5", "--config.batch_size=16", "--config.progress_bar=False", env=_cpu_env(1))
+  out, err = p.communicate(timeout=600)
+  assert p.returncode == 0, err
+  assert "| sugarcrepe_heldout |" in out and "Exported a transformers CLIPModel" in out
+  cfg = json.load(open(os.path.join(w, "hf", "config.json")))
+  assert cfg["model_type"] == "clip"
+  assert os.path.exists(os.path.join(w, "tensorboard"))
