@@ -31,6 +31,7 @@ TEST = GEN + [
     "open_clip_torch>=2.26",  # reference tokenizer and the benchmark baseline
     "tensorflow-cpu>=2.16",  # TFRecord byte compatibility
     "tensorflow-datasets>=4.9.4",
+    "importlib_resources>=6",  # tensorflow-datasets imports it without declaring it
 ]
 
 setup(
@@ -45,7 +46,7 @@ setup(
         "tpu": ["jax[tpu]>=0.10"],
         "gpu": ["jax[cuda12]>=0.10"],
         "gen": GEN,
-        "tfds": ["tensorflow-datasets>=4.9.4", "tensorflow-cpu>=2.16"],
+        "tfds": ["tensorflow-datasets>=4.9.4", "tensorflow-cpu>=2.16", "importlib_resources>=6"],
         "test": TEST,
     },
 )

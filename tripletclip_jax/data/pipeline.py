@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class ShardSource:
   """Random access over every record of every shard, through the index sidecars.
 
-  `source[i]` -> (shard path, payload bytes or None, bad reason or None, detail).
+  `source[i]` -> (shard name, example dict or None, bad reason or None, detail).
   Picklable: file handles open lazily in each worker process.
   """
 
@@ -63,10 +63,28 @@ class ShardSource:
     s, offset, local = self._locate(int(i))
     if s not in self._files:
       self._files[s] = os.open(self.paths[s], os.O_RDONLY)
+    shard = os.path.basename(self.paths[s])
     try:
-      return self.paths[s], records.read_at(self._files[s], offset, self.paths[s], self.verify_crc), None, ""
+      payload = records.read_at(self._files[s], offset, self.paths[s], self.verify_crc)
     except records.RecordError as e:
-      return self.paths[s], None, e.reason, f"record {local}: {e}"
+      return shard, None, e.reason, f"record {local}: {e}"
+    try:
+      return shard, records.decode_example(payload), None, ""
+    except Exception as e:  # noqa: BLE001 - a corrupt payload that passed no CRC check
+      return shard, None, "undecodable_image", f"record {local}: unparseable Example ({e})"
+
+
+class TFDSSource:
+  """Adapts `tfds.data_source(...)` of the TripletData builder to the same item layout."""
+
+  def __init__(self, data_source, name: str):
+    self.data_source, self.name = data_source, name
+
+  def __len__(self) -> int:
+    return len(self.data_source)
+
+  def __getitem__(self, i: int):
+    return self.name, dict(self.data_source[int(i)]), None, ""
 
 
 def _bad(reason: str, where: str, detail: str) -> dict:
@@ -81,14 +99,9 @@ class Preprocess:
     self.crop_scale = tuple(crop_scale)
 
   def __call__(self, item, rng: np.random.Generator | None = None):
-    path, payload, reason, detail = item
-    shard = os.path.basename(path)
-    if payload is None:
+    shard, ex, reason, detail = item
+    if ex is None:
       return _bad(reason, shard, detail)
-    try:
-      ex = records.decode_example(payload)
-    except Exception as e:  # noqa: BLE001 - a corrupt payload whose CRC was not checked
-      return _bad("undecodable_image", shard, f"unparseable Example: {e}")
     key = ex.get("key", b"?")
     key = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
     where = f"{shard}:{key}"
@@ -172,12 +185,12 @@ class SkipBadBatch(grain.IterDataset):
     return _SkipBadBatchIterator(self._parent.__iter__(), *self._args)
 
 
-def make_dataset(pattern: str, *, batch_size: int, image_size: int, context_length: int = 77,
+def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: int = 77,
                  train: bool = True, seed: int = 0, num_epochs: int | None = None, shuffle: bool | None = None,
                  num_workers: int = 0, process_index: int | None = None, process_count: int | None = None,
                  crop_scale=(0.9, 1.0), max_bad_fraction: float = 0.01, bad_window: int = 1000,
                  drop_remainder: bool | None = None) -> grain.IterDataset:
-  """Per-process batches from TripletData shards.
+  """Per-process batches from TripletData shards (a glob, directory or list) or a source such as TFDSSource.
 
   `batch_size` is this process's share of the global batch. The order is a
   global shuffle from `seed`, reshuffled each epoch; process p takes every
@@ -188,7 +201,8 @@ def make_dataset(pattern: str, *, batch_size: int, image_size: int, context_leng
   if process_index is None or process_count is None:
     import jax  # only for the process layout; the pipeline itself needs no JAX
     process_index, process_count = jax.process_index(), jax.process_count()
-  source = ShardSource(records.resolve_shards(pattern))
+  source = pattern if hasattr(pattern, "__getitem__") and not isinstance(pattern, str) else \
+      ShardSource(records.resolve_shards(pattern))
   if len(source) == 0:
     raise ValueError(f"The shards matching {pattern!r} hold no records.")
   shuffle = train if shuffle is None else shuffle

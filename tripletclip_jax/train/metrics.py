@@ -36,7 +36,8 @@ class MetricWriter:
         self._tb.add_scalar(k, v, step)
     self._tb.flush()
     if echo and self.echo:
-      shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in clean.items())
+      shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in clean.items()
+                       if not (k.startswith("bad_records/") and v == 0))  # quiet while the data is clean
       self.echo(f"[step {step}] {shown}")
 
   def close(self) -> None:
