@@ -180,3 +180,19 @@ def test_demo_config_end_to_end(tmp_path):
   cfg = json.load(open(os.path.join(w, "hf", "config.json")))
   assert cfg["model_type"] == "clip"
   assert os.path.exists(os.path.join(w, "tensorboard"))
+
+
+def test_init_from_hugging_face(data_dir, tmp_path):
+  from tripletclip_jax.interop import hf
+  from tripletclip_jax.models import get_preset, init_params
+  cfg = get_preset("tiny", act="quick_gelu")
+  src = jax.device_get(init_params(cfg, jax.random.key(7)))
+  hf.export_hf(cfg, src, str(tmp_path / "hf_src"))
+  w = str(tmp_path / "ft")
+  # Learning rate 0: the checkpoint after one step must hold exactly the imported weights.
+  train_and_evaluate(small_config(data_dir, init_from=f"hf:{tmp_path / 'hf_src'}", total_steps=1,
+                                  **{"optimizer.learning_rate": 0.0, "optimizer.warmup_steps": 0}), w)
+  got_cfg, got = checkpoint.load_params(w)
+  assert got_cfg.act == "quick_gelu"
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(src)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
