@@ -28,11 +28,11 @@ PREFIXES = ("", "a photo of ", "an image of ", "there is ", "a picture showing "
 
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
-  colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
-  shapes: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond")
+  colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
+  shapes: tuple[str, ...] = ("circle", "square", "triangle", "star")
   min_objects: int = 1
-  max_objects: int = 4
-  max_named: int = 3        # a caption names at most this many objects
+  max_objects: int = 3
+  max_named: int = 2        # a caption names at most this many objects
   relation_prob: float = 0.35
   size_word_prob: float = 0.3
   num_heldout: int = 5      # colour-shape combinations never seen in training
@@ -64,7 +64,7 @@ class Caption:
 
 
 def _radius(size: str) -> float:
-  return 0.15 if size == "large" else 0.085
+  return 0.17 if size == "large" else 0.11  # >= 14 px wide at 64 px: shapes stay legible to 8 px patches
 
 
 def relation(a: Obj, b: Obj) -> str | None:
