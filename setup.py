@@ -21,10 +21,11 @@ CORE = [
     "huggingface_hub>=0.25",
     "matplotlib>=3.8",
     "absl-py>=2.0",
+    "transformers>=4.45",  # CLIPConfig / CLIPImageProcessor for Hugging Face export; needs no torch
 ]
 # The negatives tool and the HF reference models. torch is pinned to the CPU/GPU
 # wheels this project's machines carry; a newer torch works on GPU boxes too.
-GEN = ["torch>=2.4", "transformers>=4.45", "diffusers>=0.31", "accelerate>=1.0", "webdataset>=0.2.90"]
+GEN = ["torch>=2.4", "diffusers>=0.31", "accelerate>=1.0", "webdataset>=0.2.90"]
 TEST = GEN + [
     "pytest>=8",
     "torchvision>=0.19",

@@ -54,8 +54,8 @@ def write_data(d: str, n: int, seed: int = 0):
   return shard, tar_path
 
 
-def run_ours(shard: str, n: int, batch: int) -> float:
-  ds = pipeline.make_dataset(shard, batch_size=batch, image_size=224, train=True, seed=0)
+def run_ours(shard: str, n: int, batch: int, threads: int) -> float:
+  ds = pipeline.make_dataset(shard, batch_size=batch, image_size=224, train=True, seed=0, read_threads=threads)
   it = iter(ds)
   t = time.perf_counter()
   seen = 0
@@ -71,13 +71,11 @@ def run_webdataset(tar_path: str, n: int, batch: int) -> float:
   from torchvision import transforms as T
   tf = T.Compose([T.RandomResizedCrop(224, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC),
                   T.ToTensor(), T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
-  def prep(s):
-    return (tf(s["image"].convert("RGB")), tf(s["neg_image"].convert("RGB")),
-            open_clip.tokenize([s["caption"]])[0], open_clip.tokenize([s["neg_caption"]])[0])
-  ds = (wds.WebDataset(tar_path, shardshuffle=False, empty_check=False).repeat()
-        .decode("pil").map(lambda s: {**s, "caption": s["caption"].decode() if isinstance(s["caption"], bytes) else s["caption"],
-                                     "neg_caption": s["neg_caption"].decode() if isinstance(s["neg_caption"], bytes) else s["neg_caption"]})
-        .map(prep))
+  def prep(s):  # the members have no image extension: decode them with PIL, as the released code does
+    img = lambda b: tf(Image.open(io.BytesIO(b)).convert("RGB"))
+    return (img(s["image"]), img(s["neg_image"]), open_clip.tokenize([s["caption"].decode()])[0],
+            open_clip.tokenize([s["neg_caption"].decode()])[0])
+  ds = wds.WebDataset(tar_path, shardshuffle=False, empty_check=False).repeat().map(prep)
   loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=0)
   it = iter(loader)
   t = time.perf_counter()
@@ -92,6 +90,7 @@ def main():
   p.add_argument("--num_examples", type=int, default=256)
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--read_threads", type=int, default=1, help="our decode threads (one core: 1)")
   args = p.parse_args()
   if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core: a per-worker figure
@@ -99,17 +98,17 @@ def main():
   torch.set_num_threads(1)
   with tempfile.TemporaryDirectory() as d:
     shard, tar_path = write_data(d, args.num_examples)
-    run_ours(shard, args.batch_size, args.batch_size)  # warm-up: imports, tokenizer, caches
+    run_ours(shard, args.batch_size, args.batch_size, args.read_threads)  # warm-up: imports, tokenizer, caches
     run_webdataset(tar_path, args.batch_size, args.batch_size)
     ours, theirs = [], []
     for _ in range(args.rounds):
-      ours.append(run_ours(shard, args.num_examples, args.batch_size))
+      ours.append(run_ours(shard, args.num_examples, args.batch_size, args.read_threads))
       theirs.append(run_webdataset(tar_path, args.num_examples, args.batch_size))
   o, t = statistics.median(ours), statistics.median(theirs)
   print(f"ours (Grain + records): {o:.1f} examples/s/core {[round(x, 1) for x in ours]}")
   print(f"webdataset + PIL + torchvision: {t:.1f} examples/s/core {[round(x, 1) for x in theirs]}")
   print(f"ours_examples_per_s_per_core={o:.2f} webdataset_examples_per_s_per_core={t:.2f} ratio={o / t:.3f} "
-        f"image_size=224 source_px=512 examples={args.num_examples} rounds={args.rounds}")
+        f"read_threads={args.read_threads} image_size=224 source_px=512 examples={args.num_examples} rounds={args.rounds}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def get_config(loss: str = "tripletclip"):
   c.optimizer.warmup_steps = 20
   c.optimizer.weight_decay = 0.1
   c.data.num_workers = 0
+  c.data.read_threads = 2
   c.data.crop_scale = (0.9, 1.0)
   c.data.demo_num_train = 1500
   c.data.demo_num_eval = 200

@@ -35,9 +35,8 @@ class ShardSource:
   def __init__(self, paths: list[str], verify_crc: bool = True):
     self.paths = list(paths)
     self.verify_crc = verify_crc
-    counts = [len(records.load_index(p)) for p in self.paths]
-    self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    self._indexes: dict[int, np.ndarray] = {}
+    self._indexes = {s: records.load_index(p) for s, p in enumerate(self.paths)}  # reloaded lazily in workers
+    self.starts = np.concatenate([[0], np.cumsum([len(x) for x in self._indexes.values()])]).astype(np.int64)
     self._files: dict[int, Any] = {}
     self._pid = None
 
@@ -189,14 +188,14 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
                  train: bool = True, seed: int = 0, num_epochs: int | None = None, shuffle: bool | None = None,
                  num_workers: int = 0, process_index: int | None = None, process_count: int | None = None,
                  crop_scale=(0.9, 1.0), max_bad_fraction: float = 0.01, bad_window: int = 1000,
-                 drop_remainder: bool | None = None) -> grain.IterDataset:
+                 drop_remainder: bool | None = None, read_threads: int = 16) -> grain.IterDataset:
   """Per-process batches from TripletData shards (a glob, directory or list) or a source such as TFDSSource.
 
   `batch_size` is this process's share of the global batch. The order is a
   global shuffle from `seed`, reshuffled each epoch; process p takes every
   `process_count`-th element of it, so shares are disjoint and complete.
   Eval mode (`train=False`) defaults to one epoch, no shuffle, keeping the
-  last partial batch.
+  last partial batch. `read_threads` threads decode ahead in each process.
   """
   if process_index is None or process_count is None:
     import jax  # only for the process layout; the pipeline itself needs no JAX
@@ -216,7 +215,9 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
   # an example is cropped the same way whatever the number of processes.
   ds = ds.random_map(prep, seed=seed) if train else ds.map(prep)
   ds = ds[process_index::process_count]
-  ds = ds.to_iter_dataset()
+  # Threads that decode ahead within each process (Grain's default is 16); use about one per core a
+  # process has, or a few per worker process when mp workers split the cores.
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * batch_size))
   ds = SkipBadBatch(ds, batch_size, train if drop_remainder is None else drop_remainder, max_bad_fraction, bad_window)
   if num_workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))

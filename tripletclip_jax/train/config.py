@@ -36,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2 ** 16))
   c.data = ml_collections.ConfigDict(dict(
       train=config_dict.placeholder(str),   # shard glob / directory of TripletData
-      num_workers=8, crop_scale=(0.9, 1.0), max_bad_fraction=0.01, bad_window=1000,
+      num_workers=8, read_threads=4, crop_scale=(0.9, 1.0), max_bad_fraction=0.01, bad_window=1000,
       demo_data_dir=config_dict.placeholder(str),  # demo: where to generate the world (default WORKDIR/data)
       demo_num_train=0, demo_num_eval=0))
   c.eval = ml_collections.ConfigDict(dict(

@@ -157,7 +157,8 @@ def _train(config, workdir: str, preempted: list) -> dict:
   ds = pipeline.make_dataset(
       train_pattern, batch_size=config.batch_size // jax.process_count(), image_size=model_cfg.vision.image_size,
       context_length=model_cfg.text.context_length, train=True, seed=config.seed,
-      num_workers=config.data.num_workers, crop_scale=tuple(config.data.crop_scale),
+      num_workers=config.data.num_workers, read_threads=config.data.read_threads,
+      crop_scale=tuple(config.data.crop_scale),
       max_bad_fraction=config.data.max_bad_fraction, bad_window=config.data.bad_window)
   data_iter = iter(ds)
 
@@ -251,13 +252,15 @@ def _train(config, workdir: str, preempted: list) -> dict:
       data_iter.close()
     writer.close()
 
+  params = full_params(state)  # every process takes part in the gather; only process 0 writes
+  if evals and not results:  # the workdir already held the final checkpoint
+    results = run_evals(model_cfg, params, evals)
   if evals and is_main:
     print(f"\nHeld-out compositional evaluation ({config.loss}, step {total_steps}), accuracy %:")
     print(format_table(results, evals))
   if config.export_hf_dir and is_main:
     from tripletclip_jax.interop import hf
     out = os.path.join(workdir, config.export_hf_dir)
-    hf.export_hf(model_cfg, full_params(state), out, train_config=config.to_dict(), eval_results=results)
+    hf.export_hf(model_cfg, params, out, train_config=config.to_dict(), eval_results=results)
     print(f"Exported a transformers CLIPModel to {out}")
-  final = jax.device_get(state.params["logit_scale"])
-  return {"step": total_steps, "logit_scale": float(np.exp(final)), **results}
+  return {"step": total_steps, "logit_scale": float(np.exp(params["logit_scale"])), **results}
