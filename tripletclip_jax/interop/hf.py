@@ -236,6 +236,8 @@ def write_tokenizer(out_dir: str, context_length: int = 77) -> None:
 
 def write_preprocessor(out_dir: str, image_size: int) -> None:
   from transformers import CLIPImageProcessor
+  from transformers.utils import logging as hf_logging
+  hf_logging.set_verbosity_error()  # without torchvision it falls back to its PIL backend, and says so at length
   CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                      image_mean=image_ops.OPENAI_MEAN.tolist(), image_std=image_ops.OPENAI_STD.tolist(),
                      resample=3, do_convert_rgb=True).save_pretrained(out_dir)
