@@ -26,7 +26,8 @@ CORE = [
 # The negatives tool and the HF reference models. torch is pinned to the CPU/GPU
 # wheels this project's machines carry; a newer torch works on GPU boxes too.
 GEN = ["torch>=2.4", "diffusers>=0.31", "accelerate>=1.0", "webdataset>=0.2.90"]
-TEST = GEN + [
+EVAL = ["datasets>=2.18"]  # Winoground as the `datasets` library saves it
+TEST = GEN + EVAL + [
     "pytest>=8",
     "torchvision>=0.19",
     "open_clip_torch>=2.26",  # reference tokenizer and the benchmark baseline
@@ -47,6 +48,7 @@ setup(
         "tpu": ["jax[tpu]>=0.10"],
         "gpu": ["jax[cuda12]>=0.10"],
         "gen": GEN,
+        "eval": EVAL,
         "tfds": ["tensorflow-datasets>=4.9.4", "tensorflow-cpu>=2.16", "importlib_resources>=6"],
         "test": TEST,
     },

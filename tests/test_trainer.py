@@ -69,7 +69,8 @@ def test_resume_is_bit_identical(data_dir, tmp_path):
   for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   final = read_metrics(a)[8]
-  assert "eval/sugarcrepe_heldout/mean" in final and final["pairs_seen"] == 8 * 16 * 2
+  assert "eval/sugarcrepe_heldout/mean" in final and "eval/triplet_heldout/group" in final
+  assert final["pairs_seen"] == 8 * 16 * 2
   assert all(final[f"bad_records/{r}"] == 0 for r in ("undecodable_image", "crc_mismatch"))
 
 

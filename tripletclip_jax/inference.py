@@ -7,9 +7,11 @@
 """
 
 import os
+import sys
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from tripletclip_jax.data.image_ops import preprocess
 from tripletclip_jax.data.tokenizer import tokenize
@@ -19,8 +21,9 @@ from tripletclip_jax.models import CLIP, CLIPConfig
 class Model:
   """Batched, jit-compiled encoders over fixed parameters. Embeddings are float32 numpy."""
 
-  def __init__(self, config: CLIPConfig, params, batch_size: int = 128):
+  def __init__(self, config: CLIPConfig, params, batch_size: int = 128, progress: bool | None = None):
     self.config, self.params, self.batch_size = config, params, batch_size
+    self.progress = sys.stderr.isatty() if progress is None else progress
     module = CLIP(config)
     self._img = jax.jit(lambda p, x: module.apply({"params": p}, x, method=CLIP.encode_image))
     self._txt = jax.jit(lambda p, t: module.apply({"params": p}, t, method=CLIP.encode_text))
@@ -36,7 +39,8 @@ class Model:
   def _batched(self, fn, arrays: np.ndarray) -> np.ndarray:
     # Pad every chunk to one size so that a single compiled program serves every call.
     out = []
-    for i in range(0, len(arrays), self.batch_size):
+    for i in tqdm(range(0, len(arrays), self.batch_size), disable=not self.progress or len(arrays) <= self.batch_size,
+                  unit="batch", leave=False):
       chunk = arrays[i:i + self.batch_size]
       pad = self.batch_size - len(chunk)
       if pad:
@@ -54,7 +58,11 @@ class Model:
 
   def encode_texts(self, texts) -> np.ndarray:
     """Captions -> [N, D] L2-normalised float32."""
-    return self._batched(self._txt, tokenize(list(texts), self.config.text.context_length))
+    return self.encode_token_ids(tokenize(list(texts), self.config.text.context_length))
+
+  def encode_token_ids(self, ids: np.ndarray) -> np.ndarray:
+    """int32 [N, L] CLIP token ids -> [N, D]."""
+    return self._batched(self._txt, np.asarray(ids, np.int32))
 
 
 def load(path: str, step: int | None = None, batch_size: int = 128) -> Model:

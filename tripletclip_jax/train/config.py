@@ -42,8 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       sugarcrepe_dir=config_dict.placeholder(str), sugarcrepe_image_dir=config_dict.placeholder(str),
       extra_sugarcrepe_dirs=(),  # more SugarCrepe-format folders, reported under their folder name
+      triplet_data=config_dict.placeholder(str),  # held-out TripletData shards: text / image / group scores
   ))
-  c.export_hf_dir = config_dict.placeholder(str)  # export a transformers CLIP directory at the end
+  c.export_hf_dir = config_dict.placeholder(str)  # export a transformers CLIP directory at the end ("" = off)
   c.distributed = ml_collections.ConfigDict(dict(
       coordinator_address=config_dict.placeholder(str), num_processes=config_dict.placeholder(int),
       process_id=config_dict.placeholder(int)))

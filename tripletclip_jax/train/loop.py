@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from tripletclip_jax import sharding
 from tripletclip_jax.data import demo_world, pipeline
-from tripletclip_jax.evaluate import sugarcrepe
+from tripletclip_jax.evaluate import sugarcrepe, triplet
 from tripletclip_jax.inference import Model
 from tripletclip_jax.models import get_preset, train_flops_per_example
 from tripletclip_jax.train import checkpoint as ckpt
@@ -67,13 +67,15 @@ def _hf_path(init_from: str) -> str:
   return init_from[3:]
 
 
-def prepare_data(config, workdir: str) -> tuple[str, list[tuple[str, str]]]:
-  """(train shard pattern, [(name, sugarcrepe dir)]); generates the demo world when configured."""
+def prepare_data(config, workdir: str) -> tuple[str, list[tuple[str, str, str]]]:
+  """(train shard pattern, [(evaluator, name, data path)]); generates the demo world when configured."""
   d = config.data
   train, evals = d.train, []
   if config.eval.sugarcrepe_dir:
-    evals.append(("sugarcrepe", config.eval.sugarcrepe_dir))
-  evals += [(os.path.basename(p.rstrip("/")), p) for p in config.eval.extra_sugarcrepe_dirs]
+    evals.append(("sugarcrepe", "sugarcrepe", config.eval.sugarcrepe_dir))
+  evals += [("sugarcrepe", os.path.basename(p.rstrip("/")), p) for p in config.eval.extra_sugarcrepe_dirs]
+  if config.eval.triplet_data:
+    evals.append(("triplet", "triplet", config.eval.triplet_data))
   if train is None and d.demo_num_train:
     root = d.demo_data_dir or os.path.join(workdir, "data")
     if jax.process_index() == 0 and not os.path.exists(os.path.join(root, "train", "manifest.json")):
@@ -82,8 +84,9 @@ def prepare_data(config, workdir: str) -> tuple[str, list[tuple[str, str]]]:
     multihost_utils.sync_global_devices("demo data")
     train = os.path.join(root, "train")
     if not evals:
-      evals = [("sugarcrepe_heldout", os.path.join(root, "sugarcrepe")),
-               ("sugarcrepe_seen", os.path.join(root, "sugarcrepe_seen"))]
+      evals = [("sugarcrepe", "sugarcrepe_heldout", os.path.join(root, "sugarcrepe")),
+               ("sugarcrepe", "sugarcrepe_seen", os.path.join(root, "sugarcrepe_seen")),
+               ("triplet", "triplet_heldout", os.path.join(root, "heldout"))]
   if train is None:
     raise ValueError("config.data.train is not set: pass --config.data.train=GLOB_OR_DIR of TripletData shards.")
   return train, evals
@@ -105,22 +108,33 @@ def full_params(state):
   return multihost_utils.process_allgather(state.params, tiled=True)
 
 
+EVALUATORS = {"sugarcrepe": sugarcrepe.evaluate, "triplet": triplet.evaluate}
+
+
 def run_evals(model_cfg, params, evals) -> dict:
-  model = Model(model_cfg, params)
+  model = Model(model_cfg, params, progress=False)  # the training bar owns the terminal
   out = {}
-  for name, directory in evals:
-    for k, v in sugarcrepe.evaluate(model, directory).items():
+  for kind, name, path in evals:
+    for k, v in EVALUATORS[kind](model, path).items():
       out[f"eval/{name}/{k}"] = v
   return out
 
 
 def format_table(results: dict, evals) -> str:
+  """The SugarCrepe rows as a markdown table, then one line per TripletData score."""
   rows = []
-  for name, _ in evals:
+  for kind, name, _ in evals:
+    if kind != "sugarcrepe":
+      continue
     cells = [f"{results.get(f'eval/{name}/{s}', float('nan')):5.1f}" for s in (*sugarcrepe.SUBSETS, "mean")]
     rows.append(f"| {name} | " + " | ".join(cells) + " |")
   head = "| benchmark | " + " | ".join((*sugarcrepe.SUBSETS, "mean")) + " |"
-  return "\n".join([head, "|" + "---|" * (len(sugarcrepe.SUBSETS) + 2), *rows])
+  lines = [head, "|" + "---|" * (len(sugarcrepe.SUBSETS) + 2), *rows] if rows else []
+  for kind, name, _ in evals:
+    if kind == "triplet":
+      lines.append(f"{name}: " + ", ".join(f"{s} {results.get(f'eval/{name}/{s}', float('nan')):.1f}"
+                                           for s in ("text", "image", "group")))
+  return "\n".join(lines)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

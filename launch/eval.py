@@ -1,0 +1,76 @@
+"""Evaluates a training workdir or a Hugging Face CLIP directory.
+
+  python launch/eval.py --model runs/demo --tasks sugarcrepe,triplet \
+      --sugarcrepe_dir runs/demo/data/sugarcrepe --triplet_data runs/demo/data/heldout --output results.json
+  python launch/eval.py --model /models/clip-vit-base-patch32 --tasks sugarcrepe,winoground,zeroshot,retrieval \
+      --sugarcrepe_dir /data/sugarcrepe --coco_image_dir /data/coco/val2017 \
+      --winoground /data/winoground --zeroshot tfds:imagenet2012 --tfds_data_dir /data/tfds \
+      --retrieval_json /data/karpathy/dataset_coco.json --retrieval_image_dir /data/coco --output results.json
+
+Writes results.json ({"sugarcrepe": {"add_att": 61.2, ..., "mean": ...}, ...}, percentages), results.md and
+one results_TASK.png bar chart per task.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+TASKS = ("sugarcrepe", "winoground", "zeroshot", "retrieval", "triplet")
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", required=True, help="training workdir or Hugging Face CLIP directory")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step of a workdir (default: latest)")
+  p.add_argument("--tasks", default="sugarcrepe")
+  p.add_argument("--output", default="results.json")
+  p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--sugarcrepe_dir", help="folder with the 7 SugarCrepe JSON files")
+  p.add_argument("--coco_image_dir", help="SugarCrepe's images (COCO val2017); default SUGARCREPE_DIR/images")
+  p.add_argument("--winoground", help="`datasets` folder (save_to_disk / parquet / arrow) or examples.jsonl")
+  p.add_argument("--winoground_image_dir", help="image folder for examples.jsonl (default: beside it, images/)")
+  p.add_argument("--zeroshot", help="image folder with a subfolder per class, or tfds:imagenet2012|cifar10|cifar100")
+  p.add_argument("--tfds_data_dir", default=None)
+  p.add_argument("--retrieval_json", help="Karpathy split JSON (dataset_coco.json / dataset_flickr30k.json)")
+  p.add_argument("--retrieval_image_dir")
+  p.add_argument("--triplet_data", help="held-out TripletData shards (glob or directory)")
+  args = p.parse_args(argv)
+
+  tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+  unknown = [t for t in tasks if t not in TASKS]
+  if unknown:
+    p.error(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+  needs = {"sugarcrepe": "sugarcrepe_dir", "winoground": "winoground", "zeroshot": "zeroshot",
+           "retrieval": "retrieval_json", "triplet": "triplet_data"}
+  for t in tasks:
+    if not getattr(args, needs[t]):
+      p.error(f"task {t} needs --{needs[t]}")
+  if "retrieval" in tasks and not args.retrieval_image_dir:
+    p.error("task retrieval needs --retrieval_image_dir")
+
+  import tripletclip_jax as tc
+  from tripletclip_jax.evaluate import report, retrieval, sugarcrepe, triplet, winoground, zeroshot
+  try:
+    model = tc.load(args.model, step=args.step, batch_size=args.batch_size)
+    runners = {
+        "sugarcrepe": lambda: sugarcrepe.evaluate(model, args.sugarcrepe_dir, args.coco_image_dir),
+        "winoground": lambda: winoground.evaluate(model, args.winoground, args.winoground_image_dir),
+        "zeroshot": lambda: zeroshot.evaluate(model, args.zeroshot, args.tfds_data_dir),
+        "retrieval": lambda: retrieval.evaluate(model, args.retrieval_json, args.retrieval_image_dir),
+        "triplet": lambda: triplet.evaluate(model, args.triplet_data),
+    }
+    results = {}
+    for t in tasks:
+      results[t] = runners[t]()
+      shown = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in results[t].items())
+      print(f"{t}: {shown}")
+  except (FileNotFoundError, ValueError, KeyError) as e:
+    sys.exit(f"error: {e}")
+  for path in report.write(results, args.output, args.model):
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,50 @@
+"""Writes evaluation results: results.json, a markdown table and one PNG bar chart per task."""
+
+import json
+import os
+
+
+def _numeric(d: dict) -> dict:
+  return {k: v for k, v in d.items() if isinstance(v, float)}
+
+
+def to_markdown(results: dict, model: str) -> str:
+  lines = [f"# Evaluation of {model}", ""]
+  for task, metrics in results.items():
+    lines += [f"## {task}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    lines.append("")
+  return "\n".join(lines)
+
+
+def bar_chart(task: str, metrics: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  values = _numeric(metrics)
+  fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(values) + 1), 3.2))
+  bars = ax.bar(list(values), list(values.values()), color="#4878cf")
+  ax.bar_label(bars, fmt="%.1f", fontsize=8)
+  ax.set_ylim(0, 105)
+  ax.set_ylabel("%")
+  ax.set_title(task)
+  ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write(results: dict, output: str, model: str) -> list[str]:
+  """results {task: {metric: value}} -> output (JSON) plus OUTPUT_STEM.md and OUTPUT_STEM_TASK.png beside it."""
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  with open(output, "w") as f:
+    json.dump(results, f, indent=2)
+  stem = os.path.splitext(output)[0]
+  written = [output, stem + ".md"]
+  with open(stem + ".md", "w") as f:
+    f.write(to_markdown(results, model))
+  for task, metrics in results.items():
+    png = f"{stem}_{task}.png"
+    bar_chart(task, metrics, png)
+    written.append(png)
+  return written

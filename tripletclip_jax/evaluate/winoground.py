@@ -1,0 +1,59 @@
+"""Winoground: text, image and group scores over (image_0, image_1, caption_0, caption_1).
+
+Reads the dataset as the `datasets` library saves it (`save_to_disk`, or a
+folder of parquet / arrow files), or the original release: `examples.jsonl`
+plus an image folder (`image_0` / `image_1` name files, with or without .png).
+"""
+
+import glob
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def load(path: str, image_dir: str | None = None) -> list[dict]:
+  """-> [{'image_0': PIL, 'image_1': PIL, 'caption_0': str, 'caption_1': str}]."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Winoground data {path} is missing: pass a `datasets` folder or examples.jsonl.")
+  if path.endswith(".jsonl"):
+    image_dir = image_dir or os.path.join(os.path.dirname(path), "images")
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    def img(name):
+      for candidate in (name, f"{name}.png", f"{name}.jpg"):
+        p = os.path.join(image_dir, candidate)
+        if os.path.exists(p):
+          with Image.open(p) as im:
+            return im.convert("RGB")
+      raise FileNotFoundError(f"Winoground image {name!r} not found in {image_dir}.")
+    return [dict(r, image_0=img(r["image_0"]), image_1=img(r["image_1"])) for r in rows]
+  import datasets
+  if os.path.exists(os.path.join(path, "dataset_info.json")) or os.path.exists(os.path.join(path, "dataset_dict.json")):
+    ds = datasets.load_from_disk(path)
+  else:
+    files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+    kind = "parquet"
+    if not files:
+      files, kind = sorted(glob.glob(os.path.join(path, "**", "*.arrow"), recursive=True)), "arrow"
+    if not files:
+      raise FileNotFoundError(f"{path} holds no saved dataset, parquet or arrow files.")
+    ds = datasets.load_dataset(kind, data_files=files, split="train")
+  if isinstance(ds, datasets.DatasetDict):
+    ds = ds["test"] if "test" in ds else next(iter(ds.values()))
+  return [dict(r) for r in ds]
+
+
+def scores(sim: np.ndarray) -> dict:
+  """sim [N, 2 images, 2 captions] -> text / image / group score (%)."""
+  text = (sim[:, 0, 0] > sim[:, 0, 1]) & (sim[:, 1, 1] > sim[:, 1, 0])
+  image = (sim[:, 0, 0] > sim[:, 1, 0]) & (sim[:, 1, 1] > sim[:, 0, 1])
+  return {"text": 100.0 * text.mean(), "image": 100.0 * image.mean(), "group": 100.0 * (text & image).mean(),
+          "n": int(len(sim))}
+
+
+def evaluate(model, path: str, image_dir: str | None = None) -> dict:
+  rows = load(path, image_dir)
+  img = model.encode_images([r[k] for r in rows for k in ("image_0", "image_1")]).reshape(len(rows), 2, -1)
+  txt = model.encode_texts([r[k] for r in rows for k in ("caption_0", "caption_1")]).reshape(len(rows), 2, -1)
+  return scores(np.einsum("nid,ncd->nic", img, txt))
