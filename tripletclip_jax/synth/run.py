@@ -1,0 +1,182 @@
+"""Orchestration: chunks, stages, resume and scale-out for the negatives tool.
+
+The input is split into chunks of `chunk_size` keys in input order; chunk i
+goes to process i % world_size and becomes shard NAME-i-of-n. The captions
+stage appends to captions/chunk-i.jsonl as it goes; the images stage renders
+a chunk whose captions are complete and writes its shard atomically, with a
+summary JSON. A rerun skips finished shards and captioned keys, so every key
+ends up in exactly one record.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from tqdm import tqdm
+
+from tripletclip_jax.data import records
+
+
+@dataclasses.dataclass
+class Options:
+  input: str
+  output_dir: str
+  llm: str | None = None
+  t2i: str | None = None
+  clip: str | None = None
+  stages: tuple[str, ...] = ("captions", "images")
+  device: str = "cpu"
+  batch_size: int = 8
+  image_batch_size: int = 4
+  chunk_size: int = 1000
+  name: str = "negatives"
+  seed: int = 0
+  num_shards: int = 1
+  shard_index: int = 0
+  max_new_tokens: int = 64
+  temperature: float = 0.7
+  top_p: float = 0.95
+  do_sample: bool = True
+  retries: int = 2
+  steps: int = 1
+  guidance: float = 0.0
+  image_size: int = 512
+  min_score: float | None = None
+  keep_top: float | None = None
+  trust_remote_code: bool = False
+
+
+def process_share(opts: Options) -> tuple[int, int]:
+  """(index, count) of this process: --num_shards/--shard_index, else torchrun / accelerate's RANK."""
+  if opts.num_shards > 1:
+    return opts.shard_index, opts.num_shards
+  return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _read_jsonl(path: str) -> dict:
+  out = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          rec = json.loads(line)
+          out[rec["key"]] = rec
+        except (json.JSONDecodeError, KeyError):
+          pass  # a line cut short by a kill: its key is simply generated again
+  return out
+
+
+def run(opts: Options, log=print) -> dict:
+  from tripletclip_jax.synth.inputs import read_inputs
+  unknown = set(opts.stages) - {"captions", "images", "score"}
+  if unknown:
+    raise ValueError(f"Unknown stage(s) {sorted(unknown)}; choose from captions, images, score.")
+  if "captions" in opts.stages and not opts.llm:
+    raise ValueError("The captions stage needs --llm MODEL_OR_DIR.")
+  if "images" in opts.stages and not opts.t2i:
+    raise ValueError("The images stage needs --t2i MODEL_OR_DIR.")
+  if "score" in opts.stages and not opts.clip:
+    raise ValueError("The score stage needs --clip MODEL_OR_DIR (a transformers CLIPModel).")
+  items, skipped = read_inputs(opts.input)
+  for where, why in skipped[:20]:
+    log(f"skipped input {where}: {why}")
+  rank, world = process_share(opts)
+  chunks = [items[i:i + opts.chunk_size] for i in range(0, len(items), opts.chunk_size)]
+  mine = [i for i in range(len(chunks)) if i % world == rank]
+  os.makedirs(os.path.join(opts.output_dir, "captions"), exist_ok=True)
+  shard = lambda i: os.path.join(opts.output_dir, records.shard_name(opts.name, i, len(chunks)))
+  todo = [i for i in mine if not os.path.exists(shard(i))]
+  log(f"{len(items)} inputs ({len(skipped)} skipped) in {len(chunks)} chunks; process {rank}/{world} has "
+      f"{len(mine)}, {len(mine) - len(todo)} already done")
+
+  captioner = imager = scorer = None
+  totals = {"records": 0, "llm": 0, "rule": 0, "filtered": 0, "input_skipped": len(skipped)}
+  for i in todo:
+    chunk, cap_path = chunks[i], os.path.join(opts.output_dir, "captions", f"chunk-{i:05d}.jsonl")
+    done = _read_jsonl(cap_path)
+    missing = [it for it in chunk if it["key"] not in done]
+    t0 = time.perf_counter()
+    if missing and "captions" in opts.stages:
+      from tripletclip_jax.synth.models import Captioner
+      captioner = captioner or Captioner(opts.llm, opts.device, opts.max_new_tokens, opts.do_sample,
+                                         opts.temperature, opts.top_p, opts.retries, opts.seed, opts.trust_remote_code)
+      with open(cap_path, "a") as f, tqdm(total=len(missing), desc=f"captions {i}", unit="cap") as bar:
+        for b in range(0, len(missing), opts.batch_size):
+          for rec in captioner(missing[b:b + opts.batch_size]):
+            f.write(json.dumps(rec) + "\n")
+            done[rec["key"]] = rec
+          f.flush()
+          bar.update(len(missing[b:b + opts.batch_size]))
+      missing = []
+    t_captions = time.perf_counter() - t0
+    if "images" not in opts.stages:
+      continue
+    if missing:
+      log(f"chunk {i}: {len(missing)} keys have no negative caption yet; run the captions stage first.")
+      continue
+    from tripletclip_jax.synth.models import Imager
+    imager = imager or Imager(opts.t2i, opts.device, opts.steps, opts.guidance, opts.image_size, opts.seed,
+                              trust_remote_code=opts.trust_remote_code)
+    t1 = time.perf_counter()
+    neg_images = []
+    with tqdm(total=len(chunk), desc=f"images {i}", unit="img") as bar:
+      for b in range(0, len(chunk), opts.image_batch_size):
+        part = chunk[b:b + opts.image_batch_size]
+        neg_images += imager([it["key"] for it in part], [done[it["key"]]["neg_caption"] for it in part])
+        bar.update(len(part))
+    t_images = time.perf_counter() - t1
+    scores = None
+    if "score" in opts.stages:
+      from tripletclip_jax.synth.models import Scorer
+      scorer = scorer or Scorer(opts.clip, opts.device)
+      scores = []
+      for b in range(0, len(chunk), opts.batch_size):
+        part = chunk[b:b + opts.batch_size]
+        scores += scorer([it["image"] for it in part], [it["caption"] for it in part], neg_images[b:b + len(part)],
+                         [done[it["key"]]["neg_caption"] for it in part]).tolist()
+    keep = _keep_mask(scores, len(chunk), opts.min_score, opts.keep_top)
+    summary = {"chunk": i, "inputs": len(chunk), "records": 0, "llm": 0, "rule": 0, "filtered": 0,
+               "rejected_reasons": {}, "seconds": {"captions": round(t_captions, 2), "images": round(t_images, 2)}}
+    with records.ShardWriter(shard(i)) as w:
+      for j, it in enumerate(chunk):
+        rec = done[it["key"]]
+        for r in rec.get("rejected", []):
+          summary["rejected_reasons"][r] = summary["rejected_reasons"].get(r, 0) + 1
+        if not keep[j]:
+          summary["filtered"] += 1
+          continue
+        w.write({"key": it["key"], "image": it["image"], "caption": it["caption"], "neg_image": neg_images[j],
+                 "neg_caption": rec["neg_caption"], "neg_source": rec["neg_source"],
+                 "neg_type": rec.get("neg_type"), "clip_score": None if scores is None else float(scores[j]),
+                 "source": os.path.basename(opts.input)})
+        summary[rec["neg_source"]] += 1
+    summary["records"] = w.count
+    with open(shard(i) + ".summary.json", "w") as f:
+      json.dump(summary, f, indent=1)
+    for k in ("records", "llm", "rule", "filtered"):
+      totals[k] += summary[k]
+    log(f"wrote {shard(i)}: {summary['records']} records ({summary['rule']} rule fallbacks, "
+        f"{summary['filtered']} filtered)")
+  _maybe_manifest(opts, [shard(i) for i in range(len(chunks))])
+  return totals
+
+
+def _keep_mask(scores, n: int, min_score, keep_top) -> list[bool]:
+  """Filters on clip_score: a minimum, and/or the top fraction of this chunk (everything without scores)."""
+  if scores is None:
+    return [True] * n
+  keep = [min_score is None or s >= min_score for s in scores]
+  if keep_top is not None and scores:
+    cut = sorted(scores, reverse=True)[max(int(round(keep_top * len(scores))) - 1, 0)]
+    keep = [k and s >= cut for k, s in zip(keep, scores)]
+  return keep
+
+
+def _maybe_manifest(opts: Options, shards: list[str]) -> None:
+  """Once every shard exists (all processes finished), the manifest describes the dataset."""
+  if shards and all(os.path.exists(s) for s in shards):
+    counts = [len(records.load_index(s)) for s in shards]
+    records.write_manifest(opts.output_dir, opts.name, shards, counts, tool="launch/make_negatives.py",
+                           llm=opts.llm, t2i=opts.t2i, clip=opts.clip, stages=list(opts.stages), seed=opts.seed,
+                           steps=opts.steps, guidance=opts.guidance, image_size=opts.image_size)
