@@ -69,11 +69,16 @@ def main(argv):
   if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
     print("error: pass --config=configs/NAME.py and --workdir=DIR", file=sys.stderr)
     sys.exit(2)
+  from tripletclip_jax.data.pipeline import TooManyBadRecords
   from tripletclip_jax.train.loop import Preempted, train_and_evaluate
   try:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   except Preempted as e:
     print(e)
+  except (ValueError, FileNotFoundError, FloatingPointError, TooManyBadRecords) as e:
+    # Bad input or a diverged run: one line that says what to do, not a traceback.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

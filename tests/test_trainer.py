@@ -197,3 +197,12 @@ def test_init_from_hugging_face(data_dir, tmp_path):
   assert got_cfg.act == "quick_gelu"
   for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(src)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_missing_training_data_is_one_line(tmp_path):
+  p = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch/main.py"), "--config", "configs/cc3m.py",
+                        "--workdir", str(tmp_path / "w"), f"--config.data.train={tmp_path}/none-*.tfrecord"],
+                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cpu_env(1))
+  _, err = p.communicate(timeout=300)
+  assert p.returncode == 1 and "Traceback" not in err
+  assert err.strip().splitlines()[-1].startswith("error: No TFRecord shards match")

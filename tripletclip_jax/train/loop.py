@@ -158,16 +158,13 @@ def _train(config, workdir: str, preempted: list) -> dict:
   model_cfg = model_config(config)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   sharding.check_batch_divides(config.batch_size, mesh)
+  if config.accum_steps > 1:
+    if config.batch_size % config.accum_steps:
+      raise ValueError(f"batch_size={config.batch_size} does not split into accum_steps={config.accum_steps}.")
+    sharding.check_batch_divides(config.batch_size // config.accum_steps, mesh, "batch_size / accum_steps")
   if config.batch_size % jax.process_count():
     raise ValueError(f"batch_size={config.batch_size} does not split over {jax.process_count()} processes.")
-  tx, schedule = make_optimizer(learning_rate=config.optimizer.learning_rate, total_steps=total_steps,
-                                warmup_steps=config.optimizer.warmup_steps, b1=config.optimizer.b1,
-                                b2=config.optimizer.b2, eps=config.optimizer.eps,
-                                weight_decay=config.optimizer.weight_decay,
-                                grad_clip_norm=config.optimizer.grad_clip_norm)
-  state, state_sh = create_train_state(model_cfg, tx, mesh, jax.random.key(config.seed), config.mesh.min_fsdp_size)
-  step_fn = make_train_step(model_cfg, tx, schedule, config.loss, mesh, state_sh, config.accum_steps)
-
+  # The data first: a wrong path fails at once, before the model is built.
   ds = pipeline.make_dataset(
       train_pattern, batch_size=config.batch_size // jax.process_count(), image_size=model_cfg.vision.image_size,
       context_length=model_cfg.text.context_length, train=True, seed=config.seed,
@@ -175,6 +172,13 @@ def _train(config, workdir: str, preempted: list) -> dict:
       crop_scale=tuple(config.data.crop_scale),
       max_bad_fraction=config.data.max_bad_fraction, bad_window=config.data.bad_window)
   data_iter = iter(ds)
+  tx, schedule = make_optimizer(learning_rate=config.optimizer.learning_rate, total_steps=total_steps,
+                                warmup_steps=config.optimizer.warmup_steps, b1=config.optimizer.b1,
+                                b2=config.optimizer.b2, eps=config.optimizer.eps,
+                                weight_decay=config.optimizer.weight_decay,
+                                grad_clip_norm=config.optimizer.grad_clip_norm)
+  state, state_sh = create_train_state(model_cfg, tx, mesh, jax.random.key(config.seed), config.mesh.min_fsdp_size)
+  step_fn = make_train_step(model_cfg, tx, schedule, config.loss, mesh, state_sh, config.accum_steps)
 
   manager = ckpt.make_manager(workdir, config.keep_checkpoints)
   start, bad_totals = 0, np.zeros(len(pipeline.BAD_REASONS), np.int64)
