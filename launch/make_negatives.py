@@ -22,8 +22,9 @@ def parse(argv=None) -> Options:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--input", required=True)
   p.add_argument("--output_dir", required=True)
-  p.add_argument("--llm", help="transformers causal LM (dir or Hub id); Phi-3-mini is a cheaper choice")
-  p.add_argument("--t2i", help="diffusers text-to-image pipeline (dir or Hub id)")
+  p.add_argument("--llm", default="mistralai/Mistral-7B-Instruct-v0.2",
+                 help="transformers causal LM (dir or Hub id); microsoft/Phi-3-mini-4k-instruct is a cheaper choice")
+  p.add_argument("--t2i", default="stabilityai/sdxl-turbo", help="diffusers text-to-image pipeline (dir or Hub id)")
   p.add_argument("--clip", help="transformers CLIPModel for the score stage")
   p.add_argument("--stages", default="captions,images")
   p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default under torchrun: cuda:LOCAL_RANK)")

@@ -144,3 +144,21 @@ def test_clear_errors(models, tmp_path):
                       str(tmp_path / "o2"), "--llm", str(tmp_path / "missing_llm"), "--t2i", models[1]],
                      cwd=ROOT, capture_output=True, text=True)
   assert r.returncode != 0 and "missing_llm" in r.stderr.strip().splitlines()[-1]
+
+
+def test_csv_tsv_and_webdataset_inputs(tmp_path):
+  import tarfile
+  from tripletclip_jax.synth.inputs import read_inputs
+  Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+  (tmp_path / "in.csv").write_text('key,caption,image_path\nc1,"a red dot, small",a.png\nc2,,a.png\n')
+  (tmp_path / "in.tsv").write_text("key\tcaption\tfilepath\nt1\ta red dot\ta.png\nt2\ta blue dot\tmissing.png\n")
+  with tarfile.open(tmp_path / "w.tar", "w") as tar:
+    for name, data in (("000.jpg", (tmp_path / "a.png").read_bytes()), ("000.txt", b"a red dot"),
+                       ("001.txt", b"caption without image")):
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  items, skipped = read_inputs(f"{tmp_path}/in.csv,{tmp_path}/in.tsv,{tmp_path}/w.tar")
+  assert [i["key"] for i in items] == ["c1", "t1", "000"]
+  assert items[0]["caption"] == "a red dot, small" and items[0]["image"] == (tmp_path / "a.png").read_bytes()
+  assert [w for w, _ in skipped] == ["in.csv:3", "in.tsv:3", "w.tar:001"]
