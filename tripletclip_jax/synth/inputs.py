@@ -7,7 +7,6 @@ unreadable image is skipped with a reason, never a crash.
 import csv
 import json
 import os
-import tarfile
 
 from tripletclip_jax.data import records
 

@@ -6,8 +6,6 @@ resume), SIGTERM -> checkpoint and clean exit, evaluation every
 `eval_every_steps` and at the end.
 """
 
-import logging
-import math
 import os
 import signal
 import sys
@@ -29,7 +27,6 @@ from tripletclip_jax.train.metrics import MetricWriter, measure_matmul_peak
 from tripletclip_jax.train.optim import make_optimizer
 from tripletclip_jax.train.step import create_train_state, make_train_step
 
-log = logging.getLogger(__name__)
 SCHEDULE_KEYS = ("total_steps", "batch_size", "loss")
 
 
