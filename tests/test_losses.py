@@ -65,7 +65,7 @@ def test_accuracy_metrics():
   # With the captions equal to the images, every diagonal wins.
   _, m = losses.clip_loss(x, x, 100.0)
   assert float(m["i2t_acc"]) == 1.0 and float(m["t2i_acc"]) == 1.0
-  # A negative caption identical to the positive ties; argmax picks the first column (the positive).
+  # Negative captions pointing away from the images never win.
   _, m = losses.negclip_loss(x, x, -x, 100.0)
   assert float(m["i2t_acc"]) == 1.0
   # Negatives closer than positives: image-to-text accuracy collapses.

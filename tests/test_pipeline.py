@@ -121,3 +121,13 @@ def test_too_many_bad_records_stop_with_the_shard_names(tmp_path):
 def test_missing_data_fails_at_once(tmp_path):
   with pytest.raises(FileNotFoundError, match="No TFRecord shards match"):
     pipeline.make_dataset(str(tmp_path / "nope" / "*.tfrecord"), batch_size=2, image_size=32)
+
+
+def test_fields_limit_decoding_to_what_the_loss_uses(demo_dir):
+  full = next(iter(_ds(demo_dir, train=False)))
+  clip_only = next(iter(_ds(demo_dir, train=False, fields=("image", "text"))))
+  assert set(clip_only) == {"image", "text", "key", "bad_counts"}
+  np.testing.assert_array_equal(clip_only["image"], full["image"])
+  np.testing.assert_array_equal(clip_only["text"], full["text"])
+  with pytest.raises(ValueError, match="Unknown fields"):
+    _ds(demo_dir, fields=("image", "caption"))

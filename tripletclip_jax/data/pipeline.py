@@ -90,12 +90,23 @@ def _bad(reason: str, where: str, detail: str) -> dict:
   return {"_bad": reason, "_where": where, "_detail": detail}
 
 
-class Preprocess:
-  """Record -> {image, neg_image, text, neg_text} numpy arrays, or a bad-record marker."""
+FIELDS = ("image", "neg_image", "text", "neg_text")
 
-  def __init__(self, image_size: int, context_length: int, train: bool, crop_scale=(0.9, 1.0)):
+
+class Preprocess:
+  """Record -> numpy arrays for `fields` (of FIELDS) plus 'key', or a bad-record marker.
+
+  Every record is checked for all required features and non-empty captions; only the
+  requested images are decoded, so a plain CLIP baseline does not pay for the negative
+  images (nor notices an undecodable one).
+  """
+
+  def __init__(self, image_size: int, context_length: int, train: bool, crop_scale=(0.9, 1.0), fields=FIELDS):
     self.image_size, self.context_length, self.train = image_size, context_length, train
-    self.crop_scale = tuple(crop_scale)
+    self.crop_scale, self.fields = tuple(crop_scale), tuple(fields)
+    unknown = set(self.fields) - set(FIELDS)
+    if unknown:
+      raise ValueError(f"Unknown fields {sorted(unknown)}; choose from {FIELDS}.")
 
   def __call__(self, item, rng: np.random.Generator | None = None):
     shard, ex, reason, detail = item
@@ -107,18 +118,21 @@ class Preprocess:
     missing = [f for f in records.REQUIRED if f not in ex or ex[f] == []]
     if missing:
       return _bad("missing_feature", where, f"missing {missing}")
-    caps = [ex["caption"].decode("utf-8", "replace"), ex["neg_caption"].decode("utf-8", "replace")]
-    if not all(c.strip() for c in caps):
+    caps = {"text": ex["caption"].decode("utf-8", "replace"), "neg_text": ex["neg_caption"].decode("utf-8", "replace")}
+    if not all(c.strip() for c in caps.values()):
       return _bad("empty_caption", where, "empty caption or neg_caption")
+    out = {"key": np.bytes_(key)}
     try:
-      if self.train:
-        imgs = [image_ops.train_transform(ex[f], self.image_size, rng, self.crop_scale) for f in ("image", "neg_image")]
-      else:
-        imgs = [image_ops.eval_transform(ex[f], self.image_size) for f in ("image", "neg_image")]
+      for f in ("image", "neg_image"):
+        if f in self.fields:
+          out[f] = (image_ops.train_transform(ex[f], self.image_size, rng, self.crop_scale) if self.train
+                    else image_ops.eval_transform(ex[f], self.image_size))
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt images
       return _bad("undecodable_image", where, f"{type(e).__name__}: {e}")
-    text = tokenize(caps, self.context_length)
-    return {"image": imgs[0], "neg_image": imgs[1], "text": text[0], "neg_text": text[1], "key": np.bytes_(key)}
+    texts = [f for f in ("text", "neg_text") if f in self.fields]
+    if texts:
+      out.update(zip(texts, tokenize([caps[f] for f in texts], self.context_length)))
+    return out
 
 
 class TooManyBadRecords(RuntimeError):
@@ -188,14 +202,15 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
                  train: bool = True, seed: int = 0, num_epochs: int | None = None, shuffle: bool | None = None,
                  num_workers: int = 0, process_index: int | None = None, process_count: int | None = None,
                  crop_scale=(0.9, 1.0), max_bad_fraction: float = 0.01, bad_window: int = 1000,
-                 drop_remainder: bool | None = None, read_threads: int = 16) -> grain.IterDataset:
+                 drop_remainder: bool | None = None, read_threads: int = 16, fields=FIELDS) -> grain.IterDataset:
   """Per-process batches from TripletData shards (a glob, directory or list) or a source such as TFDSSource.
 
   `batch_size` is this process's share of the global batch. The order is a
   global shuffle from `seed`, reshuffled each epoch; process p takes every
   `process_count`-th element of it, so shares are disjoint and complete.
   Eval mode (`train=False`) defaults to one epoch, no shuffle, keeping the
-  last partial batch. `read_threads` threads decode ahead in each process.
+  last partial batch. `read_threads` threads decode ahead in each process. `fields`
+  limits what is decoded (features and captions are still checked on every record).
   """
   if process_index is None or process_count is None:
     import jax  # only for the process layout; the pipeline itself needs no JAX
@@ -210,7 +225,7 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
     ds = ds.shuffle(seed=seed)
   if train or num_epochs:
     ds = ds.repeat(num_epochs)  # None: forever, reshuffled every epoch
-  prep = Preprocess(image_size, context_length, train, crop_scale)
+  prep = Preprocess(image_size, context_length, train, crop_scale, fields)
   # Augmentation randomness is keyed by the global position (before the per-process slice), so
   # an example is cropped the same way whatever the number of processes.
   ds = ds.random_map(prep, seed=seed) if train else ds.map(prep)

@@ -25,7 +25,7 @@ from tripletclip_jax.train import checkpoint as ckpt
 from tripletclip_jax.train.config import pairs_per_example, resolve_total_steps
 from tripletclip_jax.train.metrics import MetricWriter, measure_matmul_peak
 from tripletclip_jax.train.optim import make_optimizer
-from tripletclip_jax.train.step import create_train_state, make_train_step
+from tripletclip_jax.train.step import batch_keys, create_train_state, make_train_step
 
 SCHEDULE_KEYS = ("total_steps", "batch_size", "loss")
 
@@ -167,7 +167,8 @@ def _train(config, workdir: str, preempted: list) -> dict:
       context_length=model_cfg.text.context_length, train=True, seed=config.seed,
       num_workers=config.data.num_workers, read_threads=config.data.read_threads,
       crop_scale=tuple(config.data.crop_scale),
-      max_bad_fraction=config.data.max_bad_fraction, bad_window=config.data.bad_window)
+      max_bad_fraction=config.data.max_bad_fraction, bad_window=config.data.bad_window,
+      fields=batch_keys(config.loss))  # decode and transfer only what the loss uses
   data_iter = iter(ds)
   tx, schedule = make_optimizer(learning_rate=config.optimizer.learning_rate, total_steps=total_steps,
                                 warmup_steps=config.optimizer.warmup_steps, b1=config.optimizer.b1,
@@ -226,7 +227,8 @@ def _train(config, workdir: str, preempted: list) -> dict:
       batch = next(data_iter)
       t_data += time.perf_counter() - t0
       bad_totals += batch.pop("bad_counts")
-      state, m = step_fn(state, sharding.put_batch({k: v for k, v in batch.items() if k != "key"}, mesh))
+      del batch["key"]
+      state, m = step_fn(state, sharding.put_batch(batch, mesh))
       pending.append(dict(m, _step=step + 1))
       s = step + 1
       bar.update(1)
