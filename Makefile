@@ -22,8 +22,11 @@ $(VENV)/.test: setup.py $(VENV)/.core
 install: $(VENV)/.core
 install-test: $(VENV)/.test
 
+# TripletCLIP and its compute-matched CLIP baseline on the demo world, side by side, next to the
+# seed spread of the committed reproduction (docs/results/reproduce.json).
 demo: $(VENV)/.core
-	$(PY) launch/main.py --config configs/demo.py --workdir $(WORKDIR)
+	$(PY) launch/reproduce.py --output_dir $(WORKDIR) --losses clip,tripletclip --seeds 0 \
+	    --reference docs/results/reproduce.json
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q tests

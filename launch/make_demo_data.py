@@ -1,6 +1,8 @@
 """Writes the demo world: training shards plus held-out SugarCrepe-format benchmarks.
 
-  python launch/make_demo_data.py --output_dir data/demo [--num_train 1500] [--num_eval 200] [--seed 0]
+  python launch/make_demo_data.py --output_dir data/demo [--num_train 1500] [--num_eval 1200] [--seed 0]
+
+The world's parameters are WorldConfig's defaults, which are configs/demo.py's (docs/demo_world.md).
 """
 
 import argparse
@@ -16,9 +18,9 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--output_dir", required=True)
   p.add_argument("--num_train", type=int, default=1500, help="size of the finite base set")
-  p.add_argument("--num_eval", type=int, default=200, help="examples per SugarCrepe subset")
+  p.add_argument("--num_eval", type=int, default=1200, help="examples per SugarCrepe subset")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--image_size", type=int, default=64)
+  p.add_argument("--image_size", type=int, default=48)
   p.add_argument("--num_shards", type=int, default=4)
   args = p.parse_args(argv)
   cfg = demo_world.WorldConfig(image_size=args.image_size)
@@ -29,6 +31,7 @@ def main(argv=None):
         f"in {out['seconds']:.1f}s ({n / out['seconds']:.0f} examples/s)")
   print(f"train={out['train']} heldout={out['heldout_triplets']} per_subset={out['sugarcrepe_per_subset']} "
         f"seconds={out['seconds']:.2f} examples_per_s={n / out['seconds']:.0f}")
+  print(f"Realised training edit mix {out['train_edit_mix']}; rejected edits: {out['rejected']['train']}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The demo world: deterministic, SugarCrepe-format, held-out combinations really held out."""
+"""The demo world: deterministic, SugarCrepe-format, scene-graph-checked, held-out pairings really held out."""
 
+import collections
 import filecmp
 import json
 import os
@@ -7,8 +8,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from tripletclip_jax.data import demo_world, records
+from tripletclip_jax.data import demo_world as dw
+from tripletclip_jax.data import records
+
+CFG = dw.WorldConfig()
 
 
 def _files(d):
@@ -27,33 +32,107 @@ def test_byte_identical_for_a_seed(tmp_path):
       f"{c}/train/demo-00000-of-00004.tfrecord", "rb").read()
 
 
-def test_sugarcrepe_format_and_heldout_combinations(tmp_path):
-  cfg = demo_world.WorldConfig()
-  demo_world.write_demo_data(str(tmp_path), num_train=200, num_eval=20, seed=0, cfg=cfg)
-  held = {f"{c} {s}" for c, s in cfg.heldout()}
-  for subset in demo_world.SUBSETS:
-    entries = json.load(open(tmp_path / "sugarcrepe" / f"{subset}.json"))
-    assert len(entries) == 20
-    for e in entries.values():
-      assert set(e) == {"filename", "caption", "negative_caption"}
-      assert e["caption"] != e["negative_caption"]
-      assert os.path.exists(tmp_path / "sugarcrepe" / "images" / e["filename"])
-      assert any(h in e["caption"] for h in held)  # the benchmark is about unseen combinations
-  train_caps = [records.decode_example(r) for p in records.resolve_shards(str(tmp_path / "train"))
-                for r in records.iter_records(p)]
-  assert len(train_caps) == 200
-  for ex in train_caps:
-    text = (ex["caption"] + b" " + ex["neg_caption"]).decode()
-    assert not any(h in text for h in held), text
-  kinds = {ex["neg_type"].decode() for ex in train_caps}
-  assert kinds == set(demo_world.SUBSETS)
+def _obj(color, shape, row, col, size="small"):
+  return dw.Obj(color, shape, size, row, col)
 
 
-def test_negatives_change_the_meaning():
-  cfg = demo_world.WorldConfig()
-  rng = np.random.default_rng(0)
-  for _ in range(300):
-    t = demo_world.make_triplet(cfg, rng)
-    assert t is not None and t["caption"] != t["neg_caption"]
-    if t["neg_type"] in ("replace_att", "replace_obj", "swap_att", "add_att", "add_obj"):
-      assert np.asarray(t["image"]).tobytes() != np.asarray(t["neg_image"]).tobytes()
+def _cap(*objs, relation=None):
+  return dw.Caption([(c, s, z) for c, s, z in objs], relation, "", list(range(len(objs))))
+
+
+def test_the_scene_graph_check_rejects_false_negatives():
+  x = [_obj("red", "circle", 0, 0), _obj("blue", "square", 0, 2)]
+  y = _cap(("red", "circle", None), ("blue", "square", None))
+  # An add edit: y' adds a green star, x' gains one. y is still true of x', so TripletCLIP's second
+  # term would push a true caption away: a false negative, rejected.
+  x_add = x + [_obj("green", "star", 2, 1)]
+  y_add = _cap(("red", "circle", None), ("blue", "square", None), ("green", "star", None))
+  assert dw.holds(x, y) and not dw.holds(x, y_add) and dw.holds(x_add, y_add) and dw.holds(x_add, y)
+  assert not dw.check_triplet(x, y, x_add, y_add)
+  # A colour replacement that the third, unnamed object already makes true of x: rejected.
+  x3 = x + [_obj("blue", "circle", 2, 2)]
+  y_rep = _cap(("blue", "circle", None), ("blue", "square", None))
+  x3_neg = [_obj("blue", "circle", 0, 0), _obj("blue", "square", 0, 2), _obj("blue", "circle", 2, 2)]
+  assert not dw.check_triplet(x3, y, x3_neg, y_rep)
+  # A genuine binding negative passes: swap the colours.
+  x_swap = [_obj("blue", "circle", 0, 0), _obj("red", "square", 0, 2)]
+  y_swap = _cap(("blue", "circle", None), ("red", "square", None))
+  assert dw.check_triplet(x, y, x_swap, y_swap)
+  # Relations: "circle left of square" vs the mirrored scene.
+  y_rel = _cap(("red", "circle", None), ("blue", "square", None), relation="left of")
+  x_rel = [_obj("red", "circle", 0, 2), _obj("blue", "square", 0, 0)]
+  y_rel_neg = _cap(("red", "circle", None), ("blue", "square", None), relation="right of")
+  assert dw.check_triplet(x, y_rel, x_rel, y_rel_neg)
+  assert dw.caption_text(y_rel) == "a red circle left of a blue square"
+
+
+def test_every_training_triplet_passes_the_check_with_the_configured_mix():
+  rng, counts = np.random.default_rng(0), collections.Counter()
+  kinds = collections.Counter()
+  for _ in range(600):
+    kind = dw.sample_edit(CFG, rng)
+    t = dw.make_triplet(CFG, rng, kind, counts=counts)
+    kinds[kind] += 1
+    assert dw.check_triplet(t["scene"], t["cap"], t["neg_scene"], t["neg_cap"]), t["caption"]
+    assert t["caption"] != t["neg_caption"]
+    assert len(t["cap"].objs) >= 2
+    if kind in ("replace_att", "replace_obj"):  # the new colour / shape is already in the scene
+      att = 0 if kind == "replace_att" else 1
+      (new,) = [b[att] for a, b in zip(t["cap"].objs, t["neg_cap"].objs) if a != b]
+      assert new in {(o.color, o.shape)[att] for o in t["scene"]}
+  assert set(kinds) == set(dw.TRAIN_EDITS)
+  assert all(abs(n / 600 - 0.2) < 0.06 for n in kinds.values())  # equal weights
+  assert sum(counts.values()) > 0  # rejected edits are counted
+
+
+def test_heldout_split_is_a_latin_square_and_never_trained_on(tmp_path):
+  held = CFG.heldout()
+  n = len(CFG.colors)
+  assert len(held) == n * len(CFG.heldout_symbols)
+  assert all(sum((c, s) in held for s in CFG.shapes) == len(CFG.heldout_symbols) for c in CFG.colors)
+  assert all(sum((c, s) in held for c in CFG.colors) == len(CFG.heldout_symbols) for s in CFG.shapes)
+  seen = set(CFG.pairings(heldout_ok=False))
+  assert {c for c, _ in seen} == set(CFG.colors) and {s for _, s in seen} == set(CFG.shapes)
+  rng = np.random.default_rng(1)
+  for _ in range(300):  # no held-out pairing in any training scene, positive or negative, named or not
+    t = dw.make_triplet(CFG, rng, dw.sample_edit(CFG, rng))
+    assert all((o.color, o.shape) in seen for o in t["scene"] + t["neg_scene"])
+  out = dw.write_demo_data(str(tmp_path), num_train=60, num_eval=30, seed=0, cfg=CFG)
+  assert out["train"] == 60 and sum(out["train_edit_mix"].values()) == 60
+  texts = [(records.decode_example(r)["caption"] + b" " + records.decode_example(r)["neg_caption"]).decode()
+           for p in records.resolve_shards(str(tmp_path / "train")) for r in records.iter_records(p)]
+  assert len(texts) == 60 and not any(f"{c} {s}" in t for t in texts for c, s in held)
+  world = json.load(open(tmp_path / "world.json"))
+  assert dw.WorldConfig.from_dict({k: v for k, v in world["world"].items()
+                                   if k not in ("seed", "heldout_pairings")}) == CFG
+
+
+@pytest.mark.parametrize("subset", dw.SUBSETS)
+def test_heldout_benchmark_is_familiarity_balanced(subset):
+  rng = np.random.default_rng(2)
+  for _ in range(40):
+    t = dw.make_triplet(CFG, rng, subset, heldout=True)
+    assert dw.holds(t["scene"], t["cap"]) and not dw.holds(t["scene"], t["neg_cap"])
+    assert dw.num_heldout(CFG, t["cap"]) >= 1
+    assert dw.num_heldout(CFG, t["neg_cap"]) == dw.num_heldout(CFG, t["cap"])
+
+
+def test_sugarcrepe_format(tmp_path):
+  dw.write_demo_data(str(tmp_path), num_train=20, num_eval=12, seed=0)
+  for split in ("sugarcrepe", "sugarcrepe_seen"):
+    for subset in dw.SUBSETS:
+      entries = json.load(open(tmp_path / split / f"{subset}.json"))
+      assert len(entries) == 12
+      for e in entries.values():
+        assert set(e) == {"filename", "caption", "negative_caption"}
+        assert e["caption"] != e["negative_caption"]
+        assert os.path.exists(tmp_path / split / "images" / e["filename"])
+
+
+def test_world_config_rejects_bad_parameters():
+  with pytest.raises(ValueError, match="Latin square"):
+    dw.WorldConfig(colors=("red", "green"), shapes=("circle", "square", "star"))
+  with pytest.raises(ValueError, match="edit_weights"):
+    dw.WorldConfig.from_dict({"edit_weights": {"add_obj": 1.0}})
+  with pytest.raises(ValueError, match="Unknown demo world parameters"):
+    dw.WorldConfig.from_dict({"colours": ("red",)})

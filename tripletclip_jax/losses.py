@@ -58,20 +58,29 @@ def tripletclip_loss(img, txt, neg_img, neg_txt, logit_scale):
   return l1 + l2, {k: 0.5 * (m1[k] + m2[k]) for k in m1}
 
 
-LOSSES = ("clip", "negclip", "negimage", "tripletclip")
+# clip_union is the clip loss over real and negative pairs as ordinary pairs (the release's
+# "LaCLIP+HN" control): it separates the effect of the extra data from that of the loss. Its
+# data, not its formula, differs from clip, so the input pipeline reads `trains_on_union`.
+LOSSES = ("clip", "clip_union", "negclip", "negimage", "tripletclip")
 
 
 def uses_negatives(loss: str) -> tuple[bool, bool]:
-  """(needs negative images, needs negative captions) for loss `loss`."""
+  """(needs negative images, needs negative captions) in the batch for loss `loss`."""
   if loss not in LOSSES:
     raise ValueError(f"Unknown loss {loss!r}; choose one of {LOSSES}.")
   return loss in ("negimage", "tripletclip"), loss in ("negclip", "tripletclip")
 
 
+def trains_on_union(loss: str) -> bool:
+  """Whether the loss's batches mix (x, y) and (x', y') pairs as ordinary positives."""
+  uses_negatives(loss)
+  return loss == "clip_union"
+
+
 def compute_loss(loss: str, img, txt, neg_img, neg_txt, logit_scale):
   """Dispatches by name; `neg_img` / `neg_txt` may be None when the loss ignores them."""
   uses_negatives(loss)
-  if loss == "clip":
+  if loss in ("clip", "clip_union"):
     return clip_loss(img, txt, logit_scale)
   if loss == "negclip":
     return negclip_loss(img, txt, neg_txt, logit_scale)

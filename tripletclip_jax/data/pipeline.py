@@ -73,6 +73,28 @@ class ShardSource:
       return shard, None, "undecodable_image", f"record {local}: unparseable Example ({e})"
 
 
+class UnionSource:
+  """Real and negative pairs as one set of ordinary pairs (the release's "LaCLIP+HN" control).
+
+  Item i < len(source) is record i's (image, caption); item len(source) + i is its (neg_image,
+  neg_caption) under the positive names. Shuffled globally, a record's two pairs rarely share a batch,
+  so the negatives are extra data, not hard negatives.
+  """
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self) -> int:
+    return 2 * len(self.source)
+
+  def __getitem__(self, i: int):
+    n = len(self.source)
+    shard, ex, reason, detail = self.source[int(i) % n]
+    if ex is not None and i >= n:
+      ex = dict(ex, image=ex.get("neg_image", []), caption=ex.get("neg_caption", []))
+    return shard, ex, reason, detail
+
+
 class TFDSSource:
   """Adapts `tfds.data_source(...)` of the TripletData builder to the same item layout."""
 
@@ -91,6 +113,7 @@ def _bad(reason: str, where: str, detail: str) -> dict:
 
 
 FIELDS = ("image", "neg_image", "text", "neg_text")
+AUGMENTATIONS = ("random_resized_crop", "center_crop")  # center_crop: the release's training transform
 
 
 class Preprocess:
@@ -101,12 +124,16 @@ class Preprocess:
   images (nor notices an undecodable one).
   """
 
-  def __init__(self, image_size: int, context_length: int, train: bool, crop_scale=(0.9, 1.0), fields=FIELDS):
-    self.image_size, self.context_length, self.train = image_size, context_length, train
+  def __init__(self, image_size: int, context_length: int, train: bool, crop_scale=(0.9, 1.0), fields=FIELDS,
+               augment: str = "random_resized_crop"):
+    self.image_size, self.context_length = image_size, context_length
     self.crop_scale, self.fields = tuple(crop_scale), tuple(fields)
     unknown = set(self.fields) - set(FIELDS)
     if unknown:
       raise ValueError(f"Unknown fields {sorted(unknown)}; choose from {FIELDS}.")
+    if augment not in AUGMENTATIONS:
+      raise ValueError(f"Unknown augment {augment!r}; choose one of {AUGMENTATIONS}.")
+    self.random_crop = train and augment == "random_resized_crop"
 
   def __call__(self, item, rng: np.random.Generator | None = None):
     shard, ex, reason, detail = item
@@ -125,7 +152,7 @@ class Preprocess:
     try:
       for f in ("image", "neg_image"):
         if f in self.fields:
-          out[f] = (image_ops.train_transform(ex[f], self.image_size, rng, self.crop_scale) if self.train
+          out[f] = (image_ops.train_transform(ex[f], self.image_size, rng, self.crop_scale) if self.random_crop
                     else image_ops.eval_transform(ex[f], self.image_size))
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt images
       return _bad("undecodable_image", where, f"{type(e).__name__}: {e}")
@@ -202,7 +229,8 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
                  train: bool = True, seed: int = 0, num_epochs: int | None = None, shuffle: bool | None = None,
                  num_workers: int = 0, process_index: int | None = None, process_count: int | None = None,
                  crop_scale=(0.9, 1.0), max_bad_fraction: float = 0.01, bad_window: int = 1000,
-                 drop_remainder: bool | None = None, read_threads: int = 16, fields=FIELDS) -> grain.IterDataset:
+                 drop_remainder: bool | None = None, read_threads: int = 16, fields=FIELDS,
+                 augment: str = "random_resized_crop", union_negatives: bool = False) -> grain.IterDataset:
   """Per-process batches from TripletData shards (a glob, directory or list) or a source such as TFDSSource.
 
   `batch_size` is this process's share of the global batch. The order is a
@@ -210,7 +238,9 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
   `process_count`-th element of it, so shares are disjoint and complete.
   Eval mode (`train=False`) defaults to one epoch, no shuffle, keeping the
   last partial batch. `read_threads` threads decode ahead in each process. `fields`
-  limits what is decoded (features and captions are still checked on every record).
+  limits what is decoded (features and captions are still checked on every record). `augment` is
+  the training transform (AUGMENTATIONS). `union_negatives` turns every record into two ordinary
+  pairs, (image, caption) and (neg_image, neg_caption), shuffled independently (UnionSource).
   """
   if process_index is None or process_count is None:
     import jax  # only for the process layout; the pipeline itself needs no JAX
@@ -219,13 +249,15 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
       ShardSource(records.resolve_shards(pattern))
   if len(source) == 0:
     raise ValueError(f"The shards matching {pattern!r} hold no records.")
+  if union_negatives:
+    source = UnionSource(source)
   shuffle = train if shuffle is None else shuffle
   ds = grain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)
   if train or num_epochs:
     ds = ds.repeat(num_epochs)  # None: forever, reshuffled every epoch
-  prep = Preprocess(image_size, context_length, train, crop_scale, fields)
+  prep = Preprocess(image_size, context_length, train, crop_scale, fields, augment)
   # Augmentation randomness is keyed by the global position (before the per-process slice), so
   # an example is cropped the same way whatever the number of processes.
   ds = ds.random_map(prep, seed=seed) if train else ds.map(prep)

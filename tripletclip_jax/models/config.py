@@ -69,11 +69,18 @@ class CLIPConfig:
 
 
 PRESETS = {
-    # Trains in minutes on 2 CPU cores; used by tests and the demo.
+    # Trains in minutes on 2 CPU cores; used by the tests.
     "tiny": CLIPConfig(
         embed_dim=64,
         vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=2, heads=4),
         text=TextConfig(context_length=32, width=128, layers=2, heads=4),
+        act="gelu"),
+    # The demo world's model: 48 px images of a 3 x 3 grid, one 16 px patch per cell, and the
+    # world's captions fit 24 tokens. About 3x cheaper per pair than "tiny" on a CPU.
+    "demo": CLIPConfig(
+        embed_dim=64,
+        vision=VisionConfig(image_size=48, patch_size=16, width=128, layers=2, heads=4),
+        text=TextConfig(context_length=24, width=128, layers=2, heads=4),
         act="gelu"),
     "vit_b32": CLIPConfig(),
     "vit_b16": CLIPConfig(vision=VisionConfig(patch_size=16)),

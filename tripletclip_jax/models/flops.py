@@ -22,6 +22,7 @@ def forward_flops(config: CLIPConfig) -> dict:
 # How many images and texts each loss encodes per positive pair.
 ENCODES_PER_EXAMPLE = {
     "clip": (1, 1),
+    "clip_union": (1, 1),  # one pair per example; half the examples are (x', y')
     "negclip": (1, 2),
     "negimage": (2, 1),
     "tripletclip": (2, 2),

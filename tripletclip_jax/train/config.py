@@ -9,16 +9,18 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-from tripletclip_jax.models.flops import ENCODES_PER_EXAMPLE
+from tripletclip_jax.models.flops import ENCODES_PER_EXAMPLE, train_flops_per_example
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.loss = "tripletclip"           # clip | negclip | negimage | tripletclip
+  c.loss = "tripletclip"           # clip | clip_union | negclip | negimage | tripletclip
   c.batch_size = 1024              # global positive pairs per step
   c.total_steps = 90_000
   c.total_examples = config_dict.placeholder(int)  # alternative to total_steps: positive pairs seen
-  c.compute_matched = False        # scale steps so every loss encodes as many image-text pairs as tripletclip
+  c.compute_matched = False        # scale steps so every loss spends tripletclip's budget ...
+  c.compute_rule = "pairs"         # ... of image-text pairs encoded ("pairs") or of training FLOPs ("flops")
+  c.clamp_logit_scale = True       # clip the log temperature to [0, ln 100] after each update (open_clip)
   c.seed = 0
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
@@ -32,11 +34,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(preset="vit_b32", dtype="bfloat16", remat=False, act="quick_gelu",
                                            attention_impl=config_dict.placeholder(str)))
   c.optimizer = ml_collections.ConfigDict(dict(learning_rate=5e-4, warmup_steps=1000, b1=0.9, b2=0.999, eps=1e-8,
-                                               weight_decay=0.5, grad_clip_norm=config_dict.placeholder(float)))
+                                               weight_decay=0.5, grad_clip_norm=config_dict.placeholder(float),
+                                               decay_rule="open_clip"))  # or "all": train/optim.py DECAY_RULES
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2 ** 16))
   c.data = ml_collections.ConfigDict(dict(
       train=config_dict.placeholder(str),   # shard glob / directory of TripletData
-      num_workers=8, read_threads=4, crop_scale=(0.9, 1.0), max_bad_fraction=0.01, bad_window=1000,
+      num_workers=8, read_threads=4, max_bad_fraction=0.01, bad_window=1000,
+      augment="random_resized_crop", crop_scale=(0.9, 1.0),  # augment "center_crop": the release's transform
       demo_data_dir=config_dict.placeholder(str),  # demo: where to generate the world (default WORKDIR/data)
       demo_num_train=0, demo_num_eval=0))
   c.eval = ml_collections.ConfigDict(dict(
@@ -59,9 +63,22 @@ def pairs_per_example(loss: str) -> float:
   return (n_img + n_txt) / 2
 
 
-def resolve_total_steps(config) -> int:
-  """Steps from total_steps or total_examples, scaled under compute_matched to tripletclip's encodes."""
+COMPUTE_RULES = ("pairs", "flops")
+
+
+def resolve_total_steps(config, model_config=None) -> int:
+  """Steps from total_steps or total_examples; under compute_matched, scaled to tripletclip's budget.
+
+  compute_rule "pairs" equalises image-text pairs encoded; "flops" equalises training FLOPs
+  (needs `model_config`, since images and texts cost differently).
+  """
   steps = math.ceil(config.total_examples / config.batch_size) if config.total_examples else config.total_steps
   if config.compute_matched:
-    steps = round(steps * pairs_per_example("tripletclip") / pairs_per_example(config.loss))
+    if config.compute_rule == "pairs":
+      steps = round(steps * pairs_per_example("tripletclip") / pairs_per_example(config.loss))
+    elif config.compute_rule == "flops":
+      steps = round(steps * train_flops_per_example(model_config, "tripletclip")
+                    / train_flops_per_example(model_config, config.loss))
+    else:
+      raise ValueError(f"Unknown compute_rule {config.compute_rule!r}; choose one of {COMPUTE_RULES}.")
   return int(steps)

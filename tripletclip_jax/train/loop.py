@@ -16,7 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from tripletclip_jax import sharding
+from tripletclip_jax import losses, sharding
 from tripletclip_jax.data import demo_world, pipeline
 from tripletclip_jax.evaluate import sugarcrepe, triplet
 from tripletclip_jax.inference import Model
@@ -76,7 +76,8 @@ def prepare_data(config, workdir: str) -> tuple[str, list[tuple[str, str, str]]]
   if train is None and d.demo_num_train:
     root = d.demo_data_dir or os.path.join(workdir, "data")
     if jax.process_index() == 0 and not os.path.exists(os.path.join(root, "train", "manifest.json")):
-      out = demo_world.write_demo_data(root, d.demo_num_train, d.demo_num_eval, seed=0)
+      world = demo_world.WorldConfig.from_dict(d.get("demo_world") or {})
+      out = demo_world.write_demo_data(root, d.demo_num_train, d.demo_num_eval, seed=0, cfg=world)
       print(f"Generated the demo world in {root}: {out['train']} training triplets ({out['seconds']:.1f}s)")
     multihost_utils.sync_global_devices("demo data")
     train = os.path.join(root, "train")
@@ -149,10 +150,10 @@ def _train(config, workdir: str, preempted: list) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
-  total_steps = resolve_total_steps(config)
   train_pattern, evals = prepare_data(config, workdir)
 
   model_cfg = model_config(config)
+  total_steps = resolve_total_steps(config, model_cfg)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   sharding.check_batch_divides(config.batch_size, mesh)
   if config.accum_steps > 1:
@@ -166,7 +167,8 @@ def _train(config, workdir: str, preempted: list) -> dict:
       train_pattern, batch_size=config.batch_size // jax.process_count(), image_size=model_cfg.vision.image_size,
       context_length=model_cfg.text.context_length, train=True, seed=config.seed,
       num_workers=config.data.num_workers, read_threads=config.data.read_threads,
-      crop_scale=tuple(config.data.crop_scale),
+      crop_scale=tuple(config.data.crop_scale), augment=config.data.augment,
+      union_negatives=losses.trains_on_union(config.loss),
       max_bad_fraction=config.data.max_bad_fraction, bad_window=config.data.bad_window,
       fields=batch_keys(config.loss))  # decode and transfer only what the loss uses
   data_iter = iter(ds)
@@ -174,9 +176,11 @@ def _train(config, workdir: str, preempted: list) -> dict:
                                 warmup_steps=config.optimizer.warmup_steps, b1=config.optimizer.b1,
                                 b2=config.optimizer.b2, eps=config.optimizer.eps,
                                 weight_decay=config.optimizer.weight_decay,
-                                grad_clip_norm=config.optimizer.grad_clip_norm)
+                                grad_clip_norm=config.optimizer.grad_clip_norm,
+                                decay_rule=config.optimizer.decay_rule)
   state, state_sh = create_train_state(model_cfg, tx, mesh, jax.random.key(config.seed), config.mesh.min_fsdp_size)
-  step_fn = make_train_step(model_cfg, tx, schedule, config.loss, mesh, state_sh, config.accum_steps)
+  step_fn = make_train_step(model_cfg, tx, schedule, config.loss, mesh, state_sh, config.accum_steps,
+                            config.clamp_logit_scale)
 
   manager = ckpt.make_manager(workdir, config.keep_checkpoints)
   start, bad_totals = 0, np.zeros(len(pipeline.BAD_REASONS), np.int64)

@@ -113,11 +113,13 @@ def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int
 
 
 def make_train_step(config: CLIPConfig, tx: optax.GradientTransformation, schedule: Callable,
-                    loss: str, mesh: Mesh, state_shardings, accum_steps: int = 1) -> Callable:
+                    loss: str, mesh: Mesh, state_shardings, accum_steps: int = 1,
+                    clamp_logit_scale: bool = True) -> Callable:
   """Returns `step(state, batch) -> (state, metrics)`, jitted, with `state` donated.
 
   `batch` holds global arrays split over the mesh: image/neg_image [N, H, W, 3]
-  float32, text/neg_text [N, L] int32.
+  float32, text/neg_text [N, L] int32. With `clamp_logit_scale` the log temperature
+  is clipped to [0, ln 100] after each update (open_clip); without, it is left free.
   """
   model = CLIP(config)
 
@@ -125,7 +127,8 @@ def make_train_step(config: CLIPConfig, tx: optax.GradientTransformation, schedu
     (value, metrics), grads = loss_and_grads(model, state.params, batch, loss, accum_steps, mesh)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    params = dict(params, logit_scale=jnp.minimum(params["logit_scale"], MAX_LOG_LOGIT_SCALE))
+    if clamp_logit_scale:
+      params = dict(params, logit_scale=jnp.clip(params["logit_scale"], 0.0, MAX_LOG_LOGIT_SCALE))
     metrics = dict(metrics, loss=value, grad_norm=optax.tree.norm(grads),
                    logit_scale=jnp.exp(params["logit_scale"]), learning_rate=schedule(state.step))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
