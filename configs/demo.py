@@ -24,7 +24,9 @@ def world():
       shapes=("circle", "square", "triangle", "star", "diamond"),
       grid=3, min_objects=2, max_objects=3, max_named=3, relation_prob=0.4, size_word_prob=0.25,
       heldout_symbols=(0, 1),
-      edit_weights=dict(swap_att=1.0, swap_obj=1.0, replace_rel=1.0, replace_att=1.0, replace_obj=1.0),
+      # Attribute-binding edits weigh most: the tiny model never learned relations in this budget
+      # (benchmarks/RESULTS.md), so relation negatives are kept for coverage at a lower weight.
+      edit_weights=dict(swap_att=3.0, replace_att=3.0, replace_obj=2.0, swap_obj=1.0, replace_rel=1.0),
       image_size=48))  # the "demo" model preset sees one 16 px patch per grid cell
 
 
@@ -32,7 +34,7 @@ def get_config(loss: str = "tripletclip"):
   c = base_config()
   c.loss = loss
   c.batch_size = 64
-  c.total_steps = 400
+  c.total_steps = 500
   c.compute_matched = True  # baselines run more steps so that every loss encodes as many pairs
   c.log_every_steps = 25
   c.checkpoint_every_steps = 200
@@ -40,13 +42,13 @@ def get_config(loss: str = "tripletclip"):
   c.model.preset = "demo"
   c.model.dtype = "float32"
   c.model.act = "gelu"
-  c.optimizer.learning_rate = 1e-3
+  c.optimizer.learning_rate = 2e-3
   c.optimizer.warmup_steps = 20
   c.optimizer.weight_decay = 0.1
   c.data.num_workers = 0
   c.data.read_threads = 2
-  c.data.crop_scale = (0.9, 1.0)
-  c.data.demo_num_train = 1500  # the finite base set, with one fixed negative per scene
+  c.data.augment = "center_crop"  # the release's training transform; the world has no framing to vary
+  c.data.demo_num_train = 600   # the finite base set, with one fixed negative per scene
   c.data.demo_num_eval = 1200   # per benchmark subset: standard error <= 1.5 points
   c.data.demo_world = world()
   c.export_hf_dir = "hf"  # relative to the workdir

@@ -81,7 +81,8 @@ def test_every_training_triplet_passes_the_check_with_the_configured_mix():
       (new,) = [b[att] for a, b in zip(t["cap"].objs, t["neg_cap"].objs) if a != b]
       assert new in {(o.color, o.shape)[att] for o in t["scene"]}
   assert set(kinds) == set(dw.TRAIN_EDITS)
-  assert all(abs(n / 600 - 0.2) < 0.06 for n in kinds.values())  # equal weights
+  weights = dict(CFG.edit_weights)
+  assert all(abs(n / 600 - weights[k] / sum(weights.values())) < 0.06 for k, n in kinds.items())
   assert sum(counts.values()) > 0  # rejected edits are counted
 
 

@@ -1,4 +1,4 @@
-"""Every loss equals a float64 NumPy reimplementation of design.md's formulas."""
+"""Every loss equals a float64 NumPy reimplementation of the formulas in docs/recipe.md."""
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +85,7 @@ def test_tripletclip_is_sum_of_two_negclips():
 def test_gradients_match_finite_differences(name):
   x, y, xn, yn = (jnp.asarray(e, jnp.float32) for e in _embeds(3, 4, 7))
   ref = {"clip": lambda a, b, c, d, s: ref_clip(a, b, s),
+         "clip_union": lambda a, b, c, d, s: ref_clip(a, b, s),  # same formula; its batches differ
          "negclip": lambda a, b, c, d, s: ref_negclip(a, b, d, s),
          "negimage": lambda a, b, c, d, s: ref_negimage(a, b, c, s),
          "tripletclip": ref_triplet}[name]

@@ -1,4 +1,4 @@
-"""Contrastive losses over the global batch (design.md section 2).
+"""Contrastive losses over the global batch (formulas and provenance: docs/recipe.md).
 
 All arguments are L2-normalised embeddings [N, D] and `logit_scale`, the
 multiplier s = exp(t). Under `jax.jit` with sharded inputs the similarity

@@ -59,7 +59,7 @@ class WorldConfig:
   heldout_symbols: tuple[int, ...] = (0, 1)
   # Relative frequency of each edit among the training negatives (the binding edits only), sorted by name.
   edit_weights: tuple[tuple[str, float], ...] = (
-      ("replace_att", 1.0), ("replace_obj", 1.0), ("replace_rel", 1.0), ("swap_att", 1.0), ("swap_obj", 1.0))
+      ("replace_att", 3.0), ("replace_obj", 2.0), ("replace_rel", 1.0), ("swap_att", 3.0), ("swap_obj", 1.0))
   image_size: int = 48        # 16 px per cell: the "demo" model preset's patch size
   background: tuple[int, int, int] = (128, 128, 128)
 
@@ -383,7 +383,7 @@ def sample_edit(cfg: WorldConfig, rng) -> str:
   return str(kinds[rng.choice(len(kinds), p=p / p.sum())])
 
 
-def write_demo_data(output_dir: str, num_train: int = 1500, num_eval: int = 1200, seed: int = 0,
+def write_demo_data(output_dir: str, num_train: int = 600, num_eval: int = 1200, seed: int = 0,
                     cfg: WorldConfig = WorldConfig(), num_shards: int = 4) -> dict:
   """Writes training shards, held-out / seen SugarCrepe-format benchmarks and held-out triplet shards.
 
