@@ -41,7 +41,7 @@ setup(
     version="0.1.0",
     description=__doc__,
     packages=find_packages(include=["tripletclip_jax", "tripletclip_jax.*"]),
-    package_data={"tripletclip_jax": ["data/*.gz"]},
+    package_data={"tripletclip_jax": ["data/*.gz", "evaluate/*.json"]},  # the BPE vocabulary; ImageNet names
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={

@@ -14,6 +14,7 @@ one results_TASK.png bar chart per task.
 import argparse
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -49,6 +50,13 @@ def main(argv=None):
       p.error(f"task {t} needs --{needs[t]}")
   if "retrieval" in tasks and not args.retrieval_image_dir:
     p.error("task retrieval needs --retrieval_image_dir")
+  out_dir = os.path.dirname(os.path.abspath(args.output))
+  try:  # find an unwritable --output now, not after an hour of evaluation
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out_dir):
+      pass
+  except OSError as e:
+    p.error(f"--output {args.output}: cannot write in {out_dir} ({e.strerror}); choose a writable path")
 
   import tripletclip_jax as tc
   from tripletclip_jax.evaluate import report, retrieval, sugarcrepe, triplet, winoground, zeroshot

@@ -70,9 +70,23 @@ def test_sugarcrepe_gaps_and_ties(tmp_path):
   out = sugarcrepe.evaluate(ColorModel(), str(tmp_path))
   assert all(out[s] == pytest.approx(100 / 3) for s in sugarcrepe.SUBSETS)
   assert out["mean"] == pytest.approx(100 / 3) and out["skipped_missing_images"] == 0
+  assert out["skipped_unreadable_images"] == 0 and out["skipped_bad_entries"] == 0
+  # A corrupt image and a null caption are skipped and counted in every subset; the rest still scores.
+  (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+  for sub in sugarcrepe.SUBSETS:
+    entries = json.load(open(tmp_path / f"{sub}.json"))
+    entries["20"] = {"filename": "broken.png", "caption": "a red square", "negative_caption": "a blue square"}
+    entries["21"] = {"filename": "r.png", "caption": None, "negative_caption": "a blue square"}
+    json.dump(entries, open(tmp_path / f"{sub}.json", "w"))
+  out = sugarcrepe.evaluate(ColorModel(), str(tmp_path))
+  assert out["mean"] == pytest.approx(100 / 3)
+  assert out["skipped_unreadable_images"] == 7 and out["skipped_bad_entries"] == 7
+  (tmp_path / "add_att.json").write_text('{"0": {"filename": "r.png",\n "caption": oops}}')
+  with pytest.raises(ValueError, match=r"add_att.json: malformed JSON at line 2"):
+    sugarcrepe.evaluate(ColorModel(), str(tmp_path))
   os.remove(tmp_path / "swap_obj.json")
   with pytest.raises(FileNotFoundError, match="swap_obj.json"):
-    sugarcrepe.evaluate(ColorModel(), str(tmp_path))
+    sugarcrepe.evaluate(ColorModel(), str(tmp_path), subsets=("swap_obj",))
 
 
 WINO = [("red", "blue", "a red one", "a blue one"),    # text, image, group right
@@ -88,8 +102,19 @@ def test_winoground_jsonl_and_datasets_formats(tmp_path):
     rows.append({"id": i, "image_0": f"ex_{i}_img_0", "image_1": f"ex_{i}_img_1", "caption_0": t0, "caption_1": t1})
   with open(tmp_path / "examples.jsonl", "w") as f:
     f.write("\n".join(json.dumps(r) for r in rows))
-  want = {"text": 100 / 3, "image": 100 / 3, "group": 100 / 3, "n": 3}
+  want = {"text": 100 / 3, "image": 100 / 3, "group": 100 / 3, "n": 3, "skipped_bad_examples": 0}
   assert winoground.evaluate(ColorModel(), str(tmp_path / "examples.jsonl")) == pytest.approx(want)
+  # One corrupt image and one null caption: both examples skipped and counted, the rest scored.
+  (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+  extra = [dict(rows[0], id=3, image_1="broken"), dict(rows[0], id=4, caption_0=None)]
+  with open(tmp_path / "examples.jsonl", "w") as f:
+    f.write("\n".join(json.dumps(r) for r in rows + extra))
+  want_skip = dict(want, skipped_bad_examples=2)
+  assert winoground.evaluate(ColorModel(), str(tmp_path / "examples.jsonl")) == pytest.approx(want_skip)
+  with open(tmp_path / "bad.jsonl", "w") as f:
+    f.write(json.dumps(rows[0]) + "\n{not json\n")
+  with pytest.raises(ValueError, match="bad.jsonl: malformed JSON on line 2"):
+    winoground.evaluate(ColorModel(), str(tmp_path / "bad.jsonl"))
   datasets = pytest.importorskip("datasets")
   img = lambda c: Image.new("RGB", (24, 24), COLORS[c])
   ds = datasets.Dataset.from_dict({"id": [0, 1, 2], "image_0": [img(r[0]) for r in WINO],
@@ -204,3 +229,12 @@ def test_eval_cli_matches_transformers_on_a_random_clip(tmp_path):
   want = retrieval.recall(embed(images=images), embed(texts=captions), owner)
   for k, v in want.items():
     assert ours["retrieval"][k] == pytest.approx(v), k
+
+
+def test_eval_refuses_an_unwritable_output_before_evaluating(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  p = subprocess.run([sys.executable, "launch/eval.py", "--model", str(tmp_path / "no_model"), "--tasks", "sugarcrepe",
+                      "--sugarcrepe_dir", str(tmp_path), "--output", str(blocker / "results.json")],
+                     capture_output=True, text=True)
+  assert p.returncode == 2 and "cannot write in" in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -104,7 +104,8 @@ def test_bad_records_are_skipped_and_counted_by_reason(tmp_path, caplog):
   ds = pipeline.make_dataset(d, batch_size=4, image_size=32, context_length=16, train=False, max_bad_fraction=1.0)
   batches = list(ds)
   counts = dict(zip(pipeline.BAD_REASONS, sum(b["bad_counts"] for b in batches).tolist()))
-  assert counts == {"undecodable_image": 1, "missing_feature": 1, "empty_caption": 1, "crc_mismatch": 1, "truncated": 1}
+  assert counts == {"undecodable_image": 1, "missing_feature": 1, "empty_caption": 1, "crc_mismatch": 1, "truncated": 1,
+                    "malformed_feature": 0}
   assert sorted(_keys(batches)) == sorted([f"g{i}" for i in range(20)] + ["g200", "g201"])
   logged = caplog.text
   assert "bad-00000-of-00002.tfrecord:corrupt" in logged and "bad-00000-of-00002.tfrecord:empty" in logged
@@ -116,6 +117,34 @@ def test_too_many_bad_records_stop_with_the_shard_names(tmp_path):
                              max_bad_fraction=0.01, bad_window=8)
   with pytest.raises(pipeline.TooManyBadRecords, match=r"bad-00000-of-00002\.tfrecord"):
     list(ds)
+
+
+def test_bad_fraction_is_enforced_before_the_window_fills(tmp_path):
+  path = str(tmp_path / records.shard_name("third", 0, 1))
+  with records.ShardWriter(path) as w:
+    for i in range(300):  # every third record is corrupt: a 20-step run must not pass silently
+      bad = i % 3 == 0
+      w.write({"key": f"k{i}", "image": b"not an image" if bad else _png("red"), "caption": "a red square",
+               "neg_image": _png("blue"), "neg_caption": "a blue square"})
+  ds = pipeline.make_dataset(path, batch_size=4, image_size=32, context_length=16, train=False,
+                             max_bad_fraction=0.01, bad_window=1000)
+  with pytest.raises(pipeline.TooManyBadRecords, match=r"of the first 1\d\d records are bad.*third-00000-of-00001"):
+    list(ds)
+
+
+def test_bad_image_warning_names_the_field_once_per_record(tmp_path, caplog):
+  path = str(tmp_path / records.shard_name("neg", 0, 1))
+  with records.ShardWriter(path) as w:
+    w.write({"key": "k0", "image": _png("red"), "caption": "a red square", "neg_image": b"\x89PNG broken",
+             "neg_caption": "a blue square"})
+    w.write({"key": "k1", "image": _png("red"), "caption": "a red square", "neg_image": _png("blue"),
+             "neg_caption": "a blue square"})
+  ds = pipeline.make_dataset(path, batch_size=1, image_size=32, context_length=16, train=False, num_epochs=3,
+                             max_bad_fraction=1.0)
+  assert sum(int(b["bad_counts"].sum()) for b in ds) == 3  # counted every epoch
+  warnings = [r.getMessage() for r in caplog.records if "Skipped bad record" in r.getMessage()]
+  assert len(warnings) == 1 and "neg-00000-of-00001.tfrecord:k0: neg_image: " in warnings[0], warnings
+  assert "0x" not in warnings[0]
 
 
 def test_missing_data_fails_at_once(tmp_path):
@@ -131,3 +160,41 @@ def test_fields_limit_decoding_to_what_the_loss_uses(demo_dir):
   np.testing.assert_array_equal(clip_only["text"], full["text"])
   with pytest.raises(ValueError, match="Unknown fields"):
     _ds(demo_dir, fields=("image", "caption"))
+
+
+def test_sixteen_bit_png_keeps_its_grey_levels():
+  from tripletclip_jax.data import image_ops
+  levels = np.linspace(0, 65535, 40 * 40).reshape(40, 40).astype(np.uint16)
+  buf = io.BytesIO()
+  Image.fromarray(levels).save(buf, format="PNG")  # mode I;16
+  rgb = np.asarray(image_ops.decode(buf.getvalue()))
+  np.testing.assert_allclose(rgb[..., 0], levels / 257.0, atol=0.51)  # PIL's convert alone gives ~all 255
+  assert rgb.shape == (40, 40, 3) and 120 < rgb.mean() < 135
+  x = image_ops.eval_transform(buf.getvalue(), 32)
+  assert abs(float(x.mean())) < 0.5  # mid grey on average, not white (about 1.9 after normalisation)
+
+
+def test_malformed_fields_are_skipped_counted_and_named(tmp_path, caplog):
+  good = lambda k: {"key": k, "image": _png("red"), "caption": "a red square", "neg_image": _png("blue"),
+                    "neg_caption": "a blue square", "neg_type": "swap_att", "clip_score": 0.5}
+  path = str(tmp_path / records.shard_name("mal", 0, 1))
+  with records.ShardWriter(path) as w:
+    w.write(good("ok0"))
+    w.write(dict(good("int_caption"), caption=7))                      # int64 instead of bytes
+    w.write(dict(good("two_captions"), neg_caption=["a", "b"]))        # two values
+    w.write(dict(good("bad_utf8"), caption=b"\xff\xfe red"))           # not UTF-8
+    w.write(dict(good("int_type"), neg_type=3))                        # an optional field of the wrong type
+    w.write(dict(good("str_score"), clip_score="high"))
+    w.write(good("ok1"))
+  for epoch_run in range(2):  # a restart meets the same records and survives them again
+    ds = pipeline.make_dataset(path, batch_size=1, image_size=32, context_length=16, train=False,
+                               max_bad_fraction=1.0)
+    batches = list(ds)
+    assert _keys(batches) == ["ok0", "ok1"]
+    counts = dict(zip(pipeline.BAD_REASONS, sum(b["bad_counts"] for b in batches).tolist()))
+    assert counts["malformed_feature"] == 5 and sum(counts.values()) == 5
+  text = caplog.text
+  for key, field in (("int_caption", "'caption'"), ("two_captions", "'neg_caption' must be one bytes value, got 2"),
+                     ("bad_utf8", "'caption' is not valid UTF-8"), ("int_type", "'neg_type'"),
+                     ("str_score", "'clip_score'")):
+    assert f"mal-00000-of-00001.tfrecord:{key}: field {field}" in text, text

@@ -39,16 +39,16 @@ def test_union_baseline_feeds_negative_pairs_as_positives(demo_dir):
   ex = _examples(demo_dir)
   assert len(b["key"]) == 2 * len(ex)
   first, second = b["key"][:24], b["key"][24:]
-  assert list(first) == list(second)  # every record twice: once real, once negative
+  assert [k + b"#neg" for k in first] == list(second)  # every record twice: once real, once negative
   for i, k in enumerate(second):
-    e = ex[k.decode()]
+    e = ex[k.decode().removesuffix("#neg")]
     np.testing.assert_array_equal(b["text"][24 + i], tokenize([e["neg_caption"].decode()], 32)[0])
     np.testing.assert_array_equal(b["image"][24 + i], image_ops.eval_transform(e["neg_image"], 32))
     np.testing.assert_array_equal(b["text"][i], tokenize([e["caption"].decode()], 32)[0])
   # Shuffled for training, a record's two pairs land apart: no in-batch hard negative.
   ds = pipeline.make_dataset(f"{demo_dir}/train", batch_size=8, image_size=32, context_length=32, seed=3,
                              union_negatives=True, fields=("image", "text"), process_index=0, process_count=1)
-  batches = [list(b["key"]) for _, b in zip(range(6), ds)]  # one epoch: 48 pairs
+  batches = [[k.removesuffix(b"#neg") for k in b["key"]] for _, b in zip(range(6), ds)]  # one epoch: 48 pairs
   assert sorted(k for b in batches for k in b) == sorted(k.encode() for k in ex for _ in range(2))
   together = sum(len(b) - len(set(b)) for b in batches)  # records whose two pairs share a batch
   assert together < 12  # about 7/47 of 24 by chance; the loss-level pairing of tripletclip would give 24
@@ -117,3 +117,23 @@ def test_logit_scale_clamp_to_zero_and_ln100(clamp):
       assert got == pytest.approx(clamped, abs=1e-6)
     else:
       assert got == pytest.approx(start, abs=1e-4)  # lr 1e-6: the update itself is negligible
+
+
+def test_release_configs_state_their_switches():
+  import importlib.util
+  import os
+
+  def load(name):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+  hq, cc3m = load("tripletclip_hq"), load("cc3m")
+  assert resolve_total_steps(hq) == 9766  # 10 epochs of 1M rows at batch 1024
+  assert (hq.optimizer.decay_rule, hq.data.augment, hq.clamp_logit_scale) == ("all", "center_crop", False)
+  assert (cc3m.optimizer.decay_rule, cc3m.data.augment, cc3m.clamp_logit_scale) == ("all", "center_crop", True)
+  for c in (hq, cc3m):
+    assert (c.batch_size, c.optimizer.learning_rate, c.optimizer.weight_decay) == (1024, 5e-4, 0.5)
+    assert (c.optimizer.b1, c.optimizer.b2, c.optimizer.eps, c.optimizer.warmup_steps) == (0.9, 0.999, 1e-8, 1000)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from tripletclip_jax.data import demo_world
 from tripletclip_jax.train import checkpoint
+from tripletclip_jax.train.config import ConfigError
 from tripletclip_jax.train.loop import train_and_evaluate
 from tripletclip_jax.train.metrics import read_metrics
 
@@ -81,6 +83,21 @@ def test_changed_schedule_is_refused(data_dir, tmp_path):
     train_and_evaluate(small_config(data_dir, total_steps=10), w)
   out = train_and_evaluate(small_config(data_dir, total_steps=10, allow_schedule_change=True, stop_after_steps=2), w)
   assert out["step"] == 4
+  with pytest.raises(FileNotFoundError, match="has no checkpoint at step 5; it has steps 2, 4"):
+    checkpoint.load_params(w, 5)
+
+
+def test_resume_refuses_a_changed_model_and_records_changed_data(data_dir, tmp_path):
+  w = str(tmp_path / "w")
+  train_and_evaluate(small_config(data_dir, stop_after_steps=2, checkpoint_every_steps=2), w)
+  with pytest.raises(ValueError, match=r"the model changed \(act gelu -> quick_gelu\)"):
+    train_and_evaluate(small_config(data_dir, **{"model.act": "quick_gelu"}), w)
+  with pytest.raises(ValueError, match=r"the model changed \(.*vision.patch_size 16 -> 8"):
+    train_and_evaluate(small_config(data_dir, **{"model.preset": "tiny"}), w)
+  out = train_and_evaluate(small_config(data_dir, seed=7, stop_after_steps=2), w)  # data may change: logged
+  assert out["step"] == 4
+  _, meta = checkpoint.read_meta(w)
+  assert meta["resume_changes"] == [{"step": 2, "key": "seed", "before": 0, "now": 7}]
 
 
 def test_non_finite_loss_names_the_step(data_dir, tmp_path):
@@ -122,15 +139,17 @@ def test_sigkill_then_restart_completes(data_dir, tmp_path):
   assert checkpoint.read_meta(w)[0] == 40 and 40 in read_metrics(w)
 
 
-def test_sigterm_leaves_a_checkpoint(data_dir, tmp_path):
+@pytest.mark.parametrize("exit_code", [0, 75])
+def test_sigterm_leaves_a_checkpoint(data_dir, tmp_path, exit_code):
   w = str(tmp_path / "t")
-  p = _main(w, *_cli_overrides(data_dir, total_steps=100000, checkpoint_every_steps=100000), env=_cpu_env(2))
+  p = _main(w, *_cli_overrides(data_dir, total_steps=100000, checkpoint_every_steps=100000,
+                               preempted_exit_code=exit_code), env=_cpu_env(2))
   _wait_for(os.path.join(w, "metrics.jsonl"), p)
   while not open(os.path.join(w, "metrics.jsonl")).read():  # training has started
     time.sleep(0.2)
   p.send_signal(signal.SIGTERM)
   out, err = p.communicate(timeout=120)
-  assert p.returncode == 0, err
+  assert p.returncode == exit_code, err  # a scheduler that restarts only failed jobs wants non-zero
   assert "SIGTERM: saved checkpoint" in out
   step, _ = checkpoint.read_meta(w)
   assert 0 < step < 100000
@@ -138,7 +157,8 @@ def test_sigterm_leaves_a_checkpoint(data_dir, tmp_path):
 
 @pytest.mark.parametrize("arg,needle", [("--config.batchsize=3", "Unknown config key 'batchsize'; did you mean batch_size"),
                                         ("--config.batch_size=abc", "batch_size"),
-                                        ("--config.optimizer.learnin_rate=1", "optimizer.learning_rate")])
+                                        ("--config.optimizer.learnin_rate=1", "optimizer.learning_rate"),
+                                        ("--config.loss=tripletclp", "config.loss='tripletclp': choose one of")])
 def test_bad_override_exits_2_with_one_line(tmp_path, arg, needle):
   p = _main(str(tmp_path / "x"), arg)
   out, err = p.communicate(timeout=120)
@@ -206,3 +226,33 @@ def test_missing_training_data_is_one_line(tmp_path):
   _, err = p.communicate(timeout=300)
   assert p.returncode == 1 and "Traceback" not in err
   assert err.strip().splitlines()[-1].startswith("error: No TFRecord shards match")
+
+
+def test_sugarcrepe_image_dir_is_read_during_training(data_dir, tmp_path):
+  # SugarCrepe's JSON files in one folder, its images (COCO val2017 for the real benchmark) in another.
+  json_dir = tmp_path / "sugarcrepe"
+  json_dir.mkdir()
+  for f in os.listdir(os.path.join(data_dir, "sugarcrepe")):
+    if f.endswith(".json"):
+      shutil.copy(os.path.join(data_dir, "sugarcrepe", f), json_dir / f)
+  cfg = small_config(data_dir, total_steps=2, log_every_steps=2, checkpoint_every_steps=2, **{
+      "eval.sugarcrepe_dir": str(json_dir), "eval.sugarcrepe_image_dir": os.path.join(data_dir, "sugarcrepe", "images")})
+  out = train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert 0 <= out["eval/sugarcrepe/mean"] <= 100 and out["eval/sugarcrepe/skipped_missing_images"] == 0
+  cfg = small_config(data_dir, total_steps=2, log_every_steps=2, checkpoint_every_steps=2,
+                     **{"eval.sugarcrepe_dir": str(json_dir)})
+  with pytest.raises(FileNotFoundError, match="config.eval.sugarcrepe_image_dir"):
+    train_and_evaluate(cfg, str(tmp_path / "w2"))
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("batch_size", 0, "positive"), ("total_steps", 0, "positive"), ("accum_steps", 0, ">= 1"),
+    ("log_every_steps", 0, ">= 1"), ("checkpoint_every_steps", 0, ">= 1"), ("keep_checkpoints", 0, ">= 1"),
+    ("data.crop_scale", (0.5, 1.5), "0 < lo <= hi <= 1"), ("data.crop_scale", (0.9,), "pair"),
+    ("model.dtype", "bfloat", "float32 or bfloat16"), ("optimizer.decay_rule", "none", "decay_rule"),
+    ("data.augment", "mixup", "augment"), ("compute_rule", "time", "compute_rule")])
+def test_impossible_config_values_are_one_line(data_dir, tmp_path, key, value, needle):
+  with pytest.raises(ConfigError, match=f"config.{key}=") as e:
+    train_and_evaluate(small_config(data_dir, **{key: value}), str(tmp_path / "w"))
+  assert needle in str(e.value) and "\n" not in str(e.value)
+  assert not os.path.exists(tmp_path / "w")  # refused before anything is written

@@ -188,8 +188,9 @@ def random_scene(cfg: WorldConfig, rng, heldout_ok: bool, must_include=None) -> 
 
 
 def random_caption(cfg: WorldConfig, scene: list[Obj], rng, relation: bool | None = None,
-                   must_name: int | None = None) -> Caption | None:
-  """Names 2..max_named objects in random order; a relation caption names two. None if infeasible."""
+                   must_name: int | None = None) -> Caption:
+  """Names 2..max_named objects in random order (`must_name` among the first two); a relation caption
+  names two and states a relation that holds. `relation` None draws it with `relation_prob`."""
   order = [int(i) for i in rng.permutation(len(scene))]
   if must_name is not None:
     order.remove(must_name)
@@ -265,9 +266,9 @@ def edit(cfg: WorldConfig, scene: list[Obj], cap: Caption, kind: str, rng, heldo
     rel = str(rng.choice(new_rels))
     occupied = {(o.row, o.col) for o in scene if o is not a and o is not b}
     free = [(r, c) for r in range(cfg.grid) for c in range(cfg.grid) if (r, c) not in occupied]
+    cell = lambda rc: Obj("", "", "", *rc)  # noqa: E731 - relations depend on the cells alone
     placements = [(p, q) for p in free for q in free if p != q
-                  and relation_holds(rel, Obj("", "", "", *p), Obj("", "", "", *q))
-                  and not relation_holds(cap.relation, Obj("", "", "", *p), Obj("", "", "", *q))]
+                  and relation_holds(rel, cell(p), cell(q)) and not relation_holds(cap.relation, cell(p), cell(q))]
     if not placements:
       return None
     (a.row, a.col), (b.row, b.col) = placements[rng.integers(len(placements))]

@@ -28,6 +28,15 @@ def _load(img: Image.Image, min_side: int | None) -> Image.Image:
     w, h = img.size
     scale = max(min_side / min(w, h), 1 / 8)
     img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+  return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+  """Any PIL mode -> 8-bit RGB. 16-bit grayscale (PNG "I;16" / "I") is scaled from 0..65535: PIL's own
+  convert clips it to 0..255, which turns almost every pixel white."""
+  if img.mode.startswith("I;16") or img.mode == "I":
+    a = np.asarray(img, np.float64) * (255.0 / 65535.0)
+    return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L").convert("RGB")
   return img.convert("RGB")
 
 
@@ -101,5 +110,5 @@ def preprocess(images, size: int) -> np.ndarray:
       continue
     if isinstance(im, np.ndarray):
       im = Image.fromarray(np.asarray(im, np.uint8))
-    out.append(normalize(resize_center_crop(im.convert("RGB"), size)))
+    out.append(normalize(resize_center_crop(to_rgb(im), size)))
   return np.stack(out) if out else np.zeros((0, size, size, 3), np.float32)

@@ -13,6 +13,7 @@ import bisect
 import collections
 import logging
 import os
+import re
 from typing import Any
 
 import grain
@@ -21,7 +22,11 @@ import numpy as np
 from tripletclip_jax.data import image_ops, records
 from tripletclip_jax.data.tokenizer import tokenize
 
-BAD_REASONS = ("undecodable_image", "missing_feature", "empty_caption", "crc_mismatch", "truncated")
+# New reasons go at the end: checkpoints store the counts in this order.
+BAD_REASONS = ("undecodable_image", "missing_feature", "empty_caption", "crc_mismatch", "truncated",
+               "malformed_feature")
+MIN_EVIDENCE = 100  # records seen before the bad fraction so far is held to max_bad_fraction
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 log = logging.getLogger(__name__)
 
 
@@ -77,8 +82,8 @@ class UnionSource:
   """Real and negative pairs as one set of ordinary pairs (the release's "LaCLIP+HN" control).
 
   Item i < len(source) is record i's (image, caption); item len(source) + i is its (neg_image,
-  neg_caption) under the positive names. Shuffled globally, a record's two pairs rarely share a batch,
-  so the negatives are extra data, not hard negatives.
+  neg_caption) under the positive names, keyed KEY#neg. Shuffled globally, a record's two pairs rarely
+  share a batch, so the negatives are extra data, not hard negatives.
   """
 
   def __init__(self, source):
@@ -91,7 +96,8 @@ class UnionSource:
     n = len(self.source)
     shard, ex, reason, detail = self.source[int(i) % n]
     if ex is not None and i >= n:
-      ex = dict(ex, image=ex.get("neg_image", []), caption=ex.get("neg_caption", []))
+      ex = dict(ex, image=ex.get("neg_image", []), caption=ex.get("neg_caption", []),
+                key=bytes(ex.get("key", b"?")) + b"#neg")
     return shard, ex, reason, detail
 
 
@@ -145,17 +151,22 @@ class Preprocess:
     missing = [f for f in records.REQUIRED if f not in ex or ex[f] == []]
     if missing:
       return _bad("missing_feature", where, f"missing {missing}")
-    caps = {"text": ex["caption"].decode("utf-8", "replace"), "neg_text": ex["neg_caption"].decode("utf-8", "replace")}
+    problem = records.check_example(ex)  # a wrong type or count must be skipped here, not crash a worker
+    if problem:
+      return _bad("malformed_feature", where, problem)
+    caps = {"text": ex["caption"].decode("utf-8"), "neg_text": ex["neg_caption"].decode("utf-8")}
     if not all(c.strip() for c in caps.values()):
       return _bad("empty_caption", where, "empty caption or neg_caption")
     out = {"key": np.bytes_(key)}
-    try:
-      for f in ("image", "neg_image"):
-        if f in self.fields:
-          out[f] = (image_ops.train_transform(ex[f], self.image_size, rng, self.crop_scale) if self.random_crop
-                    else image_ops.eval_transform(ex[f], self.image_size))
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt images
-      return _bad("undecodable_image", where, f"{type(e).__name__}: {e}")
+    for f in ("image", "neg_image"):
+      if f not in self.fields:
+        continue
+      try:
+        out[f] = (image_ops.train_transform(ex[f], self.image_size, rng, self.crop_scale) if self.random_crop
+                  else image_ops.eval_transform(ex[f], self.image_size))
+      except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt images
+        # PIL's messages can hold an object's address: drop it, so one fault logs once.
+        return _bad("undecodable_image", where, f"{f}: {type(e).__name__}: {_ADDRESS.sub('', str(e))}")
     texts = [f for f in ("text", "neg_text") if f in self.fields]
     if texts:
       out.update(zip(texts, tokenize([caps[f] for f in texts], self.context_length)))
@@ -172,6 +183,7 @@ class _SkipBadBatchIterator(grain.DatasetIterator):
     self._batch_size, self._drop_remainder = batch_size, drop_remainder
     self._max_bad, self._window = max_bad_fraction, collections.deque(maxlen=window)
     self._logged = set()
+    self._seen = self._bad_seen = 0
 
   def __next__(self):
     good, counts = [], np.zeros(len(BAD_REASONS), np.int64)
@@ -180,7 +192,9 @@ class _SkipBadBatchIterator(grain.DatasetIterator):
         el = next(self._parent)
       except StopIteration:
         break
+      self._seen += 1
       if "_bad" in el:
+        self._bad_seen += 1
         counts[BAD_REASONS.index(el["_bad"])] += 1
         if (el["_where"], el["_detail"]) not in self._logged:
           self._logged.add((el["_where"], el["_detail"]))
@@ -197,14 +211,17 @@ class _SkipBadBatchIterator(grain.DatasetIterator):
     return batch
 
   def _check_window(self):
-    if len(self._window) < self._window.maxlen:
-      return
+    """Over the last `window` records once it is full, and over all records so far once there is
+    evidence (MIN_EVIDENCE), so that a short run, or the start of a long one, is held to the limit too."""
     bad = [s for s in self._window if s is not None]
-    if len(bad) > self._max_bad * len(self._window):
-      shards = sorted(set(bad))
-      raise TooManyBadRecords(
-          f"{len(bad)} of the last {len(self._window)} records are bad (limit max_bad_fraction="
-          f"{self._max_bad}) in shards {shards}: check or regenerate them, or raise max_bad_fraction.")
+    if len(self._window) == self._window.maxlen and len(bad) > self._max_bad * len(self._window):
+      what = f"{len(bad)} of the last {len(self._window)} records are bad"
+    elif self._seen >= MIN_EVIDENCE and self._bad_seen > self._max_bad * self._seen:
+      what = f"{self._bad_seen} of the first {self._seen} records are bad"
+    else:
+      return
+    raise TooManyBadRecords(f"{what} (limit max_bad_fraction={self._max_bad}) in shards {sorted(set(bad))}: "
+                            "check or regenerate them, or raise max_bad_fraction.")
 
   def get_state(self):
     return self._parent.get_state()

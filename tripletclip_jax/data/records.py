@@ -103,6 +103,32 @@ def decode_example(data: bytes) -> dict:
   return out
 
 
+_BYTES_FIELDS = ("key", "image", "caption", "neg_image", "neg_caption", "neg_type", "neg_source", "source")
+_TEXT_FIELDS = ("key", "caption", "neg_caption", "neg_type", "neg_source", "source")
+
+
+def check_example(ex: dict) -> str | None:
+  """None if every present field has its declared type and count, else what is wrong (naming the field).
+
+  Bytes fields hold exactly one value (text ones valid UTF-8); clip_score holds one float.
+  """
+  for name in _BYTES_FIELDS:
+    if name not in ex:
+      continue
+    v = ex[name]
+    if not isinstance(v, bytes):
+      what = f"{len(v)} values" if isinstance(v, list) else type(v).__name__
+      return f"field {name!r} must be one bytes value, got {what}"
+    if name in _TEXT_FIELDS:
+      try:
+        v.decode("utf-8")
+      except UnicodeDecodeError as e:
+        return f"field {name!r} is not valid UTF-8 ({e.reason} at byte {e.start})"
+  if "clip_score" in ex and not isinstance(ex["clip_score"], float):
+    return f"field 'clip_score' must be one float, got {ex['clip_score']!r:.40}"
+  return None
+
+
 def _masked_crc(data: bytes) -> int:
   crc = google_crc32c.value(data)
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF

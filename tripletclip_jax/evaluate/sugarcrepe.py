@@ -11,6 +11,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from tripletclip_jax.data import image_ops
+
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
 
@@ -19,43 +21,71 @@ def load_subset(sugarcrepe_dir: str, subset: str) -> list[dict]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"SugarCrepe file {path} is missing: --sugarcrepe_dir must hold {subset}.json.")
   with open(path) as f:
-    entries = list(json.load(f).values())  # keys are string indices with gaps: use the values
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}).") from None
+  if not isinstance(data, dict):
+    raise ValueError(f"{path}: expected an object keyed by index, got a JSON {type(data).__name__}.")
+  entries = list(data.values())  # keys are string indices with gaps: use the values
   for e in entries:
-    missing = {"filename", "caption", "negative_caption"} - set(e)
+    missing = {"filename", "caption", "negative_caption"} - set(e) if isinstance(e, dict) else {"(not an object)"}
     if missing:
-      raise ValueError(f"{path}: entry {e} lacks {sorted(missing)}.")
+      raise ValueError(f"{path}: entry {str(e):.200} lacks {sorted(missing)}.")
   return entries
 
 
+def _text_ok(t) -> bool:
+  return isinstance(t, str) and bool(t.strip())
+
+
 def score_subset(model, entries: list[dict], image_dir: str) -> dict:
-  """Accuracy (%) over one subset; images that are missing are counted, not scored."""
-  images, kept, missing = [], [], []
+  """Accuracy (%) over one subset. Entries with a missing or unreadable image, or a null or empty
+  caption, are counted and skipped, not scored."""
+  images, kept, missing, unreadable, bad = [], [], [], 0, 0
   for e in entries:
+    if not (_text_ok(e["caption"]) and _text_ok(e["negative_caption"]) and isinstance(e["filename"], str)):
+      bad += 1
+      continue
     p = os.path.join(image_dir, e["filename"])
     if not os.path.exists(p):
       missing.append(e["filename"])
       continue
-    with Image.open(p) as im:
-      images.append(im.convert("RGB"))
+    try:
+      images.append(load_rgb(p))
+    except OSError:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+      unreadable += 1
+      continue
     kept.append(e)
   if not kept:
     raise FileNotFoundError(f"None of the {len(entries)} images exist under {image_dir} "
-                            f"(first: {entries[0]['filename'] if entries else '-'}); pass --coco_image_dir.")
+                            f"(first: {entries[0]['filename'] if entries else '-'}); point to COCO val2017 with "
+                            "launch/eval.py --coco_image_dir or config.eval.sugarcrepe_image_dir.")
   img = model.encode_images(images)
   pos = model.encode_texts([e["caption"] for e in kept])
   neg = model.encode_texts([e["negative_caption"] for e in kept])
   correct = np.sum(img * pos, axis=1) > np.sum(img * neg, axis=1)
-  return {"accuracy": 100.0 * float(np.mean(correct)), "n": len(kept), "missing_images": len(missing)}
+  return {"accuracy": 100.0 * float(np.mean(correct)), "n": len(kept), "missing_images": len(missing),
+          "unreadable_images": unreadable, "bad_entries": bad}
+
+
+def load_rgb(path: str) -> Image.Image:
+  """An image file as 8-bit RGB (16-bit PNGs scaled, not clipped); raises OSError if unreadable."""
+  with Image.open(path) as im:
+    im.load()
+    return image_ops.to_rgb(im)
 
 
 def evaluate(model, sugarcrepe_dir: str, image_dir: str | None = None, subsets=SUBSETS) -> dict:
-  """{subset: accuracy %, ..., 'mean': mean of the subsets, 'skipped_missing_images': count}."""
+  """{subset: accuracy %, ..., 'mean': mean of the subsets, 'skipped_{missing_images,unreadable_images,
+  bad_entries}': counts}."""
   image_dir = image_dir or os.path.join(sugarcrepe_dir, "images")
-  out, skipped = {}, 0
+  out, skipped = {}, {"missing_images": 0, "unreadable_images": 0, "bad_entries": 0}
   for s in subsets:
     r = score_subset(model, load_subset(sugarcrepe_dir, s), image_dir)
     out[s] = r["accuracy"]
-    skipped += r["missing_images"]
+    for k in skipped:
+      skipped[k] += r[k]
   out["mean"] = float(np.mean([out[s] for s in subsets]))
-  out["skipped_missing_images"] = skipped
+  out.update({f"skipped_{k}": v for k, v in skipped.items()})
   return out

@@ -10,7 +10,8 @@ import json
 import os
 
 import numpy as np
-from PIL import Image
+
+from tripletclip_jax.evaluate import sugarcrepe
 
 
 def load(path: str, image_dir: str | None = None) -> list[dict]:
@@ -19,13 +20,25 @@ def load(path: str, image_dir: str | None = None) -> list[dict]:
     raise FileNotFoundError(f"Winoground data {path} is missing: pass a `datasets` folder or examples.jsonl.")
   if path.endswith(".jsonl"):
     image_dir = image_dir or os.path.join(os.path.dirname(path), "images")
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows = []
+    with open(path) as f:
+      for i, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}: malformed JSON on line {i} ({e.msg}).") from None
+        if not isinstance(rows[-1], dict) or not {"image_0", "image_1"} <= set(rows[-1]):
+          raise ValueError(f"{path}: line {i} is not an object with image_0 and image_1.")
     def img(name):
       for candidate in (name, f"{name}.png", f"{name}.jpg"):
         p = os.path.join(image_dir, candidate)
         if os.path.exists(p):
-          with Image.open(p) as im:
-            return im.convert("RGB")
+          try:
+            return sugarcrepe.load_rgb(p)
+          except OSError:
+            return None  # unreadable: the example is skipped and counted
       raise FileNotFoundError(f"Winoground image {name!r} not found in {image_dir}.")
     return [dict(r, image_0=img(r["image_0"]), image_1=img(r["image_1"])) for r in rows]
   import datasets
@@ -52,8 +65,18 @@ def scores(sim: np.ndarray) -> dict:
           "n": int(len(sim))}
 
 
+def _usable(r: dict) -> bool:
+  return all(r.get(k) is not None for k in ("image_0", "image_1")) and all(
+      isinstance(r.get(k), str) and r[k].strip() for k in ("caption_0", "caption_1"))
+
+
 def evaluate(model, path: str, image_dir: str | None = None) -> dict:
-  rows = load(path, image_dir)
+  """Scores (%) and 'n'; examples with an unreadable image or a null / empty caption are skipped and
+  counted in 'skipped_bad_examples'."""
+  all_rows = load(path, image_dir)
+  rows = [r for r in all_rows if _usable(r)]
+  if not rows:
+    raise ValueError(f"None of the {len(all_rows)} Winoground examples in {path} has two images and two captions.")
   img = model.encode_images([r[k] for r in rows for k in ("image_0", "image_1")]).reshape(len(rows), 2, -1)
   txt = model.encode_texts([r[k] for r in rows for k in ("caption_0", "caption_1")]).reshape(len(rows), 2, -1)
-  return scores(np.einsum("nid,ncd->nic", img, txt))
+  return dict(scores(np.einsum("nid,ncd->nic", img, txt)), skipped_bad_examples=len(all_rows) - len(rows))

@@ -64,7 +64,7 @@ def load_tfds(name: str, data_dir: str | None, split: str | None = None):
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(f"TFDS dataset {name} is not prepared under {builder.data_dir}; prepare it first "
-                            "(tfds build) or pass --zeroshot_dir with an image folder.")
+                            "(tfds build), or pass an image folder with a subfolder per class (launch/eval.py --zeroshot DIR).")
   source = tfds.data_source(name, split=split, data_dir=data_dir)
   images = [source[i]["image"] for i in range(len(source))]
   labels = np.asarray([source[i]["label"] for i in range(len(source))])

@@ -45,9 +45,14 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
 def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
   """(step, metadata) of the latest (or given) complete checkpoint in `workdir`."""
   manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("state", "data", "meta"))
-  step = manager.latest_step() if step is None else step
+  steps = manager.all_steps()
   if step is None:
-    raise FileNotFoundError(f"{workdir} holds no complete checkpoint (looked in {checkpoint_dir(workdir)}).")
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{workdir} holds no complete checkpoint (looked in {checkpoint_dir(workdir)}).")
+  elif step not in steps:
+    raise FileNotFoundError(f"{workdir} has no checkpoint at step {step}; it has steps "
+                            f"{', '.join(map(str, sorted(steps))) or 'none'}.")
   with open(os.path.join(checkpoint_dir(workdir), str(step), "meta", "metadata")) as f:
     return step, json.load(f)
 

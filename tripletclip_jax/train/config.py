@@ -27,6 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 5000
   c.keep_checkpoints = 3
   c.allow_schedule_change = False
+  c.allow_model_change = False     # resume even though the network's definition changed
+  c.preempted_exit_code = 0        # exit status after SIGTERM saved a checkpoint; non-zero for restart-on-failure
   c.stop_after_steps = config_dict.placeholder(int)  # checkpoint and stop after this many steps of this run
   c.init_from = config_dict.placeholder(str)  # "hf:PATH" starts from a Hugging Face CLIP
   c.accum_steps = 1
@@ -64,6 +66,45 @@ def pairs_per_example(loss: str) -> float:
 
 
 COMPUTE_RULES = ("pairs", "flops")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and what to do."""
+
+
+def validate(config) -> None:
+  """Checks the values a typo or a slip makes impossible, before anything is built; raises ConfigError."""
+  from tripletclip_jax import losses
+  from tripletclip_jax.data.pipeline import AUGMENTATIONS
+  from tripletclip_jax.train.optim import DECAY_RULES
+
+  def need(ok, key, what):
+    if not ok:
+      raise ConfigError(f"config.{key}={config_value(config, key)!r}: {what}.")
+
+  need(config.loss in losses.LOSSES, "loss", f"choose one of {', '.join(losses.LOSSES)}")
+  need(config.batch_size > 0, "batch_size", "must be a positive number of pairs per step")
+  if config.total_examples is None:
+    need(config.total_steps > 0, "total_steps", "must be positive (or set total_examples)")
+  else:
+    need(config.total_examples > 0, "total_examples", "must be positive")
+  need(config.accum_steps >= 1, "accum_steps", "must be >= 1 (1 means no accumulation)")
+  for key in ("log_every_steps", "checkpoint_every_steps", "eval_every_steps", "keep_checkpoints"):
+    need(config[key] >= 1, key, "must be >= 1")
+  need(config.compute_rule in COMPUTE_RULES, "compute_rule", f"choose one of {COMPUTE_RULES}")
+  need(config.model.dtype in ("float32", "bfloat16"), "model.dtype", "choose float32 or bfloat16")
+  need(config.optimizer.decay_rule in DECAY_RULES, "optimizer.decay_rule", f"choose one of {DECAY_RULES}")
+  need(config.data.augment in AUGMENTATIONS, "data.augment", f"choose one of {AUGMENTATIONS}")
+  scale = tuple(config.data.crop_scale)
+  need(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "data.crop_scale",
+       "give a pair (lo, hi) with 0 < lo <= hi <= 1, e.g. (0.9, 1.0)")
+
+
+def config_value(config, key: str):
+  node = config
+  for k in key.split("."):
+    node = node[k]
+  return node
 
 
 def resolve_total_steps(config, model_config=None) -> int:

@@ -22,7 +22,7 @@ from tripletclip_jax.evaluate import sugarcrepe, triplet
 from tripletclip_jax.inference import Model
 from tripletclip_jax.models import get_preset, train_flops_per_example
 from tripletclip_jax.train import checkpoint as ckpt
-from tripletclip_jax.train.config import pairs_per_example, resolve_total_steps
+from tripletclip_jax.train.config import pairs_per_example, resolve_total_steps, validate
 from tripletclip_jax.train.metrics import MetricWriter, measure_matmul_peak
 from tripletclip_jax.train.optim import make_optimizer
 from tripletclip_jax.train.step import batch_keys, create_train_state, make_train_step
@@ -64,15 +64,16 @@ def _hf_path(init_from: str) -> str:
   return init_from[3:]
 
 
-def prepare_data(config, workdir: str) -> tuple[str, list[tuple[str, str, str]]]:
-  """(train shard pattern, [(evaluator, name, data path)]); generates the demo world when configured."""
+def prepare_data(config, workdir: str) -> tuple[str, list[tuple[str, str, str, dict]]]:
+  """(train shard pattern, [(evaluator, name, data path, options)]); generates the demo world when configured."""
   d = config.data
   train, evals = d.train, []
   if config.eval.sugarcrepe_dir:
-    evals.append(("sugarcrepe", "sugarcrepe", config.eval.sugarcrepe_dir))
-  evals += [("sugarcrepe", os.path.basename(p.rstrip("/")), p) for p in config.eval.extra_sugarcrepe_dirs]
+    evals.append(("sugarcrepe", "sugarcrepe", config.eval.sugarcrepe_dir,
+                  {"image_dir": config.eval.sugarcrepe_image_dir}))
+  evals += [("sugarcrepe", os.path.basename(p.rstrip("/")), p, {}) for p in config.eval.extra_sugarcrepe_dirs]
   if config.eval.triplet_data:
-    evals.append(("triplet", "triplet", config.eval.triplet_data))
+    evals.append(("triplet", "triplet", config.eval.triplet_data, {}))
   if train is None and d.demo_num_train:
     root = d.demo_data_dir or os.path.join(workdir, "data")
     if jax.process_index() == 0 and not os.path.exists(os.path.join(root, "train", "manifest.json")):
@@ -82,9 +83,9 @@ def prepare_data(config, workdir: str) -> tuple[str, list[tuple[str, str, str]]]
     multihost_utils.sync_global_devices("demo data")
     train = os.path.join(root, "train")
     if not evals:
-      evals = [("sugarcrepe", "sugarcrepe_heldout", os.path.join(root, "sugarcrepe")),
-               ("sugarcrepe", "sugarcrepe_seen", os.path.join(root, "sugarcrepe_seen")),
-               ("triplet", "triplet_heldout", os.path.join(root, "heldout"))]
+      evals = [("sugarcrepe", "sugarcrepe_heldout", os.path.join(root, "sugarcrepe"), {}),
+               ("sugarcrepe", "sugarcrepe_seen", os.path.join(root, "sugarcrepe_seen"), {}),
+               ("triplet", "triplet_heldout", os.path.join(root, "heldout"), {})]
   if train is None:
     raise ValueError("config.data.train is not set: pass --config.data.train=GLOB_OR_DIR of TripletData shards.")
   return train, evals
@@ -97,6 +98,34 @@ def check_schedule(meta: dict, config, total_steps: int, workdir: str) -> None:
     what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
     raise ValueError(f"Refusing to resume {workdir}: the schedule changed ({what}). Use a new workdir, or pass "
                      "--config.allow_schedule_change=true to continue anyway.")
+
+
+# Compute options may change across a resume; everything else in the model config defines the network.
+_COMPUTE_OPTIONS = ("dtype", "remat", "attention_impl")
+
+
+def check_model(meta: dict, model_cfg, config, workdir: str) -> None:
+  """Refuses a resume whose network differs from the checkpoint's (preset, activation, widths ...)."""
+  def flat(d, prefix=""):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        yield from flat(v, f"{prefix}{k}.")
+      elif k not in _COMPUTE_OPTIONS:
+        yield f"{prefix}{k}", v
+  saved, now = dict(flat(meta["model_config"])), dict(flat(model_cfg.to_dict()))
+  changed = [f"{k} {saved.get(k)} -> {now.get(k)}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+  if changed and not config.allow_model_change:
+    raise ValueError(f"Refusing to resume {workdir}: the model changed ({', '.join(changed[:4])}"
+                     f"{', ...' if len(changed) > 4 else ''}). Use a new workdir, or pass "
+                     "--config.allow_model_change=true if the checkpoint's shapes still fit.")
+
+
+def data_changes(meta: dict, config) -> dict:
+  """{key: (before, now)} for what may change across a resume but is worth saying: data.train, seed."""
+  before = meta.get("config", {})
+  now = {"data.train": config.data.train, "seed": config.seed}
+  old = {"data.train": before.get("data", {}).get("train"), "seed": before.get("seed")}
+  return {k: (old[k], now[k]) for k in now if old[k] != now[k]}
 
 
 def full_params(state):
@@ -112,8 +141,8 @@ EVALUATORS = {"sugarcrepe": sugarcrepe.evaluate, "triplet": triplet.evaluate}
 def run_evals(model_cfg, params, evals) -> dict:
   model = Model(model_cfg, params, progress=False)  # the training bar owns the terminal
   out = {}
-  for kind, name, path in evals:
-    for k, v in EVALUATORS[kind](model, path).items():
+  for kind, name, path, options in evals:
+    for k, v in EVALUATORS[kind](model, path, **options).items():
       out[f"eval/{name}/{k}"] = v
   return out
 
@@ -121,14 +150,14 @@ def run_evals(model_cfg, params, evals) -> dict:
 def format_table(results: dict, evals) -> str:
   """The SugarCrepe rows as a markdown table, then one line per TripletData score."""
   rows = []
-  for kind, name, _ in evals:
+  for kind, name, *_ in evals:
     if kind != "sugarcrepe":
       continue
     cells = [f"{results.get(f'eval/{name}/{s}', float('nan')):5.1f}" for s in (*sugarcrepe.SUBSETS, "mean")]
     rows.append(f"| {name} | " + " | ".join(cells) + " |")
   head = "| benchmark | " + " | ".join((*sugarcrepe.SUBSETS, "mean")) + " |"
   lines = [head, "|" + "---|" * (len(sugarcrepe.SUBSETS) + 2), *rows] if rows else []
-  for kind, name, _ in evals:
+  for kind, name, *_ in evals:
     if kind == "triplet":
       lines.append(f"{name}: " + ", ".join(f"{s} {results.get(f'eval/{name}/{s}', float('nan')):.1f}"
                                            for s in ("text", "image", "group")))
@@ -146,6 +175,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train(config, workdir: str, preempted: list) -> dict:
+  validate(config)
   maybe_initialize_distributed(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -184,13 +214,21 @@ def _train(config, workdir: str, preempted: list) -> dict:
 
   manager = ckpt.make_manager(workdir, config.keep_checkpoints)
   start, bad_totals = 0, np.zeros(len(pipeline.BAD_REASONS), np.int64)
+  history = []  # changes of data.train / seed across resumes, kept in every later checkpoint's meta
   latest = manager.latest_step()
   if latest is not None:
     _, meta = ckpt.read_meta(workdir, latest)
     check_schedule(meta, config, total_steps, workdir)
+    check_model(meta, model_cfg, config, workdir)
+    history = list(meta.get("resume_changes", []))
+    for k, (a, b) in data_changes(meta, config).items():
+      print(f"Resuming with {k} changed: {a} -> {b} (recorded in the checkpoint's meta)")
+      history.append({"step": latest, "key": k, "before": a, "now": b})
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
     state, meta = ckpt.restore(manager, latest, abstract, data_iter)
-    start, bad_totals = latest, np.asarray(meta["bad_counts"], np.int64)
+    start = latest
+    saved = np.asarray(meta["bad_counts"], np.int64)  # older checkpoints may count fewer reasons
+    bad_totals[:len(saved)] = saved
     print(f"Resumed from step {latest} in {ckpt.checkpoint_dir(workdir)}")
   elif config.init_from:
     from tripletclip_jax.interop import hf
@@ -206,7 +244,7 @@ def _train(config, workdir: str, preempted: list) -> dict:
 
   def meta_for(step):
     return {"step": step, "seed": config.seed, "schedule": schedule_meta, "bad_counts": bad_totals.tolist(),
-            "model_config": model_cfg.to_dict(), "config": config.to_dict(),
+            "model_config": model_cfg.to_dict(), "config": config.to_dict(), "resume_changes": history,
             "pairs_seen": step * config.batch_size * pairs_per_example(config.loss)}
 
   pending, t_data, t_last, last_good = [], 0.0, time.perf_counter(), latest
