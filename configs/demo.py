@@ -8,8 +8,9 @@ Generates the demo world (docs/demo_world.md) into WORKDIR/data if absent,
 trains, evaluates the seen and held-out SugarCrepe-format benchmarks and the
 held-out triplets, and exports a Hugging Face directory to WORKDIR/hf.
 Baselines are compute-matched on image-text pairs encoded: a CLIP run takes
-twice TripletCLIP's steps at the same batch. Measured results, with seed
-spread, are in the README's "Does it work?" section.
+twice TripletCLIP's steps at the same batch. Expected on 2 CPU cores: about
+3.5 minutes per run; held-out binding mean TripletCLIP 59.9 ± 1.3 vs CLIP
+58.3 ± 0.7 over 3 seeds (README, "Does it work?"; docs/results/reproduce.md).
 """
 
 import ml_collections

@@ -3,8 +3,8 @@
   python launch/reproduce.py --output_dir runs/reproduce                  # 5 losses x seeds 0,1,2
   python launch/reproduce.py --output_dir runs/demo --losses clip,tripletclip --seeds 0 \
       --reference docs/results/reproduce.json                              # `make demo`
-  python launch/reproduce.py --output_dir runs/big --seeds 0,1,2,3,4 --set model.preset=vit_b32 \
-      --set batch_size=256                                                 # scaled up
+  python launch/reproduce.py --output_dir runs/big --seeds 0,1,2,3,4 --set model.preset=tiny \
+      --set total_steps=2000 --set data.demo_num_train=5000                # scaled up
 
 Every run trains configs/demo.py (or --config) with one loss and one seed on
 the same world, which is generated once into DIR/data. Seeds change the model's
