@@ -8,7 +8,6 @@ Restarting with the same workdir resumes from its latest checkpoint.
 """
 
 import difflib
-import importlib.util
 import os
 import sys
 
@@ -28,11 +27,8 @@ def _config_keys(argv) -> list[str]:
     spec = argv[argv.index("--config") + 1]
   if not spec:
     return []
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_cfg", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  cfg = module.get_config(arg) if arg else module.get_config()
+  from tripletclip_jax.train.config import load_config_file
+  cfg = load_config_file(spec)
   def flat(d, prefix=""):
     for k, v in d.items():
       if hasattr(v, "items"):

@@ -37,14 +37,6 @@ COLUMNS = (("replace_obj", "Replace obj"), ("replace_att", "Replace att"), ("rep
            ("swap_obj", "Swap obj"), ("swap_att", "Swap att"), ("add_obj", "Add obj"), ("add_att", "Add att"))
 
 
-def _load_config(path: str, loss: str):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("_reproduce_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(loss)
-
-
 def apply_overrides(config, overrides: list[str]) -> None:
   """`key.sub=value` strings onto a locked ConfigDict; values are Python literals or plain strings."""
   for item in overrides:
@@ -177,6 +169,7 @@ def main(argv=None):
   from absl import flags, logging
   flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; this script parses its own arguments
   logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every file operation at INFO
+  from tripletclip_jax.train.config import load_config_file
   from tripletclip_jax.train.loop import train_and_evaluate
 
   out_dir = os.path.abspath(args.output_dir)
@@ -185,7 +178,7 @@ def main(argv=None):
   runs, rule = [], ""
   for loss in names:
     for seed in seeds:
-      config = _load_config(args.config, loss)
+      config = load_config_file(args.config, loss)
       apply_overrides(config, [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False", *args.set])
       rule = (f"equal {'training FLOPs' if config.compute_rule == 'flops' else 'image-text pairs encoded'} "
               f"(compute_matched={config.compute_matched}, batch {config.batch_size}, TripletCLIP "

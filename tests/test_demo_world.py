@@ -137,3 +137,13 @@ def test_world_config_rejects_bad_parameters():
     dw.WorldConfig.from_dict({"edit_weights": {"add_obj": 1.0}})
   with pytest.raises(ValueError, match="Unknown demo world parameters"):
     dw.WorldConfig.from_dict({"colours": ("red",)})
+
+
+def test_generator_defaults_are_the_demo_config():
+  # launch/make_demo_data.py uses WorldConfig's defaults, the trainer uses configs/demo.py: one world.
+  import inspect
+  from tripletclip_jax.train.config import load_config_file
+  c = load_config_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py"))
+  assert dw.WorldConfig.from_dict(c.data.demo_world) == dw.WorldConfig()
+  defaults = inspect.signature(dw.write_demo_data).parameters
+  assert (defaults["num_train"].default, defaults["num_eval"].default) == (c.data.demo_num_train, c.data.demo_num_eval)

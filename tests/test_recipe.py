@@ -1,5 +1,7 @@
 """The release's recipe switches and the union baseline each change exactly what they say."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,12 +13,13 @@ from tripletclip_jax.data import demo_world, image_ops, pipeline, records
 from tripletclip_jax.data.tokenizer import tokenize
 from tripletclip_jax.models import forward_flops, get_preset
 from tripletclip_jax.train import create_train_state, make_optimizer, make_train_step
-from tripletclip_jax.train.config import base_config, resolve_total_steps
+from tripletclip_jax.train.config import base_config, load_config_file, resolve_total_steps
 from tripletclip_jax.train.optim import MAX_LOG_LOGIT_SCALE, decay_mask
 from tripletclip_jax.train.step import batch_keys
 
 flags.FLAGS.mark_as_parsed()
 CFG = get_preset("tiny")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -120,17 +123,7 @@ def test_logit_scale_clamp_to_zero_and_ln100(clamp):
 
 
 def test_release_configs_state_their_switches():
-  import importlib.util
-  import os
-
-  def load(name):
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-  hq, cc3m = load("tripletclip_hq"), load("cc3m")
+  hq, cc3m = (load_config_file(os.path.join(ROOT, "configs", f"{name}.py")) for name in ("tripletclip_hq", "cc3m"))
   assert resolve_total_steps(hq) == 9766  # 10 epochs of 1M rows at batch 1024
   assert (hq.optimizer.decay_rule, hq.data.augment, hq.clamp_logit_scale) == ("all", "center_crop", False)
   assert (cc3m.optimizer.decay_rule, cc3m.data.augment, cc3m.clamp_logit_scale) == ("all", "center_crop", True)

@@ -31,6 +31,13 @@ def _load(img: Image.Image, min_side: int | None) -> Image.Image:
   return to_rgb(img)
 
 
+def load_file(path: str) -> Image.Image:
+  """An image file as 8-bit RGB; raises OSError (PIL's UnidentifiedImageError, truncation) if unreadable."""
+  with Image.open(path) as im:
+    im.load()
+    return to_rgb(im)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
   """Any PIL mode -> 8-bit RGB. 16-bit grayscale (PNG "I;16" / "I") is scaled from 0..65535: PIL's own
   convert clips it to 0..255, which turns almost every pixel white."""

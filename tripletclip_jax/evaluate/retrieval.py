@@ -8,7 +8,8 @@ import json
 import os
 
 import numpy as np
-from PIL import Image
+
+from tripletclip_jax.data import image_ops
 
 
 def load(split_json: str, image_dir: str, split: str = "test"):
@@ -24,8 +25,7 @@ def load(split_json: str, image_dir: str, split: str = "test"):
     if not os.path.exists(path):
       missing.append(e["filename"])
       continue
-    with Image.open(path) as im:
-      images.append(im.convert("RGB"))
+    images.append(image_ops.load_file(path))
     for s in e["sentences"]:
       captions.append(s["raw"])
       owner.append(len(images) - 1)

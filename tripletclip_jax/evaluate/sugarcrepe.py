@@ -9,7 +9,6 @@ import json
 import os
 
 import numpy as np
-from PIL import Image
 
 from tripletclip_jax.data import image_ops
 
@@ -52,14 +51,15 @@ def score_subset(model, entries: list[dict], image_dir: str) -> dict:
       missing.append(e["filename"])
       continue
     try:
-      images.append(load_rgb(p))
+      images.append(image_ops.load_file(p))
     except OSError:  # PIL's UnidentifiedImageError and truncated files are OSErrors
       unreadable += 1
       continue
     kept.append(e)
   if not kept:
-    raise FileNotFoundError(f"None of the {len(entries)} images exist under {image_dir} "
-                            f"(first: {entries[0]['filename'] if entries else '-'}); point to COCO val2017 with "
+    raise FileNotFoundError(f"None of the {len(entries)} entries has a readable image under {image_dir} and two "
+                            f"captions ({len(missing)} images missing, {unreadable} unreadable, {bad} bad entries; "
+                            f"first: {entries[0]['filename'] if entries else '-'}); point to COCO val2017 with "
                             "launch/eval.py --coco_image_dir or config.eval.sugarcrepe_image_dir.")
   img = model.encode_images(images)
   pos = model.encode_texts([e["caption"] for e in kept])
@@ -67,13 +67,6 @@ def score_subset(model, entries: list[dict], image_dir: str) -> dict:
   correct = np.sum(img * pos, axis=1) > np.sum(img * neg, axis=1)
   return {"accuracy": 100.0 * float(np.mean(correct)), "n": len(kept), "missing_images": len(missing),
           "unreadable_images": unreadable, "bad_entries": bad}
-
-
-def load_rgb(path: str) -> Image.Image:
-  """An image file as 8-bit RGB (16-bit PNGs scaled, not clipped); raises OSError if unreadable."""
-  with Image.open(path) as im:
-    im.load()
-    return image_ops.to_rgb(im)
 
 
 def evaluate(model, sugarcrepe_dir: str, image_dir: str | None = None, subsets=SUBSETS) -> dict:

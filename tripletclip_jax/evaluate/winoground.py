@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from tripletclip_jax.evaluate import sugarcrepe
+from tripletclip_jax.data import image_ops
 
 
 def load(path: str, image_dir: str | None = None) -> list[dict]:
@@ -36,7 +36,7 @@ def load(path: str, image_dir: str | None = None) -> list[dict]:
         p = os.path.join(image_dir, candidate)
         if os.path.exists(p):
           try:
-            return sugarcrepe.load_rgb(p)
+            return image_ops.load_file(p)
           except OSError:
             return None  # unreadable: the example is skipped and counted
       raise FileNotFoundError(f"Winoground image {name!r} not found in {image_dir}.")

@@ -9,7 +9,8 @@ import json
 import os
 
 import numpy as np
-from PIL import Image
+
+from tripletclip_jax.data import image_ops
 
 _META = os.path.join(os.path.dirname(__file__), "imagenet_metadata.json")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -49,8 +50,7 @@ def load_folder(root: str):
       if not name.lower().endswith(IMAGE_EXTS):
         continue
       try:
-        with Image.open(os.path.join(root, c, name)) as im:
-          images.append(im.convert("RGB"))
+        images.append(image_ops.load_file(os.path.join(root, c, name)))
         labels.append(i)
       except OSError:
         skipped += 1

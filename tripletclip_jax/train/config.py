@@ -4,12 +4,16 @@ Top-level keys common to every run: total_steps, batch_size (positive pairs,
 global), loss, seed, log_every_steps, checkpoint_every_steps, eval_every_steps.
 """
 
+import importlib.util
 import math
 
 import ml_collections
 from ml_collections import config_dict
 
+from tripletclip_jax import losses
+from tripletclip_jax.data.pipeline import AUGMENTATIONS
 from tripletclip_jax.models.flops import ENCODES_PER_EXAMPLE, train_flops_per_example
+from tripletclip_jax.train.optim import DECAY_RULES
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -74,10 +78,6 @@ class ConfigError(ValueError):
 
 def validate(config) -> None:
   """Checks the values a typo or a slip makes impossible, before anything is built; raises ConfigError."""
-  from tripletclip_jax import losses
-  from tripletclip_jax.data.pipeline import AUGMENTATIONS
-  from tripletclip_jax.train.optim import DECAY_RULES
-
   def need(ok, key, what):
     if not ok:
       raise ConfigError(f"config.{key}={config_value(config, key)!r}: {what}.")
@@ -123,3 +123,13 @@ def resolve_total_steps(config, model_config=None) -> int:
     else:
       raise ValueError(f"Unknown compute_rule {config.compute_rule!r}; choose one of {COMPUTE_RULES}.")
   return int(steps)
+
+
+def load_config_file(spec: str, arg: str | None = None):
+  """`get_config()` of a config file, given as "PATH[:ARG]" (ml_collections' --config syntax) or PATH and `arg`."""
+  path, sep, spec_arg = spec.partition(":")
+  arg = spec_arg if sep else arg
+  module_spec = importlib.util.spec_from_file_location("_tripletclip_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
