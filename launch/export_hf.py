@@ -26,7 +26,7 @@ def main(argv=None):
   try:
     step, meta = checkpoint.read_meta(args.workdir, args.step)
     config, params = checkpoint.load_params(args.workdir, step)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
   evals = {}
   for rec in read_metrics(args.workdir).values():  # the latest evaluation up to this step

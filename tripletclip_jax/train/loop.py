@@ -215,17 +215,20 @@ def _train(config, workdir: str, preempted: list) -> dict:
   manager = ckpt.make_manager(workdir, config.keep_checkpoints)
   start, bad_totals = 0, np.zeros(len(pipeline.BAD_REASONS), np.int64)
   history = []  # changes of data.train / seed across resumes, kept in every later checkpoint's meta
-  latest = manager.latest_step()
-  if latest is not None:
-    _, meta = ckpt.read_meta(workdir, latest)
+  latest = None
+
+  def check_resume(meta, step):
     check_schedule(meta, config, total_steps, workdir)
     check_model(meta, model_cfg, config, workdir)
+
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
+  restored = ckpt.restore_intact(manager, workdir, abstract, data_iter, check_resume)
+  if restored is not None:
+    latest, state, meta = restored
     history = list(meta.get("resume_changes", []))
     for k, (a, b) in data_changes(meta, config).items():
       print(f"Resuming with {k} changed: {a} -> {b} (recorded in the checkpoint's meta)")
       history.append({"step": latest, "key": k, "before": a, "now": b})
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
-    state, meta = ckpt.restore(manager, latest, abstract, data_iter)
     start = latest
     saved = np.asarray(meta["bad_counts"], np.int64)  # older checkpoints may count fewer reasons
     bad_totals[:len(saved)] = saved
