@@ -18,6 +18,7 @@ from tripletclip_jax.train import checkpoint
 from tripletclip_jax.train.config import ConfigError
 from tripletclip_jax.train.loop import train_and_evaluate
 from tripletclip_jax.train.metrics import read_metrics
+from tripletclip_jax.train.workdir_lock import WorkdirBusy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -127,7 +128,7 @@ def _wait_for(path, proc, timeout=240):
 
 def test_sigkill_then_restart_completes(data_dir, tmp_path):
   w = str(tmp_path / "k")
-  args = _cli_overrides(data_dir, total_steps=40, checkpoint_every_steps=4, log_every_steps=4)
+  args = _cli_overrides(data_dir, total_steps=12, checkpoint_every_steps=4, log_every_steps=4)
   p = _main(w, *args, env=_cpu_env(2))
   _wait_for(os.path.join(w, "checkpoints", "4"), p)
   p.kill()
@@ -136,23 +137,50 @@ def test_sigkill_then_restart_completes(data_dir, tmp_path):
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err
   assert "Resumed from step" in out
-  assert checkpoint.read_meta(w)[0] == 40 and 40 in read_metrics(w)
+  assert checkpoint.read_meta(w)[0] == 12 and 12 in read_metrics(w)  # the killed run's lock did not block it
 
 
-@pytest.mark.parametrize("exit_code", [0, 75])
-def test_sigterm_leaves_a_checkpoint(data_dir, tmp_path, exit_code):
+def test_sigterm_leaves_a_checkpoint_and_the_lock_refuses_a_second_trainer(data_dir, tmp_path):
   w = str(tmp_path / "t")
   p = _main(w, *_cli_overrides(data_dir, total_steps=100000, checkpoint_every_steps=100000,
-                               preempted_exit_code=exit_code), env=_cpu_env(2))
+                               preempted_exit_code=75), env=_cpu_env(2))
   _wait_for(os.path.join(w, "metrics.jsonl"), p)
   while not open(os.path.join(w, "metrics.jsonl")).read():  # training has started
     time.sleep(0.2)
+  with pytest.raises(WorkdirBusy, match=rf"{w} is in use by another trainer \(pid {p.pid} on "):
+    train_and_evaluate(small_config(data_dir), w)
   p.send_signal(signal.SIGTERM)
   out, err = p.communicate(timeout=120)
-  assert p.returncode == exit_code, err  # a scheduler that restarts only failed jobs wants non-zero
+  assert p.returncode == 75, err  # a scheduler that restarts only failed jobs wants non-zero
   assert "SIGTERM: saved checkpoint" in out
   step, _ = checkpoint.read_meta(w)
   assert 0 < step < 100000
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """mount(size, ro) -> a fresh tmpfs of that size (root only: skipped where mounting is not allowed)."""
+  mounts = []
+
+  def mount(size="3m", ro=False):
+    d = tmp_path / f"mnt{len(mounts)}"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if ro else ""), "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode:
+      pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    mounts.append(d)
+    return str(d)
+  yield mount
+  for d in mounts:
+    subprocess.run(["umount", str(d)], check=False)
+
+
+def test_read_only_and_full_workdirs_are_one_line(data_dir, small_disk):
+  with pytest.raises(ValueError, match=r"Cannot write to the workdir .*\(Read-only file system\): choose a writable"):
+    train_and_evaluate(small_config(data_dir), os.path.join(small_disk(ro=True), "run"))
+  with pytest.raises(ValueError, match=r"No space for a checkpoint in .*MiB free, up to .*MiB needed.*none yet"):
+    train_and_evaluate(small_config(data_dir), os.path.join(small_disk("2m"), "run"))
 
 
 @pytest.mark.parametrize("arg,needle", [("--config.batchsize=3", "Unknown config key 'batchsize'; did you mean batch_size"),

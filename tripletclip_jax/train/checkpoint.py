@@ -11,6 +11,7 @@ time, and `restore_intact` verifies it and falls back to an older checkpoint.
 
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -29,6 +30,23 @@ def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True) ->
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                          create=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "data", "meta"))
+
+
+def check_space(workdir: str, state, last_good: int | None) -> None:
+  """Raises ValueError in one line when the workdir's disk cannot hold one more checkpoint of `state`.
+
+  Orbax reports a full disk from its writer threads as hundreds of lines of tracebacks; this check runs
+  before each save. The need is the uncompressed state size, an upper bound (Orbax compresses).
+  """
+  if not os.path.isdir(workdir):
+    return
+  need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+  free = shutil.disk_usage(workdir).free
+  if free < need:
+    last = f"step {last_good}" if last_good is not None else "none yet"
+    raise ValueError(f"No space for a checkpoint in {workdir}: {free / 2**20:.1f} MiB free, up to "
+                     f"{need / 2**20:.1f} MiB needed. Free space or move the run to a larger disk; the last "
+                     f"complete checkpoint is {last}.")
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, meta: dict, force: bool = False) -> bool:

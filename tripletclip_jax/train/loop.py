@@ -6,6 +6,7 @@ resume), SIGTERM -> checkpoint and clean exit, evaluation every
 `eval_every_steps` and at the end.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ from tripletclip_jax.train.config import pairs_per_example, resolve_total_steps,
 from tripletclip_jax.train.metrics import MetricWriter, measure_matmul_peak
 from tripletclip_jax.train.optim import make_optimizer
 from tripletclip_jax.train.step import batch_keys, create_train_state, make_train_step
+from tripletclip_jax.train.workdir_lock import WorkdirLock
 
 SCHEDULE_KEYS = ("total_steps", "batch_size", "loss")
 
@@ -169,16 +171,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   preempted = []  # SIGTERM (TPU preemption) only sets a flag: the loop checkpoints and exits cleanly
   previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
   try:
-    return _train(config, workdir, preempted)
+    validate(config)
+    maybe_initialize_distributed(config)
+    workdir = os.path.abspath(workdir)
+    # Process 0 speaks for the run; the lock is also the first write, so an unwritable workdir fails here.
+    with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+      return _train(config, workdir, preempted)
   finally:
     signal.signal(signal.SIGTERM, previous)
 
 
 def _train(config, workdir: str, preempted: list) -> dict:
-  validate(config)
-  maybe_initialize_distributed(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   train_pattern, evals = prepare_data(config, workdir)
 
@@ -213,6 +216,7 @@ def _train(config, workdir: str, preempted: list) -> dict:
                             config.clamp_logit_scale)
 
   manager = ckpt.make_manager(workdir, config.keep_checkpoints)
+  ckpt.check_space(workdir, state, None)  # before any step: a full disk is known now, not at the first save
   start, bad_totals = 0, np.zeros(len(pipeline.BAD_REASONS), np.int64)
   history = []  # changes of data.train / seed across resumes, kept in every later checkpoint's meta
   latest = None
@@ -295,6 +299,7 @@ def _train(config, workdir: str, preempted: list) -> dict:
       stopping = config.stop_after_steps is not None and s - start >= config.stop_after_steps
       if s % config.checkpoint_every_steps == 0 or s == total_steps or preempted or stopping:
         check_finite()
+        ckpt.check_space(workdir, state, last_good)
         ckpt.save(manager, s, state, data_iter, meta_for(s), force=True)
         last_good = s
         if preempted:
