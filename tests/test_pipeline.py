@@ -105,7 +105,7 @@ def test_bad_records_are_skipped_and_counted_by_reason(tmp_path, caplog):
   batches = list(ds)
   counts = dict(zip(pipeline.BAD_REASONS, sum(b["bad_counts"] for b in batches).tolist()))
   assert counts == {"undecodable_image": 1, "missing_feature": 1, "empty_caption": 1, "crc_mismatch": 1, "truncated": 1,
-                    "malformed_feature": 0}
+                    "malformed_feature": 0, "corrupt_framing": 0}
   assert sorted(_keys(batches)) == sorted([f"g{i}" for i in range(20)] + ["g200", "g201"])
   logged = caplog.text
   assert "bad-00000-of-00002.tfrecord:corrupt" in logged and "bad-00000-of-00002.tfrecord:empty" in logged

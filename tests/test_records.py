@@ -95,3 +95,81 @@ def test_crc_and_truncation_are_detected(tmp_path):
 def test_missing_path_is_clear(tmp_path):
   with pytest.raises(FileNotFoundError, match="No TFRecord shards match"):
     records.resolve_shards(str(tmp_path / "nothing-*.tfrecord"))
+
+
+def _tf_shard(path, n, tf):
+  with tf.io.TFRecordWriter(path) as w:
+    for i in range(n):
+      w.write(records.encode_example(dict(FEATURES, key=f"k-{i}", caption="y" * (i % 7))))
+
+
+def test_a_stale_index_is_noticed_and_the_shard_rescanned(tmp_path):
+  path = str(tmp_path / records.shard_name("t", 0, 1))
+  _write(path, [dict(FEATURES, key=f"k-{i}") for i in range(10)])
+  index_before = records.load_index(path)
+  more = str(tmp_path / "more.tfrecord")
+  _write(more, [dict(FEATURES, key=f"m-{i}") for i in range(5)])
+  with open(path, "ab") as f:  # the shard grew after its index was written
+    f.write(open(more, "rb").read())
+  heard = []
+  index = records.load_index(path, log=heard.append)
+  assert len(index_before) == 10 and len(index) == 15
+  assert "bytes past the index's last record (it grew)" in heard[0] and path + records.INDEX_SUFFIX in heard[0]
+  side = open(path + records.INDEX_SUFFIX, "rb").read()
+  _write(path, [dict(FEATURES, key=f"r-{i}", caption="z" * (3 * i)) for i in range(8)])  # rewritten ...
+  open(path + records.INDEX_SUFFIX, "wb").write(side)  # ... and the old index put back
+  heard.clear()
+  keys = [records.decode_example(r)["key"] for r in records.iter_records(path)]
+  assert keys == [f"r-{i}".encode() for i in range(8)]  # no CRC mismatches: the shard was scanned
+  records.load_index(path, log=heard.append)
+  assert "record 0 is not where the index says (the shard was rewritten)" in heard[0]
+
+
+def test_corrupt_or_pickled_indexes_are_named_and_never_unpickled(tmp_path):
+  path = str(tmp_path / records.shard_name("t", 0, 1))
+  _write(path, [dict(FEATURES, key=f"k-{i}") for i in range(4)])
+  side = path + records.INDEX_SUFFIX
+  np.save(side, np.array([{"offset": 0}], dtype=object), allow_pickle=True)
+  heard = []
+  assert len(records.load_index(path, log=heard.append)) == 4
+  assert side in heard[0] and "Python objects, which are never loaded" in heard[0]
+  assert "allow_pickle" not in heard[0]
+  open(side, "wb").write(b"\x93NUMPY garbage")
+  heard.clear()
+  assert len(records.load_index(path, log=heard.append)) == 4
+  assert side in heard[0] and "not a valid index" in heard[0] and "allow_pickle" not in heard[0]
+
+
+def test_a_flipped_length_bit_loses_one_record_not_the_rest_of_the_shard(tmp_path):
+  tf = pytest.importorskip("tensorflow")
+  from tripletclip_jax.data import pipeline
+  path = str(tmp_path / "tf-00000-of-00001.tfrecord")  # index-less, as TensorFlow writes them
+  _tf_shard(path, 20, tf)
+  good = records.scan(path)
+  data = bytearray(open(path, "rb").read())
+  data[int(good[5, 0]) + 5] ^= 0x04  # one bit of record 5's length: a length far past the end of the shard
+  open(path, "wb").write(bytes(data))
+  heard = []
+  index = records.scan(path, log=heard.append)
+  assert (index[:, 1] == records.LOST).sum() == 1 and len(index) == 20
+  assert f"bytes {good[5, 0]}-{good[6, 0]} have no valid record framing" in heard[0] and "about 1 record" in heard[0]
+  src = pipeline.ShardSource([path])
+  items = [src[i] for i in range(len(src))]
+  assert [it[2] for it in items].count("corrupt_framing") == 1
+  assert [it[1]["key"] for it in items if it[1]] == [f"k-{i}".encode() for i in range(20) if i != 5]
+
+
+def test_manifest_disagreements_fail_in_one_line(tmp_path):
+  from tripletclip_jax.data import pipeline
+  paths = [str(tmp_path / records.shard_name("d", i, 2)) for i in range(2)]
+  for i, p in enumerate(paths):
+    _write(p, [dict(FEATURES, key=f"k-{i}-{j}") for j in range(3)])
+  records.write_manifest(str(tmp_path), "d", paths, [3, 3])
+  assert len(pipeline.ShardSource(records.resolve_shards(str(tmp_path)))) == 6
+  records.write_manifest(str(tmp_path), "d", paths, [3, 4])
+  with pytest.raises(ValueError, match=r"d-00001-of-00002.tfrecord has 3 records but .*manifest.json says 4"):
+    pipeline.ShardSource(records.resolve_shards(str(tmp_path)))
+  records.write_manifest(str(tmp_path), "d", paths, [3, 3])
+  os.remove(paths[1])
+  with pytest.raises(ValueError, match=r"manifest.json lists 1 shard\(s\) missing from .*d-00001-of-00002"):
+    pipeline.ShardSource(records.resolve_shards(str(tmp_path)))

@@ -24,7 +24,7 @@ from tripletclip_jax.data.tokenizer import tokenize
 
 # New reasons go at the end: checkpoints store the counts in this order.
 BAD_REASONS = ("undecodable_image", "missing_feature", "empty_caption", "crc_mismatch", "truncated",
-               "malformed_feature")
+               "malformed_feature", "corrupt_framing")
 MIN_EVIDENCE = 100  # records seen before the bad fraction so far is held to max_bad_fraction
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 log = logging.getLogger(__name__)
@@ -40,7 +40,9 @@ class ShardSource:
   def __init__(self, paths: list[str], verify_crc: bool = True):
     self.paths = list(paths)
     self.verify_crc = verify_crc
-    self._indexes = {s: records.load_index(p) for s, p in enumerate(self.paths)}  # reloaded lazily in workers
+    # Loaded here with warnings, reloaded lazily (and identically) in workers.
+    self._indexes = {s: records.load_index(p, log=log.warning) for s, p in enumerate(self.paths)}
+    records.check_manifest(self.paths, [len(x) for x in self._indexes.values()])
     self.starts = np.concatenate([[0], np.cumsum([len(x) for x in self._indexes.values()])]).astype(np.int64)
     self._files: dict[int, Any] = {}
     self._pid = None
@@ -54,24 +56,24 @@ class ShardSource:
   def __setstate__(self, state):
     self.__dict__.update(state, _files={}, _indexes={})
 
-  def _locate(self, i: int) -> tuple[int, int, int]:
+  def _locate(self, i: int) -> tuple[int, int, int, int]:
     s = bisect.bisect_right(self.starts, i) - 1
     if s not in self._indexes:
       self._indexes[s] = records.load_index(self.paths[s])
-    offset, _ = self._indexes[s][i - self.starts[s]]
-    return s, int(offset), i - int(self.starts[s])
+    offset, length = self._indexes[s][i - self.starts[s]]
+    return s, int(offset), int(length), i - int(self.starts[s])
 
   def __getitem__(self, i: int):
     if self._pid != os.getpid():  # descriptors are per process: reopen after a fork
       self._files, self._pid = {}, os.getpid()
-    s, offset, local = self._locate(int(i))
+    s, offset, length, local = self._locate(int(i))
     if s not in self._files:
       self._files[s] = os.open(self.paths[s], os.O_RDONLY)
     shard = os.path.basename(self.paths[s])
     try:
-      payload = records.read_at(self._files[s], offset, self.paths[s], self.verify_crc)
-    except records.RecordError as e:
-      return shard, None, e.reason, f"record {local}: {e}"
+      payload = records.read_at(self._files[s], offset, self.paths[s], self.verify_crc, length)
+    except records.RecordError as e:  # a lost byte range logs once, not once per record it held
+      return shard, None, e.reason, str(e) if e.reason == "corrupt_framing" else f"record {local}: {e}"
     try:
       return shard, records.decode_example(payload), None, ""
     except Exception as e:  # noqa: BLE001 - a corrupt payload that passed no CRC check

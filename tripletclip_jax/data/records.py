@@ -140,11 +140,25 @@ def frame(payload: bytes) -> bytes:
   return length + struct.pack("<I", _masked_crc(length)) + payload + struct.pack("<I", _masked_crc(payload))
 
 
-def read_at(fd: int, offset: int, path: str = "", verify: bool = True) -> bytes:
+TRUNCATED, LOST = -1, -2  # index lengths: a record cut off by the end of the shard; bytes with no valid framing
+
+
+def _header(head: bytes) -> int | None:
+  """The record length in a 12-byte header, or None if the header's CRC does not match."""
+  if len(head) < 12 or struct.unpack("<I", head[8:12])[0] != _masked_crc(head[:8]):
+    return None
+  return struct.unpack("<Q", head[:8])[0]
+
+
+def read_at(fd: int, offset: int, path: str = "", verify: bool = True, length: int | None = None) -> bytes:
   """Reads the framed record at byte `offset` of file descriptor `fd`; raises RecordError.
 
-  Positional reads (pread) share no file offset, so threads may read one file at once.
+  `length` is the index's entry: LOST marks bytes that a scan could not frame. Positional reads
+  (pread) share no file offset, so threads may read one file at once.
   """
+  if length == LOST:
+    raise RecordError("corrupt_framing", f"{path}: no valid record framing from byte {offset} (a corrupt length "
+                                         "header); the scan resynchronised at the next valid record")
   head = os.pread(fd, 12, offset)
   if len(head) < 12:
     raise RecordError("truncated", f"{path}: truncated record header at byte {offset}")
@@ -160,23 +174,54 @@ def read_at(fd: int, offset: int, path: str = "", verify: bool = True) -> bytes:
   return payload
 
 
-def scan(path: str) -> np.ndarray:
+def _resync(f, start: int, size: int) -> int:
+  """The first offset after `start` where a whole, CRC-valid record begins, or `size` if none does."""
+  block = 1 << 20
+  pos = start + 1
+  while pos + 16 <= size:
+    f.seek(pos)
+    buf = f.read(block + 12)
+    for i in range(max(len(buf) - 11, 0)):
+      n = struct.unpack_from("<Q", buf, i)[0]
+      if pos + i + 16 + n > size or _header(buf[i:i + 12]) is None:
+        continue  # the length check first: nearly every random position fails it at once
+      f.seek(pos + i + 12)
+      body = f.read(n + 4)
+      if struct.unpack("<I", body[n:])[0] == _masked_crc(body[:n]):
+        return pos + i
+    pos += block
+  return size
+
+
+def scan(path: str, log=None) -> np.ndarray:
   """Offsets and lengths [N, 2] of the records in `path`, found by walking the framing.
 
-  A cut-off tail becomes a last row with length -1, so that reading it reports
-  the truncation instead of losing it silently.
+  Every header's CRC is checked. A cut-off tail becomes a last row of length TRUNCATED; bytes with no
+  valid framing (a corrupt length header) are skipped up to the next valid record and stand in the index
+  as LOST rows, about as many as records fit in them, so that what is lost is counted, not silently
+  dropped with the rest of the shard. `log(message)` hears about each lost range.
   """
   rows, offset, size = [], 0, os.path.getsize(path)
   with open(path, "rb") as f:
     while offset < size:
-      head = f.read(12)
-      length = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
-      if length < 0 or offset + 16 + length > size:
-        rows.append((offset, -1))
-        break
-      rows.append((offset, length))
-      offset += 16 + length
       f.seek(offset)
+      head = f.read(12)
+      length = _header(head)
+      if length is not None and offset + 16 + length <= size:
+        rows.append((offset, length))
+        offset += 16 + length
+      elif length is not None or len(head) < 12:
+        rows.append((offset, TRUNCATED))
+        break
+      else:
+        nxt = _resync(f, offset, size)
+        sizes = [n + 16 for _, n in rows if n >= 0]
+        lost = max(1, round((nxt - offset) / (sum(sizes) / len(sizes)))) if sizes else 1
+        rows += [(offset, LOST)] * lost
+        if log:
+          log(f"{path}: bytes {offset}-{nxt} have no valid record framing (a corrupt length header); about "
+              f"{lost} record(s) lost, resynchronised at byte {nxt}")
+        offset = nxt
   return np.asarray(rows, np.int64).reshape(-1, 2)
 
 
@@ -184,8 +229,8 @@ def iter_records(path: str, verify: bool = True) -> Iterator[bytes]:
   """Sequential read of a shard's payloads (raises RecordError at a bad record)."""
   fd = os.open(path, os.O_RDONLY)
   try:
-    for offset, _ in load_index(path):
-      yield read_at(fd, int(offset), path, verify)
+    for offset, length in load_index(path):
+      yield read_at(fd, int(offset), path, verify, int(length))
   finally:
     os.close(fd)
 
@@ -263,11 +308,79 @@ def resolve_shards(pattern: str) -> list[str]:
   return paths
 
 
-def load_index(path: str) -> np.ndarray:
+def _stale(path: str, index: np.ndarray) -> str | None:
+  """Why the index sidecar no longer describes the shard (grown, rewritten), or None.
+
+  A shard cut short still fits its index: the missing records read as truncated.
+  """
+  size = os.path.getsize(path)
+  if len(index) == 0:
+    return None if size == 0 else f"the index is empty but the shard has {size} bytes"
+  end = int(index[-1, 0] + 16 + index[-1, 1])
+  if end < size:
+    return f"the shard has {size - end} bytes past the index's last record (it grew)"
+  rows = {0, len(index) // 2, len(index) - 1}
+  with open(path, "rb") as f:
+    for r in sorted(rows):
+      offset, length = int(index[r, 0]), int(index[r, 1])
+      if offset + 12 > size:
+        continue
+      f.seek(offset)
+      if _header(f.read(12)) != length:
+        return f"record {r} is not where the index says (the shard was rewritten)"
+  return None
+
+
+def load_index(path: str, log=None) -> np.ndarray:
   """The shard's record index [N, 2], from its sidecar or by scanning (shards written by TensorFlow).
 
-  Records past the end of a cut-off shard stay in the index; reading them raises
+  A sidecar that is unreadable (corrupt, or not a plain int64 array: nothing is ever unpickled) or stale
+  (the shard grew or was rewritten after it) is ignored and the shard scanned instead; `log(message)`
+  hears why. Records past the end of a cut-off shard stay in the index; reading them raises
   RecordError('truncated').
   """
   side = path + INDEX_SUFFIX
-  return np.load(side) if os.path.exists(side) else scan(path)
+  if not os.path.exists(side):
+    return scan(path, log)
+  try:
+    index = np.load(side, allow_pickle=False)
+    if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != 2:
+      raise ValueError(f"an array of {index.dtype} {index.shape}, not int64 [N, 2]")
+    why = _stale(path, index)
+  except ValueError as e:  # numpy's own message would suggest allow_pickle: name the file instead
+    why = f"it is not a valid index ({str(e).split('. ')[0][:120]})" if "pickle" not in str(e) else \
+        "it holds Python objects, which are never loaded"
+  if why is None:
+    return index
+  if log:
+    log(f"Ignored the index {side}: {why}; scanned the shard instead (delete or rewrite the index to silence this)")
+  return scan(path, log)
+
+
+def check_manifest(paths: list[str], counts: list[int]) -> None:
+  """Checks shards against the `manifest.json` of their directory, where there is one.
+
+  Raises ValueError in one line when the manifest lists a shard that is missing, or a record count
+  that differs from the shard's.
+  """
+  by_dir: dict[str, list[int]] = {}
+  for i, p in enumerate(paths):
+    by_dir.setdefault(os.path.dirname(os.path.abspath(p)), []).append(i)
+  for d, idx in by_dir.items():
+    mpath = os.path.join(d, MANIFEST)
+    if not os.path.exists(mpath):
+      continue
+    try:
+      with open(mpath) as f:
+        listed = {s["file"]: int(s["num_examples"]) for s in json.load(f)["shards"]}
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"{mpath} is not a valid manifest ({type(e).__name__}: {e}): fix or delete it.") from None
+    missing = sorted(n for n in listed if not os.path.exists(os.path.join(d, n)))
+    if missing:
+      raise ValueError(f"{mpath} lists {len(missing)} shard(s) missing from {d} (first: {missing[0]}): restore "
+                       "them, or regenerate the manifest if they are gone for good.")
+    for i in idx:
+      name = os.path.basename(paths[i])
+      if name in listed and listed[name] != counts[i]:
+        raise ValueError(f"{paths[i]} has {counts[i]} records but {mpath} says {listed[name]}: the shard was "
+                         "changed or cut short after the manifest was written; regenerate it or its manifest.")
