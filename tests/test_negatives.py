@@ -157,7 +157,35 @@ def test_csv_tsv_and_webdataset_inputs(tmp_path):
       info = tarfile.TarInfo(name)
       info.size = len(data)
       tar.addfile(info, io.BytesIO(data))
-  items, skipped = read_inputs(f"{tmp_path}/in.csv,{tmp_path}/in.tsv,{tmp_path}/w.tar")
+  entries = read_inputs(f"{tmp_path}/in.csv,{tmp_path}/in.tsv,{tmp_path}/w.tar")
+  items = [it for _, it in entries if isinstance(it, dict)]
+  skipped = [(w, it) for w, it in entries if isinstance(it, str)]
   assert [i["key"] for i in items] == ["c1", "t1", "000"]
   assert items[0]["caption"] == "a red dot, small" and items[0]["image"] == (tmp_path / "a.png").read_bytes()
   assert [w for w, _ in skipped] == ["in.csv:3", "in.tsv:3", "w.tar:001"]
+
+
+def test_exactly_once_survives_readability_changes_torn_chunks_and_leftover_files(models, tmp_path):
+  inp, out = _inputs(tmp_path, n=20), tmp_path / "out"
+  (tmp_path / "img" / "notes.png").write_text("not an image")
+  with open(inp, "a") as f:  # valid JSON that is no object, and a file that is no image: skipped, counted
+    f.write("[1, 2]\nnull\n" + json.dumps({"key": "txt", "caption": "a cat", "image": "img/notes.png"}) + "\n")
+  os.rename(tmp_path / "img" / "3.png", tmp_path / "img" / "3.hidden")  # unreadable in the first run
+  log = []
+  run(_opts(models, inp, out, num_shards=3, shard_index=0), log=log.append)  # chunk 0 of 3 only
+  assert json.load(open(out / (records.shard_name("negatives", 0, 3) + ".summary.json")))["input_skipped"] == 1
+  os.rename(tmp_path / "img" / "3.hidden", tmp_path / "img" / "3.png")  # readable again: moves no other key
+  with open(out / "captions" / "chunk-00001.jsonl", "w") as f:
+    f.write('{"key": "k008", "neg_capt')  # a line torn by a kill
+  stale = out / (records.shard_name("negatives", 1, 3) + ".tmp-99999")
+  stale.write_bytes(b"half a shard")
+  log.clear()
+  totals = run(_opts(models, inp, out), log=log.append)
+  assert not stale.exists() and any("removed" in line and ".tmp-99999" in line for line in log)
+  assert totals["input_skipped"] == 3 and any("not a JSON object (list)" in line for line in log)
+  assert any("notes.png is not a decodable image" in line for line in log)
+  keys = [records.decode_example(r)["key"].decode() for s in records.resolve_shards(str(out))
+          for r in records.iter_records(s)]
+  assert sorted(keys) == [f"k{i:03d}" for i in range(20) if i != 3]  # k003 was unreadable when chunk 0 ran
+  lines = (out / "captions" / "chunk-00001.jsonl").read_text().splitlines()
+  assert all(json.loads(line)["key"] for line in lines) and len(lines) == 8

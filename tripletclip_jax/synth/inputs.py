@@ -1,14 +1,16 @@
 """Inputs of the negatives tool: JSONL / CSV / TSV tables, webdataset tars, or our own shards.
 
-Every reader yields items {'key', 'caption', 'image': bytes}; a bad line or an
-unreadable image is skipped with a reason, never a crash.
+Every reader yields one entry per input position, in input order: (where, item) with item
+{'key', 'caption', 'image': bytes}, or (where, reason) for an input that cannot be used (a bad line,
+a missing field, an image that does not decode). Positions, not readable items, decide which chunk a
+key lands in, so an input that becomes readable between runs never moves another key.
 """
 
 import csv
 import json
 import os
 
-from tripletclip_jax.data import records
+from tripletclip_jax.data import image_ops, records
 
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "path", "url_local")
 WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "image")
@@ -17,87 +19,103 @@ WDS_TEXT_EXTS = ("txt", "caption")
 
 def _table_rows(path: str):
   if path.endswith(".jsonl"):
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
       for n, line in enumerate(f, 1):
         if line.strip():
           try:
-            yield n, json.loads(line)
+            row = json.loads(line)
           except json.JSONDecodeError as e:
-            yield n, ValueError(f"bad JSON ({e.msg})")
+            row = f"bad JSON ({e.msg})"
+          yield n, row if isinstance(row, (dict, str)) else f"not a JSON object ({type(row).__name__})"
     return
   delim = "\t" if path.endswith(".tsv") else ","
-  with open(path, newline="", encoding="utf-8") as f:
+  with open(path, newline="", encoding="utf-8", errors="replace") as f:
     for n, row in enumerate(csv.DictReader(f, delimiter=delim), 2):
       yield n, row
 
 
+def _checked(key, caption, image: bytes, what: str):
+  """The item, or why it cannot be used: an image that does not decode never reaches a shard."""
+  try:
+    image_ops.decode(image)
+  except Exception as e:  # noqa: BLE001 - PIL raises many types for bad images
+    return f"{what} is not a decodable image ({type(e).__name__})"
+  return {"key": str(key), "caption": caption.strip(), "image": image}
+
+
 def read_table(path: str):
-  """(items, skipped) from JSONL / CSV / TSV with key, caption and an image path column."""
+  """[(where, item or reason)] from JSONL / CSV / TSV with key, caption and an image path column."""
   base = os.path.dirname(os.path.abspath(path))
-  items, skipped = [], []
   for n, row in _table_rows(path):
     where = f"{os.path.basename(path)}:{n}"
-    if isinstance(row, Exception):
-      skipped.append((where, str(row)))
+    if isinstance(row, str):
+      yield where, row
       continue
-    col = next((c for c in IMAGE_COLUMNS if row.get(c)), None)
-    if not row.get("key") or not (row.get("caption") or "").strip() or col is None:
-      skipped.append((where, f"needs key, caption and one of {IMAGE_COLUMNS}"))
+    col = next((c for c in IMAGE_COLUMNS if isinstance(row.get(c), str) and row[c]), None)
+    caption = row.get("caption")
+    if not row.get("key") or not isinstance(caption, str) or not caption.strip() or col is None:
+      yield where, f"needs key, caption and one of {IMAGE_COLUMNS}"
       continue
     image_path = row[col] if os.path.isabs(row[col]) else os.path.join(base, row[col])
     try:
       with open(image_path, "rb") as f:
         image = f.read()
     except OSError as e:
-      skipped.append((where, f"unreadable image {image_path}: {e.strerror}"))
+      yield where, f"unreadable image {image_path}: {e.strerror}"
       continue
-    items.append({"key": str(row["key"]), "caption": row["caption"].strip(), "image": image})
-  return items, skipped
+    yield where, _checked(row["key"], caption, image, image_path)
 
 
 def read_wds(path: str):
-  """(items, skipped) from an img2dataset-style tar: KEY.jpg + KEY.txt (+ KEY.json)."""
+  """[(where, item or reason)] from an img2dataset-style tar: KEY.jpg + KEY.txt (+ KEY.json)."""
   from tripletclip_jax.data.wds import iter_samples
-  items, skipped = [], []
   for key, sample in iter_samples(path):
+    where = f"{os.path.basename(path)}:{key}"
     image = next((sample[e] for e in WDS_IMAGE_EXTS if e in sample), None)
     text = next((sample[e] for e in WDS_TEXT_EXTS if e in sample), None)
     if image is None or text is None or not text.strip():
-      skipped.append((f"{os.path.basename(path)}:{key}", "needs an image and a caption member"))
+      yield where, "needs an image and a caption member"
       continue
-    items.append({"key": os.path.basename(key), "caption": text.decode("utf-8").strip(), "image": image})
-  return items, skipped
+    yield where, _checked(os.path.basename(key), text.decode("utf-8", "replace"), image, "the image member")
 
 
 def read_shards(pattern: str):
-  items, skipped = [], []
+  """[(where, item or reason)] from our shards, one entry per indexed record (a bad one is skipped alone)."""
   for shard in records.resolve_shards(pattern):
+    fd = os.open(shard, os.O_RDONLY)
     try:
-      for payload in records.iter_records(shard):
-        ex = records.decode_example(payload)
-        items.append({"key": ex["key"].decode(), "caption": ex["caption"].decode(), "image": ex["image"]})
-    except records.RecordError as e:
-      skipped.append((os.path.basename(shard), str(e)))
-  return items, skipped
+      for r, (offset, length) in enumerate(records.load_index(shard)):
+        where = f"{os.path.basename(shard)}:{r}"
+        try:
+          ex = records.decode_example(records.read_at(fd, int(offset), shard, length=int(length)))
+        except Exception as e:  # noqa: BLE001 - RecordError, or a payload that does not parse
+          yield where, str(e)
+          continue
+        problem = records.check_example(ex)
+        if problem or not all(isinstance(ex.get(f), bytes) for f in ("key", "caption", "image")):
+          yield where, problem or "needs key, caption and image"
+          continue
+        yield where, _checked(ex["key"].decode(), ex["caption"].decode(), ex["image"], "the image")
+    finally:
+      os.close(fd)
 
 
-def read_inputs(spec: str):
-  """Dispatch by extension; a comma-separated list mixes sources. Keys must be unique."""
-  items, skipped = [], []
+def read_inputs(spec: str) -> list:
+  """[(where, item or reason)] over a comma-separated list of sources, in order. Keys must be unique."""
+  entries = []
   for part in [p.strip() for p in spec.split(",") if p.strip()]:
     if not os.path.exists(part) and not any(ch in part for ch in "*?["):
       raise FileNotFoundError(f"Input {part!r} does not exist: pass a .jsonl/.csv/.tsv table, .tar shards or our shards.")
     if part.endswith((".jsonl", ".csv", ".tsv")):
-      got = read_table(part)
+      entries += read_table(part)
     elif part.endswith(".tar"):
-      got = read_wds(part)
+      entries += read_wds(part)
     else:
-      got = read_shards(part)
-    items += got[0]
-    skipped += got[1]
+      entries += read_shards(part)
   seen = set()
-  for it in items:
-    if it["key"] in seen:
-      raise ValueError(f"Duplicate key {it['key']!r} in the input: keys must be unique.")
-    seen.add(it["key"])
-  return items, skipped
+  for where, it in entries:
+    if isinstance(it, dict):
+      if it["key"] in seen:
+        raise ValueError(f"Duplicate key {it['key']!r} in the input ({where}): keys must be unique.")
+      seen.add(it["key"])
+  return entries

@@ -1,14 +1,17 @@
 """Orchestration: chunks, stages, resume and scale-out for the negatives tool.
 
-The input is split into chunks of `chunk_size` keys in input order; chunk i
-goes to process i % world_size and becomes shard NAME-i-of-n. The captions
-stage appends to captions/chunk-i.jsonl as it goes; the images stage renders
-a chunk whose captions are complete and writes its shard atomically, with a
-summary JSON. A rerun skips finished shards and captioned keys, so every key
-ends up in exactly one record.
+The input is split into chunks of `chunk_size` input positions (lines, tar
+samples, records) in input order, readable or not; chunk i goes to process
+i % world_size and becomes shard NAME-i-of-n. The captions stage appends to
+captions/chunk-i.jsonl as it goes; the images stage renders a chunk whose
+captions are complete and writes its shard atomically, with a summary JSON.
+A rerun skips finished shards and captioned keys, so every key ends up in
+exactly one record, even if some input became readable (or unreadable) in
+between: that moves no other key to another chunk.
 """
 
 import dataclasses
+import glob
 import json
 import os
 import time
@@ -55,16 +58,30 @@ def process_share(opts: Options) -> tuple[int, int]:
 
 
 def _read_jsonl(path: str) -> dict:
+  """{key: record} of a captions chunk. A last line torn by a kill is cut off, so that appending
+  starts on a fresh line; its key is simply generated again."""
   out = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          rec = json.loads(line)
-          out[rec["key"]] = rec
-        except (json.JSONDecodeError, KeyError):
-          pass  # a line cut short by a kill: its key is simply generated again
+  if not os.path.exists(path):
+    return out
+  with open(path, "rb+") as f:
+    data = f.read()
+    if data and not data.endswith(b"\n"):
+      f.truncate(data.rfind(b"\n") + 1)
+      data = data[:data.rfind(b"\n") + 1]
+  for line in data.decode("utf-8", "replace").splitlines():
+    try:
+      rec = json.loads(line)
+      out[rec["key"]] = rec
+    except (json.JSONDecodeError, KeyError, TypeError):
+      pass
   return out
+
+
+def _remove_stale_tmp(shard_path: str, log) -> None:
+  """Temporary files of a writer killed mid-shard. Only this process writes this shard, so any are stale."""
+  for tmp in glob.glob(glob.escape(shard_path) + ".tmp-*") + glob.glob(glob.escape(shard_path + records.INDEX_SUFFIX) + ".tmp-*"):
+    os.remove(tmp)
+    log(f"removed {tmp}, left by a killed run")
 
 
 def run(opts: Options, log=print) -> dict:
@@ -78,16 +95,20 @@ def run(opts: Options, log=print) -> dict:
     raise ValueError("The images stage needs --t2i MODEL_OR_DIR.")
   if "score" in opts.stages and not opts.clip:
     raise ValueError("The score stage needs --clip MODEL_OR_DIR (a transformers CLIPModel).")
-  items, skipped = read_inputs(opts.input)
+  entries = read_inputs(opts.input)
+  skipped = [(where, why) for where, why in entries if isinstance(why, str)]
   for where, why in skipped[:20]:
     log(f"skipped input {where}: {why}")
   rank, world = process_share(opts)
-  chunks = [items[i:i + opts.chunk_size] for i in range(0, len(items), opts.chunk_size)]
+  spans = [entries[i:i + opts.chunk_size] for i in range(0, len(entries), opts.chunk_size)]
+  chunks = [[it for _, it in span if isinstance(it, dict)] for span in spans]
   mine = [i for i in range(len(chunks)) if i % world == rank]
   os.makedirs(os.path.join(opts.output_dir, "captions"), exist_ok=True)
   shard = lambda i: os.path.join(opts.output_dir, records.shard_name(opts.name, i, len(chunks)))
   todo = [i for i in mine if not os.path.exists(shard(i))]
-  log(f"{len(items)} inputs ({len(skipped)} skipped) in {len(chunks)} chunks; process {rank}/{world} has "
+  for i in todo:
+    _remove_stale_tmp(shard(i), log)
+  log(f"{len(entries)} inputs ({len(skipped)} skipped) in {len(chunks)} chunks; process {rank}/{world} has "
       f"{len(mine)}, {len(mine) - len(todo)} already done")
 
   captioner = imager = scorer = None
@@ -136,7 +157,7 @@ def run(opts: Options, log=print) -> dict:
         scores += scorer([it["image"] for it in part], [it["caption"] for it in part], neg_images[b:b + len(part)],
                          [done[it["key"]]["neg_caption"] for it in part]).tolist()
     keep = _keep_mask(scores, len(chunk), opts.min_score, opts.keep_top)
-    summary = {"chunk": i, "inputs": len(chunk), "records": 0, "llm": 0, "rule": 0, "filtered": 0,
+    summary = {"chunk": i, "inputs": len(spans[i]), "input_skipped": len(spans[i]) - len(chunk), "records": 0, "llm": 0, "rule": 0, "filtered": 0,
                "rejected_reasons": {}, "seconds": {"captions": round(t_captions, 2), "images": round(t_images, 2)}}
     with records.ShardWriter(shard(i)) as w:
       for j, it in enumerate(chunk):
