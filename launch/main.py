@@ -22,9 +22,7 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go.
 
 def _config_keys(argv) -> list[str]:
   """Flattened keys of the requested config, for suggestions after a bad override."""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if spec is None and "--config" in argv:
-    spec = argv[argv.index("--config") + 1]
+  spec = _config_spec(argv)
   if not spec:
     return []
   from tripletclip_jax.train.config import load_config_file
@@ -38,8 +36,23 @@ def _config_keys(argv) -> list[str]:
   return list(flat(cfg))
 
 
+def _config_spec(argv) -> str | None:
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None and "--config" in argv and argv.index("--config") + 1 < len(argv):
+    spec = argv[argv.index("--config") + 1]
+  return spec
+
+
 def parse_flags(argv):
-  """absl parsing, with one-line errors (exit 2) for unknown keys and bad values."""
+  """absl parsing, with one-line errors (exit 2) for a broken config file, unknown keys and bad values."""
+  from tripletclip_jax.train.config import ConfigError, load_config_file
+  spec = _config_spec(argv)
+  if spec:
+    try:  # absl would show a broken config file as a traceback: load it once first to say what is wrong
+      load_config_file(spec)
+    except ConfigError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:

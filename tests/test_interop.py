@@ -118,3 +118,21 @@ def test_mismatched_checkpoint_names_the_key(tmp_path):
   del state["text_projection.weight"]
   with pytest.raises(KeyError, match="text_projection.weight"):
     hf.params_from_hf_state(cfg, state)
+
+
+def test_damaged_hf_directories_are_one_line(tmp_path):
+  cfg = get_preset("tiny")
+  out = str(tmp_path / "hf")
+  hf.export_hf(cfg, jax.device_get(init_params(cfg, jax.random.key(0))), out)
+  st = tmp_path / "hf" / "model.safetensors"
+  st.write_bytes(st.read_bytes()[:1000])  # cut short
+  with pytest.raises(ValueError, match=r"model.safetensors is not a readable safetensors file .*export it again"):
+    load(out)
+  conf = json.loads((tmp_path / "hf" / "config.json").read_text())
+  del conf["vision_config"]["patch_size"]
+  (tmp_path / "hf" / "config.json").write_text(json.dumps(conf))
+  with pytest.raises(ValueError, match=r"config.json lacks the key 'patch_size'"):
+    load(out)
+  (tmp_path / "hf" / "config.json").write_text('{"text_config": {,}')
+  with pytest.raises(ValueError, match=r"config.json: malformed JSON at line 1, column 18"):
+    load(out)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -284,3 +285,26 @@ def test_impossible_config_values_are_one_line(data_dir, tmp_path, key, value, n
     train_and_evaluate(small_config(data_dir, **{key: value}), str(tmp_path / "w"))
   assert needle in str(e.value) and "\n" not in str(e.value)
   assert not os.path.exists(tmp_path / "w")  # refused before anything is written
+
+
+@pytest.mark.parametrize("text,needle", [
+    (None, "does not exist"), ("def get_config(:\n", ":1: syntax error"),
+    ("import no_such_module\n", "failed to load (ModuleNotFoundError: No module named 'no_such_module')"),
+    ("def get_config():\n  pass\n", "get_config() returned NoneType, not a ConfigDict"),
+    ("def get_config():\n  return {}\n", None)])
+def test_broken_config_files_are_one_line(tmp_path, text, needle):
+  from tripletclip_jax.train.config import load_config_file
+  path = tmp_path / "cfg.py"
+  if text is not None:
+    path.write_text(text)
+  if needle is None:
+    with pytest.raises(ConfigError, match=r"cfg.py takes no ':ARG' \(got 'bogus'\): drop it"):
+      load_config_file(f"{path}:bogus")
+    return
+  with pytest.raises(ConfigError, match=re.escape(needle)):
+    load_config_file(str(path))
+  if "syntax" in needle:  # and through main.py: exit 2, one line, no traceback
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "launch/main.py"), "--config", str(path), "--workdir",
+                        str(tmp_path / "w")], capture_output=True, text=True, timeout=120)
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], p.stderr

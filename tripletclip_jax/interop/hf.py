@@ -54,11 +54,20 @@ def resolve(path: str) -> str:
 
 def config_from_hf(path: str) -> CLIPConfig:
   path = resolve(path)
-  with open(os.path.join(path, "config.json")) as f:
-    d = json.load(f)
-  if d.get("model_type") not in (None, "clip"):
-    raise ValueError(f"{path}/config.json has model_type={d.get('model_type')!r}; only 'clip' is supported.")
-  return config_from_hf_dict(d)
+  file = os.path.join(path, "config.json")
+  try:
+    with open(file) as f:
+      d = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{file}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}).") from None
+  if not isinstance(d, dict) or d.get("model_type") not in (None, "clip"):
+    what = d.get("model_type") if isinstance(d, dict) else type(d).__name__
+    raise ValueError(f"{file} has model_type={what!r}; only 'clip' is supported.")
+  try:
+    return config_from_hf_dict(d)
+  except KeyError as e:
+    raise ValueError(f"{file} lacks the key {e.args[0]!r} (under text_config / vision_config where it belongs): "
+                     "it is not a complete transformers CLIPConfig.") from None
 
 
 def config_to_hf(config: CLIPConfig):
@@ -161,7 +170,11 @@ def load_hf(path: str):
   st = os.path.join(path, "model.safetensors")
   if os.path.exists(st):
     from safetensors.numpy import load_file
-    state = load_file(st)
+    try:
+      state = load_file(st)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+      raise ValueError(f"{st} is not a readable safetensors file ({type(e).__name__}: {str(e)[:120]}): download or "
+                       "export it again.") from None
   elif os.path.exists(os.path.join(path, "pytorch_model.bin")):
     import torch
     state = {k: v.float().numpy() for k, v in torch.load(os.path.join(path, "pytorch_model.bin"),

@@ -6,6 +6,7 @@ global), loss, seed, log_every_steps, checkpoint_every_steps, eval_every_steps.
 
 import importlib.util
 import math
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -126,10 +127,34 @@ def resolve_total_steps(config, model_config=None) -> int:
 
 
 def load_config_file(spec: str, arg: str | None = None):
-  """`get_config()` of a config file, given as "PATH[:ARG]" (ml_collections' --config syntax) or PATH and `arg`."""
+  """`get_config()` of a config file, given as "PATH[:ARG]" (ml_collections' --config syntax) or PATH and `arg`.
+
+  Raises ConfigError in one line for a missing file, a syntax or import error, a missing `get_config`,
+  a bad ARG, or a `get_config` that returns no ConfigDict.
+  """
   path, sep, spec_arg = spec.partition(":")
   arg = spec_arg if sep else arg
+  if not os.path.isfile(path):
+    raise ConfigError(f"Config file {path} does not exist: pass --config=configs/NAME.py[:ARG].")
   module_spec = importlib.util.spec_from_file_location("_tripletclip_config", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f"{path}:{e.lineno}: syntax error ({e.msg}): fix the config file.") from None
+  except Exception as e:  # noqa: BLE001 - an import error or any failure while the file runs
+    raise ConfigError(f"{path} failed to load ({type(e).__name__}: {e}): fix the config file.") from None
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"{path} defines no get_config(): a config file returns its ConfigDict from get_config().")
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except TypeError as e:
+    if arg and "positional argument" in str(e):
+      raise ConfigError(f"{path} takes no ':ARG' (got {arg!r}): drop it.") from None
+    raise ConfigError(f"{path}: get_config({arg!r}) failed ({type(e).__name__}: {e}).") from None
+  except Exception as e:  # noqa: BLE001 - a bad ARG, usually
+    raise ConfigError(f"{path}: get_config({arg!r}) failed ({type(e).__name__}: {e}): check the ':ARG'.") from None
+  if not isinstance(config, (ml_collections.ConfigDict, dict)):
+    raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not a ConfigDict: is a 'return' "
+                      "missing?")
+  return config
