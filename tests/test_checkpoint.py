@@ -44,20 +44,20 @@ def test_checksum_sees_one_flipped_bit_and_a_swap_but_not_the_sharding():
 
 def test_damaged_newest_checkpoints_fall_back_to_the_intact_one(data_dir, tmp_path, capsys):
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
-  cfg = dict(total_steps=16, checkpoint_every_steps=4, eval_every_steps=100, log_every_steps=2)
-  train_and_evaluate(small_config(data_dir, stop_after_steps=12, **cfg), b)  # checkpoints 4, 8 and 12
-  _flip(_largest_state_file(b, 12))  # silent before checksums: it resumed with 3.4e38 in the embedding
-  victim = _largest_state_file(b, 8)
+  cfg = dict(total_steps=8, checkpoint_every_steps=2, eval_every_steps=100, log_every_steps=2)
+  train_and_evaluate(small_config(data_dir, stop_after_steps=6, **cfg), b)  # checkpoints 2, 4 and 6
+  _flip(_largest_state_file(b, 6))  # silent before checksums: it resumed with 3.4e38 in the embedding
+  victim = _largest_state_file(b, 4)
   os.truncate(victim, os.path.getsize(victim) // 3)
   capsys.readouterr()
   train_and_evaluate(small_config(data_dir, **cfg), b)
   out = capsys.readouterr().out
-  assert "Checkpoint 12 in" in out and "differ from their save-time checksum" in out, out
-  assert "falling back to checkpoint 8" in out and "falling back to checkpoint 4" in out
-  assert "Resumed from step 4" in out
+  assert "Checkpoint 6 in" in out and "differ from their save-time checksum" in out, out
+  assert "falling back to checkpoint 4" in out and "falling back to checkpoint 2" in out
+  assert "Resumed from step 2" in out
   assert len(os.listdir(os.path.join(b, "damaged_checkpoints"))) == 2
   train_and_evaluate(small_config(data_dir, **cfg), a)  # uninterrupted
-  assert _losses(a) == _losses(b) and max(_losses(b)) == 16
+  assert _losses(a) == _losses(b) and max(_losses(b)) == 8
 
 
 def test_export_and_trainer_refuse_when_every_checkpoint_is_damaged(data_dir, tmp_path):

@@ -57,7 +57,7 @@ def test_step_is_the_same_on_every_mesh():
       assert state.params["logit_scale"].sharding.spec == P()
 
 
-@pytest.mark.parametrize("loss", ["clip", "negclip", "negimage", "tripletclip"])
+@pytest.mark.parametrize("loss", ["clip", "tripletclip"])  # tripletclip covers both negative paths
 def test_accumulation_gives_the_full_batch_gradient(loss):
   mesh = sharding.make_mesh(4, 2)
   tx, _ = make_optimizer(learning_rate=1e-3, total_steps=10, warmup_steps=0)

@@ -103,8 +103,8 @@ def test_resume_refuses_a_changed_model_and_records_changed_data(data_dir, tmp_p
 
 
 def test_non_finite_loss_names_the_step(data_dir, tmp_path):
-  cfg = small_config(data_dir, **{"optimizer.learning_rate": 1e12, "optimizer.warmup_steps": 0, "total_steps": 40,
-                                  "log_every_steps": 40, "checkpoint_every_steps": 40})
+  cfg = small_config(data_dir, **{"optimizer.learning_rate": 1e12, "optimizer.warmup_steps": 0, "total_steps": 6,
+                                  "log_every_steps": 6, "checkpoint_every_steps": 6})
   with pytest.raises(FloatingPointError, match=r"Non-finite loss .* at step \d+; last good checkpoint: none yet"):
     train_and_evaluate(cfg, str(tmp_path / "nan"))
 
