@@ -60,9 +60,10 @@ def test_index_sidecar_and_random_access(tmp_path):
   index = records.load_index(path)
   assert index.shape == (10, 2)
   np.testing.assert_array_equal(index, records.scan(path))
-  fd = os.open(path, os.O_RDONLY)
-  assert records.decode_example(records.read_at(fd, int(index[7, 0]), path))["key"] == b"k-7"
-  os.close(fd)
+  reader = records.Reader(path)
+  assert records.decode_example(records.read_at(reader, int(index[7, 0]), path))["key"] == b"k-7"
+  assert records.decode_example(records.read_at(reader, int(index[3, 0]), path, length=int(index[3, 1])))["key"] == b"k-3"
+  reader.close()
 
 
 def test_killed_writer_leaves_no_complete_looking_shard(tmp_path):

@@ -6,11 +6,19 @@ we default `EPATH_USE_TF=false` so that gs:// always goes through gcsfs (fsspec)
 whether or not TensorFlow is around. Orbax's array data goes through tensorstore, which has its own
 GCS client. Emulators: gcsfs and google-cloud-storage read `STORAGE_EMULATOR_HOST`, tensorstore
 reads `TENSORSTORE_GCS_HTTP_URL`.
+
+gcsfs's experimental zonal-bucket support asks a gRPC control plane for every bucket's layout and,
+where that is unreachable, waits about a minute per call before falling back; it is off unless
+`GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=true` is set (only zonal "Rapid" buckets need it).
 """
 
+import builtins
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("EPATH_USE_TF", "false")
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 from etils import epath  # noqa: E402
 
@@ -85,3 +93,65 @@ def fsspec_fs(path):
   """The fsspec filesystem that serves a URL (for ranged reads, which epath has no call for)."""
   import fsspec
   return fsspec.core.url_to_fs(os.fspath(path))[0]
+
+
+def read_bytes(path) -> bytes:
+  return Path(path).read_bytes()
+
+
+def write_bytes(path, data: bytes) -> None:
+  """Writes a whole file: atomically on a local disk (temporary file + rename); one object upload on a bucket."""
+  path = os.fspath(path)
+  if is_remote(path):
+    Path(path).write_bytes(data)
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with builtins.open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def upload(local, remote) -> None:
+  """Copies a local file or folder (recursively) to a path that may be in a bucket."""
+  local, remote = os.fspath(local), os.fspath(remote)
+  if not is_remote(remote):
+    if os.path.isdir(local):
+      shutil.copytree(local, remote, dirs_exist_ok=True)
+    else:
+      os.makedirs(os.path.dirname(os.path.abspath(remote)), exist_ok=True)
+      shutil.copyfile(local, remote)
+    return
+  fs = fsspec_fs(remote)
+  if os.path.isdir(local):
+    files = [os.path.relpath(os.path.join(r, f), local) for r, _, fs_ in os.walk(local) for f in fs_]
+    # manifest.json files last: their presence says a folder is complete
+    for rel in sorted(files, key=lambda f: os.path.basename(f) == "manifest.json"):
+      fs.put_file(os.path.join(local, rel), f"{remote.rstrip('/')}/{rel}")
+  else:
+    fs.put_file(local, remote)
+
+
+def local_copy(path, cache_root: str | None = None) -> str:
+  """A local path with the contents of `path`: itself when local, else a download into a temporary folder."""
+  path = os.fspath(path)
+  if not is_remote(path):
+    return path
+  dst = os.path.join(cache_root or tempfile.mkdtemp(prefix="tripletclip-"), os.path.basename(path.rstrip("/")))
+  fs = fsspec_fs(path)
+  if fs.isdir(path):
+    fs.get(path.rstrip("/") + "/", dst, recursive=True)
+  else:
+    fs.get_file(path, dst)
+  return dst
+
+
+def move(src, dst) -> None:
+  """Moves a file or folder; on a bucket, a recursive copy then delete (not atomic)."""
+  src, dst = os.fspath(src), os.fspath(dst)
+  if not is_remote(src):
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.replace(src, dst)
+    return
+  fs = fsspec_fs(src)
+  fs.mv(src, dst, recursive=True)

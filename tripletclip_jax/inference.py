@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from tripletclip_jax import fileio
 from tripletclip_jax.data.image_ops import preprocess
 from tripletclip_jax.data.tokenizer import tokenize
 from tripletclip_jax.models import CLIP, CLIPConfig
@@ -67,9 +68,9 @@ class Model:
 
 def load(path: str, step: int | None = None, batch_size: int = 128) -> Model:
   """A training workdir (latest or `step` checkpoint) or a Hugging Face CLIP directory -> Model."""
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise FileNotFoundError(f"No model at {path!r}: pass a training workdir or a Hugging Face CLIP directory.")
-  if os.path.exists(os.path.join(path, "config.json")):
+  if fileio.exists(fileio.join(path, "config.json")):
     from tripletclip_jax.interop import hf
     config, params = hf.load_hf(path)
   else:

@@ -33,7 +33,8 @@ def _load(img: Image.Image, min_side: int | None) -> Image.Image:
 
 def load_file(path: str) -> Image.Image:
   """An image file as 8-bit RGB; raises OSError (PIL's UnidentifiedImageError, truncation) if unreadable."""
-  with Image.open(path) as im:
+  from tripletclip_jax import fileio
+  with fileio.open(path, "rb") as f, Image.open(f) as im:
     im.load()
     return to_rgb(im)
 

@@ -64,11 +64,11 @@ class ShardSource:
     return s, int(offset), int(length), i - int(self.starts[s])
 
   def __getitem__(self, i: int):
-    if self._pid != os.getpid():  # descriptors are per process: reopen after a fork
+    if self._pid != os.getpid():  # descriptors and clients are per process: reopen after a fork
       self._files, self._pid = {}, os.getpid()
     s, offset, length, local = self._locate(int(i))
     if s not in self._files:
-      self._files[s] = os.open(self.paths[s], os.O_RDONLY)
+      self._files[s] = records.Reader(self.paths[s])
     shard = os.path.basename(self.paths[s])
     try:
       payload = records.read_at(self._files[s], offset, self.paths[s], self.verify_crc, length)

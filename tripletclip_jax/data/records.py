@@ -9,15 +9,19 @@ wire-identical to tensorflow/core/example/example.proto, so files are
 byte-compatible with TensorFlow both ways.
 """
 
-import glob as globlib
+import io
 import json
 import os
+import shutil
 import struct
+import tempfile
 from typing import Iterator
 
 import google_crc32c
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from tripletclip_jax import fileio
 
 SCHEMA_VERSION = 1
 REQUIRED = ("key", "image", "caption", "neg_image", "neg_caption")
@@ -150,22 +154,53 @@ def _header(head: bytes) -> int | None:
   return struct.unpack("<Q", head[:8])[0]
 
 
-def read_at(fd: int, offset: int, path: str = "", verify: bool = True, length: int | None = None) -> bytes:
-  """Reads the framed record at byte `offset` of file descriptor `fd`; raises RecordError.
+class Reader:
+  """Positional reads of a shard: pread on a local file, ranged GETs on an object in a bucket.
 
-  `length` is the index's entry: LOST marks bytes that a scan could not frame. Positional reads
-  (pread) share no file offset, so threads may read one file at once.
+  Neither shares a file offset, so threads may read one shard at once.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    if fileio.is_remote(path):
+      self._fs, self._fd = fileio.fsspec_fs(path), None
+    else:
+      self._fs, self._fd = None, os.open(path, os.O_RDONLY)
+
+  def pread(self, n: int, offset: int) -> bytes:
+    if self._fd is not None:
+      return os.pread(self._fd, n, offset)
+    try:
+      return self._fs.cat_file(self.path, start=offset, end=offset + n)
+    except (ValueError, OSError):  # a range past the end of the object: what a short pread returns
+      return b""
+
+  def close(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+
+def read_at(reader: Reader, offset: int, path: str = "", verify: bool = True, length: int | None = None) -> bytes:
+  """Reads the framed record at byte `offset` through `reader`; raises RecordError.
+
+  `length` is the index's entry: LOST marks bytes that a scan could not frame. A known length reads
+  header, payload and CRC in one request (one GET on a bucket).
   """
   if length == LOST:
     raise RecordError("corrupt_framing", f"{path}: no valid record framing from byte {offset} (a corrupt length "
                                          "header); the scan resynchronised at the next valid record")
-  head = os.pread(fd, 12, offset)
+  whole = reader.pread(16 + length, offset) if length is not None and length >= 0 else None
+  head = whole[:12] if whole is not None else reader.pread(12, offset)
   if len(head) < 12:
     raise RecordError("truncated", f"{path}: truncated record header at byte {offset}")
   length, = struct.unpack("<Q", head[:8])
   if verify and struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
     raise RecordError("crc_mismatch", f"{path}: length CRC mismatch at byte {offset}")
-  body = os.pread(fd, length + 4, offset + 12)
+  if whole is not None and len(whole) >= 16 and struct.unpack("<Q", whole[:8])[0] == length:
+    body = whole[12:]
+  else:
+    body = reader.pread(length + 4, offset + 12)
   if len(body) < length + 4:
     raise RecordError("truncated", f"{path}: truncated record at byte {offset} (shard cut short)")
   payload = body[:length]
@@ -201,8 +236,8 @@ def scan(path: str, log=None) -> np.ndarray:
   as LOST rows, about as many as records fit in them, so that what is lost is counted, not silently
   dropped with the rest of the shard. `log(message)` hears about each lost range.
   """
-  rows, offset, size = [], 0, os.path.getsize(path)
-  with open(path, "rb") as f:
+  rows, offset, size = [], 0, fileio.getsize(path)
+  with fileio.open(path, "rb") as f:
     while offset < size:
       f.seek(offset)
       head = f.read(12)
@@ -227,12 +262,12 @@ def scan(path: str, log=None) -> np.ndarray:
 
 def iter_records(path: str, verify: bool = True) -> Iterator[bytes]:
   """Sequential read of a shard's payloads (raises RecordError at a bad record)."""
-  fd = os.open(path, os.O_RDONLY)
+  reader = Reader(path)
   try:
     for offset, length in load_index(path):
-      yield read_at(fd, int(offset), path, verify, int(length))
+      yield read_at(reader, int(offset), path, verify, int(length))
   finally:
-    os.close(fd)
+    reader.close()
 
 
 def shard_name(prefix: str, index: int, count: int) -> str:
@@ -243,13 +278,20 @@ class ShardWriter:
   """Writes one shard atomically: a temporary file renamed into place on close.
 
   A writer killed mid-way leaves only `*.tmp-PID` files, never a shard or
-  index that looks complete.
+  index that looks complete. A shard for a bucket is written to a local
+  temporary file and uploaded on close, index first.
   """
 
   def __init__(self, path: str):
     self.path = path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    self._tmp = f"{path}.tmp-{os.getpid()}"
+    self._remote = fileio.is_remote(path)
+    if self._remote:
+      self._tmp_dir = tempfile.mkdtemp(prefix="tripletclip-shard-")
+      self._local = os.path.join(self._tmp_dir, os.path.basename(path))
+    else:
+      self._local = path
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    self._tmp = f"{self._local}.tmp-{os.getpid()}"
     self._f = open(self._tmp, "wb")
     self._index = []
     self.count = 0
@@ -264,15 +306,21 @@ class ShardWriter:
     self._f.flush()
     os.fsync(self._f.fileno())
     self._f.close()
-    index_tmp = f"{self.path}{INDEX_SUFFIX}.tmp-{os.getpid()}.npy"
+    index_tmp = f"{self._local}{INDEX_SUFFIX}.tmp-{os.getpid()}.npy"
     np.save(index_tmp, np.asarray(self._index, np.int64).reshape(-1, 2))
-    os.replace(index_tmp, self.path + INDEX_SUFFIX)  # index first: a shard never lacks its index
-    os.replace(self._tmp, self.path)
+    os.replace(index_tmp, self._local + INDEX_SUFFIX)  # index first: a shard never lacks its index
+    os.replace(self._tmp, self._local)
+    if self._remote:
+      fileio.upload(self._local + INDEX_SUFFIX, self.path + INDEX_SUFFIX)
+      fileio.upload(self._local, self.path)
+      shutil.rmtree(self._tmp_dir, ignore_errors=True)
 
   def abort(self) -> None:
     self._f.close()
     if os.path.exists(self._tmp):
       os.remove(self._tmp)
+    if self._remote:
+      shutil.rmtree(self._tmp_dir, ignore_errors=True)
 
   def __enter__(self):
     return self
@@ -286,10 +334,8 @@ def write_manifest(directory: str, name: str, shards: list[str], counts: list[in
   manifest = {"name": name, "schema_version": SCHEMA_VERSION, "num_examples": int(sum(counts)),
               "shards": [{"file": os.path.basename(s), "num_examples": int(c)} for s, c in zip(shards, counts)],
               "features": {"required": list(REQUIRED), "optional": list(OPTIONAL)}, "created_by": how_made}
-  path = os.path.join(directory, MANIFEST)
-  with open(path + ".tmp", "w") as f:
-    json.dump(manifest, f, indent=2)
-  os.replace(path + ".tmp", path)
+  path = fileio.join(directory, MANIFEST)
+  fileio.write_bytes(path, json.dumps(manifest, indent=2).encode())
   return path
 
 
@@ -298,9 +344,9 @@ def resolve_shards(pattern: str) -> list[str]:
   paths = []
   for part in pattern.split(","):
     part = part.strip()
-    if os.path.isdir(part):
-      part = os.path.join(part, "*.tfrecord")
-    found = sorted(globlib.glob(part))
+    if fileio.isdir(part):
+      part = fileio.join(part, "*.tfrecord")
+    found = fileio.glob(part)
     if not found:
       raise FileNotFoundError(f"No TFRecord shards match {part!r}: check the path (a directory, a glob "
                               "such as data/train-*.tfrecord, or a comma-separated list).")
@@ -313,14 +359,14 @@ def _stale(path: str, index: np.ndarray) -> str | None:
 
   A shard cut short still fits its index: the missing records read as truncated.
   """
-  size = os.path.getsize(path)
+  size = fileio.getsize(path)
   if len(index) == 0:
     return None if size == 0 else f"the index is empty but the shard has {size} bytes"
   end = int(index[-1, 0] + 16 + index[-1, 1])
   if end < size:
     return f"the shard has {size - end} bytes past the index's last record (it grew)"
   rows = {0, len(index) // 2, len(index) - 1}
-  with open(path, "rb") as f:
+  with fileio.open(path, "rb") as f:
     for r in sorted(rows):
       offset, length = int(index[r, 0]), int(index[r, 1])
       if offset + 12 > size:
@@ -340,10 +386,10 @@ def load_index(path: str, log=None) -> np.ndarray:
   RecordError('truncated').
   """
   side = path + INDEX_SUFFIX
-  if not os.path.exists(side):
+  if not fileio.exists(side):
     return scan(path, log)
   try:
-    index = np.load(side, allow_pickle=False)
+    index = np.load(io.BytesIO(fileio.read_bytes(side)), allow_pickle=False)
     if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != 2:
       raise ValueError(f"an array of {index.dtype} {index.shape}, not int64 [N, 2]")
     why = _stale(path, index)
@@ -365,17 +411,17 @@ def check_manifest(paths: list[str], counts: list[int]) -> None:
   """
   by_dir: dict[str, list[int]] = {}
   for i, p in enumerate(paths):
-    by_dir.setdefault(os.path.dirname(os.path.abspath(p)), []).append(i)
+    by_dir.setdefault(os.path.dirname(fileio.absolute(p)), []).append(i)
   for d, idx in by_dir.items():
-    mpath = os.path.join(d, MANIFEST)
-    if not os.path.exists(mpath):
+    mpath = fileio.join(d, MANIFEST)
+    if not fileio.exists(mpath):
       continue
     try:
-      with open(mpath) as f:
-        listed = {s["file"]: int(s["num_examples"]) for s in json.load(f)["shards"]}
+      listed = {s["file"]: int(s["num_examples"]) for s in json.loads(fileio.read_bytes(mpath))["shards"]}
     except (ValueError, KeyError, TypeError) as e:
       raise ValueError(f"{mpath} is not a valid manifest ({type(e).__name__}: {e}): fix or delete it.") from None
-    missing = sorted(n for n in listed if not os.path.exists(os.path.join(d, n)))
+    present = {os.path.basename(p) for p in fileio.glob(fileio.join(d, "*"))}
+    missing = sorted(n for n in listed if n not in present)
     if missing:
       raise ValueError(f"{mpath} lists {len(missing)} shard(s) missing from {d} (first: {missing[0]}): restore "
                        "them, or regenerate the manifest if they are gone for good.")

@@ -10,16 +10,17 @@ import os
 
 import numpy as np
 
+from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops
 
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
 
 def load_subset(sugarcrepe_dir: str, subset: str) -> list[dict]:
-  path = os.path.join(sugarcrepe_dir, f"{subset}.json")
-  if not os.path.exists(path):
+  path = fileio.join(sugarcrepe_dir, f"{subset}.json")
+  if not fileio.exists(path):
     raise FileNotFoundError(f"SugarCrepe file {path} is missing: --sugarcrepe_dir must hold {subset}.json.")
-  with open(path) as f:
+  with fileio.open(path) as f:
     try:
       data = json.load(f)
     except json.JSONDecodeError as e:
@@ -46,8 +47,8 @@ def score_subset(model, entries: list[dict], image_dir: str) -> dict:
     if not (_text_ok(e["caption"]) and _text_ok(e["negative_caption"]) and isinstance(e["filename"], str)):
       bad += 1
       continue
-    p = os.path.join(image_dir, e["filename"])
-    if not os.path.exists(p):
+    p = fileio.join(image_dir, e["filename"])
+    if not fileio.exists(p):
       missing.append(e["filename"])
       continue
     try:
@@ -72,7 +73,7 @@ def score_subset(model, entries: list[dict], image_dir: str) -> dict:
 def evaluate(model, sugarcrepe_dir: str, image_dir: str | None = None, subsets=SUBSETS) -> dict:
   """{subset: accuracy %, ..., 'mean': mean of the subsets, 'skipped_{missing_images,unreadable_images,
   bad_entries}': counts}."""
-  image_dir = image_dir or os.path.join(sugarcrepe_dir, "images")
+  image_dir = image_dir or fileio.join(sugarcrepe_dir, "images")
   out, skipped = {}, {"missing_images": 0, "unreadable_images": 0, "bad_entries": 0}
   for s in subsets:
     r = score_subset(model, load_subset(sugarcrepe_dir, s), image_dir)

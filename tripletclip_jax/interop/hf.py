@@ -8,9 +8,11 @@ torch for safetensors checkpoints; export needs none at all.
 
 import json
 import os
+import tempfile
 
 import numpy as np
 
+from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops
 from tripletclip_jax.data.tokenizer import get_tokenizer
 from tripletclip_jax.models import CLIPConfig, TextConfig, VisionConfig
@@ -40,7 +42,12 @@ def config_from_hf_dict(d: dict) -> CLIPConfig:
 
 
 def resolve(path: str) -> str:
-  """A local directory as is; otherwise a Hub id, downloaded when the machine is online."""
+  """A local directory as is; a gs:// directory downloaded to a temporary folder; otherwise a Hub id,
+  downloaded when the machine is online."""
+  if fileio.is_remote(path):
+    if not fileio.isdir(path):
+      raise FileNotFoundError(f"{path} is not a folder: pass a Hugging Face CLIP directory.")
+    return fileio.local_copy(path)
   if os.path.isdir(path):
     return path
   if os.path.exists(path):
@@ -274,7 +281,15 @@ def _model_card(config: CLIPConfig, train_config: dict | None, eval_results: dic
 
 def export_hf(config: CLIPConfig, params, out_dir: str, train_config: dict | None = None,
               eval_results: dict | None = None) -> str:
-  """Writes a directory that `CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained` load offline."""
+  """Writes a directory that `CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained` load offline.
+
+  A gs:// `out_dir` is written locally, then uploaded.
+  """
+  if fileio.is_remote(out_dir):
+    with tempfile.TemporaryDirectory() as tmp:
+      export_hf(config, params, tmp, train_config, eval_results)
+      fileio.upload(tmp, out_dir)
+    return out_dir
   from safetensors.numpy import save_file
   os.makedirs(out_dir, exist_ok=True)
   config_to_hf(config).save_pretrained(out_dir)

@@ -82,12 +82,12 @@ def read_wds(path: str):
 def read_shards(pattern: str):
   """[(where, item or reason)] from our shards, one entry per indexed record (a bad one is skipped alone)."""
   for shard in records.resolve_shards(pattern):
-    fd = os.open(shard, os.O_RDONLY)
+    reader = records.Reader(shard)
     try:
       for r, (offset, length) in enumerate(records.load_index(shard)):
         where = f"{os.path.basename(shard)}:{r}"
         try:
-          ex = records.decode_example(records.read_at(fd, int(offset), shard, length=int(length)))
+          ex = records.decode_example(records.read_at(reader, int(offset), shard, length=int(length)))
         except Exception as e:  # noqa: BLE001 - RecordError, or a payload that does not parse
           yield where, str(e)
           continue
@@ -97,7 +97,7 @@ def read_shards(pattern: str):
           continue
         yield where, _checked(ex["key"].decode(), ex["caption"].decode(), ex["image"], "the image")
     finally:
-      os.close(fd)
+      reader.close()
 
 
 def read_inputs(spec: str) -> list:

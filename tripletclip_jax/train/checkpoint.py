@@ -19,17 +19,22 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tripletclip_jax import fileio
 from tripletclip_jax.models import CLIPConfig
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  """WORKDIR/checkpoints, absolute for a local workdir; a gs:// workdir as it is."""
+  return fileio.join(fileio.absolute(workdir), "checkpoints")
 
 
-def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True,
+                 use_ocdbt: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                          create=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "data", "meta"))
+  handlers = None if use_ocdbt else {"state": ocp.StandardCheckpointHandler(use_ocdbt=False)}
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "data", "meta"),
+                               item_handlers=handlers)
 
 
 def check_space(workdir: str, state, last_good: int | None) -> None:
@@ -38,8 +43,8 @@ def check_space(workdir: str, state, last_good: int | None) -> None:
   Orbax reports a full disk from its writer threads as hundreds of lines of tracebacks; this check runs
   before each save. The need is the uncompressed state size, an upper bound (Orbax compresses).
   """
-  if not os.path.isdir(workdir):
-    return
+  if fileio.is_remote(workdir) or not os.path.isdir(workdir):
+    return  # a bucket has no fixed size
   need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
   free = shutil.disk_usage(workdir).free
   if free < need:
@@ -120,10 +125,9 @@ def _first_line(e: Exception) -> str:
 
 def set_aside(workdir: str, step: int) -> str:
   """Moves checkpoint `step` to WORKDIR/damaged_checkpoints/STEP-TIME (kept for inspection, no longer listed)."""
-  dst = os.path.join(os.path.abspath(workdir), "damaged_checkpoints", f"{step}-{int(time.time())}")
+  dst = fileio.join(fileio.absolute(workdir), "damaged_checkpoints", f"{step}-{int(time.time())}")
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    os.replace(os.path.join(checkpoint_dir(workdir), str(step)), dst)
+    fileio.move(fileio.join(checkpoint_dir(workdir), str(step)), dst)
   return dst
 
 
@@ -160,7 +164,7 @@ def restore_intact(manager: ocp.CheckpointManager, workdir: str, abstract_state,
   manager.reload()
   if steps:
     raise DamagedCheckpoint(f"Every checkpoint in {checkpoint_dir(workdir)} is damaged (moved to "
-                            f"{os.path.join(os.path.abspath(workdir), 'damaged_checkpoints')}): start a new workdir, "
+                            f"{fileio.join(fileio.absolute(workdir), 'damaged_checkpoints')}): start a new workdir, "
                             "or move one back if you know it is usable.")
   return None
 
@@ -176,8 +180,7 @@ def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
   elif step not in steps:
     raise FileNotFoundError(f"{workdir} has no checkpoint at step {step}; it has steps "
                             f"{', '.join(map(str, sorted(steps))) or 'none'}.")
-  with open(os.path.join(checkpoint_dir(workdir), str(step), "meta", "metadata")) as f:
-    return step, json.load(f)
+  return step, json.loads(fileio.read_bytes(fileio.join(checkpoint_dir(workdir), str(step), "meta", "metadata")))
 
 
 def load_params(workdir: str, step: int | None = None):

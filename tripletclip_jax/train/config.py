@@ -31,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.eval_every_steps = 5000
   c.keep_checkpoints = 3
+  # Orbax's OCDBT format (one database per checkpoint; the default). False: one zarr array per leaf,
+  # for storage that cannot serve OCDBT's conditional reads (the GCS emulator in the tests).
+  c.checkpoint_ocdbt = True
   c.allow_schedule_change = False
   c.allow_model_change = False     # resume even though the network's definition changed
   c.preempted_exit_code = 0        # exit status after SIGTERM saved a checkpoint; non-zero for restart-on-failure

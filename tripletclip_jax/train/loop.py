@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 import time
 
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from tripletclip_jax import losses, sharding
+from tripletclip_jax import fileio, losses, sharding
 from tripletclip_jax.data import demo_world, pipeline
 from tripletclip_jax.evaluate import sugarcrepe, triplet
 from tripletclip_jax.inference import Model
@@ -77,17 +78,21 @@ def prepare_data(config, workdir: str) -> tuple[str, list[tuple[str, str, str, d
   if config.eval.triplet_data:
     evals.append(("triplet", "triplet", config.eval.triplet_data, {}))
   if train is None and d.demo_num_train:
-    root = d.demo_data_dir or os.path.join(workdir, "data")
-    if jax.process_index() == 0 and not os.path.exists(os.path.join(root, "train", "manifest.json")):
+    root = d.demo_data_dir or fileio.join(workdir, "data")
+    if jax.process_index() == 0 and not fileio.exists(fileio.join(root, "train", "manifest.json")):
       world = demo_world.WorldConfig.from_dict(d.get("demo_world") or {})
-      out = demo_world.write_demo_data(root, d.demo_num_train, d.demo_num_eval, seed=0, cfg=world)
+      with tempfile.TemporaryDirectory() as tmp:  # a bucket gets the finished world, its manifests last
+        local = root if not fileio.is_remote(root) else tmp
+        out = demo_world.write_demo_data(local, d.demo_num_train, d.demo_num_eval, seed=0, cfg=world)
+        if local != root:
+          fileio.upload(local, root)
       print(f"Generated the demo world in {root}: {out['train']} training triplets ({out['seconds']:.1f}s)")
     multihost_utils.sync_global_devices("demo data")
-    train = os.path.join(root, "train")
+    train = fileio.join(root, "train")
     if not evals:
-      evals = [("sugarcrepe", "sugarcrepe_heldout", os.path.join(root, "sugarcrepe"), {}),
-               ("sugarcrepe", "sugarcrepe_seen", os.path.join(root, "sugarcrepe_seen"), {}),
-               ("triplet", "triplet_heldout", os.path.join(root, "heldout"), {})]
+      evals = [("sugarcrepe", "sugarcrepe_heldout", fileio.join(root, "sugarcrepe"), {}),
+               ("sugarcrepe", "sugarcrepe_seen", fileio.join(root, "sugarcrepe_seen"), {}),
+               ("triplet", "triplet_heldout", fileio.join(root, "heldout"), {})]
   if train is None:
     raise ValueError("config.data.train is not set: pass --config.data.train=GLOB_OR_DIR of TripletData shards.")
   return train, evals
@@ -173,7 +178,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     validate(config)
     maybe_initialize_distributed(config)
-    workdir = os.path.abspath(workdir)
+    workdir = fileio.absolute(workdir)  # a gs:// workdir stays as it is
     # Process 0 speaks for the run; the lock is also the first write, so an unwritable workdir fails here.
     with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
       return _train(config, workdir, preempted)
@@ -215,7 +220,7 @@ def _train(config, workdir: str, preempted: list) -> dict:
   step_fn = make_train_step(model_cfg, tx, schedule, config.loss, mesh, state_sh, config.accum_steps,
                             config.clamp_logit_scale)
 
-  manager = ckpt.make_manager(workdir, config.keep_checkpoints)
+  manager = ckpt.make_manager(workdir, config.keep_checkpoints, use_ocdbt=config.checkpoint_ocdbt)
   ckpt.check_space(workdir, state, None)  # before any step: a full disk is known now, not at the first save
   start, bad_totals = 0, np.zeros(len(pipeline.BAD_REASONS), np.int64)
   history = []  # changes of data.train / seed across resumes, kept in every later checkpoint's meta
@@ -327,7 +332,7 @@ def _train(config, workdir: str, preempted: list) -> dict:
     print(format_table(results, evals))
   if config.export_hf_dir and is_main:
     from tripletclip_jax.interop import hf
-    out = os.path.join(workdir, config.export_hf_dir)
+    out = fileio.join(workdir, config.export_hf_dir)
     hf.export_hf(model_cfg, params, out, train_config=config.to_dict(), eval_results=results)
     print(f"Exported a transformers CLIPModel to {out}")
   return {"step": total_steps, "logit_scale": float(np.exp(params["logit_scale"])), **results}

@@ -1,10 +1,11 @@
 """Metric sinks: stdout, TensorBoard event files and WORKDIR/metrics.jsonl (process 0 only)."""
 
 import json
-import os
 import time
 
 import numpy as np
+
+from tripletclip_jax import fileio
 
 
 def _scalar(v):
@@ -21,16 +22,27 @@ class MetricWriter:
     self.enabled, self.echo = enabled, echo
     if not enabled:
       return
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    from tensorboardX import SummaryWriter
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._path = fileio.join(workdir, "metrics.jsonl")
+    # A bucket object cannot be appended to: there the whole file is rewritten at each write (it stays small).
+    self._remote = fileio.is_remote(workdir)
+    if self._remote:
+      self._lines = fileio.read_bytes(self._path) if fileio.exists(self._path) else b""
+    else:
+      self._jsonl = open(self._path, "a")
+    from tensorboardX import SummaryWriter  # writes gs:// itself, through google-cloud-storage
+    self._tb = SummaryWriter(fileio.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict, echo: bool = True) -> None:
     if not self.enabled:
       return
     clean = {k: _scalar(v) for k, v in metrics.items()}
-    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
-    self._jsonl.flush()
+    line = json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n"
+    if self._remote:
+      self._lines += line.encode()
+      fileio.write_bytes(self._path, self._lines)
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     for k, v in clean.items():
       if isinstance(v, float):
         self._tb.add_scalar(k, v, step)
@@ -42,19 +54,19 @@ class MetricWriter:
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
+      if not self._remote:
+        self._jsonl.close()
       self._tb.close()
 
 
 def read_metrics(workdir: str) -> dict[int, dict]:
   """metrics.jsonl -> {step: merged record}; a step logged again after a resume keeps the last value."""
   out: dict[int, dict] = {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        rec = json.loads(line)
-        out.setdefault(rec["step"], {}).update(rec)
+  path = fileio.join(workdir, "metrics.jsonl")
+  if fileio.exists(path):
+    for line in fileio.read_bytes(path).decode().splitlines():
+      rec = json.loads(line)
+      out.setdefault(rec["step"], {}).update(rec)
   return out
 
 
