@@ -22,6 +22,7 @@ CORE = [
     "matplotlib>=3.8",
     "absl-py>=2.0",
     "transformers>=4.45",  # CLIPConfig / CLIPImageProcessor for Hugging Face export; needs no torch
+    "gcsfs>=2024.2",  # gs:// paths (etils.epath's fsspec backend); brings google-cloud-storage for TensorBoard
 ]
 # The negatives tool and the HF reference models. torch is pinned to the CPU/GPU
 # wheels this project's machines carry; a newer torch works on GPU boxes too.
@@ -34,6 +35,7 @@ TEST = GEN + EVAL + [
     "tensorflow-cpu>=2.16",  # TFRecord byte compatibility
     "tensorflow-datasets>=4.9.4",
     "importlib_resources>=6",  # tensorflow-datasets imports it without declaring it
+    "gcp-storage-emulator>=2024.8",  # a real storage server for the gs:// tests
 ]
 
 setup(
