@@ -308,3 +308,30 @@ def test_broken_config_files_are_one_line(tmp_path, text, needle):
                         str(tmp_path / "w")], capture_output=True, text=True, timeout=120)
     lines = [l for l in p.stderr.splitlines() if l.strip()]
     assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], p.stderr
+
+
+def test_evaluation_runs_on_sharded_params_and_compiles_once(data_dir):
+  from tripletclip_jax import sharding
+  from tripletclip_jax.inference import Model
+  from tripletclip_jax.models import get_preset, init_params
+  from tripletclip_jax.train.loop import prepare_data, run_evals
+  cfg = get_preset("demo")
+  params = init_params(cfg, jax.random.key(0))
+  mesh = sharding.make_mesh(-1, 2)
+  sharded = jax.device_put(params, sharding.tree_shardings(params, mesh, min_size=1024))
+  assert any(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated for x in jax.tree.leaves(sharded))
+  _, evals = prepare_data(small_config(data_dir), "unused")
+  model = Model(cfg, sharded, progress=False)
+  first = run_evals(model, evals)
+  model.params = jax.block_until_ready(jax.tree.map(lambda x: x * 1.0, sharded))  # new arrays, same shardings
+  compiles = []
+  listener = lambda name, secs, **_: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    second = run_evals(model, evals)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles == [] and second == first  # nothing compiled; x * 1.0 changed no value
+  host = run_evals(Model(cfg, jax.device_get(params), progress=False), evals)
+  for k, v in first.items():
+    assert v == pytest.approx(host[k], abs=1e-6), k

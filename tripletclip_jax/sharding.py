@@ -16,7 +16,12 @@ BATCH_AXES = ("data", "fsdp")
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
-  """A ("data", "fsdp") mesh over `devices` (default: all); -1 fills the rest."""
+  """A ("data", "fsdp") mesh over `devices` (default: all); -1 fills the rest.
+
+  Built by `jax.make_mesh`, which lays the axes along the TPU's physical topology (fsdp, the chattier
+  axis, on the nearest chips); on CPU and GPU that is the plain device order. Axes are Auto: shardings
+  are given explicitly where they matter and propagated elsewhere.
+  """
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   sizes = [data, fsdp]
@@ -30,7 +35,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
   if math.prod(sizes) != n:
     raise ValueError(f"Mesh data={sizes[0]} x fsdp={sizes[1]} uses {math.prod(sizes)} of {n} devices; "
                      "set one axis to -1 to fill.")
-  return Mesh(np.asarray(devices).reshape(sizes), BATCH_AXES)
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  return jax.make_mesh(tuple(sizes), BATCH_AXES, axis_types=auto, devices=devices)
 
 
 def num_batch_shards(mesh: Mesh) -> int:

@@ -145,8 +145,8 @@ def full_params(state):
 EVALUATORS = {"sugarcrepe": sugarcrepe.evaluate, "triplet": triplet.evaluate}
 
 
-def run_evals(model_cfg, params, evals) -> dict:
-  model = Model(model_cfg, params, progress=False)  # the training bar owns the terminal
+def run_evals(model: Model, evals) -> dict:
+  """{eval/NAME/METRIC: value} of every configured evaluator on `model` (whose params may be sharded)."""
   out = {}
   for kind, name, path, options in evals:
     for k, v in EVALUATORS[kind](model, path, **options).items():
@@ -248,6 +248,14 @@ def _train(config, workdir: str, preempted: list) -> dict:
     params = jax.device_put(hf_params, state_sh.params)
     state = jax.jit(lambda p: state.replace(params=p, opt_state=tx.init(p)), out_shardings=state_sh)(params)
 
+  # One evaluation model for the run: its encoders compile once, and each evaluation hands it the live,
+  # sharded parameters (no gather of the whole model to every host). The training bar owns the terminal.
+  eval_model = Model(model_cfg, state.params, progress=False) if evals else None
+
+  def evaluate(params) -> dict:
+    eval_model.params = params
+    return run_evals(eval_model, evals)
+
   writer = MetricWriter(workdir, enabled=is_main, echo=tqdm.write)  # prints above the progress bar
   peak = (config.peak_tflops_per_chip * 1e12) if config.peak_tflops_per_chip else measure_matmul_peak(model_cfg.dtype)
   flops_ex = train_flops_per_example(model_cfg, config.loss)
@@ -311,7 +319,7 @@ def _train(config, workdir: str, preempted: list) -> dict:
           manager.wait_until_finished()
           raise Preempted(f"SIGTERM: saved checkpoint {s} in {ckpt.checkpoint_dir(workdir)}; restart to resume.")
       if evals and (s % config.eval_every_steps == 0 or s == total_steps):
-        results = run_evals(model_cfg, full_params(state), evals)
+        results = evaluate(state.params)
         writer.write(s, results, echo=False)
         t_last = time.perf_counter()  # evaluation time is not training throughput
       if stopping and s < total_steps:
@@ -324,9 +332,9 @@ def _train(config, workdir: str, preempted: list) -> dict:
       data_iter.close()
     writer.close()
 
-  params = full_params(state)  # every process takes part in the gather; only process 0 writes
   if evals and not results:  # the workdir already held the final checkpoint
-    results = run_evals(model_cfg, params, evals)
+    results = evaluate(state.params)
+  params = full_params(state)  # every process takes part in the gather; only process 0 writes
   if evals and is_main:
     print(f"\nHeld-out compositional evaluation ({config.loss}, step {total_steps}), accuracy %:")
     print(format_table(results, evals))
