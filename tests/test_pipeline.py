@@ -198,3 +198,18 @@ def test_malformed_fields_are_skipped_counted_and_named(tmp_path, caplog):
                      ("bad_utf8", "'caption' is not valid UTF-8"), ("int_type", "'neg_type'"),
                      ("str_score", "'clip_score'")):
     assert f"mal-00000-of-00001.tfrecord:{key}: field {field}" in text, text
+
+
+def test_uint8_images_are_normalised_on_the_device_to_the_same_embedding(demo_dir):
+  import jax
+  from tripletclip_jax.models import CLIP, get_preset, init_params
+  f32 = next(iter(_ds(demo_dir, train=False)))
+  u8 = next(iter(_ds(demo_dir, train=False, uint8_images=True)))
+  assert u8["image"].dtype == np.uint8 and u8["neg_image"].dtype == np.uint8
+  assert f32["image"].nbytes == 4 * u8["image"].nbytes  # the bytes that cross to the device
+  import dataclasses
+  cfg = get_preset("tiny")
+  cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, image_size=32))
+  params = init_params(cfg, jax.random.key(0))
+  enc = jax.jit(lambda x: CLIP(cfg).apply({"params": params}, x, method=CLIP.encode_image))
+  np.testing.assert_allclose(np.asarray(enc(u8["image"])), np.asarray(enc(f32["image"])), atol=2e-5)

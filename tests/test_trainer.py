@@ -63,7 +63,9 @@ def _losses(workdir):
 
 def test_resume_is_bit_identical(data_dir, tmp_path):
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
-  train_and_evaluate(small_config(data_dir), a)
+  train_and_evaluate(small_config(data_dir, profile_steps=(2, 4)), a)  # a trace changes no number
+  traces = [f for _, _, fs in os.walk(os.path.join(a, "profile")) for f in fs if f.endswith(".xplane.pb")]
+  assert len(traces) == 1
   out = train_and_evaluate(small_config(data_dir, stop_after_steps=4), b)
   assert out == {"step": 4, "stopped": True}
   train_and_evaluate(small_config(data_dir), b)

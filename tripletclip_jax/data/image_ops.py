@@ -82,8 +82,13 @@ def random_resized_crop_box(w: int, h: int, rng: np.random.Generator, scale=(0.9
   return (w - cw) // 2, (h - ch) // 2, cw, ch
 
 
-def train_transform(data: bytes, size: int, rng: np.random.Generator, scale=(0.9, 1.0)) -> np.ndarray:
-  """Encoded image -> random resized crop, normalised float32 [size, size, 3]."""
+def _out(img: Image.Image, uint8: bool) -> np.ndarray:
+  return np.asarray(img, np.uint8) if uint8 else normalize(img)
+
+
+def train_transform(data: bytes, size: int, rng: np.random.Generator, scale=(0.9, 1.0),
+                    uint8: bool = False) -> np.ndarray:
+  """Encoded image -> random resized crop, normalised float32 [size, size, 3] (or its uint8 pixels)."""
   img = Image.open(io.BytesIO(data))  # reads the header only
   w0, h0 = img.size
   left, top, cw, ch = random_resized_crop_box(w0, h0, rng, scale)
@@ -91,13 +96,13 @@ def train_transform(data: bytes, size: int, rng: np.random.Generator, scale=(0.9
   img = _load(img, min_side=math.ceil(size * min(w0, h0) / min(cw, ch)))
   f = img.size[0] / w0
   box = (left * f, top * f, (left + cw) * f, (top + ch) * f)
-  return normalize(img.resize((size, size), Image.Resampling.BICUBIC, box=box))
+  return _out(img.resize((size, size), Image.Resampling.BICUBIC, box=box), uint8)
 
 
-def eval_transform(data: bytes, size: int) -> np.ndarray:
-  """Encoded image -> shortest side to `size` (bicubic), center crop, normalised float32."""
+def eval_transform(data: bytes, size: int, uint8: bool = False) -> np.ndarray:
+  """Encoded image -> shortest side to `size` (bicubic), center crop, normalised float32 (or uint8 pixels)."""
   img = decode(data, min_side=size)
-  return normalize(resize_center_crop(img, size))
+  return _out(resize_center_crop(img, size), uint8)
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:

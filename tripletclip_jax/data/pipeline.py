@@ -133,8 +133,8 @@ class Preprocess:
   """
 
   def __init__(self, image_size: int, context_length: int, train: bool, crop_scale=(0.9, 1.0), fields=FIELDS,
-               augment: str = "random_resized_crop"):
-    self.image_size, self.context_length = image_size, context_length
+               augment: str = "random_resized_crop", uint8: bool = False):
+    self.image_size, self.context_length, self.uint8 = image_size, context_length, uint8
     self.crop_scale, self.fields = tuple(crop_scale), tuple(fields)
     unknown = set(self.fields) - set(FIELDS)
     if unknown:
@@ -164,8 +164,8 @@ class Preprocess:
       if f not in self.fields:
         continue
       try:
-        out[f] = (image_ops.train_transform(ex[f], self.image_size, rng, self.crop_scale) if self.random_crop
-                  else image_ops.eval_transform(ex[f], self.image_size))
+        out[f] = (image_ops.train_transform(ex[f], self.image_size, rng, self.crop_scale, self.uint8)
+                  if self.random_crop else image_ops.eval_transform(ex[f], self.image_size, self.uint8))
       except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt images
         # PIL's messages can hold an object's address: drop it, so one fault logs once.
         return _bad("undecodable_image", where, f"{f}: {type(e).__name__}: {_ADDRESS.sub('', str(e))}")
@@ -249,7 +249,8 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
                  num_workers: int = 0, process_index: int | None = None, process_count: int | None = None,
                  crop_scale=(0.9, 1.0), max_bad_fraction: float = 0.01, bad_window: int = 1000,
                  drop_remainder: bool | None = None, read_threads: int = 16, fields=FIELDS,
-                 augment: str = "random_resized_crop", union_negatives: bool = False) -> grain.IterDataset:
+                 augment: str = "random_resized_crop", union_negatives: bool = False,
+                 uint8_images: bool = False) -> grain.IterDataset:
   """Per-process batches from TripletData shards (a glob, directory or list) or a source such as TFDSSource.
 
   `batch_size` is this process's share of the global batch. The order is a
@@ -260,6 +261,7 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
   limits what is decoded (features and captions are still checked on every record). `augment` is
   the training transform (AUGMENTATIONS). `union_negatives` turns every record into two ordinary
   pairs, (image, caption) and (neg_image, neg_caption), shuffled independently (UnionSource).
+  `uint8_images` yields uint8 pixels, for the model to normalise on the device.
   """
   if process_index is None or process_count is None:
     import jax  # only for the process layout; the pipeline itself needs no JAX
@@ -276,7 +278,7 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
     ds = ds.shuffle(seed=seed)
   if train or num_epochs:
     ds = ds.repeat(num_epochs)  # None: forever, reshuffled every epoch
-  prep = Preprocess(image_size, context_length, train, crop_scale, fields, augment)
+  prep = Preprocess(image_size, context_length, train, crop_scale, fields, augment, uint8_images)
   # Augmentation randomness is keyed by the global position (before the per-process slice), so
   # an example is cropped the same way whatever the number of processes.
   ds = ds.random_map(prep, seed=seed) if train else ds.map(prep)

@@ -12,6 +12,11 @@ import jax.numpy as jnp
 
 from tripletclip_jax.models.config import CLIPConfig
 
+# (x / 255 - mean) / std as one multiply-add, with OpenAI CLIP's pixel statistics.
+_MEAN = jnp.asarray([0.48145466, 0.4578275, 0.40821073], jnp.float32)
+_STD = jnp.asarray([0.26862954, 0.26130258, 0.27577711], jnp.float32)
+_PIXEL_SCALE, _PIXEL_OFFSET = 1 / (255.0 * _STD), -_MEAN / _STD
+
 
 def quick_gelu(x):
   return x * jax.nn.sigmoid(1.702 * x)
@@ -141,6 +146,10 @@ class CLIP(nn.Module):
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.config.logit_scale_init), ())
 
   def encode_image(self, images):
+    """images: normalised float [N, S, S, 3], or uint8 RGB [N, S, S, 3], normalised here on the device (a
+    quarter of the host-to-device bytes). Returns L2-normalised [N, D]."""
+    if images.dtype == jnp.uint8:
+      images = images.astype(jnp.float32) * _PIXEL_SCALE + _PIXEL_OFFSET
     return l2_normalize(self.visual(images))
 
   def encode_text(self, text):

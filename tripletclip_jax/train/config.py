@@ -52,7 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
       num_workers=8, read_threads=4, max_bad_fraction=0.01, bad_window=1000,
       augment="random_resized_crop", crop_scale=(0.9, 1.0),  # augment "center_crop": the release's transform
       demo_data_dir=config_dict.placeholder(str),  # demo: where to generate the world (default WORKDIR/data)
-      demo_num_train=0, demo_num_eval=0))
+      demo_num_train=0, demo_num_eval=0,
+      # Images cross to the device as uint8 and are normalised there (a quarter of the bytes of float32).
+      # None: on for TPU and GPU, off on CPU, where there is no transfer to save.
+      uint8_images=config_dict.placeholder(bool)))
   c.eval = ml_collections.ConfigDict(dict(
       sugarcrepe_dir=config_dict.placeholder(str), sugarcrepe_image_dir=config_dict.placeholder(str),
       extra_sugarcrepe_dirs=(),  # more SugarCrepe-format folders, reported under their folder name
@@ -64,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
       process_id=config_dict.placeholder(int)))
   c.peak_tflops_per_chip = config_dict.placeholder(float)  # for MFU; measured with a matmul when unset
   c.progress_bar = True
+  # (first, last) step to trace with jax.profiler into WORKDIR/profile (TensorBoard's profile plugin,
+  # Perfetto); e.g. --config.profile_steps='(10, 15)'. Process 0 only.
+  c.profile_steps = config_dict.placeholder(tuple)
   return c
 
 
@@ -99,6 +105,9 @@ def validate(config) -> None:
   need(config.model.dtype in ("float32", "bfloat16"), "model.dtype", "choose float32 or bfloat16")
   need(config.optimizer.decay_rule in DECAY_RULES, "optimizer.decay_rule", f"choose one of {DECAY_RULES}")
   need(config.data.augment in AUGMENTATIONS, "data.augment", f"choose one of {AUGMENTATIONS}")
+  prof = config.get("profile_steps")
+  need(prof is None or (len(prof) == 2 and all(isinstance(x, int) for x in prof) and 0 <= prof[0] < prof[1]),
+       "profile_steps", "give (first, last) steps with 0 <= first < last, e.g. (10, 15)")
   scale = tuple(config.data.crop_scale)
   need(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "data.crop_scale",
        "give a pair (lo, hi) with 0 < lo <= hi <= 1, e.g. (0.9, 1.0)")

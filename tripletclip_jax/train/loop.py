@@ -207,6 +207,7 @@ def _train(config, workdir: str, preempted: list) -> dict:
       num_workers=config.data.num_workers, read_threads=config.data.read_threads,
       crop_scale=tuple(config.data.crop_scale), augment=config.data.augment,
       union_negatives=losses.trains_on_union(config.loss),
+      uint8_images=(jax.default_backend() != "cpu" if config.data.uint8_images is None else config.data.uint8_images),
       max_bad_fraction=config.data.max_bad_fraction, bad_window=config.data.bad_window,
       fields=batch_keys(config.loss))  # decode and transfer only what the loss uses
   data_iter = iter(ds)
@@ -283,8 +284,13 @@ def _train(config, workdir: str, preempted: list) -> dict:
     pending = []
     return host[-1] if host else None
 
+  profile = tuple(config.profile_steps) if config.profile_steps and is_main else None
+  tracing = False
   try:
     for step in range(start, total_steps):
+      if profile and step == profile[0]:
+        jax.profiler.start_trace(fileio.join(workdir, "profile"))
+        tracing = True
       t0 = time.perf_counter()
       batch = next(data_iter)
       t_data += time.perf_counter() - t0
@@ -294,6 +300,11 @@ def _train(config, workdir: str, preempted: list) -> dict:
       pending.append(dict(m, _step=step + 1))
       s = step + 1
       bar.update(1)
+      if tracing and s >= profile[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        tracing = False
+        tqdm.write(f"Wrote a profile of steps {profile[0] + 1}-{s} to {fileio.join(workdir, 'profile')}")
       if s % config.log_every_steps == 0 or s == total_steps:
         interval = len(pending)
         last = check_finite()
@@ -326,6 +337,8 @@ def _train(config, workdir: str, preempted: list) -> dict:
         print(f"Stopped after {config.stop_after_steps} steps at step {s}; restart to resume.")
         return {"step": s, "stopped": True}
   finally:
+    if tracing:
+      jax.profiler.stop_trace()
     bar.close()
     manager.wait_until_finished()
     if hasattr(data_iter, "close"):
