@@ -20,7 +20,6 @@ the paired per-seed difference TripletCLIP - CLIP.
 """
 
 import argparse
-import ast
 import json
 import os
 import time
@@ -35,26 +34,6 @@ LABELS = {"clip": "CLIP", "clip_union": "CLIP on real + negatives", "negclip": "
 # The paper's SugarCrepe column order: replace, swap, add.
 COLUMNS = (("replace_obj", "Replace obj"), ("replace_att", "Replace att"), ("replace_rel", "Replace rel"),
            ("swap_obj", "Swap obj"), ("swap_att", "Swap att"), ("add_obj", "Add obj"), ("add_att", "Add att"))
-
-
-def apply_overrides(config, overrides: list[str]) -> None:
-  """`key.sub=value` strings onto a locked ConfigDict; values are Python literals or plain strings."""
-  for item in overrides:
-    key, sep, raw = item.partition("=")
-    if not sep:
-      raise SystemExit(f"error: --set {item!r}: use --set key=value")
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
-    *parents, leaf = key.split(".")
-    node = config
-    try:
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-    except (KeyError, AttributeError, TypeError) as e:
-      raise SystemExit(f"error: --set {item!r}: {str(e).splitlines()[0]}") from None
 
 
 def run_record(loss: str, seed: int, config, out: dict) -> dict:
@@ -169,7 +148,7 @@ def main(argv=None):
   from absl import flags, logging
   flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; this script parses its own arguments
   logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every file operation at INFO
-  from tripletclip_jax.train.config import load_config_file
+  from tripletclip_jax.train.config import ConfigError, apply_overrides, load_config_file
   from tripletclip_jax.train.loop import train_and_evaluate
 
   out_dir = os.path.abspath(args.output_dir)
@@ -179,7 +158,10 @@ def main(argv=None):
   for loss in names:
     for seed in seeds:
       config = load_config_file(args.config, loss)
-      apply_overrides(config, [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False", *args.set])
+      try:
+        apply_overrides(config, [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False", *args.set])
+      except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
       rule = (f"equal {'training FLOPs' if config.compute_rule == 'flops' else 'image-text pairs encoded'} "
               f"(compute_matched={config.compute_matched}, batch {config.batch_size}, TripletCLIP "
               f"{config.total_steps} steps)")

@@ -9,12 +9,14 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tripletclip_jax.models.config import CLIPConfig
 
-# (x / 255 - mean) / std as one multiply-add, with OpenAI CLIP's pixel statistics.
-_MEAN = jnp.asarray([0.48145466, 0.4578275, 0.40821073], jnp.float32)
-_STD = jnp.asarray([0.26862954, 0.26130258, 0.27577711], jnp.float32)
+# (x / 255 - mean) / std as one multiply-add, with OpenAI CLIP's pixel statistics. numpy, not jnp: a
+# jnp constant at import time would start the XLA backend before jax.distributed.initialize.
+_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32)
+_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32)
 _PIXEL_SCALE, _PIXEL_OFFSET = 1 / (255.0 * _STD), -_MEAN / _STD
 
 

@@ -4,6 +4,7 @@ Top-level keys common to every run: total_steps, batch_size (positive pairs,
 global), loss, seed, log_every_steps, checkpoint_every_steps, eval_every_steps.
 """
 
+import ast
 import importlib.util
 import math
 import os
@@ -170,3 +171,23 @@ def load_config_file(spec: str, arg: str | None = None):
     raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not a ConfigDict: is a 'return' "
                       "missing?")
   return config
+
+
+def apply_overrides(config, overrides: list[str]) -> None:
+  """`key.sub=value` strings onto a locked ConfigDict; values are Python literals or plain strings."""
+  for item in overrides:
+    key, sep, raw = item.partition("=")
+    if not sep:
+      raise ConfigError(f"--set {item!r}: use --set key=value")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    *parents, leaf = key.split(".")
+    node = config
+    try:
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+    except (KeyError, AttributeError, TypeError) as e:
+      raise ConfigError(f"--set {item!r}: {str(e).splitlines()[0]}") from None

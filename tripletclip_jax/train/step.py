@@ -26,19 +26,30 @@ class TrainState:
   opt_state: Any
 
 
+def _init_fn(config: CLIPConfig, tx: optax.GradientTransformation):
+  def init(rng):
+    params = init_params(config, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return init
+
+
+def abstract_train_state(config: CLIPConfig, tx: optax.GradientTransformation, mesh: Mesh,
+                         min_fsdp_size: int = 2 ** 16):
+  """(ShapeDtypeStructs with shardings, shardings) of the train state: nothing is allocated, so the mesh
+  may be one that this machine does not have (an ahead-of-time compile for a TPU topology)."""
+  shapes = jax.eval_shape(_init_fn(config, tx), jax.random.key(0))
+  shardings = sharding.tree_shardings(shapes, mesh, min_fsdp_size)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings), shardings
+
+
 def create_train_state(config: CLIPConfig, tx: optax.GradientTransformation, mesh: Mesh, rng,
                        min_fsdp_size: int = 2 ** 16):
   """Initialises parameters and optimizer state directly in their shardings.
 
   Returns (state, state_shardings); nothing is ever materialised whole on one host.
   """
-  def init(rng):
-    params = init_params(config, rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-  shapes = jax.eval_shape(init, rng)
-  shardings = sharding.tree_shardings(shapes, mesh, min_fsdp_size)
-  state = jax.jit(init, out_shardings=shardings)(rng)
+  _, shardings = abstract_train_state(config, tx, mesh, min_fsdp_size)
+  state = jax.jit(_init_fn(config, tx), out_shardings=shardings)(rng)
   return state, shardings
 
 
@@ -143,4 +154,5 @@ def make_train_step(config: CLIPConfig, tx: optax.GradientTransformation, schedu
       raise KeyError(f"loss {loss!r} needs batch keys {missing}; the batch has {sorted(batch)}.")
     return jitted(state, {k: batch[k] for k in keys})  # the loss ignores the other keys
 
+  run.jitted = jitted  # for ahead-of-time lowering (benchmarks/tpu_plan.py)
   return run

@@ -1,0 +1,162 @@
+"""The TPU compiler's own plan for the real train step, compiled ahead of time on a CPU-only machine.
+
+  pip install -e ".[tpu]"     # libtpu; not needed by `make test`
+  python benchmarks/tpu_plan.py --config configs/cc3m.py --topology v4:2x2x4
+  python benchmarks/tpu_plan.py --config configs/cc3m.py --topology v5e:4x4 --max_batch
+  python benchmarks/tpu_plan.py --config configs/cc3m.py --topology v5e:16x16 \
+      --set model.preset=vit_l14 --set batch_size=32768 --set mesh.fsdp=256
+
+libtpu's compile-only client (`jax.experimental.topologies.get_topology_desc`) gives the devices of
+the named topology; the trainer's own step (`make_train_step`, same mesh and sharding rules, same
+config) is lowered for them and compiled by the TPU compiler. Printed: per-device memory (arguments,
+outputs, temporaries) against the chip's HBM, collective bytes per step (summed from the compiled
+HLO), FLOPs, the compiler's estimated step time and the MFU it implies, and with --max_batch the
+largest global batch that fits, with and without remat. Ends with one `key=value` line.
+"""
+
+import argparse
+import os
+import re
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu only compiles here; nothing runs on a TPU
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from tripletclip_jax import sharding  # noqa: E402
+from tripletclip_jax.train.config import apply_overrides, load_config_file, resolve_total_steps  # noqa: E402
+from tripletclip_jax.train.loop import model_config  # noqa: E402
+from tripletclip_jax.train.optim import make_optimizer  # noqa: E402
+from tripletclip_jax.train.step import abstract_train_state, batch_keys, make_train_step  # noqa: E402
+
+# Per chip: bf16 peak FLOP/s, HBM bytes and HBM bytes/s (Google Cloud's published figures).
+CHIPS = {"v4": (275e12, 32 * 2 ** 30, 1.2e12), "v5e": (197e12, 16 * 2 ** 30, 0.82e12),
+         "v5p": (459e12, 95 * 2 ** 30, 2.76e12), "v6e": (918e12, 32 * 2 ** 30, 1.64e12)}
+_COLLECTIVE = re.compile(r"=\s*(\S+)\s+(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+                         r"(?:-start)?\(")
+_SHAPE = re.compile(r"(bf16|f32|f16|s32|u32|u8|s8|pred|f64|s64)\[([\d,]*)\]")
+_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "u8": 1, "s8": 1, "pred": 1, "f64": 8, "s64": 8}
+
+
+def collective_bytes(hlo: str) -> dict[str, int]:
+  """{collective kind: result bytes per device per step}, summed over the compiled HLO's ops."""
+  out: dict[str, int] = {}
+  for m in _COLLECTIVE.finditer(hlo):
+    size = 0
+    for dtype, dims in _SHAPE.findall(m.group(1)):
+      n = 1
+      for d in filter(None, dims.split(",")):
+        n *= int(d)
+      size += n * _BYTES[dtype]
+    out[m.group(2)] = out.get(m.group(2), 0) + size
+  return out
+
+
+def compile_step(config, devices, batch_size: int, remat: bool | None = None):
+  """The trainer's step, compiled for `devices`; returns (compiled, model config, global batch)."""
+  with config.unlocked():
+    config.batch_size = batch_size
+    if remat is not None:
+      config.model.remat = remat
+  model_cfg = model_config(config)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
+  sharding.check_batch_divides(batch_size, mesh)
+  tx, schedule = make_optimizer(learning_rate=config.optimizer.learning_rate,
+                                total_steps=resolve_total_steps(config, model_cfg),
+                                warmup_steps=config.optimizer.warmup_steps, weight_decay=config.optimizer.weight_decay,
+                                grad_clip_norm=config.optimizer.grad_clip_norm, decay_rule=config.optimizer.decay_rule)
+  abstract, state_sh = abstract_train_state(model_cfg, tx, mesh, config.mesh.min_fsdp_size)
+  step = make_train_step(model_cfg, tx, schedule, config.loss, mesh, state_sh, config.accum_steps,
+                         config.clamp_logit_scale).jitted
+  s, L = model_cfg.vision.image_size, model_cfg.text.context_length
+  bsh = sharding.batch_sharding(mesh)
+  shapes = {"image": ((batch_size, s, s, 3), jnp.uint8), "neg_image": ((batch_size, s, s, 3), jnp.uint8),
+            "text": ((batch_size, L), jnp.int32), "neg_text": ((batch_size, L), jnp.int32)}
+  batch = {k: jax.ShapeDtypeStruct(*shapes[k], sharding=bsh) for k in batch_keys(config.loss)}
+  return step.lower(abstract, batch).compile(), model_cfg
+
+
+def memory(compiled) -> dict:
+  m = compiled.memory_analysis()
+  total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+  return {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+          "aliased": m.alias_size_in_bytes, "temporaries": m.temp_size_in_bytes, "total": total}
+
+
+def max_batch(config, devices, hbm: int, remat: bool, start: int) -> int:
+  """The largest global batch (a multiple of the device count) whose plan fits in HBM: doubling, then bisection."""
+  n = len(devices)
+  fits = lambda b: memory(compile_step(config, devices, b, remat)[0])["total"] <= hbm
+  lo, hi = 0, max(start // n, 1)
+  while fits(hi * n):
+    lo, hi = hi, hi * 2
+    if hi > 2 ** 14:
+      return lo * n
+  while hi - lo > max(1, lo // 16):  # to within ~6%
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if fits(mid * n) else (lo, mid)
+  return lo * n
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="configs/cc3m.py")
+  p.add_argument("--topology", default="v4:2x2x4", help="e.g. v4:2x2x1 (v4-8), v4:2x2x4 (v4-32), v5e:4x4, v6e:4x4")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+  p.add_argument("--max_batch", action="store_true", help="also search the largest batch that fits (slow)")
+  a = p.parse_args()
+  from jax.experimental import topologies
+  chip = a.topology.split(":")[0]
+  if chip not in CHIPS:
+    raise SystemExit(f"error: unknown chip {chip!r} in --topology; choose one of {sorted(CHIPS)}")
+  peak, hbm, bandwidth = CHIPS[chip]
+  # v4 and v5p chips have two TensorCores that JAX drives as one device ("megacore"), as on a real VM.
+  kw = {"chip_config_name": "megacore"} if chip in ("v4", "v5p") else {}
+  devices = topologies.get_topology_desc(platform="tpu", topology_name=a.topology, **kw).devices
+  config = load_config_file(a.config)
+  apply_overrides(config, a.set)
+  t = time.perf_counter()
+  compiled, model_cfg = compile_step(config, devices, config.batch_size)
+  compile_s = time.perf_counter() - t
+  mem = memory(compiled)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops, seconds = float(cost.get("flops", 0.0)), float(cost.get("optimal_seconds", -1.0))
+  accessed = float(cost.get("bytes accessed", 0.0))
+  # A roofline from the compiler's own counts: compute-bound or HBM-bound, whichever is slower.
+  roofline = max(flops / peak, accessed / bandwidth)
+  coll = collective_bytes(compiled.as_text())
+  n = len(devices)
+  print(f"{a.topology}: {n} chips, {config.model.preset}, loss {config.loss}, global batch {config.batch_size}, "
+        f"mesh data={config.mesh.data} fsdp={config.mesh.fsdp}, dtype {config.model.dtype}, remat {config.model.remat}")
+  gib = 2 ** 30
+  print("per-device memory: " + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in mem.items())
+        + f" (HBM {hbm / gib:.0f} GiB: {100 * mem['total'] / hbm:.0f}%)")
+  print("collectives per device per step: " + (", ".join(f"{k} {v / 2 ** 20:.1f} MiB" for k, v in coll.items())
+                                               or "none"))
+  mfu = flops / seconds / peak if seconds > 0 else float("nan")
+  estimate = f"{seconds * 1e3:.1f} ms/step -> MFU {100 * mfu:.1f}%" if seconds > 0 else \
+      "none (this libtpu reports no optimal_seconds)"
+  print(f"per device: {flops / 1e12:.2f} TFLOP, {accessed / 2 ** 30:.1f} GiB accessed; compiler step estimate "
+        f"{estimate}; roofline {roofline * 1e3:.1f} ms/step ({'compute' if flops / peak >= accessed / bandwidth else 'HBM'}"
+        f"-bound, MFU at most {100 * flops / peak / roofline:.0f}%); compiled in {compile_s:.0f} s")
+  fields = {"topology": a.topology, "chips": n, "preset": config.model.preset, "batch": config.batch_size,
+            "mem_gib": round(mem["total"] / gib, 3), "hbm_frac": round(mem["total"] / hbm, 3),
+            "tflop_per_device": round(flops / 1e12, 3), "gib_accessed": round(accessed / 2 ** 30, 2),
+            "est_ms": round(seconds * 1e3, 2) if seconds > 0 else "none", "mfu": round(mfu, 3),
+            "roofline_ms": round(roofline * 1e3, 2),
+            "collective_mib": round(sum(coll.values()) / 2 ** 20, 1)}
+  if a.max_batch:
+    for remat in (False, True):
+      fields[f"max_batch_remat_{remat}".lower()] = max_batch(config, devices, hbm, remat, config.batch_size)
+      print(f"largest global batch that fits, remat={remat}: {fields[f'max_batch_remat_{remat}'.lower()]}")
+  print(" ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+if __name__ == "__main__":
+  main()
