@@ -6,7 +6,6 @@
     txt = model.encode_texts(["a red circle left of a blue square"])                  # -> [N, D]
 """
 
-import os
 import sys
 
 import jax

@@ -6,7 +6,6 @@ Reads the real files: one JSON per subset, an object keyed by string indices
 """
 
 import json
-import os
 
 import numpy as np
 
