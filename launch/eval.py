@@ -50,13 +50,19 @@ def main(argv=None):
       p.error(f"task {t} needs --{needs[t]}")
   if "retrieval" in tasks and not args.retrieval_image_dir:
     p.error("task retrieval needs --retrieval_image_dir")
-  out_dir = os.path.dirname(os.path.abspath(args.output))
+  from tripletclip_jax import fileio
+  out_dir = os.path.dirname(fileio.absolute(args.output))
   try:  # find an unwritable --output now, not after an hour of evaluation
-    os.makedirs(out_dir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out_dir):
-      pass
+    if fileio.is_remote(out_dir):
+      probe = fileio.join(out_dir, f".write-probe-{os.getpid()}")
+      fileio.write_bytes(probe, b"")
+      fileio.remove(probe)
+    else:
+      os.makedirs(out_dir, exist_ok=True)
+      with tempfile.NamedTemporaryFile(dir=out_dir):
+        pass
   except OSError as e:
-    p.error(f"--output {args.output}: cannot write in {out_dir} ({e.strerror}); choose a writable path")
+    p.error(f"--output {args.output}: cannot write in {out_dir} ({e.strerror or e}); choose a writable path")
 
   import tripletclip_jax as tc
   from tripletclip_jax.evaluate import report, retrieval, sugarcrepe, triplet, winoground, zeroshot

@@ -52,6 +52,12 @@ def test_train_kill_resume_export_and_load_in_a_bucket(gcs, data_dir, tmp_path):
           "print(float(np.abs(a - b).max()), float(np.abs(b - c).max()))")
   hf_vs_ckpt, remote_vs_local = map(float, _in_bucket(env, code).split())
   assert hf_vs_ckpt < 1e-5 and remote_vs_local == 0.0
-  listing = _in_bucket(env, f"from tripletclip_jax import fileio; print(fileio.glob('{remote}/*'))")
+  r = subprocess.run([sys.executable, "launch/eval.py", "--model", f"{bucket}/hf", "--tasks", "sugarcrepe",
+                      "--sugarcrepe_dir", f"{bucket}/data/sugarcrepe", "--output", f"{bucket}/eval/results.json"],
+                     env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert r.returncode == 0 and "sugarcrepe: " in r.stdout, r.stderr[-3000:]
+  listing = _in_bucket(env, f"from tripletclip_jax import fileio; print(fileio.glob('{remote}/*'), "
+                            f"fileio.listdir('{bucket}/eval'))")
+  assert "'results.json'" in listing and "'results.md'" in listing
   for name in ("checkpoints", "metrics.jsonl", "tensorboard"):
     assert f"{remote}/{name}" in listing

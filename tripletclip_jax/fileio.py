@@ -52,6 +52,11 @@ def isfile(path) -> bool:
   return Path(path).exists() and not Path(path).is_dir()
 
 
+def listdir(path) -> list[str]:
+  """Names (not paths) in a folder."""
+  return [p.name for p in Path(path).iterdir()]
+
+
 def makedirs(path) -> None:
   Path(path).mkdir(parents=True, exist_ok=True)
 

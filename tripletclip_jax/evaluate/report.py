@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 
 
 def _numeric(d: dict) -> dict:
@@ -35,7 +36,18 @@ def bar_chart(task: str, metrics: dict, path: str) -> None:
 
 
 def write(results: dict, output: str, model: str) -> list[str]:
-  """results {task: {metric: value}} -> output (JSON) plus OUTPUT_STEM.md and OUTPUT_STEM_TASK.png beside it."""
+  """results {task: {metric: value}} -> output (JSON) plus OUTPUT_STEM.md and OUTPUT_STEM_TASK.png beside it.
+
+  A gs:// `output` is written locally, then uploaded.
+  """
+  from tripletclip_jax import fileio
+  if fileio.is_remote(output):
+    with tempfile.TemporaryDirectory() as tmp:
+      local = write(results, os.path.join(tmp, os.path.basename(output)), model)
+      remote = [fileio.join(os.path.dirname(output), os.path.basename(p)) for p in local]
+      for a, b in zip(local, remote):
+        fileio.upload(a, b)
+    return remote
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w") as f:
     json.dump(results, f, indent=2)

@@ -5,24 +5,24 @@ The split file is Karpathy's `dataset_coco.json` / `dataset_flickr30k.json`:
 """
 
 import json
-import os
 
 import numpy as np
 
+from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops
 
 
 def load(split_json: str, image_dir: str, split: str = "test"):
-  if not os.path.exists(split_json):
+  if not fileio.exists(split_json):
     raise FileNotFoundError(f"Karpathy split file {split_json} is missing.")
-  with open(split_json) as f:
+  with fileio.open(split_json) as f:
     entries = [e for e in json.load(f)["images"] if e.get("split") == split]
   if not entries:
     raise ValueError(f"{split_json} has no images in split {split!r}.")
   images, captions, owner, missing = [], [], [], []
   for e in entries:
-    path = os.path.join(image_dir, e.get("filepath", ""), e["filename"])
-    if not os.path.exists(path):
+    path = fileio.join(image_dir, e.get("filepath", ""), e["filename"])
+    if not fileio.exists(path):
       missing.append(e["filename"])
       continue
     images.append(image_ops.load_file(path))

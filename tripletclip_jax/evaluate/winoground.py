@@ -11,17 +11,18 @@ import os
 
 import numpy as np
 
+from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops
 
 
 def load(path: str, image_dir: str | None = None) -> list[dict]:
   """-> [{'image_0': PIL, 'image_1': PIL, 'caption_0': str, 'caption_1': str}]."""
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise FileNotFoundError(f"Winoground data {path} is missing: pass a `datasets` folder or examples.jsonl.")
   if path.endswith(".jsonl"):
-    image_dir = image_dir or os.path.join(os.path.dirname(path), "images")
+    image_dir = image_dir or fileio.join(os.path.dirname(path), "images")
     rows = []
-    with open(path) as f:
+    with fileio.open(path) as f:
       for i, line in enumerate(f, 1):
         if not line.strip():
           continue
@@ -33,8 +34,8 @@ def load(path: str, image_dir: str | None = None) -> list[dict]:
           raise ValueError(f"{path}: line {i} is not an object with image_0 and image_1.")
     def img(name):
       for candidate in (name, f"{name}.png", f"{name}.jpg"):
-        p = os.path.join(image_dir, candidate)
-        if os.path.exists(p):
+        p = fileio.join(image_dir, candidate)
+        if fileio.exists(p):
           try:
             return image_ops.load_file(p)
           except OSError:

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops
 
 _META = os.path.join(os.path.dirname(__file__), "imagenet_metadata.json")
@@ -39,18 +40,18 @@ def accuracy(img: np.ndarray, weights: np.ndarray, labels: np.ndarray) -> dict:
 
 def load_folder(root: str):
   """(PIL images, labels, class names) from ROOT/CLASS/*.jpg; unreadable images are skipped and counted."""
-  if not os.path.isdir(root):
+  if not fileio.isdir(root):
     raise FileNotFoundError(f"Zero-shot image folder {root} is missing: it needs one subfolder per class.")
-  classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  classes = sorted(d for d in fileio.listdir(root) if fileio.isdir(fileio.join(root, d)))
   if not classes:
     raise FileNotFoundError(f"{root} has no class subfolders.")
   images, labels, skipped = [], [], 0
   for i, c in enumerate(classes):
-    for name in sorted(os.listdir(os.path.join(root, c))):
+    for name in sorted(fileio.listdir(fileio.join(root, c))):
       if not name.lower().endswith(IMAGE_EXTS):
         continue
       try:
-        images.append(image_ops.load_file(os.path.join(root, c, name)))
+        images.append(image_ops.load_file(fileio.join(root, c, name)))
         labels.append(i)
       except OSError:
         skipped += 1
