@@ -45,7 +45,7 @@ def test_eight_fake_devices():
 
 def test_step_is_the_same_on_every_mesh():
   ref_params, ref_m, _ = _one_step(sharding.make_mesh(1, 1, jax.devices()[:1]))
-  for data, fsdp in [(8, 1), (4, 2), (2, 4), (1, 8)]:
+  for data, fsdp in [(8, 1), (2, 4), (1, 8)]:  # pure data, mixed, pure fsdp
     params, m, state = _one_step(sharding.make_mesh(data, fsdp))
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-5)
     np.testing.assert_allclose(m["grad_norm"], ref_m["grad_norm"], rtol=1e-4)
