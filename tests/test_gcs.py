@@ -61,3 +61,32 @@ def test_train_kill_resume_export_and_load_in_a_bucket(gcs, data_dir, tmp_path):
   assert "'results.json'" in listing and "'results.md'" in listing
   for name in ("checkpoints", "metrics.jsonl", "tensorboard"):
     assert f"{remote}/{name}" in listing
+
+
+def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_dead_one(gcs, monkeypatch):
+  import time
+  from gcs_server import client_env
+  from tripletclip_jax import fileio
+  from tripletclip_jax.train import workdir_lock
+  bucket, env = gcs
+  for k in client_env("x"):
+    monkeypatch.setenv(k, env[k])
+  monkeypatch.setattr(workdir_lock, "SETTLE_S", 0.2)
+  w = f"{bucket}/locked"
+  with workdir_lock.WorkdirLock(w):
+    with pytest.raises(workdir_lock.WorkdirBusy, match=rf"{w} is in use by another trainer \(pid {os.getpid()} on "):
+      workdir_lock.WorkdirLock(w).__enter__()
+  assert not fileio.exists(f"{w}/{workdir_lock.LOCK_FILE}")  # released on exit
+
+  def holder(**kw):
+    h = {**workdir_lock._holder(), "token": "other", "heartbeat": time.time(), **kw}
+    fileio.write_bytes(f"{w}/{workdir_lock.LOCK_FILE}", json.dumps(h).encode())
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  holder(host="another-vm")  # alive elsewhere, fresh heartbeat: refused
+  with pytest.raises(workdir_lock.WorkdirBusy, match="on another-vm"):
+    workdir_lock.WorkdirLock(w).__enter__()
+  for stale in (dict(pid=dead.pid), dict(host="another-vm", heartbeat=time.time() - 2 * workdir_lock.STALE_S)):
+    holder(**stale)  # a dead process on this host, or a heartbeat long gone: taken over
+    with workdir_lock.WorkdirLock(w):
+      assert json.loads(fileio.read_bytes(f"{w}/{workdir_lock.LOCK_FILE}"))["pid"] == os.getpid()

@@ -48,8 +48,6 @@ def isdir(path) -> bool:
   return Path(path).is_dir()
 
 
-def isfile(path) -> bool:
-  return Path(path).exists() and not Path(path).is_dir()
 
 
 def listdir(path) -> list[str]:
@@ -57,8 +55,6 @@ def listdir(path) -> list[str]:
   return [p.name for p in Path(path).iterdir()]
 
 
-def makedirs(path) -> None:
-  Path(path).mkdir(parents=True, exist_ok=True)
 
 
 def open(path, mode: str = "r"):  # noqa: A001 - the one open() for local and remote paths
@@ -89,9 +85,6 @@ def remove(path) -> None:
   Path(path).unlink()
 
 
-def rename(src, dst) -> None:
-  """Moves a file or folder (on a bucket: copy then delete, not atomic)."""
-  Path(src).rename(dst)
 
 
 def fsspec_fs(path):
