@@ -1,6 +1,7 @@
 """Converts webdataset tar shards (.image/.neg_image/.caption/.neg_caption) into TripletData shards.
 
   python launch/convert_wds.py --input '/data/tripletclip_hq/*.tar' --output_dir /data/tripletdata [--num_workers 8]
+  python launch/convert_wds.py --input 'gs://BUCKET/hq/*.tar' --output_dir gs://BUCKET/tripletdata
 
 One output shard per tar, written atomically; rerunning skips shards that are
 already complete, so a killed conversion resumes. Incomplete samples are
@@ -8,7 +9,6 @@ skipped, counted and listed in the summary.
 """
 
 import argparse
-import glob
 import json
 import multiprocessing
 import os
@@ -16,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from tripletclip_jax import fileio  # noqa: E402
 from tripletclip_jax.data import records, wds  # noqa: E402
 
 
@@ -31,12 +32,13 @@ def main(argv=None):
   p.add_argument("--name", default="train", help="output shard prefix")
   p.add_argument("--num_workers", type=int, default=max(1, os.cpu_count() or 1))
   args = p.parse_args(argv)
-  tars = sorted(t for part in args.input.split(",") for t in glob.glob(part.strip()))
+  tars = sorted(t for part in args.input.split(",") for t in fileio.glob(part.strip()))
   if not tars:
     sys.exit(f"error: no tar shards match {args.input!r}")
-  os.makedirs(args.output_dir, exist_ok=True)
-  outs = [os.path.join(args.output_dir, records.shard_name(args.name, i, len(tars))) for i in range(len(tars))]
-  jobs = [(t, o) for t, o in zip(tars, outs) if not os.path.exists(o)]
+  if not fileio.is_remote(args.output_dir):
+    os.makedirs(args.output_dir, exist_ok=True)
+  outs = [fileio.join(args.output_dir, records.shard_name(args.name, i, len(tars))) for i in range(len(tars))]
+  jobs = [(t, o) for t, o in zip(tars, outs) if not fileio.exists(o)]
   print(f"{len(tars)} tars; {len(tars) - len(jobs)} already converted; converting {len(jobs)}")
   results = []
   with multiprocessing.Pool(min(args.num_workers, max(len(jobs), 1))) as pool:
@@ -48,8 +50,8 @@ def main(argv=None):
   counts = [len(records.load_index(o)) for o in outs]
   records.write_manifest(args.output_dir, args.name, outs, counts, tool="launch/convert_wds.py", inputs=tars)
   summary = {"shards": len(outs), "examples": sum(counts), "skipped_now": sum(r["skipped"] for r in results)}
-  with open(os.path.join(args.output_dir, "convert_summary.json"), "w") as f:
-    json.dump({**summary, "per_tar": results}, f, indent=1)
+  fileio.write_bytes(fileio.join(args.output_dir, "convert_summary.json"),
+                     json.dumps({**summary, "per_tar": results}, indent=1).encode())
   print(" ".join(f"{k}={v}" for k, v in summary.items()))
 
 

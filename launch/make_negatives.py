@@ -46,6 +46,8 @@ def parse(argv=None) -> Options:
   p.add_argument("--min_score", type=float, default=None)
   p.add_argument("--keep_top", type=float, default=None, help="keep this top fraction of each shard by clip_score")
   p.add_argument("--trust_remote_code", action="store_true")
+  p.add_argument("--staging_dir", help="local folder for the captions stage when --output_dir is gs:// "
+                 "(default: one per output_dir under the temp dir; keep it to resume)")
   a = p.parse_args(argv)
   device = a.device
   if device == "cuda" and "LOCAL_RANK" in os.environ:
@@ -56,7 +58,7 @@ def parse(argv=None) -> Options:
                  seed=a.seed, num_shards=a.num_shards, shard_index=a.shard_index, max_new_tokens=a.max_new_tokens,
                  temperature=a.temperature, top_p=a.top_p, do_sample=not a.greedy, retries=a.retries, steps=a.steps,
                  guidance=a.guidance, image_size=a.image_size, min_score=a.min_score, keep_top=a.keep_top,
-                 trust_remote_code=a.trust_remote_code)
+                 trust_remote_code=a.trust_remote_code, staging_dir=a.staging_dir)
 
 
 def main(argv=None):

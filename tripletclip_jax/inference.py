@@ -10,23 +10,35 @@ import sys
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from tripletclip_jax import fileio
+from tripletclip_jax import fileio, sharding
 from tripletclip_jax.data.image_ops import preprocess
 from tripletclip_jax.data.tokenizer import tokenize
 from tripletclip_jax.models import CLIP, CLIPConfig
 
 
 class Model:
-  """Batched, jit-compiled encoders over fixed parameters. Embeddings are float32 numpy."""
+  """Batched, jit-compiled encoders over fixed parameters. Embeddings are float32 numpy.
 
-  def __init__(self, config: CLIPConfig, params, batch_size: int = 128, progress: bool | None = None):
-    self.config, self.params, self.batch_size = config, params, batch_size
+  Without a mesh the inputs are whole batches on one host. With `mesh` (the trainer's, whose params are
+  sharded over it) each batch is split over the mesh's batch axes, and on several processes each process
+  passes only its own inputs and gets back only their embeddings (see `evaluate.shards`); every process
+  must then call the encoders the same number of times, which the encoders arrange by agreeing on the
+  longest input.
+  """
+
+  def __init__(self, config: CLIPConfig, params, batch_size: int = 128, progress: bool | None = None,
+               mesh=None):
+    if mesh is None and jax.process_count() > 1:
+      raise ValueError("A Model on several processes needs the mesh its parameters are sharded over.")
+    self.config, self.params, self.batch_size, self.mesh = config, params, batch_size, mesh
     self.progress = sys.stderr.isatty() if progress is None else progress
     module = CLIP(config)
-    self._img = jax.jit(lambda p, x: module.apply({"params": p}, x, method=CLIP.encode_image))
-    self._txt = jax.jit(lambda p, t: module.apply({"params": p}, t, method=CLIP.encode_text))
+    out = {} if mesh is None else {"out_shardings": sharding.batch_sharding(mesh)}
+    self._img = jax.jit(lambda p, x: module.apply({"params": p}, x, method=CLIP.encode_image), **out)
+    self._txt = jax.jit(lambda p, t: module.apply({"params": p}, t, method=CLIP.encode_text), **out)
 
   @property
   def image_size(self) -> int:
@@ -38,14 +50,25 @@ class Model:
 
   def _batched(self, fn, arrays: np.ndarray) -> np.ndarray:
     # Pad every chunk to one size so that a single compiled program serves every call.
+    size, longest = self.batch_size, len(arrays)
+    if self.mesh is not None:  # this process's rows of each global batch; the longest input sets the calls
+      per_device = max(1, self.batch_size // sharding.num_batch_shards(self.mesh))
+      size = per_device * sharding.num_batch_shards(self.mesh) // jax.process_count()
+      if jax.process_count() > 1:
+        longest = int(multihost_utils.process_allgather(np.int64(len(arrays))).max())
     out = []
-    for i in tqdm(range(0, len(arrays), self.batch_size), disable=not self.progress or len(arrays) <= self.batch_size,
-                  unit="batch", leave=False):
-      chunk = arrays[i:i + self.batch_size]
-      pad = self.batch_size - len(chunk)
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(fn(self.params, chunk))[:len(chunk) - pad])
+    for i in tqdm(range(0, longest, size), disable=not self.progress or longest <= size, unit="batch", leave=False):
+      chunk = arrays[i:i + size]
+      n = len(chunk)
+      if n < size:
+        chunk = np.concatenate([chunk, np.zeros((size - n,) + arrays.shape[1:], arrays.dtype)])
+      if self.mesh is None:
+        out.append(np.asarray(fn(self.params, chunk))[:n])
+      else:
+        spec = sharding.batch_sharding(self.mesh).spec
+        x = multihost_utils.host_local_array_to_global_array(chunk, self.mesh, spec)
+        out.append(np.asarray(multihost_utils.global_array_to_host_local_array(fn(self.params, x), self.mesh,
+                                                                               spec))[:n])
     return np.concatenate(out) if out else np.zeros((0, self.config.embed_dim), np.float32)
 
   def encode_images(self, images) -> np.ndarray:

@@ -9,6 +9,7 @@ import os
 import tarfile
 from typing import Iterator
 
+from tripletclip_jax import fileio
 from tripletclip_jax.data import records
 
 MEMBERS = {"image": "image", "neg_image": "neg_image", "caption": "caption", "neg_caption": "neg_caption",
@@ -19,7 +20,7 @@ TEXT = ("caption", "neg_caption", "neg_type", "source")
 def iter_samples(tar_path: str) -> Iterator[tuple[str, dict]]:
   """(key, {member suffix: bytes}) for each sample of a tar, streamed in order."""
   key, sample = None, {}
-  with tarfile.open(tar_path, "r|*") as tar:
+  with fileio.open(tar_path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
     for member in tar:
       if not member.isfile():
         continue
@@ -55,7 +56,7 @@ def sample_to_features(key: str, sample: dict, source: str) -> dict:
 
 
 def convert_tar(tar_path: str, out_path: str) -> dict:
-  """One tar -> one shard (atomic). Returns {'written', 'skipped', 'skipped_keys'}."""
+  """One tar -> one shard (atomic; either may be in a bucket). Returns {'written', 'skipped', 'skipped_keys'}."""
   source = os.path.basename(tar_path)
   skipped = []
   with records.ShardWriter(out_path) as w:

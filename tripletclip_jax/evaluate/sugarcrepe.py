@@ -11,6 +11,7 @@ import numpy as np
 
 from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops
+from tripletclip_jax.evaluate import shards
 
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
@@ -40,9 +41,9 @@ def _text_ok(t) -> bool:
 
 def score_subset(model, entries: list[dict], image_dir: str) -> dict:
   """Accuracy (%) over one subset. Entries with a missing or unreadable image, or a null or empty
-  caption, are counted and skipped, not scored."""
+  caption, are counted and skipped, not scored. Each process scores its own slice of the entries."""
   images, kept, missing, unreadable, bad = [], [], [], 0, 0
-  for e in entries:
+  for e in shards.local_slice(entries):
     if not (_text_ok(e["caption"]) and _text_ok(e["negative_caption"]) and isinstance(e["filename"], str)):
       bad += 1
       continue
@@ -56,17 +57,20 @@ def score_subset(model, entries: list[dict], image_dir: str) -> dict:
       unreadable += 1
       continue
     kept.append(e)
-  if not kept:
-    raise FileNotFoundError(f"None of the {len(entries)} entries has a readable image under {image_dir} and two "
-                            f"captions ({len(missing)} images missing, {unreadable} unreadable, {bad} bad entries; "
-                            f"first: {entries[0]['filename'] if entries else '-'}); point to COCO val2017 with "
-                            "launch/eval.py --coco_image_dir or config.eval.sugarcrepe_image_dir.")
+  # Every process encodes, even an empty slice: the encoders are collective on a mesh.
   img = model.encode_images(images)
   pos = model.encode_texts([e["caption"] for e in kept])
   neg = model.encode_texts([e["negative_caption"] for e in kept])
   correct = np.sum(img * pos, axis=1) > np.sum(img * neg, axis=1)
-  return {"accuracy": 100.0 * float(np.mean(correct)), "n": len(kept), "missing_images": len(missing),
-          "unreadable_images": unreadable, "bad_entries": bad}
+  n = shards.summed({"correct": int(correct.sum()), "n": len(kept), "missing_images": len(missing),
+                     "unreadable_images": unreadable, "bad_entries": bad})
+  if not n["n"]:
+    raise FileNotFoundError(f"None of the {len(entries)} entries has a readable image under {image_dir} and two "
+                            f"captions ({n['missing_images']} images missing, {n['unreadable_images']} unreadable, "
+                            f"{n['bad_entries']} bad entries; first: {entries[0]['filename'] if entries else '-'}); "
+                            "point to COCO val2017 with launch/eval.py --coco_image_dir or "
+                            "config.eval.sugarcrepe_image_dir.")
+  return {"accuracy": 100.0 * n.pop("correct") / n["n"], **n}
 
 
 def evaluate(model, sugarcrepe_dir: str, image_dir: str | None = None, subsets=SUBSETS) -> dict:

@@ -1,23 +1,36 @@
 """TripletData as a test set (the paper's Table 9): text, image and group scores over (x, y, x', y')."""
 
+import jax
 import numpy as np
 
 from tripletclip_jax.data import pipeline, records
-from tripletclip_jax.evaluate import winoground
+from tripletclip_jax.evaluate import shards, winoground
 
 
 def evaluate(model, pattern: str, batch_size: int = 64) -> dict:
-  """Held-out records in our shard format -> scores (%); bad records are skipped and counted."""
+  """Held-out records in our shard format -> scores (%); bad records are skipped and counted. Each process
+  scores its own slice of the records."""
   ds = pipeline.make_dataset(pattern, batch_size=batch_size, image_size=model.image_size,
                              context_length=model.config.text.context_length, train=False,
-                             process_index=0, process_count=1, max_bad_fraction=1.0)
-  sims, bad = [], 0
-  for b in ds:
+                             process_index=jax.process_index(), process_count=jax.process_count(),
+                             max_bad_fraction=1.0)
+  size, length = model.image_size, model.config.text.context_length
+  nothing = {"image": np.zeros((0, size, size, 3), np.float32), "text": np.zeros((0, length), np.int32),
+             "bad_counts": np.zeros(1, np.int64)}
+  nothing.update(neg_image=nothing["image"], neg_text=nothing["text"])
+  counts, batches = {"text": 0, "image": 0, "group": 0, "n": 0, "bad": 0}, iter(ds)
+  while True:
+    b = next(batches, None)
+    if not shards.any_process(b is not None):  # slices differ by a batch at most; the encoders are collective
+      break
+    b = nothing if b is None else b
     x, xn = model.encode_preprocessed(b["image"]), model.encode_preprocessed(b["neg_image"])
     y, yn = model.encode_token_ids(b["text"]), model.encode_token_ids(b["neg_text"])
     img, txt = np.stack([x, xn], 1), np.stack([y, yn], 1)  # [N, 2, D]: (x, y) and (x', y') pairs
-    sims.append(np.einsum("nid,ncd->nic", img, txt))
-    bad += int(b["bad_counts"].sum())
-  if not sims:
+    for k, v in winoground.score_counts(np.einsum("nid,ncd->nic", img, txt)).items():
+      counts[k] += v
+    counts["bad"] += int(b["bad_counts"].sum())
+  counts = shards.summed(counts)
+  if not counts["n"]:
     raise ValueError(f"No readable records in {pattern!r} ({len(records.resolve_shards(pattern))} shards).")
-  return dict(winoground.scores(np.concatenate(sims)), skipped_bad_records=bad)
+  return dict(winoground.percentages(counts), skipped_bad_records=counts["bad"])

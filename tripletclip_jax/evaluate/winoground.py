@@ -13,6 +13,7 @@ import numpy as np
 
 from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops
+from tripletclip_jax.evaluate import shards
 
 
 def load(path: str, image_dir: str | None = None) -> list[dict]:
@@ -58,12 +59,22 @@ def load(path: str, image_dir: str | None = None) -> list[dict]:
   return [dict(r) for r in ds]
 
 
-def scores(sim: np.ndarray) -> dict:
-  """sim [N, 2 images, 2 captions] -> text / image / group score (%)."""
+def score_counts(sim: np.ndarray) -> dict:
+  """sim [N, 2 images, 2 captions] -> how many examples pass the text / image / group test, and 'n'."""
   text = (sim[:, 0, 0] > sim[:, 0, 1]) & (sim[:, 1, 1] > sim[:, 1, 0])
   image = (sim[:, 0, 0] > sim[:, 1, 0]) & (sim[:, 1, 1] > sim[:, 0, 1])
-  return {"text": 100.0 * text.mean(), "image": 100.0 * image.mean(), "group": 100.0 * (text & image).mean(),
-          "n": int(len(sim))}
+  return {"text": int(text.sum()), "image": int(image.sum()), "group": int((text & image).sum()), "n": len(sim)}
+
+
+def percentages(counts: dict) -> dict:
+  """score_counts (possibly summed over processes) -> text / image / group score (%) and 'n'."""
+  n = counts["n"]
+  return {**{k: 100.0 * counts[k] / n for k in ("text", "image", "group")}, "n": n}
+
+
+def scores(sim: np.ndarray) -> dict:
+  """sim [N, 2 images, 2 captions] -> text / image / group score (%)."""
+  return percentages(score_counts(sim))
 
 
 def _usable(r: dict) -> bool:
@@ -73,11 +84,13 @@ def _usable(r: dict) -> bool:
 
 def evaluate(model, path: str, image_dir: str | None = None) -> dict:
   """Scores (%) and 'n'; examples with an unreadable image or a null / empty caption are skipped and
-  counted in 'skipped_bad_examples'."""
-  all_rows = load(path, image_dir)
+  counted in 'skipped_bad_examples'. Each process scores its own slice of the examples."""
+  all_rows = shards.local_slice(load(path, image_dir))
   rows = [r for r in all_rows if _usable(r)]
-  if not rows:
-    raise ValueError(f"None of the {len(all_rows)} Winoground examples in {path} has two images and two captions.")
   img = model.encode_images([r[k] for r in rows for k in ("image_0", "image_1")]).reshape(len(rows), 2, -1)
   txt = model.encode_texts([r[k] for r in rows for k in ("caption_0", "caption_1")]).reshape(len(rows), 2, -1)
-  return dict(scores(np.einsum("nid,ncd->nic", img, txt)), skipped_bad_examples=len(all_rows) - len(rows))
+  n = shards.summed(dict(score_counts(np.einsum("nid,ncd->nic", img, txt)), skipped_bad_examples=len(all_rows) - len(rows)))
+  if not n["n"]:
+    raise ValueError(f"None of the {n['skipped_bad_examples']} Winoground examples in {path} has two images and "
+                     "two captions.")
+  return dict(percentages(n), skipped_bad_examples=n["skipped_bad_examples"])

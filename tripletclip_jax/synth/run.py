@@ -12,12 +12,15 @@ between: that moves no other key to another chunk.
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
+import tempfile
 import time
 
 from tqdm import tqdm
 
+from tripletclip_jax import fileio
 from tripletclip_jax.data import records
 
 
@@ -48,6 +51,7 @@ class Options:
   min_score: float | None = None
   keep_top: float | None = None
   trust_remote_code: bool = False
+  staging_dir: str | None = None  # local home of the captions stage when output_dir is a bucket
 
 
 def process_share(opts: Options) -> tuple[int, int]:
@@ -84,6 +88,17 @@ def _remove_stale_tmp(shard_path: str, log) -> None:
     log(f"removed {tmp}, left by a killed run")
 
 
+def staging_dir(opts: Options) -> str:
+  """Where the captions stage appends: output_dir itself, or for a bucket (where nothing can be appended) a
+  local folder that lasts across reruns (--staging_dir, default one per output_dir under the temp dir)."""
+  if not fileio.is_remote(opts.output_dir):
+    return opts.output_dir
+  if opts.staging_dir:
+    return opts.staging_dir
+  tag = hashlib.sha1(opts.output_dir.rstrip("/").encode()).hexdigest()[:12]
+  return os.path.join(tempfile.gettempdir(), "tripletclip_negatives", tag)
+
+
 def run(opts: Options, log=print) -> dict:
   from tripletclip_jax.synth.inputs import read_inputs
   unknown = set(opts.stages) - {"captions", "images", "score"}
@@ -103,10 +118,11 @@ def run(opts: Options, log=print) -> dict:
   spans = [entries[i:i + opts.chunk_size] for i in range(0, len(entries), opts.chunk_size)]
   chunks = [[it for _, it in span if isinstance(it, dict)] for span in spans]
   mine = [i for i in range(len(chunks)) if i % world == rank]
-  os.makedirs(os.path.join(opts.output_dir, "captions"), exist_ok=True)
-  shard = lambda i: os.path.join(opts.output_dir, records.shard_name(opts.name, i, len(chunks)))
-  todo = [i for i in mine if not os.path.exists(shard(i))]
-  for i in todo:
+  work = staging_dir(opts)
+  os.makedirs(os.path.join(work, "captions"), exist_ok=True)
+  shard = lambda i: fileio.join(opts.output_dir, records.shard_name(opts.name, i, len(chunks)))
+  todo = [i for i in mine if not fileio.exists(shard(i))]
+  for i in todo if work == opts.output_dir else ():  # a bucket's shards are staged in a fresh folder each
     _remove_stale_tmp(shard(i), log)
   log(f"{len(entries)} inputs ({len(skipped)} skipped) in {len(chunks)} chunks; process {rank}/{world} has "
       f"{len(mine)}, {len(mine) - len(todo)} already done")
@@ -114,7 +130,7 @@ def run(opts: Options, log=print) -> dict:
   captioner = imager = scorer = None
   totals = {"records": 0, "llm": 0, "rule": 0, "filtered": 0, "input_skipped": len(skipped)}
   for i in todo:
-    chunk, cap_path = chunks[i], os.path.join(opts.output_dir, "captions", f"chunk-{i:05d}.jsonl")
+    chunk, cap_path = chunks[i], os.path.join(work, "captions", f"chunk-{i:05d}.jsonl")
     done = _read_jsonl(cap_path)
     missing = [it for it in chunk if it["key"] not in done]
     t0 = time.perf_counter()
@@ -173,8 +189,7 @@ def run(opts: Options, log=print) -> dict:
                  "source": os.path.basename(opts.input)})
         summary[rec["neg_source"]] += 1
     summary["records"] = w.count
-    with open(shard(i) + ".summary.json", "w") as f:
-      json.dump(summary, f, indent=1)
+    fileio.write_bytes(shard(i) + ".summary.json", json.dumps(summary, indent=1).encode())
     for k in ("records", "llm", "rule", "filtered"):
       totals[k] += summary[k]
     log(f"wrote {shard(i)}: {summary['records']} records ({summary['rule']} rule fallbacks, "
@@ -196,7 +211,7 @@ def _keep_mask(scores, n: int, min_score, keep_top) -> list[bool]:
 
 def _maybe_manifest(opts: Options, shards: list[str]) -> None:
   """Once every shard exists (all processes finished), the manifest describes the dataset."""
-  if shards and all(os.path.exists(s) for s in shards):
+  if shards and all(fileio.exists(s) for s in shards):
     counts = [len(records.load_index(s)) for s in shards]
     records.write_manifest(opts.output_dir, opts.name, shards, counts, tool="launch/make_negatives.py",
                            llm=opts.llm, t2i=opts.t2i, clip=opts.clip, stages=list(opts.stages), seed=opts.seed,

@@ -251,7 +251,7 @@ def _train(config, workdir: str, preempted: list) -> dict:
 
   # One evaluation model for the run: its encoders compile once, and each evaluation hands it the live,
   # sharded parameters (no gather of the whole model to every host). The training bar owns the terminal.
-  eval_model = Model(model_cfg, state.params, progress=False) if evals else None
+  eval_model = Model(model_cfg, state.params, progress=False, mesh=mesh) if evals else None
 
   def evaluate(params) -> dict:
     eval_model.params = params
@@ -284,6 +284,9 @@ def _train(config, workdir: str, preempted: list) -> dict:
     pending = []
     return host[-1] if host else None
 
+  # On a pod each host gets its SIGTERM at a different step; jax.distributed's preemption service (which
+  # takes over the signal) agrees on the first step that every host can still reach.
+  multi_process = jax.process_count() > 1
   profile = tuple(config.profile_steps) if config.profile_steps and is_main else None
   tracing = False
   try:
@@ -321,12 +324,13 @@ def _train(config, workdir: str, preempted: list) -> dict:
         bar.set_postfix(loss=f"{rec['loss']:.3f}")
         t_data, t_last = 0.0, time.perf_counter()
       stopping = config.stop_after_steps is not None and s - start >= config.stop_after_steps
-      if s % config.checkpoint_every_steps == 0 or s == total_steps or preempted or stopping:
+      preempt = multihost_utils.reached_preemption_sync_point(s) if multi_process else bool(preempted)
+      if s % config.checkpoint_every_steps == 0 or s == total_steps or preempt or stopping:
         check_finite()
         ckpt.check_space(workdir, state, last_good)
         ckpt.save(manager, s, state, data_iter, meta_for(s), force=True)
         last_good = s
-        if preempted:
+        if preempt:
           manager.wait_until_finished()
           raise Preempted(f"SIGTERM: saved checkpoint {s} in {ckpt.checkpoint_dir(workdir)}; restart to resume.")
       if evals and (s % config.eval_every_steps == 0 or s == total_steps):
