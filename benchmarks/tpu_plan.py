@@ -70,7 +70,7 @@ def compile_step(config, devices, batch_size: int, remat: bool | None = None):
                                 total_steps=resolve_total_steps(config, model_cfg),
                                 warmup_steps=config.optimizer.warmup_steps, weight_decay=config.optimizer.weight_decay,
                                 grad_clip_norm=config.optimizer.grad_clip_norm, decay_rule=config.optimizer.decay_rule)
-  abstract, state_sh = abstract_train_state(model_cfg, tx, mesh, config.mesh.min_fsdp_size)
+  abstract, state_sh = abstract_train_state(model_cfg, tx, mesh, config.mesh.min_fsdp_size, config.loss)
   step = make_train_step(model_cfg, tx, schedule, config.loss, mesh, state_sh, config.accum_steps,
                          config.clamp_logit_scale).jitted
   s, L = model_cfg.vision.image_size, model_cfg.text.context_length

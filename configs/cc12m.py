@@ -9,16 +9,10 @@ here. Expected (paper summary): SugarCrepe about 9 points above CLIP at equal
 compute; about 2.5x the CC3M run's time.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import cc3m  # noqa: E402
+from tripletclip_jax.train.config import sibling_config
 
 
 def get_config(loss: str = "tripletclip"):
-  c = cc3m.get_config(loss)
-  with c.unlocked():
-    c.total_steps = 230_000
-  return c
+  c = sibling_config(__file__, "cc3m.py", loss)
+  c.total_steps = 230_000
+  return c.lock()

@@ -19,21 +19,12 @@ def forward_flops(config: CLIPConfig) -> dict:
   return {"image": 2 * image, "text": 2 * text, "pair": 2 * (image + text)}
 
 
-# How many images and texts each loss encodes per positive pair.
-ENCODES_PER_EXAMPLE = {
-    "clip": (1, 1),
-    "clip_union": (1, 1),  # one pair per example; half the examples are (x', y')
-    "negclip": (1, 2),
-    "negimage": (2, 1),
-    "tripletclip": (2, 2),
-}
-
-
 def train_flops_per_example(config: CLIPConfig, loss: str) -> float:
   """Training FLOPs per positive pair: 3x forward (backward = 2x forward) of every encode.
 
   The N x 2N similarity matrices are omitted: below 0.1% at batch 1024 for ViT-B/32.
   """
+  from tripletclip_jax import losses  # the registry says what each loss encodes
   f = forward_flops(config)
-  n_img, n_txt = ENCODES_PER_EXAMPLE[loss]
+  n_img, n_txt = losses.get(loss).encodes_per_example
   return 3 * (n_img * f["image"] + n_txt * f["text"])

@@ -14,13 +14,13 @@ from ml_collections import config_dict
 
 from tripletclip_jax import losses
 from tripletclip_jax.data.pipeline import AUGMENTATIONS
-from tripletclip_jax.models.flops import ENCODES_PER_EXAMPLE, train_flops_per_example
+from tripletclip_jax.models.flops import train_flops_per_example
 from tripletclip_jax.train.optim import DECAY_RULES
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.loss = "tripletclip"           # clip | clip_union | negclip | negimage | tripletclip
+  c.loss = "tripletclip"           # a name in tripletclip_jax/losses REGISTRY (clip, negclip, tripletclip, siglip ...)
   c.batch_size = 1024              # global positive pairs per step
   c.total_steps = 90_000
   c.total_examples = config_dict.placeholder(int)  # alternative to total_steps: positive pairs seen
@@ -44,9 +44,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(preset="vit_b32", dtype="bfloat16", remat=False, act="quick_gelu",
                                            attention_impl=config_dict.placeholder(str)))
-  c.optimizer = ml_collections.ConfigDict(dict(learning_rate=5e-4, warmup_steps=1000, b1=0.9, b2=0.999, eps=1e-8,
-                                               weight_decay=0.5, grad_clip_norm=config_dict.placeholder(float),
-                                               decay_rule="open_clip"))  # or "all": train/optim.py DECAY_RULES
+  c.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=5e-4, warmup_steps=1000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.5,
+      grad_clip_norm=config_dict.placeholder(float),
+      decay_rule="open_clip",  # or "all": train/optim.py DECAY_RULES
+      # Parameter groups by path regex (re.fullmatch on names like "visual/transformer/resblocks_0/attn/q_proj/kernel"):
+      no_decay=config_dict.placeholder(str),  # also exempt these from weight decay
+      frozen=config_dict.placeholder(str),    # no update, no optimizer state, no backward pass through them
+      lr_multipliers=(),                      # ((regex, factor), ...): first match scales the learning rate
+  ))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2 ** 16))
   c.data = ml_collections.ConfigDict(dict(
       train=config_dict.placeholder(str),   # shard glob / directory of TripletData
@@ -76,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 def pairs_per_example(loss: str) -> float:
   """Image-text pairs encoded per positive pair: (images + texts) / 2."""
-  n_img, n_txt = ENCODES_PER_EXAMPLE[loss]
+  n_img, n_txt = losses.get(loss).encodes_per_example
   return (n_img + n_txt) / 2
 
 
@@ -171,6 +177,28 @@ def load_config_file(spec: str, arg: str | None = None):
     raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not a ConfigDict: is a 'return' "
                       "missing?")
   return config
+
+
+def sibling_config(this_file: str, name: str, arg: str | None = None):
+  """`get_config(arg)` of config file `name` beside `this_file`, unlocked: how one config builds on another
+  without putting configs/ on sys.path."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(this_file)), name), arg).unlock()
+
+
+def parse_arg(arg: str | None, **defaults) -> dict:
+  """A config file's ':ARG' as comma-separated key=value pairs (big_vision style); a bare first word sets
+  the first key. Unknown keys raise ValueError naming the choices."""
+  out = dict(defaults)
+  for i, item in enumerate(p for p in (arg or "").split(",") if p):
+    key, sep, value = item.partition("=")
+    if not sep:
+      if i:
+        raise ValueError(f"config argument {item!r}: use key=value")
+      key, value = next(iter(defaults)), item
+    if key not in defaults:
+      raise ValueError(f"config argument {key!r}: choose from {', '.join(defaults)}")
+    out[key] = value
+  return out
 
 
 def apply_overrides(config, overrides: list[str]) -> None:

@@ -27,7 +27,7 @@ from tripletclip_jax.train import checkpoint as ckpt
 from tripletclip_jax.train.config import pairs_per_example, resolve_total_steps, validate
 from tripletclip_jax.train.metrics import MetricWriter, measure_matmul_peak
 from tripletclip_jax.train.optim import make_optimizer
-from tripletclip_jax.train.step import batch_keys, create_train_state, make_train_step
+from tripletclip_jax.train.step import batch_keys, create_train_state, make_train_step, with_loss_params
 from tripletclip_jax.train.workdir_lock import WorkdirLock
 
 SCHEDULE_KEYS = ("total_steps", "batch_size", "loss")
@@ -206,7 +206,7 @@ def _train(config, workdir: str, preempted: list) -> dict:
       context_length=model_cfg.text.context_length, train=True, seed=config.seed,
       num_workers=config.data.num_workers, read_threads=config.data.read_threads,
       crop_scale=tuple(config.data.crop_scale), augment=config.data.augment,
-      union_negatives=losses.trains_on_union(config.loss),
+      union_negatives=losses.get(config.loss).union,
       uint8_images=(jax.default_backend() != "cpu" if config.data.uint8_images is None else config.data.uint8_images),
       max_bad_fraction=config.data.max_bad_fraction, bad_window=config.data.bad_window,
       fields=batch_keys(config.loss))  # decode and transfer only what the loss uses
@@ -216,10 +216,12 @@ def _train(config, workdir: str, preempted: list) -> dict:
                                 b2=config.optimizer.b2, eps=config.optimizer.eps,
                                 weight_decay=config.optimizer.weight_decay,
                                 grad_clip_norm=config.optimizer.grad_clip_norm,
-                                decay_rule=config.optimizer.decay_rule)
-  state, state_sh = create_train_state(model_cfg, tx, mesh, jax.random.key(config.seed), config.mesh.min_fsdp_size)
+                                decay_rule=config.optimizer.decay_rule, no_decay=config.optimizer.no_decay,
+                                frozen=config.optimizer.frozen, lr_multipliers=config.optimizer.lr_multipliers)
+  state, state_sh = create_train_state(model_cfg, tx, mesh, jax.random.key(config.seed), config.mesh.min_fsdp_size,
+                                       config.loss)
   step_fn = make_train_step(model_cfg, tx, schedule, config.loss, mesh, state_sh, config.accum_steps,
-                            config.clamp_logit_scale)
+                            config.clamp_logit_scale, config.optimizer.frozen)
 
   manager = ckpt.make_manager(workdir, config.keep_checkpoints, use_ocdbt=config.checkpoint_ocdbt)
   ckpt.check_space(workdir, state, None)  # before any step: a full disk is known now, not at the first save
@@ -246,6 +248,7 @@ def _train(config, workdir: str, preempted: list) -> dict:
   elif config.init_from:
     from tripletclip_jax.interop import hf
     _, hf_params = hf.load_hf(_hf_path(config.init_from))
+    hf_params = with_loss_params(hf_params, config.loss, overwrite=False)  # e.g. SigLIP's bias, new
     params = jax.device_put(hf_params, state_sh.params)
     state = jax.jit(lambda p: state.replace(params=p, opt_state=tx.init(p)), out_shardings=state_sh)(params)
 

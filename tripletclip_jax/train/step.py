@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tripletclip_jax import losses, sharding
 from tripletclip_jax.models import CLIP, CLIPConfig, init_params
-from tripletclip_jax.train.optim import MAX_LOG_LOGIT_SCALE
+from tripletclip_jax.train.optim import MAX_LOG_LOGIT_SCALE, frozen_mask
 
 
 @flax.struct.dataclass
@@ -26,30 +26,37 @@ class TrainState:
   opt_state: Any
 
 
-def _init_fn(config: CLIPConfig, tx: optax.GradientTransformation):
+def with_loss_params(params: dict, loss: str, overwrite: bool = True) -> dict:
+  """`params` plus the loss's own parameters (registry initial values); `overwrite=False` keeps those present,
+  e.g. the temperature of an imported checkpoint."""
+  own = {k: jnp.asarray(v, jnp.float32) for k, v in losses.get(loss).params if overwrite or k not in params}
+  return {**params, **own}
+
+
+def _init_fn(config: CLIPConfig, tx: optax.GradientTransformation, loss: str):
   def init(rng):
-    params = init_params(config, rng)
+    params = with_loss_params(init_params(config, rng), loss)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
   return init
 
 
 def abstract_train_state(config: CLIPConfig, tx: optax.GradientTransformation, mesh: Mesh,
-                         min_fsdp_size: int = 2 ** 16):
+                         min_fsdp_size: int = 2 ** 16, loss: str = "tripletclip"):
   """(ShapeDtypeStructs with shardings, shardings) of the train state: nothing is allocated, so the mesh
   may be one that this machine does not have (an ahead-of-time compile for a TPU topology)."""
-  shapes = jax.eval_shape(_init_fn(config, tx), jax.random.key(0))
+  shapes = jax.eval_shape(_init_fn(config, tx, loss), jax.random.key(0))
   shardings = sharding.tree_shardings(shapes, mesh, min_fsdp_size)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings), shardings
 
 
 def create_train_state(config: CLIPConfig, tx: optax.GradientTransformation, mesh: Mesh, rng,
-                       min_fsdp_size: int = 2 ** 16):
-  """Initialises parameters and optimizer state directly in their shardings.
+                       min_fsdp_size: int = 2 ** 16, loss: str = "tripletclip"):
+  """Initialises parameters (towers and the loss's own) and optimizer state directly in their shardings.
 
   Returns (state, state_shardings); nothing is ever materialised whole on one host.
   """
-  _, shardings = abstract_train_state(config, tx, mesh, min_fsdp_size)
-  state = jax.jit(_init_fn(config, tx), out_shardings=shardings)(rng)
+  _, shardings = abstract_train_state(config, tx, mesh, min_fsdp_size, loss)
+  state = jax.jit(_init_fn(config, tx, loss), out_shardings=shardings)(rng)
   return state, shardings
 
 
@@ -59,7 +66,8 @@ def encode_batch(model: CLIP, params, batch: dict, loss: str) -> dict:
   Returns L2-normalised float32 embeddings {'img', 'txt', 'neg_img', 'neg_txt'} [N, D]
   (the negatives are None when unused).
   """
-  neg_img, neg_txt = losses.uses_negatives(loss)
+  spec = losses.get(loss)
+  neg_img, neg_txt = spec.neg_images, spec.neg_texts
   n = batch["image"].shape[0]
   images = jnp.concatenate([batch["image"], batch["neg_image"]]) if neg_img else batch["image"]
   texts = jnp.concatenate([batch["text"], batch["neg_text"]]) if neg_txt else batch["text"]
@@ -69,21 +77,33 @@ def encode_batch(model: CLIP, params, batch: dict, loss: str) -> dict:
           "neg_img": vi[n:] if neg_img else None, "neg_txt": vt[n:] if neg_txt else None}
 
 
-def _loss_from_embeds(loss: str, e: dict, log_scale):
-  return losses.compute_loss(loss, e["img"], e["txt"], e["neg_img"], e["neg_txt"], jnp.exp(log_scale))
-
-
 def batch_keys(loss: str) -> tuple[str, ...]:
-  neg_img, neg_txt = losses.uses_negatives(loss)
-  return ("image", "text") + (("neg_image",) if neg_img else ()) + (("neg_text",) if neg_txt else ())
+  """The batch fields `loss` reads."""
+  return losses.get(loss).batch_keys
 
 
-def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int = 1, mesh: Mesh | None = None):
-  """(loss, metrics), grads for one global batch; exact under accumulation."""
+def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int = 1, mesh: Mesh | None = None,
+                   frozen: str | None = None):
+  """(loss, metrics), grads for one global batch; exact under accumulation.
+
+  Parameters whose path matches `frozen` are constants: their gradients are zeros and no backward pass runs
+  through them.
+  """
+  mask = frozen_mask(params, frozen) if frozen is not None else None
+
+  def freeze(p):  # inside the differentiated function, where stop_gradient cuts the backward pass
+    if mask is None:
+      return p
+    m = mask if p.keys() == mask.keys() else {k: mask[k] for k in p}  # all params, or the loss's own
+    return jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, m)
+  owned = losses.get(loss).param_names  # the loss's parameters outside the towers (temperature, bias)
+
+  def loss_of(e, p):
+    return losses.compute(loss, e, {k: p[k] for k in owned}, mesh)
+
   if accum_steps == 1:
-    def f(p):
-      return _loss_from_embeds(loss, encode_batch(model, p, batch, loss), p["logit_scale"])
-    return jax.value_and_grad(f, has_aux=True)(params)
+    return jax.value_and_grad(lambda p: loss_of(encode_batch(model, freeze(p), batch, loss), freeze(p)),
+                              has_aux=True)(params)
 
   n = batch["image"].shape[0]
   if n % accum_steps:
@@ -99,49 +119,51 @@ def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int
     return x
   micro = {k: to_micro(batch[k]) for k in batch_keys(loss)}
 
-  frozen = jax.lax.stop_gradient(params)
-  all_e = jax.lax.map(lambda mb: encode_batch(model, frozen, mb, loss), micro)  # each [A, m, D]
+  constant = jax.lax.stop_gradient(params)
+  all_e = jax.lax.map(lambda mb: encode_batch(model, constant, mb, loss), micro)  # each [A, m, D]
   flat = lambda e: jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), e)
 
-  # The temperature's gradient comes once, from the full set of embeddings.
-  (total, metrics), g_scale = jax.value_and_grad(
-      lambda s: _loss_from_embeds(loss, flat(all_e), s), has_aux=True)(params["logit_scale"])
-  log_scale = jax.lax.stop_gradient(params["logit_scale"])
+  # The loss's own parameters get their gradient once, from the full set of embeddings; the micro-batch
+  # passes below see them as constants (else each would add its gradient accum_steps times).
+  (total, metrics), g_owned = jax.value_and_grad(
+      lambda o: loss_of(flat(all_e), freeze(o)), has_aux=True)({k: params[k] for k in owned})
+  fixed = jax.lax.stop_gradient({k: params[k] for k in owned})
 
   def micro_grad(acc, j):
     mb = jax.tree.map(lambda x: x[j], micro)
     def f(p):
-      e_j = encode_batch(model, p, mb, loss)
+      e_j = encode_batch(model, freeze(p), mb, loss)
       e = jax.tree.map(lambda a, b: a.at[j].set(b), all_e, e_j)
-      return _loss_from_embeds(loss, flat(e), log_scale)[0]
+      return loss_of(flat(e), fixed)[0]
     g = jax.grad(f)(params)
     return jax.tree.map(jnp.add, acc, g), None
 
   zeros = jax.tree.map(jnp.zeros_like, params)
   grads, _ = jax.lax.scan(micro_grad, zeros, jnp.arange(accum_steps))
-  grads = dict(grads, logit_scale=g_scale)
-  return (total, metrics), grads
+  return (total, metrics), dict(grads, **g_owned)
 
 
 def make_train_step(config: CLIPConfig, tx: optax.GradientTransformation, schedule: Callable,
                     loss: str, mesh: Mesh, state_shardings, accum_steps: int = 1,
-                    clamp_logit_scale: bool = True) -> Callable:
+                    clamp_logit_scale: bool = True, frozen: str | None = None) -> Callable:
   """Returns `step(state, batch) -> (state, metrics)`, jitted, with `state` donated.
 
   `batch` holds global arrays split over the mesh: image/neg_image [N, H, W, 3]
   float32, text/neg_text [N, L] int32. With `clamp_logit_scale` the log temperature
   is clipped to [0, ln 100] after each update (open_clip); without, it is left free.
+  `frozen` (a path regex, as the optimizer's) names parameters that get no gradient.
   """
   model = CLIP(config)
 
   def step(state: TrainState, batch: dict):
-    (value, metrics), grads = loss_and_grads(model, state.params, batch, loss, accum_steps, mesh)
+    (value, metrics), grads = loss_and_grads(model, state.params, batch, loss, accum_steps, mesh, frozen)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if clamp_logit_scale:
       params = dict(params, logit_scale=jnp.clip(params["logit_scale"], 0.0, MAX_LOG_LOGIT_SCALE))
     metrics = dict(metrics, loss=value, grad_norm=optax.tree.norm(grads),
-                   logit_scale=jnp.exp(params["logit_scale"]), learning_rate=schedule(state.step))
+                   logit_scale=jnp.exp(params["logit_scale"]), learning_rate=schedule(state.step),
+                   **{k: params[k] for k in losses.get(loss).param_names if k != "logit_scale"})
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   keys = batch_keys(loss)

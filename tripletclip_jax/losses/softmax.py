@@ -1,4 +1,4 @@
-"""Contrastive losses over the global batch (formulas and provenance: docs/recipe.md).
+"""The softmax (InfoNCE) losses: clip, negclip, negimage, tripletclip (formulas: docs/recipe.md).
 
 All arguments are L2-normalised embeddings [N, D] and `logit_scale`, the
 multiplier s = exp(t). Under `jax.jit` with sharded inputs the similarity
@@ -58,32 +58,18 @@ def tripletclip_loss(img, txt, neg_img, neg_txt, logit_scale):
   return l1 + l2, {k: 0.5 * (m1[k] + m2[k]) for k in m1}
 
 
-# clip_union is the clip loss over real and negative pairs as ordinary pairs (the release's
-# "LaCLIP+HN" control): it separates the effect of the extra data from that of the loss. Its
-# data, not its formula, differs from clip, so the input pipeline reads `trains_on_union`.
-LOSSES = ("clip", "clip_union", "negclip", "negimage", "tripletclip")
+# Registry adapters: (embeddings, loss parameters as stored, mesh) -> (loss, metrics).
+def clip(e, p, mesh=None):
+  return clip_loss(e["img"], e["txt"], jnp.exp(p["logit_scale"]))
 
 
-def uses_negatives(loss: str) -> tuple[bool, bool]:
-  """(needs negative images, needs negative captions) in the batch for loss `loss`."""
-  if loss not in LOSSES:
-    raise ValueError(f"Unknown loss {loss!r}; choose one of {LOSSES}.")
-  return loss in ("negimage", "tripletclip"), loss in ("negclip", "tripletclip")
+def negclip(e, p, mesh=None):
+  return negclip_loss(e["img"], e["txt"], e["neg_txt"], jnp.exp(p["logit_scale"]))
 
 
-def trains_on_union(loss: str) -> bool:
-  """Whether the loss's batches mix (x, y) and (x', y') pairs as ordinary positives."""
-  uses_negatives(loss)
-  return loss == "clip_union"
+def negimage(e, p, mesh=None):
+  return negimage_loss(e["img"], e["txt"], e["neg_img"], jnp.exp(p["logit_scale"]))
 
 
-def compute_loss(loss: str, img, txt, neg_img, neg_txt, logit_scale):
-  """Dispatches by name; `neg_img` / `neg_txt` may be None when the loss ignores them."""
-  uses_negatives(loss)
-  if loss in ("clip", "clip_union"):
-    return clip_loss(img, txt, logit_scale)
-  if loss == "negclip":
-    return negclip_loss(img, txt, neg_txt, logit_scale)
-  if loss == "negimage":
-    return negimage_loss(img, txt, neg_img, logit_scale)
-  return tripletclip_loss(img, txt, neg_img, neg_txt, logit_scale)
+def tripletclip(e, p, mesh=None):
+  return tripletclip_loss(e["img"], e["txt"], e["neg_img"], e["neg_txt"], jnp.exp(p["logit_scale"]))
