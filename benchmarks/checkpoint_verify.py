@@ -12,18 +12,17 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
 import jax
 import orbax.checkpoint as ocp
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tripletclip_jax import sharding  # noqa: E402
 from tripletclip_jax.models import get_preset  # noqa: E402
-from tripletclip_jax.train import checkpoint, create_train_state, make_optimizer  # noqa: E402
+from tripletclip_jax import checkpoint  # noqa: E402
+from tripletclip_jax.train import create_train_state, make_optimizer  # noqa: E402
 
 
 def main():

@@ -12,7 +12,6 @@ import argparse
 import io
 import os
 import statistics
-import sys
 import tarfile
 import tempfile
 import time
@@ -20,7 +19,6 @@ import time
 import numpy as np
 from PIL import Image, ImageFilter
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from tripletclip_jax.data import pipeline, records  # noqa: E402
 

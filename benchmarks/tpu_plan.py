@@ -17,7 +17,6 @@ largest global batch that fits, with and without remat. Ends with one `key=value
 import argparse
 import os
 import re
-import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu only compiles here; nothing runs on a TPU
@@ -26,13 +25,11 @@ os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tripletclip_jax import sharding  # noqa: E402
 from tripletclip_jax.train.config import apply_overrides, load_config_file, resolve_total_steps  # noqa: E402
-from tripletclip_jax.train.loop import model_config  # noqa: E402
-from tripletclip_jax.train.optim import make_optimizer  # noqa: E402
-from tripletclip_jax.train.step import abstract_train_state, batch_keys, make_train_step  # noqa: E402
+from tripletclip_jax.train.loop import model_config, optimizer_from_config, train_step_from_config  # noqa: E402
+from tripletclip_jax.train.step import abstract_train_state, batch_keys  # noqa: E402
 
 # Per chip: bf16 peak FLOP/s, HBM bytes and HBM bytes/s (Google Cloud's published figures).
 CHIPS = {"v4": (275e12, 32 * 2 ** 30, 1.2e12), "v5e": (197e12, 16 * 2 ** 30, 0.82e12),
@@ -66,13 +63,9 @@ def compile_step(config, devices, batch_size: int, remat: bool | None = None):
   model_cfg = model_config(config)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
   sharding.check_batch_divides(batch_size, mesh)
-  tx, schedule = make_optimizer(learning_rate=config.optimizer.learning_rate,
-                                total_steps=resolve_total_steps(config, model_cfg),
-                                warmup_steps=config.optimizer.warmup_steps, weight_decay=config.optimizer.weight_decay,
-                                grad_clip_norm=config.optimizer.grad_clip_norm, decay_rule=config.optimizer.decay_rule)
+  tx, schedule = optimizer_from_config(config, resolve_total_steps(config, model_cfg))
   abstract, state_sh = abstract_train_state(model_cfg, tx, mesh, config.mesh.min_fsdp_size, config.loss)
-  step = make_train_step(model_cfg, tx, schedule, config.loss, mesh, state_sh, config.accum_steps,
-                         config.clamp_logit_scale).jitted
+  step = train_step_from_config(config, model_cfg, tx, schedule, mesh, state_sh).jitted
   s, L = model_cfg.vision.image_size, model_cfg.text.context_length
   bsh = sharding.batch_sharding(mesh)
   shapes = {"image": ((batch_size, s, s, 3), jnp.uint8), "neg_image": ((batch_size, s, s, 3), jnp.uint8),

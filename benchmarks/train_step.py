@@ -15,15 +15,14 @@ import math
 import os
 import resource
 import statistics
-import sys
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tripletclip_jax import sharding  # noqa: E402
+from tripletclip_jax.data.tokenizer import EOT_ID, SOT_ID  # noqa: E402
 from tripletclip_jax.models import forward_flops, get_preset, init_params, train_flops_per_example  # noqa: E402
 from tripletclip_jax.train import create_train_state, make_optimizer, make_train_step  # noqa: E402
 from tripletclip_jax.train.metrics import measure_matmul_peak  # noqa: E402
@@ -34,8 +33,8 @@ def make_batch(cfg, n: int, seed: int = 0) -> dict:
   size, ctx = cfg.vision.image_size, cfg.text.context_length
   def text():
     t = rng.integers(1, 49000, size=(n, ctx)).astype(np.int32)
-    t[:, 0] = 49406
-    t[:, -1] = 49407
+    t[:, 0] = SOT_ID
+    t[:, -1] = EOT_ID
     return t
   return {"image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
           "neg_image": rng.normal(size=(n, size, size, 3)).astype(np.float32),

@@ -2,7 +2,7 @@
 
   python launch/main.py --config configs/cc3m.py --workdir gs://BUCKET/runs/cc3m \
       --config.data.train='gs://BUCKET/tripletdata/cc3m/train-*.tfrecord' \
-      --config.eval.sugarcrepe_dir=/data/sugarcrepe --config.eval.sugarcrepe_image_dir=/data/coco/val2017
+      --config.evals.sugarcrepe.sugarcrepe_dir=/data/sugarcrepe --config.evals.sugarcrepe.image_dir=/data/coco/val2017
   # Baselines at equal image-text pairs encoded (the comparability rule; docs/recipe.md):
   #   --config.loss=clip|clip_union|negclip|negimage --config.compute_matched=true
 
@@ -26,6 +26,8 @@ Time: 88.7 GFLOPs per example x 1024 x 90k = 8.2 EFLOPs, about a day on a
 v4-32 at 40% MFU.
 """
 
+from ml_collections import config_dict
+
 from tripletclip_jax.train.config import base_config
 
 
@@ -38,4 +40,10 @@ def get_config(loss: str = "tripletclip"):
   c.optimizer.decay_rule = "all"  # the release decays every parameter
   c.data.augment = "center_crop"  # the release trains on the evaluation transform
   c.data.num_workers = 16
+  # Declared here, run when their paths are given (--config.evals.NAME.OPTION=PATH).
+  c.evals.sugarcrepe = dict(type="sugarcrepe", sugarcrepe_dir=config_dict.placeholder(str),
+                            image_dir=config_dict.placeholder(str))  # COCO val2017
+  c.evals.triplet = dict(type="triplet", pattern=config_dict.placeholder(str))  # held-out TripletData shards
+  c.evals.imagenet = dict(type="zeroshot", dataset=config_dict.placeholder(str),  # tfds:imagenet2012 or a folder
+                          data_dir=config_dict.placeholder(str), every_steps=config_dict.placeholder(int))
   return c.lock()

@@ -14,10 +14,9 @@ import multiprocessing
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tripletclip_jax import fileio  # noqa: E402
-from tripletclip_jax.data import records, wds  # noqa: E402
+from tripletclip_jax import fileio
+from tripletclip_jax.data import records, wds
 
 
 def _convert(job):

@@ -16,9 +16,7 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-TASKS = ("sugarcrepe", "winoground", "zeroshot", "retrieval", "triplet")
 
 
 def main(argv=None):
@@ -40,9 +38,10 @@ def main(argv=None):
   args = p.parse_args(argv)
 
   tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-  unknown = [t for t in tasks if t not in TASKS]
+  from tripletclip_jax.evaluate import REGISTRY
+  unknown = [t for t in tasks if t not in REGISTRY]
   if unknown:
-    p.error(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+    p.error(f"unknown task {unknown[0]!r}; choose from {', '.join(REGISTRY)}")
   needs = {"sugarcrepe": "sugarcrepe_dir", "winoground": "winoground", "zeroshot": "zeroshot",
            "retrieval": "retrieval_json", "triplet": "triplet_data"}
   for t in tasks:
@@ -65,21 +64,22 @@ def main(argv=None):
     p.error(f"--output {args.output}: cannot write in {out_dir} ({e.strerror or e}); choose a writable path")
 
   import tripletclip_jax as tc
-  from tripletclip_jax.evaluate import report, retrieval, sugarcrepe, triplet, winoground, zeroshot
+  from tripletclip_jax import evaluate
+  from tripletclip_jax.evaluate import report
+  # The flags as `config.evals` entries: the trainer's registry and checks.
+  options = {"sugarcrepe": dict(sugarcrepe_dir=args.sugarcrepe_dir, image_dir=args.coco_image_dir),
+             "winoground": dict(path=args.winoground, image_dir=args.winoground_image_dir),
+             "zeroshot": dict(dataset=args.zeroshot, data_dir=args.tfds_data_dir),
+             "retrieval": dict(split_json=args.retrieval_json, image_dir=args.retrieval_image_dir),
+             "triplet": dict(pattern=args.triplet_data)}
   try:
+    evaluators = evaluate.build({t: dict(type=t, **options[t]) for t in tasks})
     model = tc.load(args.model, step=args.step, batch_size=args.batch_size)
-    runners = {
-        "sugarcrepe": lambda: sugarcrepe.evaluate(model, args.sugarcrepe_dir, args.coco_image_dir),
-        "winoground": lambda: winoground.evaluate(model, args.winoground, args.winoground_image_dir),
-        "zeroshot": lambda: zeroshot.evaluate(model, args.zeroshot, args.tfds_data_dir),
-        "retrieval": lambda: retrieval.evaluate(model, args.retrieval_json, args.retrieval_image_dir),
-        "triplet": lambda: triplet.evaluate(model, args.triplet_data),
-    }
     results = {}
-    for t in tasks:
-      results[t] = runners[t]()
-      shown = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in results[t].items())
-      print(f"{t}: {shown}")
+    for ev in evaluators:
+      results[ev.name] = ev(model)
+      shown = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in results[ev.name].items())
+      print(f"{ev.name}: {shown}")
   except (FileNotFoundError, ValueError, KeyError) as e:
     sys.exit(f"error: {e}")
   for path in report.write(results, args.output, args.model):

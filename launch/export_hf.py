@@ -6,14 +6,12 @@ The directory loads offline with CLIPModel.from_pretrained and CLIPProcessor.fro
 """
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tripletclip_jax.interop import hf  # noqa: E402
-from tripletclip_jax.train import checkpoint  # noqa: E402
-from tripletclip_jax.train.metrics import read_metrics  # noqa: E402
+from tripletclip_jax.interop import hf
+from tripletclip_jax import checkpoint
+from tripletclip_jax.train.metrics import read_metrics
 
 
 def main(argv=None):

@@ -8,13 +8,11 @@ Restarting with the same workdir resumes from its latest checkpoint.
 """
 
 import difflib
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go.")

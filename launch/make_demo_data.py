@@ -6,12 +6,9 @@ The world's parameters are WorldConfig's defaults, which are configs/demo.py's (
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from tripletclip_jax.data import demo_world  # noqa: E402
+from tripletclip_jax.data import demo_world
 
 
 def main(argv=None):

@@ -13,9 +13,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tripletclip_jax.synth.run import Options, run  # noqa: E402
+from tripletclip_jax.synth.run import Options, run
 
 
 def parse(argv=None) -> Options:

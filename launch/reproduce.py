@@ -30,6 +30,7 @@ from tripletclip_jax.data.demo_world import BINDING_SUBSETS, SUBSETS
 
 DEFAULT_LOSSES = ("clip", "clip_union", "negclip", "negimage", "tripletclip")
 LABELS = {"clip": "CLIP", "clip_union": "CLIP on real + negatives", "negclip": "NegCLIP", "negimage": "NegImage",
+          "siglip": "SigLIP", "negsiglip": "NegSigLIP", "tripletsiglip": "TripletSigLIP",
           "tripletclip": "TripletCLIP"}
 # The paper's SugarCrepe column order: replace, swap, add.
 COLUMNS = (("replace_obj", "Replace obj"), ("replace_att", "Replace att"), ("replace_rel", "Replace rel"),

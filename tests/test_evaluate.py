@@ -150,7 +150,9 @@ def _karpathy(d):
   entries = [{"filename": n, "filepath": "val", "split": "test", "sentences": [{"raw": s} for s in sents]}
              for n, _, sents in imgs]
   entries += [{"filename": "t.png", "filepath": "train", "split": "train", "sentences": [{"raw": "a red x"}]},
-              {"filename": "gone.png", "filepath": "val", "split": "test", "sentences": [{"raw": "a red y"}]}]
+              {"filename": "gone.png", "filepath": "val", "split": "test", "sentences": [{"raw": "a red y"}]},
+              {"filename": "cut.png", "filepath": "val", "split": "test", "sentences": [{"raw": "a red z"}]}]
+  open(f"{d}/val/cut.png", "wb").write(b"\x89PNG\r\n\x1a\n truncated")  # exists, unreadable: skipped too
   json.dump({"images": entries}, open(f"{d}/dataset_coco.json", "w"))
 
 
@@ -159,7 +161,7 @@ def test_retrieval_recall_with_known_ranks(tmp_path):
   out = retrieval.evaluate(ColorModel(), str(tmp_path / "dataset_coco.json"), str(tmp_path))
   assert out["i2t_R@1"] == pytest.approx(200 / 3) and out["i2t_R@5"] == 100.0
   assert out["t2i_R@1"] == pytest.approx(500 / 6) and out["t2i_R@5"] == 100.0
-  assert out["n_images"] == 3 and out["skipped_missing_images"] == 1
+  assert out["n_images"] == 3 and out["skipped_missing_images"] == 2
 
 
 def _png(c):
@@ -238,3 +240,19 @@ def test_eval_refuses_an_unwritable_output_before_evaluating(tmp_path):
                       "--sugarcrepe_dir", str(tmp_path), "--output", str(blocker / "results.json")],
                      capture_output=True, text=True)
   assert p.returncode == 2 and "cannot write in" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_evaluator_configs_are_checked_before_anything_runs():
+  from tripletclip_jax.evaluate import build
+  with pytest.raises(ValueError, match=r"evals.x: unknown type 'sugarcrep'; choose one of sugarcrepe, "):
+    build({"x": {"type": "sugarcrep"}})
+  with pytest.raises(ValueError, match=r"evals.x: sugarcrepe takes no option 'image_folder'; it takes "
+                                       r"sugarcrepe_dir, image_dir"):
+    build({"x": {"type": "sugarcrepe", "sugarcrepe_dir": "d", "image_folder": "i"}})
+  said = []
+  evs = build({"sugarcrepe": {"sugarcrepe_dir": None}, "t": {"type": "triplet", "pattern": "p", "every_steps": 3}},
+              every_steps=10, log=said.append)
+  assert [(e.name, e.type, e.every_steps) for e in evs] == [("t", "triplet", 3)]
+  assert said == ["evals.sugarcrepe: sugarcrepe_dir is not set; skipped (set "
+                  "--config.evals.sugarcrepe.sugarcrepe_dir=PATH to run it)"]
+  assert [evs[0].due(s, s == 7) for s in (3, 4, 6, 7)] == [True, False, True, True]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tripletclip_jax.data import demo_world
-from tripletclip_jax.train import checkpoint
+from tripletclip_jax import checkpoint
 from tripletclip_jax.train.config import ConfigError
 from tripletclip_jax.train.loop import train_and_evaluate
 from tripletclip_jax.train.metrics import read_metrics
@@ -241,21 +241,28 @@ def test_missing_training_data_is_one_line(tmp_path):
   assert err.strip().splitlines()[-1].startswith("error: No TFRecord shards match")
 
 
-def test_sugarcrepe_image_dir_is_read_during_training(data_dir, tmp_path):
+def test_named_evaluators_run_on_their_own_schedules(data_dir, tmp_path):
   # SugarCrepe's JSON files in one folder, its images (COCO val2017 for the real benchmark) in another.
   json_dir = tmp_path / "sugarcrepe"
   json_dir.mkdir()
   for f in os.listdir(os.path.join(data_dir, "sugarcrepe")):
     if f.endswith(".json"):
       shutil.copy(os.path.join(data_dir, "sugarcrepe", f), json_dir / f)
-  cfg = small_config(data_dir, total_steps=2, log_every_steps=2, checkpoint_every_steps=2, **{
-      "eval.sugarcrepe_dir": str(json_dir), "eval.sugarcrepe_image_dir": os.path.join(data_dir, "sugarcrepe", "images")})
-  out = train_and_evaluate(cfg, str(tmp_path / "w"))
-  assert 0 <= out["eval/sugarcrepe/mean"] <= 100 and out["eval/sugarcrepe/skipped_missing_images"] == 0
-  cfg = small_config(data_dir, total_steps=2, log_every_steps=2, checkpoint_every_steps=2,
-                     **{"eval.sugarcrepe_dir": str(json_dir)})
-  with pytest.raises(FileNotFoundError, match="config.eval.sugarcrepe_image_dir"):
-    train_and_evaluate(cfg, str(tmp_path / "w2"))
+  images = os.path.join(data_dir, "sugarcrepe", "images")
+  evals = {"coco_style": {"type": "sugarcrepe", "sugarcrepe_dir": str(json_dir), "image_dir": images, "every_steps": 1},
+           "held": {"type": "triplet", "pattern": os.path.join(data_dir, "heldout")},
+           "unset": {"type": "winoground", "path": None}}  # declared without data: skipped, said once
+  w = str(tmp_path / "w")
+  out = train_and_evaluate(small_config(data_dir, total_steps=2, log_every_steps=1, checkpoint_every_steps=2,
+                                        evals=evals), w)
+  assert 0 <= out["eval/coco_style/mean"] <= 100 and out["eval/coco_style/skipped_missing_images"] == 0
+  m = read_metrics(w)
+  assert "eval/coco_style/mean" in m[1] and "eval/held/group" not in m[1]  # every_steps 1; the default is 8
+  assert "eval/held/group" in m[2] and not any(k.startswith("eval/unset") for k in m[2])
+  evals["coco_style"] = {"type": "sugarcrepe", "sugarcrepe_dir": str(json_dir)}  # the images are elsewhere
+  with pytest.raises(FileNotFoundError, match=r"--config.evals.NAME.image_dir"):
+    train_and_evaluate(small_config(data_dir, total_steps=2, checkpoint_every_steps=2, evals=evals),
+                       str(tmp_path / "w2"))
 
 
 @pytest.mark.parametrize("key,value,needle", [
@@ -298,7 +305,8 @@ def test_evaluation_runs_on_sharded_params_and_compiles_once(data_dir):
   from tripletclip_jax import sharding
   from tripletclip_jax.inference import Model
   from tripletclip_jax.models import get_preset, init_params
-  from tripletclip_jax.train.loop import prepare_data, run_evals
+  from tripletclip_jax.evaluate import run as run_evals
+  from tripletclip_jax.train.loop import prepare_data
   cfg = get_preset("demo")
   params = init_params(cfg, jax.random.key(0))
   mesh = sharding.make_mesh(-1, 2)

@@ -13,7 +13,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from tripletclip_jax import fileio, sharding
+from tripletclip_jax import checkpoint, fileio, sharding
 from tripletclip_jax.data.image_ops import preprocess
 from tripletclip_jax.data.tokenizer import tokenize
 from tripletclip_jax.models import CLIP, CLIPConfig
@@ -96,6 +96,5 @@ def load(path: str, step: int | None = None, batch_size: int = 128) -> Model:
     from tripletclip_jax.interop import hf
     config, params = hf.load_hf(path)
   else:
-    from tripletclip_jax.train import checkpoint
     config, params = checkpoint.load_params(path, step)
   return Model(config, params, batch_size)

@@ -33,8 +33,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tripletclip_jax.data import records
+from tripletclip_jax.evaluate.sugarcrepe import SUBSETS  # the benchmark format the world is written in
 
-SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 BINDING_SUBSETS = ("replace_att", "replace_rel", "swap_att", "swap_obj")  # the headline mean of the demo table
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 205, 30),
           "purple": (150, 60, 190), "orange": (245, 140, 30), "white": (250, 250, 250), "black": (20, 20, 20)}

@@ -39,6 +39,16 @@ def load_file(path: str) -> Image.Image:
     return to_rgb(im)
 
 
+def try_load(path: str) -> tuple[Image.Image | None, str | None]:
+  """(RGB image, None), or (None, "missing" | "unreadable"): for evaluators, which skip and count bad images."""
+  try:
+    return load_file(path), None
+  except FileNotFoundError:
+    return None, "missing"
+  except OSError:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+    return None, "unreadable"
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
   """Any PIL mode -> 8-bit RGB. 16-bit grayscale (PNG "I;16" / "I") is scaled from 0..65535: PIL's own
   convert clips it to 0..255, which turns almost every pixel white."""

@@ -16,6 +16,7 @@ import regex
 BPE_PATH = os.path.join(os.path.dirname(__file__), "bpe_simple_vocab_16e6.txt.gz")
 NUM_MERGES = 49152 - 256 - 2
 SOT, EOT = "<start_of_text>", "<end_of_text>"
+SOT_ID, EOT_ID = 49406, 49407  # their ids in this vocabulary (the last two), as in open_clip and transformers
 
 
 @functools.lru_cache()
@@ -49,6 +50,7 @@ class Tokenizer:
     self.encoder = {t: i for i, t in enumerate(vocab)}
     self.ranks = {m: i for i, m in enumerate(self.merges)}
     self.sot_id, self.eot_id = self.encoder[SOT], self.encoder[EOT]
+    assert (self.sot_id, self.eot_id) == (SOT_ID, EOT_ID), "the shipped vocabulary changed"
     self.vocab_size = len(vocab)
     self._byte_map = bytes_to_unicode()
     self._pattern = regex.compile(

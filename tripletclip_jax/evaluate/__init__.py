@@ -1,1 +1,100 @@
-"""Evaluators: each has `evaluate(model, ...) -> dict` of percentages over the inference API."""
+"""Evaluators by type. An evaluator is one module with `evaluate(model, **options) -> {metric: value}` and one
+`REGISTRY` line here; the trainer (`config.evals`) and `launch/eval.py` build and run them the same way.
+
+    evals = {"sugarcrepe": {"type": "sugarcrepe", "sugarcrepe_dir": "/data/sugarcrepe", "every_steps": 5000}}
+    for ev in build(evals):
+      print(ev.name, ev(model))
+
+Metrics are percentages unless named otherwise (`n`, `skipped_*` are counts).
+"""
+
+import dataclasses
+import inspect
+from typing import Callable, Protocol
+
+import numpy as np
+
+from tripletclip_jax.evaluate import retrieval, sugarcrepe, triplet, winoground, zeroshot
+
+
+class EncoderModel(Protocol):
+  """What an evaluator may use of a model (`tripletclip_jax.inference.Model` is one).
+
+  Embeddings are L2-normalised float32 numpy [N, D]. On several processes each process passes only its own
+  slice of a benchmark and gets only its rows back (`evaluate.shards`), and every process must make the
+  same calls.
+  """
+  config: object  # a models.CLIPConfig: `config.text.context_length` is the token length
+
+  @property
+  def image_size(self) -> int: ...
+  def encode_images(self, images) -> np.ndarray: ...          # PIL images / uint8 [H, W, 3] / bytes
+  def encode_texts(self, texts) -> np.ndarray: ...            # strings
+  def encode_preprocessed(self, pixels) -> np.ndarray: ...    # normalised float32 [N, S, S, 3]
+  def encode_token_ids(self, ids) -> np.ndarray: ...          # int32 [N, context_length]
+
+
+REGISTRY: dict[str, Callable] = {
+    "sugarcrepe": sugarcrepe.evaluate,  # sugarcrepe_dir, image_dir
+    "triplet": triplet.evaluate,        # pattern: held-out TripletData shards
+    "winoground": winoground.evaluate,  # path, image_dir
+    "zeroshot": zeroshot.evaluate,      # dataset, data_dir
+    "retrieval": retrieval.evaluate,    # split_json, image_dir
+}
+
+
+@dataclasses.dataclass
+class Evaluator:
+  """One configured evaluator: `ev(model)` -> {metric: value}."""
+  name: str
+  type: str
+  options: dict
+  every_steps: int | None = None  # in training: run when step % every_steps == 0 (and at the end)
+
+  def __call__(self, model: EncoderModel) -> dict:
+    return REGISTRY[self.type](model, **self.options)
+
+  def due(self, step: int, last: bool) -> bool:
+    return last or bool(self.every_steps and step % self.every_steps == 0)
+
+
+def _options(fn) -> tuple[list[str], list[str]]:
+  """(required, optional) keyword names of an evaluate function after `model`."""
+  params = list(inspect.signature(fn).parameters.values())[1:]
+  return ([p.name for p in params if p.default is inspect.Parameter.empty],
+          [p.name for p in params if p.default is not inspect.Parameter.empty])
+
+
+def build(evals, every_steps: int | None = None, log=print) -> list[Evaluator]:
+  """{name: {type (default: name), every_steps, ...options}} -> Evaluators, checked before anything runs.
+
+  An entry whose required option is unset (None) is skipped with one line: a config may declare a benchmark
+  that a run does not have. Unknown types and options raise ValueError naming the entry and the choices.
+  """
+  out = []
+  for name, spec in (evals or {}).items():
+    spec = dict(spec)
+    kind = spec.pop("type", name)
+    every = spec.pop("every_steps", None) or every_steps
+    if kind not in REGISTRY:
+      raise ValueError(f"evals.{name}: unknown type {kind!r}; choose one of {', '.join(REGISTRY)}.")
+    required, optional = _options(REGISTRY[kind])
+    unknown = sorted(set(spec) - set(required) - set(optional))
+    if unknown:
+      raise ValueError(f"evals.{name}: {kind} takes no option {unknown[0]!r}; it takes "
+                       f"{', '.join(required + optional)}.")
+    unset = [k for k in required if spec.get(k) is None]
+    if unset:
+      log(f"evals.{name}: {unset[0]} is not set; skipped (set --config.evals.{name}.{unset[0]}=PATH to run it)")
+      continue
+    out.append(Evaluator(name, kind, {k: v for k, v in spec.items() if v is not None}, every))
+  return out
+
+
+def run(model: EncoderModel, evaluators: list[Evaluator], step: int | None = None, last: bool = True) -> dict:
+  """{eval/NAME/METRIC: value} of the evaluators due at `step` (all of them when `last`)."""
+  out = {}
+  for ev in evaluators:
+    if step is None or ev.due(step, last):
+      out.update({f"eval/{ev.name}/{k}": v for k, v in ev(model).items()})
+  return out

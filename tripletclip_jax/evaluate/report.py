@@ -60,3 +60,19 @@ def write(results: dict, output: str, model: str) -> list[str]:
     bar_chart(task, metrics, png)
     written.append(png)
   return written
+
+
+def training_table(results: dict, evaluators) -> str:
+  """The trainer's closing summary: SugarCrepe-type results as a markdown table, then one line per other
+  evaluator with its percentages."""
+  from tripletclip_jax.evaluate.sugarcrepe import SUBSETS
+  cols = (*SUBSETS, "mean")
+  rows = [f"| {ev.name} | " + " | ".join(f"{results.get(f'eval/{ev.name}/{c}', float('nan')):5.1f}" for c in cols)
+          + " |" for ev in evaluators if ev.type == "sugarcrepe"]
+  lines = ["| benchmark | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1), *rows] if rows else []
+  for ev in evaluators:
+    if ev.type != "sugarcrepe":
+      mine = {k.split("/")[-1]: v for k, v in results.items() if k.startswith(f"eval/{ev.name}/")}
+      lines.append(f"{ev.name}: " + ", ".join(f"{k} {v:.1f}" for k, v in mine.items()
+                                              if isinstance(v, float) and not k.startswith("skipped")))
+  return "\n".join(lines)

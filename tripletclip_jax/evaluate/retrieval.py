@@ -19,18 +19,18 @@ def load(split_json: str, image_dir: str, split: str = "test"):
     entries = [e for e in json.load(f)["images"] if e.get("split") == split]
   if not entries:
     raise ValueError(f"{split_json} has no images in split {split!r}.")
-  images, captions, owner, missing = [], [], [], []
+  images, captions, owner, missing = [], [], [], []  # missing: absent or unreadable, skipped and counted
   for e in entries:
-    path = fileio.join(image_dir, e.get("filepath", ""), e["filename"])
-    if not fileio.exists(path):
+    image, why = image_ops.try_load(fileio.join(image_dir, e.get("filepath", ""), e["filename"]))
+    if why:
       missing.append(e["filename"])
       continue
-    images.append(image_ops.load_file(path))
+    images.append(image)
     for s in e["sentences"]:
       captions.append(s["raw"])
       owner.append(len(images) - 1)
   if not images:
-    raise FileNotFoundError(f"None of the {len(entries)} images exist under {image_dir} (first: {missing[0]}).")
+    raise FileNotFoundError(f"None of the {len(entries)} images is readable under {image_dir} (first: {missing[0]}).")
   return images, captions, np.asarray(owner), missing
 
 

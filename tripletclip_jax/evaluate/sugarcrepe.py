@@ -47,16 +47,14 @@ def score_subset(model, entries: list[dict], image_dir: str) -> dict:
     if not (_text_ok(e["caption"]) and _text_ok(e["negative_caption"]) and isinstance(e["filename"], str)):
       bad += 1
       continue
-    p = fileio.join(image_dir, e["filename"])
-    if not fileio.exists(p):
+    image, why = image_ops.try_load(fileio.join(image_dir, e["filename"]))
+    if why == "missing":
       missing.append(e["filename"])
-      continue
-    try:
-      images.append(image_ops.load_file(p))
-    except OSError:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+    elif why == "unreadable":
       unreadable += 1
-      continue
-    kept.append(e)
+    else:
+      images.append(image)
+      kept.append(e)
   # Every process encodes, even an empty slice: the encoders are collective on a mesh.
   img = model.encode_images(images)
   pos = model.encode_texts([e["caption"] for e in kept])
@@ -69,7 +67,7 @@ def score_subset(model, entries: list[dict], image_dir: str) -> dict:
                             f"captions ({n['missing_images']} images missing, {n['unreadable_images']} unreadable, "
                             f"{n['bad_entries']} bad entries; first: {entries[0]['filename'] if entries else '-'}); "
                             "point to COCO val2017 with launch/eval.py --coco_image_dir or "
-                            "config.eval.sugarcrepe_image_dir.")
+                            "the evaluator's image_dir option (--config.evals.NAME.image_dir).")
   return {"accuracy": 100.0 * n.pop("correct") / n["n"], **n}
 
 

@@ -35,12 +35,9 @@ def load(path: str, image_dir: str | None = None) -> list[dict]:
           raise ValueError(f"{path}: line {i} is not an object with image_0 and image_1.")
     def img(name):
       for candidate in (name, f"{name}.png", f"{name}.jpg"):
-        p = fileio.join(image_dir, candidate)
-        if fileio.exists(p):
-          try:
-            return image_ops.load_file(p)
-          except OSError:
-            return None  # unreadable: the example is skipped and counted
+        image, why = image_ops.try_load(fileio.join(image_dir, candidate))
+        if why != "missing":
+          return image  # None when unreadable: the example is skipped and counted
       raise FileNotFoundError(f"Winoground image {name!r} not found in {image_dir}.")
     return [dict(r, image_0=img(r["image_0"]), image_1=img(r["image_1"])) for r in rows]
   import datasets

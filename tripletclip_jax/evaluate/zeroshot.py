@@ -50,11 +50,12 @@ def load_folder(root: str):
     for name in sorted(fileio.listdir(fileio.join(root, c))):
       if not name.lower().endswith(IMAGE_EXTS):
         continue
-      try:
-        images.append(image_ops.load_file(fileio.join(root, c, name)))
-        labels.append(i)
-      except OSError:
+      image, why = image_ops.try_load(fileio.join(root, c, name))
+      if why:
         skipped += 1
+      else:
+        images.append(image)
+        labels.append(i)
   return images, np.asarray(labels), [c.replace("_", " ") for c in classes], skipped
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops
-from tripletclip_jax.data.tokenizer import get_tokenizer
+from tripletclip_jax.data.tokenizer import EOT_ID, SOT_ID, get_tokenizer
 from tripletclip_jax.models import CLIPConfig, TextConfig, VisionConfig
 
 _LN = {"weight": "scale", "bias": "bias"}
@@ -84,8 +84,8 @@ def config_to_hf(config: CLIPConfig):
       projection_dim=config.embed_dim, logit_scale_init_value=config.logit_scale_init,
       text_config=dict(vocab_size=tc.vocab_size, hidden_size=tc.width, intermediate_size=int(tc.width * tc.mlp_ratio),
                        num_hidden_layers=tc.layers, num_attention_heads=tc.heads, max_position_embeddings=tc.context_length,
-                       hidden_act=config.act, projection_dim=config.embed_dim, bos_token_id=49406, eos_token_id=49407,
-                       pad_token_id=49407),
+                       hidden_act=config.act, projection_dim=config.embed_dim, bos_token_id=SOT_ID, eos_token_id=EOT_ID,
+                       pad_token_id=EOT_ID),
       vision_config=dict(hidden_size=vc.width, intermediate_size=int(vc.width * vc.mlp_ratio), num_hidden_layers=vc.layers,
                          num_attention_heads=vc.heads, image_size=vc.image_size, patch_size=vc.patch_size,
                          hidden_act=config.act, projection_dim=config.embed_dim))

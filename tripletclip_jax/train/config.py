@@ -63,11 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
       # Images cross to the device as uint8 and are normalised there (a quarter of the bytes of float32).
       # None: on for TPU and GPU, off on CPU, where there is no transfer to save.
       uint8_images=config_dict.placeholder(bool)))
-  c.eval = ml_collections.ConfigDict(dict(
-      sugarcrepe_dir=config_dict.placeholder(str), sugarcrepe_image_dir=config_dict.placeholder(str),
-      extra_sugarcrepe_dirs=(),  # more SugarCrepe-format folders, reported under their folder name
-      triplet_data=config_dict.placeholder(str),  # held-out TripletData shards: text / image / group scores
-  ))
+  # Named evaluators, big_vision style: {name: {type, every_steps (default eval_every_steps), ...options}}; the
+  # types and their options are tripletclip_jax/evaluate REGISTRY. Entries with an unset path are skipped.
+  # Empty on the demo world: its own benchmarks.
+  c.evals = ml_collections.ConfigDict()
   c.export_hf_dir = config_dict.placeholder(str)  # export a transformers CLIP directory at the end ("" = off)
   c.distributed = ml_collections.ConfigDict(dict(
       coordinator_address=config_dict.placeholder(str), num_processes=config_dict.placeholder(int),

@@ -18,12 +18,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from tripletclip_jax import fileio, losses, sharding
+from tripletclip_jax import evaluate, fileio, losses, sharding
 from tripletclip_jax.data import demo_world, pipeline
-from tripletclip_jax.evaluate import sugarcrepe, triplet
+from tripletclip_jax.evaluate import report
 from tripletclip_jax.inference import Model
 from tripletclip_jax.models import get_preset, train_flops_per_example
-from tripletclip_jax.train import checkpoint as ckpt
+from tripletclip_jax import checkpoint as ckpt
 from tripletclip_jax.train.config import pairs_per_example, resolve_total_steps, validate
 from tripletclip_jax.train.metrics import MetricWriter, measure_matmul_peak
 from tripletclip_jax.train.optim import make_optimizer
@@ -67,16 +67,18 @@ def _hf_path(init_from: str) -> str:
   return init_from[3:]
 
 
-def prepare_data(config, workdir: str) -> tuple[str, list[tuple[str, str, str, dict]]]:
-  """(train shard pattern, [(evaluator, name, data path, options)]); generates the demo world when configured."""
+def demo_evals(root: str) -> dict:
+  """The demo world's benchmarks (docs/demo_world.md), as `config.evals` entries."""
+  return {"sugarcrepe_heldout": {"type": "sugarcrepe", "sugarcrepe_dir": fileio.join(root, "sugarcrepe")},
+          "sugarcrepe_seen": {"type": "sugarcrepe", "sugarcrepe_dir": fileio.join(root, "sugarcrepe_seen")},
+          "triplet_heldout": {"type": "triplet", "pattern": fileio.join(root, "heldout")}}
+
+
+def prepare_data(config, workdir: str) -> tuple[str, list[evaluate.Evaluator]]:
+  """(train shard pattern, evaluators); generates the demo world when configured, whose benchmarks are the
+  evaluators unless `config.evals` names others."""
   d = config.data
-  train, evals = d.train, []
-  if config.eval.sugarcrepe_dir:
-    evals.append(("sugarcrepe", "sugarcrepe", config.eval.sugarcrepe_dir,
-                  {"image_dir": config.eval.sugarcrepe_image_dir}))
-  evals += [("sugarcrepe", os.path.basename(p.rstrip("/")), p, {}) for p in config.eval.extra_sugarcrepe_dirs]
-  if config.eval.triplet_data:
-    evals.append(("triplet", "triplet", config.eval.triplet_data, {}))
+  train, evals = d.train, dict(config.evals)
   if train is None and d.demo_num_train:
     root = d.demo_data_dir or fileio.join(workdir, "data")
     if jax.process_index() == 0 and not fileio.exists(fileio.join(root, "train", "manifest.json")):
@@ -89,13 +91,11 @@ def prepare_data(config, workdir: str) -> tuple[str, list[tuple[str, str, str, d
       print(f"Generated the demo world in {root}: {out['train']} training triplets ({out['seconds']:.1f}s)")
     multihost_utils.sync_global_devices("demo data")
     train = fileio.join(root, "train")
-    if not evals:
-      evals = [("sugarcrepe", "sugarcrepe_heldout", fileio.join(root, "sugarcrepe"), {}),
-               ("sugarcrepe", "sugarcrepe_seen", fileio.join(root, "sugarcrepe_seen"), {}),
-               ("triplet", "triplet_heldout", fileio.join(root, "heldout"), {})]
+    evals = evals or demo_evals(root)
   if train is None:
     raise ValueError("config.data.train is not set: pass --config.data.train=GLOB_OR_DIR of TripletData shards.")
-  return train, evals
+  quiet = lambda *_: None
+  return train, evaluate.build(evals, config.eval_every_steps, log=print if jax.process_index() == 0 else quiet)
 
 
 def check_schedule(meta: dict, config, total_steps: int, workdir: str) -> None:
@@ -142,33 +142,42 @@ def full_params(state):
   return multihost_utils.process_allgather(state.params, tiled=True)
 
 
-EVALUATORS = {"sugarcrepe": sugarcrepe.evaluate, "triplet": triplet.evaluate}
+def optimizer_from_config(config, total_steps: int):
+  """(optax transformation, schedule) from `config.optimizer`."""
+  o = config.optimizer
+  return make_optimizer(learning_rate=o.learning_rate, total_steps=total_steps, warmup_steps=o.warmup_steps, b1=o.b1,
+                        b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, grad_clip_norm=o.grad_clip_norm,
+                        decay_rule=o.decay_rule, no_decay=o.no_decay, frozen=o.frozen, lr_multipliers=o.lr_multipliers)
 
 
-def run_evals(model: Model, evals) -> dict:
-  """{eval/NAME/METRIC: value} of every configured evaluator on `model` (whose params may be sharded)."""
-  out = {}
-  for kind, name, path, options in evals:
-    for k, v in EVALUATORS[kind](model, path, **options).items():
-      out[f"eval/{name}/{k}"] = v
-  return out
+def train_step_from_config(config, model_cfg, tx, schedule, mesh, state_shardings):
+  """The jitted train step for `config` (loss, accumulation, clamp, frozen parameters)."""
+  return make_train_step(model_cfg, tx, schedule, config.loss, mesh, state_shardings, config.accum_steps,
+                         config.clamp_logit_scale, config.optimizer.frozen)
 
 
-def format_table(results: dict, evals) -> str:
-  """The SugarCrepe rows as a markdown table, then one line per TripletData score."""
-  rows = []
-  for kind, name, *_ in evals:
-    if kind != "sugarcrepe":
-      continue
-    cells = [f"{results.get(f'eval/{name}/{s}', float('nan')):5.1f}" for s in (*sugarcrepe.SUBSETS, "mean")]
-    rows.append(f"| {name} | " + " | ".join(cells) + " |")
-  head = "| benchmark | " + " | ".join((*sugarcrepe.SUBSETS, "mean")) + " |"
-  lines = [head, "|" + "---|" * (len(sugarcrepe.SUBSETS) + 2), *rows] if rows else []
-  for kind, name, *_ in evals:
-    if kind == "triplet":
-      lines.append(f"{name}: " + ", ".join(f"{s} {results.get(f'eval/{name}/{s}', float('nan')):.1f}"
-                                           for s in ("text", "image", "group")))
-  return "\n".join(lines)
+def training_data(config, pattern: str, model_cfg):
+  """The Grain training iterator for this process's share of the global batch."""
+  return iter(pipeline.make_dataset(
+      pattern, batch_size=config.batch_size // jax.process_count(), image_size=model_cfg.vision.image_size,
+      context_length=model_cfg.text.context_length, train=True, seed=config.seed,
+      num_workers=config.data.num_workers, read_threads=config.data.read_threads,
+      crop_scale=tuple(config.data.crop_scale), augment=config.data.augment,
+      union_negatives=losses.get(config.loss).union,
+      uint8_images=(jax.default_backend() != "cpu" if config.data.uint8_images is None else config.data.uint8_images),
+      max_bad_fraction=config.data.max_bad_fraction, bad_window=config.data.bad_window,
+      fields=batch_keys(config.loss)))  # decode and transfer only what the loss uses
+
+
+def check_layout(config, mesh) -> None:
+  """One-line errors for a batch that does not split over the mesh, the micro-batches or the processes."""
+  sharding.check_batch_divides(config.batch_size, mesh)
+  if config.accum_steps > 1:
+    if config.batch_size % config.accum_steps:
+      raise ValueError(f"batch_size={config.batch_size} does not split into accum_steps={config.accum_steps}.")
+    sharding.check_batch_divides(config.batch_size // config.accum_steps, mesh, "batch_size / accum_steps")
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size={config.batch_size} does not split over {jax.process_count()} processes.")
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -187,42 +196,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _train(config, workdir: str, preempted: list) -> dict:
+  # ---- Build: data first (a wrong path fails before the model exists), then the model, optimizer, step.
   is_main = jax.process_index() == 0
   train_pattern, evals = prepare_data(config, workdir)
-
   model_cfg = model_config(config)
   total_steps = resolve_total_steps(config, model_cfg)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  sharding.check_batch_divides(config.batch_size, mesh)
-  if config.accum_steps > 1:
-    if config.batch_size % config.accum_steps:
-      raise ValueError(f"batch_size={config.batch_size} does not split into accum_steps={config.accum_steps}.")
-    sharding.check_batch_divides(config.batch_size // config.accum_steps, mesh, "batch_size / accum_steps")
-  if config.batch_size % jax.process_count():
-    raise ValueError(f"batch_size={config.batch_size} does not split over {jax.process_count()} processes.")
-  # The data first: a wrong path fails at once, before the model is built.
-  ds = pipeline.make_dataset(
-      train_pattern, batch_size=config.batch_size // jax.process_count(), image_size=model_cfg.vision.image_size,
-      context_length=model_cfg.text.context_length, train=True, seed=config.seed,
-      num_workers=config.data.num_workers, read_threads=config.data.read_threads,
-      crop_scale=tuple(config.data.crop_scale), augment=config.data.augment,
-      union_negatives=losses.get(config.loss).union,
-      uint8_images=(jax.default_backend() != "cpu" if config.data.uint8_images is None else config.data.uint8_images),
-      max_bad_fraction=config.data.max_bad_fraction, bad_window=config.data.bad_window,
-      fields=batch_keys(config.loss))  # decode and transfer only what the loss uses
-  data_iter = iter(ds)
-  tx, schedule = make_optimizer(learning_rate=config.optimizer.learning_rate, total_steps=total_steps,
-                                warmup_steps=config.optimizer.warmup_steps, b1=config.optimizer.b1,
-                                b2=config.optimizer.b2, eps=config.optimizer.eps,
-                                weight_decay=config.optimizer.weight_decay,
-                                grad_clip_norm=config.optimizer.grad_clip_norm,
-                                decay_rule=config.optimizer.decay_rule, no_decay=config.optimizer.no_decay,
-                                frozen=config.optimizer.frozen, lr_multipliers=config.optimizer.lr_multipliers)
+  check_layout(config, mesh)
+  data_iter = training_data(config, train_pattern, model_cfg)
+  tx, schedule = optimizer_from_config(config, total_steps)
   state, state_sh = create_train_state(model_cfg, tx, mesh, jax.random.key(config.seed), config.mesh.min_fsdp_size,
                                        config.loss)
-  step_fn = make_train_step(model_cfg, tx, schedule, config.loss, mesh, state_sh, config.accum_steps,
-                            config.clamp_logit_scale, config.optimizer.frozen)
+  step_fn = train_step_from_config(config, model_cfg, tx, schedule, mesh, state_sh)
 
+  # ---- Restore the newest intact checkpoint, or start from a Hugging Face CLIP, or from scratch.
   manager = ckpt.make_manager(workdir, config.keep_checkpoints, use_ocdbt=config.checkpoint_ocdbt)
   ckpt.check_space(workdir, state, None)  # before any step: a full disk is known now, not at the first save
   start, bad_totals = 0, np.zeros(len(pipeline.BAD_REASONS), np.int64)
@@ -252,13 +239,14 @@ def _train(config, workdir: str, preempted: list) -> dict:
     params = jax.device_put(hf_params, state_sh.params)
     state = jax.jit(lambda p: state.replace(params=p, opt_state=tx.init(p)), out_shardings=state_sh)(params)
 
+  # ---- Evaluation, metrics and the checkpoint metadata.
   # One evaluation model for the run: its encoders compile once, and each evaluation hands it the live,
   # sharded parameters (no gather of the whole model to every host). The training bar owns the terminal.
   eval_model = Model(model_cfg, state.params, progress=False, mesh=mesh) if evals else None
 
-  def evaluate(params) -> dict:
+  def run_evals(params, step) -> dict:
     eval_model.params = params
-    return run_evals(eval_model, evals)
+    return evaluate.run(eval_model, evals, step, last=step == total_steps)
 
   writer = MetricWriter(workdir, enabled=is_main, echo=tqdm.write)  # prints above the progress bar
   peak = (config.peak_tflops_per_chip * 1e12) if config.peak_tflops_per_chip else measure_matmul_peak(model_cfg.dtype)
@@ -290,6 +278,7 @@ def _train(config, workdir: str, preempted: list) -> dict:
   # On a pod each host gets its SIGTERM at a different step; jax.distributed's preemption service (which
   # takes over the signal) agrees on the first step that every host can still reach.
   multi_process = jax.process_count() > 1
+  # ---- The loop: step, log, checkpoint (periodic, preemption, stop_after_steps), evaluate.
   profile = tuple(config.profile_steps) if config.profile_steps and is_main else None
   tracing = False
   try:
@@ -336,8 +325,8 @@ def _train(config, workdir: str, preempted: list) -> dict:
         if preempt:
           manager.wait_until_finished()
           raise Preempted(f"SIGTERM: saved checkpoint {s} in {ckpt.checkpoint_dir(workdir)}; restart to resume.")
-      if evals and (s % config.eval_every_steps == 0 or s == total_steps):
-        results = evaluate(state.params)
+      if any(ev.due(s, s == total_steps) for ev in evals):
+        results = run_evals(state.params, s)
         writer.write(s, results, echo=False)
         t_last = time.perf_counter()  # evaluation time is not training throughput
       if stopping and s < total_steps:
@@ -352,12 +341,13 @@ def _train(config, workdir: str, preempted: list) -> dict:
       data_iter.close()
     writer.close()
 
+  # ---- Finish: the final evaluation table and the Hugging Face export.
   if evals and not results:  # the workdir already held the final checkpoint
-    results = evaluate(state.params)
+    results = run_evals(state.params, total_steps)
   params = full_params(state)  # every process takes part in the gather; only process 0 writes
   if evals and is_main:
     print(f"\nHeld-out compositional evaluation ({config.loss}, step {total_steps}), accuracy %:")
-    print(format_table(results, evals))
+    print(report.training_table(results, evals))
   if config.export_hf_dir and is_main:
     from tripletclip_jax.interop import hf
     out = fileio.join(workdir, config.export_hf_dir)
