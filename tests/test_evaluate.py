@@ -256,3 +256,26 @@ def test_evaluator_configs_are_checked_before_anything_runs():
   assert said == ["evals.sugarcrepe: sugarcrepe_dir is not set; skipped (set "
                   "--config.evals.sugarcrepe.sugarcrepe_dir=PATH to run it)"]
   assert [evs[0].due(s, s == 7) for s in (3, 4, 6, 7)] == [True, False, True, True]
+
+
+def test_a_built_wheel_carries_its_data_files_and_runs_zero_shot(tmp_path):
+  """The package as `pip install .` ships it (not the source tree): the BPE vocabulary and ImageNet names."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  pip = [sys.executable, "-m", "pip", "-q"]
+  subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), root],
+                 check=True, capture_output=True, cwd=tmp_path)
+  wheel, = (tmp_path / "wheel").glob("tripletclip_jax-*.whl")
+  subprocess.run(pip + ["install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True,
+                 capture_output=True)
+  for c in ("red", "blue"):
+    _save(f"{tmp_path}/classes/{c}", "0.png", c)
+  code = ("import jax, tripletclip_jax as tc; from tripletclip_jax.evaluate import zeroshot; "
+          "from tripletclip_jax.inference import Model; from tripletclip_jax.models import get_preset, init_params; "
+          "assert tc.__file__.startswith(%r), tc.__file__; cfg = get_preset('tiny'); "
+          "m = Model(cfg, init_params(cfg, jax.random.key(0))); "
+          "print(zeroshot.evaluate(m, %r, templates=['a photo of a {}.'])['n'], len(zeroshot.imagenet_metadata()[0]))"
+          % (str(tmp_path / "site"), str(tmp_path / "classes")))
+  r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, PYTHONPATH=str(tmp_path / "site")))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.split() == ["2", "1000"]

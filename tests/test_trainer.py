@@ -204,6 +204,52 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _pod(workdir, args, processes=4):
+  """`processes` trainers x 2 CPU devices on one coordinator: a simulated pod slice sharing `workdir`."""
+  port = _free_port()
+  return [_main(workdir, *args, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                f"--config.distributed.num_processes={processes}", f"--config.distributed.process_id={i}",
+                env=dict(_cpu_env(2), PYTHONUNBUFFERED="1")) for i in range(processes)]
+
+
+def _finish(procs, code=0):
+  outs = []
+  for p in procs:
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == code, err[-3000:]
+    outs.append(out)
+  return outs
+
+
+def test_a_preempted_pod_resumes_and_matches_one_process(data_dir, tmp_path):
+  """4 processes x 2 devices share a workdir: SIGTERM to every process (each at its own moment) leaves one
+  checkpoint at a step they agreed on; the restart finishes the run, whose losses, and evaluation (each
+  process scores its slice), equal one process with the same 8 devices up to the collectives' summation order."""
+  args = _cli_overrides(data_dir, total_steps=6, checkpoint_every_steps=100, log_every_steps=1,
+                        preempted_exit_code=75)
+  one, pod = str(tmp_path / "one"), str(tmp_path / "pod")
+  _finish([_main(one, *args, env=_cpu_env(8))])
+  procs = _pod(pod, args)
+  for line in procs[0].stdout:  # training is under way: step 2 is logged
+    if line.startswith("[step 2]"):
+      break
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+  outs = _finish(procs, code=75)
+  saved = {re.search(r"SIGTERM: saved checkpoint (\d+)", o).group(1) for o in outs}
+  assert len(saved) == 1 and os.listdir(os.path.join(pod, "checkpoints")) == list(saved), saved
+  assert 2 <= int(saved.pop()) < 6
+  outs = _finish(_pod(pod, args))
+  assert "Resumed from step" in outs[0]
+  want, got = read_metrics(one), read_metrics(pod)
+  assert sorted(s for s in got if "loss" in got[s]) == list(range(1, 7))
+  for s in range(1, 7):
+    np.testing.assert_allclose(_losses(pod)[s], _losses(one)[s], rtol=1e-5, atol=1e-6, err_msg=f"step {s}")
+  evals = {k: v for k, v in want[6].items() if k.startswith("eval/")}
+  assert evals and {k: got[6][k] for k in evals} == pytest.approx(evals, abs=1e-6)
+
+
 def test_demo_config_end_to_end(tmp_path):
   w = str(tmp_path / "demo")
   p = _main(w, "--config.total_steps=6", "--config.log_every_steps=3", "--config.data.demo_num_train=64",
@@ -230,6 +276,26 @@ def test_init_from_hugging_face(data_dir, tmp_path):
   assert got_cfg.act == "quick_gelu"
   for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(src)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_lit_config_locks_the_pretrained_image_tower(data_dir, tmp_path):
+  """configs/lit.py on the demo world from a Hugging Face directory: the image tower stays bit-identical."""
+  from tripletclip_jax.interop import hf
+  from tripletclip_jax.models import get_preset, init_params
+  from tripletclip_jax.train.config import apply_overrides, load_config_file
+  cfg = get_preset("tiny", act="quick_gelu")
+  src = jax.device_get(init_params(cfg, jax.random.key(7)))
+  hf.export_hf(cfg, src, str(tmp_path / "hf_src"))
+  c = load_config_file(os.path.join(ROOT, "configs/lit.py"), "loss=negclip,world=demo")
+  apply_overrides(c, ["batch_size=16", "total_steps=3", "log_every_steps=1", "checkpoint_every_steps=3",
+                      f"data.demo_data_dir={data_dir}", "progress_bar=False", "export_hf_dir=None",
+                      f"init_from=hf:{tmp_path / 'hf_src'}", "evals={}"])
+  w = str(tmp_path / "lit")
+  train_and_evaluate(c, w)
+  _, got = checkpoint.load_params(w)
+  for x, y in zip(jax.tree.leaves(got["visual"]), jax.tree.leaves(src["visual"])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert not np.allclose(np.asarray(got["text"]["text_projection"]), src["text"]["text_projection"])
 
 
 def test_missing_training_data_is_one_line(tmp_path):
