@@ -40,7 +40,8 @@ def main(argv=None):
   jobs = [(t, o) for t, o in zip(tars, outs) if not fileio.exists(o)]
   print(f"{len(tars)} tars; {len(tars) - len(jobs)} already converted; converting {len(jobs)}")
   results = []
-  with multiprocessing.Pool(min(args.num_workers, max(len(jobs), 1))) as pool:
+  # spawn, not fork: a gcsfs client (used above for gs:// paths) must not cross a fork
+  with multiprocessing.get_context("spawn").Pool(min(args.num_workers, max(len(jobs), 1))) as pool:
     from tqdm import tqdm
     for r in tqdm(pool.imap_unordered(_convert, jobs), total=len(jobs), unit="shard", disable=not sys.stderr.isatty()):
       results.append(r)
