@@ -23,7 +23,7 @@ def test_train_stop_resume_export_and_load_in_a_bucket(gcs, data_dir, tmp_path):
   bucket, env = gcs
   env = dict(env, **{k: v for k, v in _cpu_env(2).items() if k in ("XLA_FLAGS", "JAX_PLATFORMS")})
   _in_bucket(env, f"from tripletclip_jax import fileio; fileio.upload({data_dir!r}, '{bucket}/data')")
-  args = _cli_overrides(data_dir, total_steps=12, checkpoint_every_steps=4, log_every_steps=2)
+  args = _cli_overrides(data_dir, total_steps=8, checkpoint_every_steps=4, log_every_steps=2)
   local = str(tmp_path / "local")
   p = _main(local, *args, env=_cpu_env(2))  # the uninterrupted reference, on a local disk
   out, err = p.communicate(timeout=600)
@@ -32,13 +32,13 @@ def test_train_stop_resume_export_and_load_in_a_bucket(gcs, data_dir, tmp_path):
   remote = f"{bucket}/run"
   args = [a for a in args if not a.startswith("--config.data.demo_data_dir")] + \
       [f"--config.data.demo_data_dir={bucket}/data", "--config.checkpoint_ocdbt=false"]
-  p = _main(remote, *args, "--config.stop_after_steps=8", env=env)
+  p = _main(remote, *args, "--config.stop_after_steps=4", env=env)
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err[-3000:]
-  p = _main(remote, *args, env=env)  # resumes from step 8 in the bucket
+  p = _main(remote, *args, env=env)  # resumes from step 4 in the bucket
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err[-3000:]
-  assert "Resumed from step 8" in out
+  assert "Resumed from step 4" in out
   got = json.loads(_in_bucket(env, "import json; from tripletclip_jax.train.metrics import read_metrics; "
                                     f"print(json.dumps({{s: [r['loss'], r['grad_norm']] for s, r in read_metrics('{remote}').items() if 'loss' in r}}))"))
   want = {str(s): [v[0], v[2]] for s, v in _losses(local).items()}
