@@ -34,7 +34,9 @@ def main(argv=None):
   p.add_argument("--tfds_data_dir", default=None)
   p.add_argument("--retrieval_json", help="Karpathy split JSON (dataset_coco.json / dataset_flickr30k.json)")
   p.add_argument("--retrieval_image_dir")
-  p.add_argument("--triplet_data", help="held-out TripletData shards (glob or directory)")
+  p.add_argument("--triplet_data", help="held-out TripletData shards (glob or directory): triplet, hard_retrieval")
+  p.add_argument("--option", action="append", default=[], metavar="TASK.KEY=VALUE",
+                 help="an option of any registered task (tripletclip_jax/evaluate REGISTRY), repeatable")
   args = p.parse_args(argv)
 
   tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -42,13 +44,24 @@ def main(argv=None):
   unknown = [t for t in tasks if t not in REGISTRY]
   if unknown:
     p.error(f"unknown task {unknown[0]!r}; choose from {', '.join(REGISTRY)}")
-  needs = {"sugarcrepe": "sugarcrepe_dir", "winoground": "winoground", "zeroshot": "zeroshot",
-           "retrieval": "retrieval_json", "triplet": "triplet_data"}
+  # The built-in tasks' options as flags; any registered task also takes --option TASK.KEY=VALUE.
+  flags = {"sugarcrepe": dict(sugarcrepe_dir="sugarcrepe_dir", image_dir="coco_image_dir"),
+           "winoground": dict(path="winoground", image_dir="winoground_image_dir"),
+           "zeroshot": dict(dataset="zeroshot", data_dir="tfds_data_dir"),
+           "retrieval": dict(split_json="retrieval_json", image_dir="retrieval_image_dir"),
+           "triplet": dict(pattern="triplet_data"), "hard_retrieval": dict(pattern="triplet_data")}
+  options = {t: {k: getattr(args, f) for k, f in flags.get(t, {}).items()} for t in tasks}
+  for item in args.option:
+    key, sep, value = item.partition("=")
+    task, dot, name = key.partition(".")
+    if not (sep and dot) or task not in options:
+      p.error(f"--option {item!r}: use TASK.KEY=VALUE with TASK one of --tasks ({', '.join(tasks)})")
+    options[task][name] = value
+  from tripletclip_jax.evaluate import required_options
   for t in tasks:
-    if not getattr(args, needs[t]):
-      p.error(f"task {t} needs --{needs[t]}")
-  if "retrieval" in tasks and not args.retrieval_image_dir:
-    p.error("task retrieval needs --retrieval_image_dir")
+    for k in required_options(t):
+      if options[t].get(k) is None:
+        p.error(f"task {t} needs --{flags[t][k]}" if k in flags.get(t, {}) else f"task {t} needs --option {t}.{k}=...")
   from tripletclip_jax import fileio
   out_dir = os.path.dirname(fileio.absolute(args.output))
   try:  # find an unwritable --output now, not after an hour of evaluation
@@ -66,13 +79,7 @@ def main(argv=None):
   import tripletclip_jax as tc
   from tripletclip_jax import evaluate
   from tripletclip_jax.evaluate import report
-  # The flags as `config.evals` entries: the trainer's registry and checks.
-  options = {"sugarcrepe": dict(sugarcrepe_dir=args.sugarcrepe_dir, image_dir=args.coco_image_dir),
-             "winoground": dict(path=args.winoground, image_dir=args.winoground_image_dir),
-             "zeroshot": dict(dataset=args.zeroshot, data_dir=args.tfds_data_dir),
-             "retrieval": dict(split_json=args.retrieval_json, image_dir=args.retrieval_image_dir),
-             "triplet": dict(pattern=args.triplet_data)}
-  try:
+  try:  # the same registry and checks as the trainer's config.evals
     evaluators = evaluate.build({t: dict(type=t, **options[t]) for t in tasks})
     model = tc.load(args.model, step=args.step, batch_size=args.batch_size)
     results = {}

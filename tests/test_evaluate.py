@@ -240,6 +240,10 @@ def test_eval_refuses_an_unwritable_output_before_evaluating(tmp_path):
                       "--sugarcrepe_dir", str(tmp_path), "--output", str(blocker / "results.json")],
                      capture_output=True, text=True)
   assert p.returncode == 2 and "cannot write in" in p.stderr and "Traceback" not in p.stderr, p.stderr
+  p = subprocess.run([sys.executable, "launch/eval.py", "--model", "m", "--tasks", "hard_retrieval",
+                      "--option", "triplet.pattern=x"], capture_output=True, text=True)
+  assert p.returncode == 2 and "--option 'triplet.pattern=x': use TASK.KEY=VALUE with TASK one of --tasks " \
+      "(hard_retrieval)" in p.stderr, p.stderr
 
 
 def test_evaluator_configs_are_checked_before_anything_runs():
@@ -279,3 +283,18 @@ def test_a_built_wheel_carries_its_data_files_and_runs_zero_shot(tmp_path):
                      env=dict(os.environ, PYTHONPATH=str(tmp_path / "site")))
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.split() == ["2", "1000"]
+
+
+def test_hard_retrieval_puts_the_negatives_in_the_gallery(tmp_path):
+  rows = [("red", "blue", "a red car", "a blue car"),         # both ways right
+          ("green", "red", "a green car", "a red bus"),        # both ways right
+          ("yellow", "blue", "a blue boat", "a yellow boat")]  # x finds its own hard negative caption first
+  with records.ShardWriter(str(tmp_path / records.shard_name("held", 0, 1))) as w:
+    for i, (x, xn, y, yn) in enumerate(rows):
+      w.write({"key": f"k{i}", "image": _png(x), "neg_image": _png(xn), "caption": y, "neg_caption": yn})
+  from tripletclip_jax.evaluate import build
+  ev, = build({"hard": {"type": "hard_retrieval", "pattern": str(tmp_path)}})
+  out = ev(ColorModel())
+  assert out["i2t_R@1"] == pytest.approx(200 / 3) and out["i2t_hardneg_top1"] == pytest.approx(100 / 3)
+  # "a blue boat" ranks x'_0 (blue) first: wrong, but not its own hard negative.
+  assert out["t2i_R@1"] == pytest.approx(200 / 3) and out["t2i_hardneg_top1"] == 0.0 and out["n"] == 3

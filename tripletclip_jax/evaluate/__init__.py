@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from tripletclip_jax.evaluate import retrieval, sugarcrepe, triplet, winoground, zeroshot
+from tripletclip_jax.evaluate import hard_retrieval, retrieval, sugarcrepe, triplet, winoground, zeroshot
 
 
 class EncoderModel(Protocol):
@@ -40,6 +40,7 @@ REGISTRY: dict[str, Callable] = {
     "winoground": winoground.evaluate,  # path, image_dir
     "zeroshot": zeroshot.evaluate,      # dataset, data_dir
     "retrieval": retrieval.evaluate,    # split_json, image_dir
+    "hard_retrieval": hard_retrieval.evaluate,  # pattern: held-out TripletData, hard negatives in the gallery
 }
 
 
@@ -63,6 +64,11 @@ def _options(fn) -> tuple[list[str], list[str]]:
   params = list(inspect.signature(fn).parameters.values())[1:]
   return ([p.name for p in params if p.default is inspect.Parameter.empty],
           [p.name for p in params if p.default is not inspect.Parameter.empty])
+
+
+def required_options(kind: str) -> list[str]:
+  """The options evaluator type `kind` cannot run without."""
+  return _options(REGISTRY[kind])[0]
 
 
 def build(evals, every_steps: int | None = None, log=print) -> list[Evaluator]:

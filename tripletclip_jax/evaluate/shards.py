@@ -25,3 +25,14 @@ def summed(counts: dict) -> dict:
 def any_process(flag: bool) -> bool:
   """True on every process when `flag` is true on any (keeps loops with collective calls in step)."""
   return summed({"flag": int(flag)})["flag"] > 0
+
+
+def gathered(rows: np.ndarray) -> np.ndarray:
+  """Every process's `rows` [n_p, ...] concatenated in process order, on every process (n_p may differ)."""
+  if jax.process_count() == 1:
+    return rows
+  from jax.experimental import multihost_utils
+  counts = multihost_utils.process_allgather(np.int64(len(rows)))
+  pad = np.zeros((int(counts.max()) - len(rows),) + rows.shape[1:], rows.dtype)
+  every = multihost_utils.process_allgather(np.concatenate([rows, pad]))  # [processes, longest, ...]
+  return np.concatenate([every[p, :n] for p, n in enumerate(counts)])

@@ -7,9 +7,9 @@ from tripletclip_jax.data import pipeline, records
 from tripletclip_jax.evaluate import shards, winoground
 
 
-def evaluate(model, pattern: str, batch_size: int = 64) -> dict:
-  """Held-out records in our shard format -> scores (%); bad records are skipped and counted. Each process
-  scores its own slice of the records."""
+def encoded(model, pattern: str, batch_size: int = 64):
+  """Yields (x, x', y, y' embeddings [n, D], bad record count) per batch of this process's slice of the
+  records; every process yields the same number of times (an empty batch when its slice has run out)."""
   ds = pipeline.make_dataset(pattern, batch_size=batch_size, image_size=model.image_size,
                              context_length=model.config.text.context_length, train=False,
                              process_index=jax.process_index(), process_count=jax.process_count(),
@@ -18,19 +18,30 @@ def evaluate(model, pattern: str, batch_size: int = 64) -> dict:
   nothing = {"image": np.zeros((0, size, size, 3), np.float32), "text": np.zeros((0, length), np.int32),
              "bad_counts": np.zeros(1, np.int64)}
   nothing.update(neg_image=nothing["image"], neg_text=nothing["text"])
-  counts, batches = {"text": 0, "image": 0, "group": 0, "n": 0, "bad": 0}, iter(ds)
+  batches = iter(ds)
   while True:
     b = next(batches, None)
     if not shards.any_process(b is not None):  # slices differ by a batch at most; the encoders are collective
-      break
+      return
     b = nothing if b is None else b
-    x, xn = model.encode_preprocessed(b["image"]), model.encode_preprocessed(b["neg_image"])
-    y, yn = model.encode_token_ids(b["text"]), model.encode_token_ids(b["neg_text"])
+    yield (model.encode_preprocessed(b["image"]), model.encode_preprocessed(b["neg_image"]),
+           model.encode_token_ids(b["text"]), model.encode_token_ids(b["neg_text"]), int(b["bad_counts"].sum()))
+
+
+def no_records(pattern: str) -> ValueError:
+  return ValueError(f"No readable records in {pattern!r} ({len(records.resolve_shards(pattern))} shards).")
+
+
+def evaluate(model, pattern: str, batch_size: int = 64) -> dict:
+  """Held-out records in our shard format -> scores (%); bad records are skipped and counted. Each process
+  scores its own slice of the records."""
+  counts = {"text": 0, "image": 0, "group": 0, "n": 0, "bad": 0}
+  for x, xn, y, yn, bad in encoded(model, pattern, batch_size):
     img, txt = np.stack([x, xn], 1), np.stack([y, yn], 1)  # [N, 2, D]: (x, y) and (x', y') pairs
     for k, v in winoground.score_counts(np.einsum("nid,ncd->nic", img, txt)).items():
       counts[k] += v
-    counts["bad"] += int(b["bad_counts"].sum())
+    counts["bad"] += bad
   counts = shards.summed(counts)
   if not counts["n"]:
-    raise ValueError(f"No readable records in {pattern!r} ({len(records.resolve_shards(pattern))} shards).")
+    raise no_records(pattern)
   return dict(winoground.percentages(counts), skipped_bad_records=counts["bad"])
