@@ -264,9 +264,14 @@ def test_evaluator_configs_are_checked_before_anything_runs():
 
 def test_a_built_wheel_carries_its_data_files_and_runs_zero_shot(tmp_path):
   """The package as `pip install .` ships it (not the source tree): the BPE vocabulary and ImageNet names."""
+  import shutil
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  src = tmp_path / "src"  # a copy: setuptools stages the build in the source tree's build/
+  shutil.copytree(os.path.join(root, "tripletclip_jax"), src / "tripletclip_jax",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  shutil.copy(os.path.join(root, "setup.py"), src / "setup.py")
   pip = [sys.executable, "-m", "pip", "-q"]
-  subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), root],
+  subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(src)],
                  check=True, capture_output=True, cwd=tmp_path)
   wheel, = (tmp_path / "wheel").glob("tripletclip_jax-*.whl")
   subprocess.run(pip + ["install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True,
