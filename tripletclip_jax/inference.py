@@ -51,6 +51,7 @@ class Model:
   def _batched(self, fn, arrays: np.ndarray) -> np.ndarray:
     # Pad every chunk to one size so that a single compiled program serves every call.
     size, longest = self.batch_size, len(arrays)
+    spec = None if self.mesh is None else sharding.batch_sharding(self.mesh).spec
     if self.mesh is not None:  # this process's rows of each global batch; the longest input sets the calls
       per_device = max(1, self.batch_size // sharding.num_batch_shards(self.mesh))
       size = per_device * sharding.num_batch_shards(self.mesh) // jax.process_count()
@@ -65,7 +66,6 @@ class Model:
       if self.mesh is None:
         out.append(np.asarray(fn(self.params, chunk))[:n])
       else:
-        spec = sharding.batch_sharding(self.mesh).spec
         x = multihost_utils.host_local_array_to_global_array(chunk, self.mesh, spec)
         out.append(np.asarray(multihost_utils.global_array_to_host_local_array(fn(self.params, x), self.mesh,
                                                                                spec))[:n])

@@ -72,15 +72,17 @@ def score_subset(model, entries: list[dict], image_dir: str) -> dict:
 
 
 def evaluate(model, sugarcrepe_dir: str, image_dir: str | None = None, subsets=SUBSETS) -> dict:
-  """{subset: accuracy %, ..., 'mean': mean of the subsets, 'skipped_{missing_images,unreadable_images,
-  bad_entries}': counts}."""
+  """{subset: accuracy %, ..., 'mean': mean of the subsets, 'n': entries scored, 'skipped_{missing_images,
+  unreadable_images,bad_entries}': counts}."""
   image_dir = image_dir or fileio.join(sugarcrepe_dir, "images")
-  out, skipped = {}, {"missing_images": 0, "unreadable_images": 0, "bad_entries": 0}
+  out, skipped, n = {}, {"missing_images": 0, "unreadable_images": 0, "bad_entries": 0}, 0
   for s in subsets:
     r = score_subset(model, load_subset(sugarcrepe_dir, s), image_dir)
     out[s] = r["accuracy"]
+    n += r["n"]
     for k in skipped:
       skipped[k] += r[k]
   out["mean"] = float(np.mean([out[s] for s in subsets]))
+  out["n"] = n  # summed over processes: each scored its own slice
   out.update({f"skipped_{k}": v for k, v in skipped.items()})
   return out

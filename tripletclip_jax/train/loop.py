@@ -18,12 +18,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from tripletclip_jax import checkpoint as ckpt
 from tripletclip_jax import evaluate, fileio, losses, sharding
 from tripletclip_jax.data import demo_world, pipeline
 from tripletclip_jax.evaluate import report
 from tripletclip_jax.inference import Model
 from tripletclip_jax.models import get_preset, train_flops_per_example
-from tripletclip_jax import checkpoint as ckpt
 from tripletclip_jax.train.config import pairs_per_example, resolve_total_steps, validate
 from tripletclip_jax.train.metrics import MetricWriter, measure_matmul_peak
 from tripletclip_jax.train.optim import make_optimizer

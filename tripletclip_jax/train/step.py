@@ -89,21 +89,21 @@ def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int
   Parameters whose path matches `frozen` are constants: their gradients are zeros and no backward pass runs
   through them.
   """
-  mask = frozen_mask(params, frozen) if frozen is not None else None
-
-  def freeze(p):  # inside the differentiated function, where stop_gradient cuts the backward pass
-    if mask is None:
-      return p
-    m = mask if p.keys() == mask.keys() else {k: mask[k] for k in p}  # all params, or the loss's own
-    return jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, m)
   owned = losses.get(loss).param_names  # the loss's parameters outside the towers (temperature, bias)
+  mask = frozen_mask(params, frozen) if frozen is not None else None
+  owned_mask = None if mask is None else {k: mask[k] for k in owned}
+
+  def freeze(p, m):  # inside the differentiated function, where stop_gradient cuts the backward pass
+    return p if m is None else jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, m)
 
   def loss_of(e, p):
     return losses.compute(loss, e, {k: p[k] for k in owned}, mesh)
 
   if accum_steps == 1:
-    return jax.value_and_grad(lambda p: loss_of(encode_batch(model, freeze(p), batch, loss), freeze(p)),
-                              has_aux=True)(params)
+    def whole(p):
+      p = freeze(p, mask)
+      return loss_of(encode_batch(model, p, batch, loss), p)
+    return jax.value_and_grad(whole, has_aux=True)(params)
 
   n = batch["image"].shape[0]
   if n % accum_steps:
@@ -126,13 +126,13 @@ def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int
   # The loss's own parameters get their gradient once, from the full set of embeddings; the micro-batch
   # passes below see them as constants (else each would add its gradient accum_steps times).
   (total, metrics), g_owned = jax.value_and_grad(
-      lambda o: loss_of(flat(all_e), freeze(o)), has_aux=True)({k: params[k] for k in owned})
+      lambda o: loss_of(flat(all_e), freeze(o, owned_mask)), has_aux=True)({k: params[k] for k in owned})
   fixed = jax.lax.stop_gradient({k: params[k] for k in owned})
 
   def micro_grad(acc, j):
     mb = jax.tree.map(lambda x: x[j], micro)
     def f(p):
-      e_j = encode_batch(model, freeze(p), mb, loss)
+      e_j = encode_batch(model, freeze(p, mask), mb, loss)
       e = jax.tree.map(lambda a, b: a.at[j].set(b), all_e, e_j)
       return loss_of(flat(e), fixed)[0]
     g = jax.grad(f)(params)
