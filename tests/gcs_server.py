@@ -11,6 +11,23 @@ import pytest
 BUCKET = "tripletclip-test"
 
 
+# The emulator's own entry point with two server settings, neither of which changes any request's answer:
+# - In memory it still serialises the metadata of every object into an in-memory ".meta" file after each upload,
+#   which is only read back at start-up: N uploads cost O(N^2) (a checkpoint without OCDBT is hundreds of objects).
+# - Its single-threaded HTTP server listens with Python's default backlog of 5 connections; tensorstore opens
+#   dozens at once per process, the rest are dropped and retried after TCP's 1-3 s back-off (a 4-process
+#   checkpoint took 78 s instead of 15 s).
+_LAUNCH = """
+import sys
+from gcp_storage_emulator import storage
+from gcp_storage_emulator.__main__ import main
+from http import server
+storage.Storage._write_config_to_file = lambda self: None
+server.HTTPServer.request_queue_size = 1024
+main(sys.argv[1:])
+"""
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -32,9 +49,9 @@ def gcs(tmp_path_factory):
   pytest.importorskip("gcp_storage_emulator")
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
-  exe = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-  proc = subprocess.Popen([exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-                           "--default-bucket", BUCKET], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, "start", "--host", "127.0.0.1", "--port", str(port),
+                           "--in-memory", "--default-bucket", BUCKET],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   t = time.time()
   while True:
     try:

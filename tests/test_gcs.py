@@ -3,26 +3,37 @@ the data tools write to the bucket."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
-from gcs_server import gcs  # noqa: F401 - the emulator fixture
-from test_trainer import ROOT, _cli_overrides, _cpu_env, _losses, _main, data_dir  # noqa: F401
+import tripletclip_jax as tc
+
+from gcs_server import client_env, gcs  # noqa: F401 - the emulator fixture
+from test_trainer import ROOT, _cli_overrides, _cpu_env, _finish, _losses, _main, _pod, data_dir  # noqa: F401
+from tripletclip_jax import fileio
+from tripletclip_jax.train.metrics import read_metrics
 
 
-def _in_bucket(env, code):
-  """Runs Python `code` in a fresh process pointed at the emulator; returns its stdout."""
-  r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return r.stdout
+@pytest.fixture
+def bucket(gcs, monkeypatch):
+  """(bucket URL, env for subprocesses); this process's clients point at the emulator too."""
+  url, env = gcs
+  for k in client_env("x"):
+    monkeypatch.setenv(k, env[k])
+  return url, dict(env, **{k: v for k, v in _cpu_env(2).items() if k in ("XLA_FLAGS", "JAX_PLATFORMS")})
 
 
-def test_train_stop_resume_export_and_load_in_a_bucket(gcs, data_dir, tmp_path):
-  bucket, env = gcs
-  env = dict(env, **{k: v for k, v in _cpu_env(2).items() if k in ("XLA_FLAGS", "JAX_PLATFORMS")})
-  _in_bucket(env, f"from tripletclip_jax import fileio; fileio.upload({data_dir!r}, '{bucket}/data')")
+def test_train_kill_resume_export_and_load_in_a_bucket(bucket, data_dir, tmp_path):
+  """Data and workdir in the bucket: SIGKILL after the step-4 checkpoint is committed, restart, and the losses
+  equal an uninterrupted local run bit for bit; export to the bucket, load and evaluate from it."""
+  bucket, env = bucket
+  fileio.upload(data_dir, f"{bucket}/data")
   args = _cli_overrides(data_dir, total_steps=8, checkpoint_every_steps=4, log_every_steps=2)
   local = str(tmp_path / "local")
   p = _main(local, *args, env=_cpu_env(2))  # the uninterrupted reference, on a local disk
@@ -32,46 +43,36 @@ def test_train_stop_resume_export_and_load_in_a_bucket(gcs, data_dir, tmp_path):
   remote = f"{bucket}/run"
   args = [a for a in args if not a.startswith("--config.data.demo_data_dir")] + \
       [f"--config.data.demo_data_dir={bucket}/data", "--config.checkpoint_ocdbt=false"]
-  p = _main(remote, *args, "--config.stop_after_steps=4", env=env)
-  out, err = p.communicate(timeout=600)
-  assert p.returncode == 0, err[-3000:]
+  p = _main(remote, *args, env=env)
+  t = time.time()
+  while not fileio.exists(f"{remote}/checkpoints/4/commit_success.txt"):  # Orbax's commit marker on a bucket
+    assert p.poll() is None, p.communicate()[1][-3000:]
+    assert time.time() - t < 300, "no committed checkpoint 4 in the bucket"
+    time.sleep(0.2)
+  p.kill()
+  p.wait()
   p = _main(remote, *args, env=env)  # resumes from step 4 in the bucket
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err[-3000:]
   assert "Resumed from step 4" in out
-  got = json.loads(_in_bucket(env, "import json; from tripletclip_jax.train.metrics import read_metrics; "
-                                    f"print(json.dumps({{s: [r['loss'], r['grad_norm']] for s, r in read_metrics('{remote}').items() if 'loss' in r}}))"))
-  want = {str(s): [v[0], v[2]] for s, v in _losses(local).items()}
-  assert got == want  # bit-identical: same floats through JSON
+  assert _losses(remote) == _losses(local)  # bit-identical
 
   r = subprocess.run([sys.executable, "launch/export_hf.py", "--workdir", remote, "--output_dir", f"{bucket}/hf"],
                      env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert r.returncode == 0, r.stderr[-3000:]
-  code = ("import numpy as np, tripletclip_jax as tc; "
-          f"a = tc.load('{bucket}/hf').encode_texts(['a red circle']); b = tc.load('{remote}').encode_texts(['a red circle']); "
-          f"c = tc.load({local!r}).encode_texts(['a red circle']); "
-          "print(float(np.abs(a - b).max()), float(np.abs(b - c).max()))")
-  hf_vs_ckpt, remote_vs_local = map(float, _in_bucket(env, code).split())
-  assert hf_vs_ckpt < 1e-5 and remote_vs_local == 0.0
+  hf, ckpt, on_disk = (tc.load(m).encode_texts(["a red circle"]) for m in (f"{bucket}/hf", remote, local))
+  assert np.abs(hf - ckpt).max() < 1e-5 and np.array_equal(ckpt, on_disk)
   r = subprocess.run([sys.executable, "launch/eval.py", "--model", f"{bucket}/hf", "--tasks", "sugarcrepe",
                       "--sugarcrepe_dir", f"{bucket}/data/sugarcrepe", "--output", f"{bucket}/eval/results.json"],
                      env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert r.returncode == 0 and "sugarcrepe: " in r.stdout, r.stderr[-3000:]
-  listing = _in_bucket(env, f"from tripletclip_jax import fileio; print(fileio.glob('{remote}/*'), "
-                            f"fileio.listdir('{bucket}/eval'))")
-  assert "'results.json'" in listing and "'results.md'" in listing
-  for name in ("checkpoints", "metrics.jsonl", "tensorboard"):
-    assert f"{remote}/{name}" in listing
+  assert {"results.json", "results.md"} <= set(fileio.listdir(f"{bucket}/eval"))
+  assert {"checkpoints", "metrics.jsonl", "tensorboard"} <= set(fileio.listdir(remote))
 
 
-def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_dead_one(gcs, monkeypatch):
-  import time
-  from gcs_server import client_env
-  from tripletclip_jax import fileio
+def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_dead_one(bucket, monkeypatch):
   from tripletclip_jax.train import workdir_lock
-  bucket, env = gcs
-  for k in client_env("x"):
-    monkeypatch.setenv(k, env[k])
+  bucket, env = bucket
   monkeypatch.setattr(workdir_lock, "SETTLE_S", 0.2)
   w = f"{bucket}/locked"
   with workdir_lock.WorkdirLock(w):
@@ -93,19 +94,15 @@ def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_dead_one(gcs, monkey
       assert json.loads(fileio.read_bytes(f"{w}/{workdir_lock.LOCK_FILE}"))["pid"] == os.getpid()
 
 
-def test_converted_and_generated_data_go_straight_to_a_bucket(gcs, tmp_path, monkeypatch):
+def test_converted_and_generated_data_go_straight_to_a_bucket(bucket, tmp_path):
   """convert_wds.py reads tars from and writes shards to the bucket; make_negatives.py stages its captions
   locally and publishes finished shards; reruns skip what the bucket already holds."""
   pytest.importorskip("diffusers")
-  from gcs_server import client_env
   from test_import_formats import _write_tar
   from test_negatives import _inputs
   from tiny_models import make_tiny_llm, make_tiny_t2i
-  from tripletclip_jax import fileio
   from tripletclip_jax.data import records
-  bucket, env = gcs
-  for k in client_env("x"):
-    monkeypatch.setenv(k, env[k])
+  bucket, env = bucket
   (tmp_path / "wds").mkdir()
   _write_tar(tmp_path / "wds" / "a.tar", 5)
   _write_tar(tmp_path / "wds" / "b.tar", 4, start=5, broken=True)
@@ -133,3 +130,39 @@ def test_converted_and_generated_data_go_straight_to_a_bucket(gcs, tmp_path, mon
   assert [s["num_examples"] for s in manifest["shards"]] == [8, 2]
   r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert "has 2, 2 already done" in r.stdout and "records=0" in r.stdout, r.stderr[-3000:]
+
+
+def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(bucket, data_dir, tmp_path):
+  """4 processes x 2 devices share a workdir and read their slices of the data, both in the bucket: SIGTERM to
+  every process (each at its own moment) leaves one checkpoint at a step they agreed on; the restart finishes
+  the run, whose losses and evaluation (each process scores its slice) equal one process with the same 8 devices
+  up to the collectives' summation order."""
+  bucket, env = bucket
+  fileio.upload(data_dir, f"{bucket}/poddata")
+  args = _cli_overrides(data_dir, total_steps=6, checkpoint_every_steps=100, log_every_steps=1,
+                        preempted_exit_code=75)
+  one, pod = str(tmp_path / "one"), f"{bucket}/pod"
+  _finish([_main(one, *args, env=_cpu_env(8))])
+  args = [a for a in args if not a.startswith("--config.data.demo_data_dir")] + \
+      [f"--config.data.demo_data_dir={bucket}/poddata", "--config.checkpoint_ocdbt=false"]
+  procs = _pod(pod, args, env=env)
+  for line in procs[0].stdout:  # training is under way: step 2 is logged
+    if line.startswith("[step 2]"):
+      break
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+  outs = _finish(procs, code=75)
+  saved = {re.search(r"SIGTERM: saved checkpoint (\d+)", o).group(1) for o in outs}
+  assert len(saved) == 1 and fileio.listdir(f"{pod}/checkpoints") == list(saved), saved
+  assert 2 <= int(saved.pop()) < 6
+  outs = _finish(_pod(pod, args, env=env))
+  assert "Resumed from step" in outs[0]
+  want, got = read_metrics(one), read_metrics(pod)
+  assert sorted(s for s in got if "loss" in got[s]) == list(range(1, 7))
+  for s in range(1, 7):
+    np.testing.assert_allclose(_losses(pod)[s], _losses(one)[s], rtol=1e-5, atol=1e-6, err_msg=f"step {s}")
+  evals = {k: v for k, v in want[6].items() if k.startswith("eval/")}
+  assert evals["eval/sugarcrepe_heldout/n"] > 0 and evals["eval/triplet_heldout/n"] > 0
+  # Equal counts `n` too: each process scored only its slice (all of it on every process would count 4x).
+  assert {k: got[6][k] for k in evals} == pytest.approx(evals, abs=1e-6)
