@@ -10,8 +10,10 @@ libtpu's compile-only client (`jax.experimental.topologies.get_topology_desc`) g
 the named topology; the trainer's own step (`make_train_step`, same mesh and sharding rules, same
 config) is lowered for them and compiled by the TPU compiler. Printed: per-device memory (arguments,
 outputs, temporaries) against the chip's HBM, collective bytes per step (summed from the compiled
-HLO), FLOPs, the compiler's estimated step time and the MFU it implies, and with --max_batch the
-largest global batch that fits, with and without remat. Ends with one `key=value` line.
+HLO), FLOPs, the compiler's estimated step time and the MFU it implies (when libtpu reports one), an
+HBM-traffic estimate from the compiled HLO with the ops that dominate it, the roofline it implies,
+and with --max_batch the largest global batch that fits, with and without remat. Ends with one
+`key=value` line.
 """
 
 import argparse
@@ -36,21 +38,56 @@ CHIPS = {"v4": (275e12, 32 * 2 ** 30, 1.2e12), "v5e": (197e12, 16 * 2 ** 30, 0.8
          "v5p": (459e12, 95 * 2 ** 30, 2.76e12), "v6e": (918e12, 32 * 2 ** 30, 1.64e12)}
 _COLLECTIVE = re.compile(r"=\s*(\S+)\s+(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
                          r"(?:-start)?\(")
-_SHAPE = re.compile(r"(bf16|f32|f16|s32|u32|u8|s8|pred|f64|s64)\[([\d,]*)\]")
+# An array in the HLO text: dtype[dims] and, when printed, its layout {...}; "S(1)" in a layout is TPU on-chip memory.
+_ARRAY = re.compile(r"\b(bf16|f32|f16|s32|u32|u8|s8|pred|f64|s64)\[([\d,]*)\](\{[^}]*\})?")
 _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "u8": 1, "s8": 1, "pred": 1, "f64": 8, "s64": 8}
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%\S+ = (.*?) ([a-z][a-z0-9-]*)\((.*)$")
+_NOT_TRAFFIC = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all"}
+
+
+def _arrays(text: str) -> list[tuple[int, bool]]:
+  """(bytes, in HBM) of each array printed in `text`; a layout with S(n), n > 0, is on-chip memory."""
+  out = []
+  for dtype, dims, layout in _ARRAY.findall(text):
+    n = _BYTES[dtype]
+    for d in filter(None, dims.split(",")):
+      n *= int(d)
+    out.append((n, not re.search(r"S\([1-9]", layout or "")))
+  return out
 
 
 def collective_bytes(hlo: str) -> dict[str, int]:
   """{collective kind: result bytes per device per step}, summed over the compiled HLO's ops."""
   out: dict[str, int] = {}
   for m in _COLLECTIVE.finditer(hlo):
-    size = 0
-    for dtype, dims in _SHAPE.findall(m.group(1)):
-      n = 1
-      for d in filter(None, dims.split(",")):
-        n *= int(d)
-      size += n * _BYTES[dtype]
-    out[m.group(2)] = out.get(m.group(2), 0) + size
+    out[m.group(2)] = out.get(m.group(2), 0) + sum(n for n, _ in _arrays(m.group(1)))
+  return out
+
+
+def hbm_bytes_by_op(hlo: str) -> dict[str, int]:
+  """{JAX op (the HLO's op_name, numbers dropped): HBM bytes read + written per device per step}.
+
+  Sums the HBM-resident operands and results of the entry computation's instructions (a fusion counts its
+  inputs and outputs, not its internals). The TPU compiler's prefetches into on-chip memory (copy-start /
+  slice-start into S(1)) count their HBM side once; the compiler's own `bytes accessed` counts every memory
+  space, so it is larger. An estimate of HBM traffic, to rank ops: not a simulation of the chip.
+  """
+  entry = hlo[hlo.index("\nENTRY"):]
+  entry = entry[:entry.index("\n}")]
+  out: dict[str, int] = {}
+  for line in entry.splitlines()[1:]:
+    m = _INSTRUCTION.match(line)
+    if not m or m.group(2) in _NOT_TRAFFIC or m.group(2).endswith("-done"):
+      continue
+    result, op, rest = m.groups()
+    if op.endswith("-start"):  # async move: result (source, target, context); the read is the smaller side
+      (src, src_hbm), (dst, dst_hbm) = _arrays(result)[:2]
+      traffic = min(src, dst) * src_hbm + dst * dst_hbm
+    else:
+      traffic = sum(n for n, hbm in _arrays(result) + _arrays(rest.split("), ")[0]) if hbm)
+    name = re.search(r'op_name="([^"]*)"', line)
+    name = re.sub(r"\.?\d+", "", name.group(1)).replace("jit(step)/", "") if name else f"(compiler's {op})"
+    out[name] = out.get(name, 0) + traffic
   return out
 
 
@@ -120,11 +157,16 @@ def main():
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops, seconds = float(cost.get("flops", 0.0)), float(cost.get("optimal_seconds", -1.0))
-  accessed = float(cost.get("bytes accessed", 0.0))
-  # A roofline from the compiler's own counts: compute-bound or HBM-bound, whichever is slower.
-  roofline = max(flops / peak, accessed / bandwidth)
-  coll = collective_bytes(compiled.as_text())
+  hlo = compiled.as_text()
+  by_op = hbm_bytes_by_op(hlo)
+  hbm_bytes = sum(by_op.values())
+  # A roofline: compute at peak or HBM traffic at full bandwidth, whichever is slower. The compiler's
+  # `bytes accessed` counts every memory space (on-chip reads too), so HBM traffic is estimated from the HLO.
+  compute_s, hbm_s = flops / peak, hbm_bytes / bandwidth
+  roofline = max(compute_s, hbm_s)
+  coll = collective_bytes(hlo)
   n = len(devices)
+  steps = resolve_total_steps(config, model_cfg)
   print(f"{a.topology}: {n} chips, {config.model.preset}, loss {config.loss}, global batch {config.batch_size}, "
         f"mesh data={config.mesh.data} fsdp={config.mesh.fsdp}, dtype {config.model.dtype}, remat {config.model.remat}")
   gib = 2 ** 30
@@ -135,14 +177,20 @@ def main():
   mfu = flops / seconds / peak if seconds > 0 else float("nan")
   estimate = f"{seconds * 1e3:.1f} ms/step -> MFU {100 * mfu:.1f}%" if seconds > 0 else \
       "none (this libtpu reports no optimal_seconds)"
-  print(f"per device: {flops / 1e12:.2f} TFLOP, {accessed / 2 ** 30:.1f} GiB accessed; compiler step estimate "
-        f"{estimate}; roofline {roofline * 1e3:.1f} ms/step ({'compute' if flops / peak >= accessed / bandwidth else 'HBM'}"
-        f"-bound, MFU at most {100 * flops / peak / roofline:.0f}%); compiled in {compile_s:.0f} s")
+  print(f"per device per step: {flops / 1e12:.2f} TFLOP ({compute_s * 1e3:.1f} ms at peak); HBM traffic "
+        f"{hbm_bytes / gib:.1f} GiB ({hbm_s * 1e3:.1f} ms at full bandwidth; the compiler's bytes accessed, all "
+        f"memory spaces: {float(cost.get('bytes accessed', 0.0)) / gib:.1f} GiB) -> "
+        f"{'compute' if compute_s >= hbm_s else 'HBM'}-bound, roofline {roofline * 1e3:.1f} ms/step, "
+        f"MFU at most {100 * compute_s / roofline:.0f}%")
+  print(f"compiler step estimate: {estimate}; compiled in {compile_s:.0f} s")
+  print(f"the run: {steps} steps x {roofline * 1e3:.1f} ms = at least {steps * roofline / 3600:.1f} h on {n} chips")
+  print("HBM traffic by op: " + "; ".join(f"{100 * v / hbm_bytes:.0f}% {k}" for k, v in
+                                          sorted(by_op.items(), key=lambda kv: -kv[1])[:5]))
   fields = {"topology": a.topology, "chips": n, "preset": config.model.preset, "batch": config.batch_size,
             "mem_gib": round(mem["total"] / gib, 3), "hbm_frac": round(mem["total"] / hbm, 3),
-            "tflop_per_device": round(flops / 1e12, 3), "gib_accessed": round(accessed / 2 ** 30, 2),
+            "tflop_per_device": round(flops / 1e12, 3), "hbm_gib": round(hbm_bytes / gib, 2),
             "est_ms": round(seconds * 1e3, 2) if seconds > 0 else "none", "mfu": round(mfu, 3),
-            "roofline_ms": round(roofline * 1e3, 2),
+            "roofline_ms": round(roofline * 1e3, 2), "run_h": round(steps * roofline / 3600, 1),
             "collective_mib": round(sum(coll.values()) / 2 ** 20, 1)}
   if a.max_batch:
     for remat in (False, True):
