@@ -95,8 +95,9 @@ def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_dead_one(bucket, mon
 
 
 def test_converted_and_generated_data_go_straight_to_a_bucket(bucket, tmp_path):
-  """convert_wds.py reads tars from and writes shards to the bucket; make_negatives.py stages its captions
-  locally and publishes finished shards; reruns skip what the bucket already holds."""
+  """convert_wds.py reads tars from and writes shards to the bucket; make_negatives.py reads a table and its
+  images from the bucket, stages its captions locally and publishes finished shards; reruns skip what the
+  bucket already holds."""
   pytest.importorskip("diffusers")
   from test_import_formats import _write_tar
   from test_negatives import _inputs
@@ -118,11 +119,14 @@ def test_converted_and_generated_data_go_straight_to_a_bucket(bucket, tmp_path):
   assert "2 already converted; converting 0" in r.stdout, r.stderr
 
   llm, t2i = make_tiny_llm(str(tmp_path / "llm")), make_tiny_t2i(str(tmp_path / "t2i"))
-  cmd = [sys.executable, "launch/make_negatives.py", "--input", _inputs(tmp_path, n=10), "--output_dir",
+  (tmp_path / "in").mkdir()
+  _inputs(tmp_path / "in", n=10, bad=True)  # a table with relative image paths, two bad rows, one missing image
+  fileio.upload(str(tmp_path / "in"), f"{bucket}/in")
+  cmd = [sys.executable, "launch/make_negatives.py", "--input", f"{bucket}/in/in.jsonl", "--output_dir",
          f"{bucket}/negatives", "--staging_dir", str(tmp_path / "staging"), "--llm", llm, "--t2i", t2i,
          "--image_size", "32", "--batch_size", "4", "--chunk_size", "8", "--max_new_tokens", "12"]
   r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-  assert r.returncode == 0 and "records=10" in r.stdout, r.stderr[-3000:]
+  assert r.returncode == 0 and "records=10" in r.stdout and "input_skipped=3" in r.stdout, r.stderr[-3000:]
   assert sorted(os.listdir(tmp_path / "staging" / "captions")) == ["chunk-00000.jsonl", "chunk-00001.jsonl"]
   listing = fileio.listdir(f"{bucket}/negatives")
   assert "manifest.json" in listing and "negatives-00001-of-00002.tfrecord.summary.json" in listing, listing

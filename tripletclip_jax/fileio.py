@@ -48,13 +48,9 @@ def isdir(path) -> bool:
   return Path(path).is_dir()
 
 
-
-
 def listdir(path) -> list[str]:
   """Names (not paths) in a folder."""
   return [p.name for p in Path(path).iterdir()]
-
-
 
 
 def open(path, mode: str = "r"):  # noqa: A001 - the one open() for local and remote paths

@@ -7,9 +7,11 @@ key lands in, so an input that becomes readable between runs never moves another
 """
 
 import csv
+import io
 import json
 import os
 
+from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops, records
 
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "path", "url_local")
@@ -18,20 +20,19 @@ WDS_TEXT_EXTS = ("txt", "caption")
 
 
 def _table_rows(path: str):
+  text = io.StringIO(fileio.read_bytes(path).decode("utf-8", "replace"), newline="")  # local or gs://
   if path.endswith(".jsonl"):
-    with open(path, encoding="utf-8", errors="replace") as f:
-      for n, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            row = json.loads(line)
-          except json.JSONDecodeError as e:
-            row = f"bad JSON ({e.msg})"
-          yield n, row if isinstance(row, (dict, str)) else f"not a JSON object ({type(row).__name__})"
+    for n, line in enumerate(text, 1):
+      if line.strip():
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          row = f"bad JSON ({e.msg})"
+        yield n, row if isinstance(row, (dict, str)) else f"not a JSON object ({type(row).__name__})"
     return
   delim = "\t" if path.endswith(".tsv") else ","
-  with open(path, newline="", encoding="utf-8", errors="replace") as f:
-    for n, row in enumerate(csv.DictReader(f, delimiter=delim), 2):
-      yield n, row
+  for n, row in enumerate(csv.DictReader(text, delimiter=delim), 2):
+    yield n, row
 
 
 def _checked(key, caption, image: bytes, what: str):
@@ -44,8 +45,12 @@ def _checked(key, caption, image: bytes, what: str):
 
 
 def read_table(path: str):
-  """[(where, item or reason)] from JSONL / CSV / TSV with key, caption and an image path column."""
-  base = os.path.dirname(os.path.abspath(path))
+  """[(where, item or reason)] from JSONL / CSV / TSV with key, caption and an image path column.
+
+  A relative image path is relative to the table's folder (local or gs://); an absolute one or a URL is used as
+  it is.
+  """
+  base = os.path.dirname(fileio.absolute(path))
   for n, row in _table_rows(path):
     where = f"{os.path.basename(path)}:{n}"
     if isinstance(row, str):
@@ -56,12 +61,11 @@ def read_table(path: str):
     if not row.get("key") or not isinstance(caption, str) or not caption.strip() or col is None:
       yield where, f"needs key, caption and one of {IMAGE_COLUMNS}"
       continue
-    image_path = row[col] if os.path.isabs(row[col]) else os.path.join(base, row[col])
+    image_path = row[col] if os.path.isabs(row[col]) or fileio.is_remote(row[col]) else fileio.join(base, row[col])
     try:
-      with open(image_path, "rb") as f:
-        image = f.read()
+      image = fileio.read_bytes(image_path)
     except OSError as e:
-      yield where, f"unreadable image {image_path}: {e.strerror}"
+      yield where, f"unreadable image {image_path}: {e.strerror or e}"
       continue
     yield where, _checked(row["key"], caption, image, image_path)
 
@@ -104,7 +108,7 @@ def read_inputs(spec: str) -> list:
   """[(where, item or reason)] over a comma-separated list of sources, in order. Keys must be unique."""
   entries = []
   for part in [p.strip() for p in spec.split(",") if p.strip()]:
-    if not os.path.exists(part) and not any(ch in part for ch in "*?["):
+    if not any(ch in part for ch in "*?[") and not fileio.exists(part):
       raise FileNotFoundError(f"Input {part!r} does not exist: pass a .jsonl/.csv/.tsv table, .tar shards or our shards.")
     if part.endswith((".jsonl", ".csv", ".tsv")):
       entries += read_table(part)
