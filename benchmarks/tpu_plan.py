@@ -36,8 +36,10 @@ from tripletclip_jax.train.step import abstract_train_state, batch_keys  # noqa:
 # Per chip: bf16 peak FLOP/s, HBM bytes and HBM bytes/s (Google Cloud's published figures).
 CHIPS = {"v4": (275e12, 32 * 2 ** 30, 1.2e12), "v5e": (197e12, 16 * 2 ** 30, 0.82e12),
          "v5p": (459e12, 95 * 2 ** 30, 2.76e12), "v6e": (918e12, 32 * 2 ** 30, 1.64e12)}
-_COLLECTIVE = re.compile(r"=\s*(\S+)\s+(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
-                         r"(?:-start)?\(")
+# A collective anywhere in the module (the TPU compiler moves many into fusions and async wrappers); its
+# result shape may be a tuple (combined all-reduces), so everything up to the opcode is the shape.
+_COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%\S+ = (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
+                         r"collective-permute)(-start)?\(", re.M)
 # An array in the HLO text: dtype[dims] and, when printed, its layout {...}; "S(1)" in a layout is TPU on-chip memory.
 _ARRAY = re.compile(r"\b(bf16|f32|f16|s32|u32|u8|s8|pred|f64|s64)\[([\d,]*)\](\{[^}]*\})?")
 _BYTES = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "u8": 1, "s8": 1, "pred": 1, "f64": 8, "s64": 8}
@@ -57,10 +59,14 @@ def _arrays(text: str) -> list[tuple[int, bool]]:
 
 
 def collective_bytes(hlo: str) -> dict[str, int]:
-  """{collective kind: result bytes per device per step}, summed over the compiled HLO's ops."""
+  """{collective kind: result bytes per device per step}, summed over every computation of the compiled HLO."""
   out: dict[str, int] = {}
   for m in _COLLECTIVE.finditer(hlo):
-    out[m.group(2)] = out.get(m.group(2), 0) + sum(n for n, _ in _arrays(m.group(1)))
+    shape, kind, start = m.groups()
+    arrays = [n for n, _ in _arrays(shape) if n > 4]  # drop the async context scalars
+    if start and kind != "all-reduce":  # (operands..., results...): the results only
+      arrays = arrays[len(arrays) // 2:]
+    out[kind] = out.get(kind, 0) + sum(arrays)
   return out
 
 
@@ -139,6 +145,7 @@ def main():
   p.add_argument("--topology", default="v4:2x2x4", help="e.g. v4:2x2x1 (v4-8), v4:2x2x4 (v4-32), v5e:4x4, v6e:4x4")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
   p.add_argument("--max_batch", action="store_true", help="also search the largest batch that fits (slow)")
+  p.add_argument("--save_hlo", metavar="PATH", help="write the compiled HLO text there (to study it further)")
   a = p.parse_args()
   from jax.experimental import topologies
   chip = a.topology.split(":")[0]
@@ -158,6 +165,9 @@ def main():
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops, seconds = float(cost.get("flops", 0.0)), float(cost.get("optimal_seconds", -1.0))
   hlo = compiled.as_text()
+  if a.save_hlo:
+    with open(a.save_hlo, "w") as f:
+      f.write(hlo)
   by_op = hbm_bytes_by_op(hlo)
   hbm_bytes = sum(by_op.values())
   # A roofline: compute at peak or HBM traffic at full bandwidth, whichever is slower. The compiler's
