@@ -141,7 +141,14 @@ def max_batch(config, devices, hbm: int, remat: bool, start: int) -> tuple[int, 
   stepping down 5% at a time until the compiler's plan fits. Batches are multiples of the device count.
   """
   n = len(devices)
-  total = lambda b: memory(compile_step(config, devices, b, remat)[0])["total"]
+
+  def total(b):
+    try:
+      return memory(compile_step(config, devices, b, remat)[0])["total"]
+    except jax.errors.JaxRuntimeError as e:  # the compiler refuses a plan over HBM
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      return float("inf")
   b1, b2 = start, 2 * start
   m1, m2 = total(b1), total(b2)
   per_example = (m2 - m1) / ((b2 - b1) / n)
@@ -175,7 +182,14 @@ def main():
   config = load_config_file(a.config)
   apply_overrides(config, a.set)
   t = time.perf_counter()
-  compiled, model_cfg = compile_step(config, devices, config.batch_size)
+  try:
+    compiled, model_cfg = compile_step(config, devices, config.batch_size)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    raise SystemExit(f"{a.topology}: {config.model.preset} at global batch {config.batch_size} (remat "
+                     f"{config.model.remat}) does not fit: {str(e).splitlines()[0]} Try --set model.remat=True, "
+                     "a larger mesh.fsdp or a smaller batch_size.")
   compile_s = time.perf_counter() - t
   mem = memory(compiled)
   cost = compiled.cost_analysis()

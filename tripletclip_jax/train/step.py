@@ -6,6 +6,7 @@ each micro-batch is re-encoded with gradient and scored against the full set
 of embeddings. A naive split would shrink the set of negatives.
 """
 
+import math
 from typing import Any, Callable
 
 import flax.struct
@@ -60,30 +61,35 @@ def create_train_state(config: CLIPConfig, tx: optax.GradientTransformation, mes
   return state, shardings
 
 
-def encode_batch(model: CLIP, params, batch: dict, loss: str) -> dict:
+def encode_batch(model: CLIP, params, batch: dict, loss: str, shards: int = 1) -> dict:
   """Encodes what `loss` needs; positives and negatives share one forward pass per tower.
 
+  `shards` is how many devices split the batch dimension. Each device's positives and negatives are
+  concatenated where they lie ([x_d; x'_d] per device d; on one device simply [x; x']): a global
+  concatenation would move half of every device's images to another (an all-to-all of uint8 images, 147 MiB
+  per v4 chip per step in the cc3m plan).
   Returns L2-normalised float32 embeddings {'img', 'txt', 'neg_img', 'neg_txt'} [N, D]
   (the negatives are None when unused).
   """
   spec = losses.get(loss)
-  neg_img, neg_txt = spec.neg_images, spec.neg_texts
-  def with_negatives(pos, neg):  # [N, ...] x 2 -> [2N, ...] as x0, x0', x1, x1', ...
-    # Interleaved, not concatenated: under a batch-sharded mesh each device then holds its own rows and their
-    # negatives, where a concatenation would move half of every device's images to another (an all-to-all
-    # of uint8 images, 147 MiB per v4 chip per step in the cc3m plan).
-    return jnp.stack([pos, neg], axis=1).reshape(-1, *pos.shape[1:])
+  if batch["image"].shape[0] % shards:
+    shards = 1  # a micro-batch smaller than the mesh is not split evenly anyway
 
-  def split(e):  # [2N, D] -> ([N, D], [N, D])
-    e = e.reshape(-1, 2, e.shape[-1])
-    return e[:, 0], e[:, 1]
+  def with_negatives(pos, neg):  # [N, ...] x 2 -> [2N, ...]
+    split = lambda x: x.reshape((shards, -1) + x.shape[1:])
+    return jnp.stack([split(pos), split(neg)], axis=1).reshape((-1,) + pos.shape[1:])
 
-  images = with_negatives(batch["image"], batch["neg_image"]) if neg_img else batch["image"]
-  texts = with_negatives(batch["text"], batch["neg_text"]) if neg_txt else batch["text"]
-  vi = model.apply({"params": params}, images, method=CLIP.encode_image)
-  vt = model.apply({"params": params}, texts, method=CLIP.encode_text)
-  (vi, neg_vi), (vt, neg_vt) = split(vi) if neg_img else (vi, None), split(vt) if neg_txt else (vt, None)
-  return {"img": vi, "txt": vt, "neg_img": neg_vi, "neg_txt": neg_vt}
+  def apart(e):  # [2N, D] -> [N, D], [N, D]
+    e = e.reshape((shards, 2, -1) + e.shape[1:])
+    return e[:, 0].reshape((-1,) + e.shape[3:]), e[:, 1].reshape((-1,) + e.shape[3:])
+
+  out = {"neg_img": None, "neg_txt": None}
+  for tower, key, neg, method in (("img", "image", spec.neg_images, CLIP.encode_image),
+                                  ("txt", "text", spec.neg_texts, CLIP.encode_text)):
+    x = with_negatives(batch[key], batch[f"neg_{key}"]) if neg else batch[key]
+    e = model.apply({"params": params}, x, method=method)
+    out[tower], out[f"neg_{tower}"] = apart(e) if neg else (e, None)
+  return out
 
 
 def batch_keys(loss: str) -> tuple[str, ...]:
@@ -108,10 +114,13 @@ def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int
   def loss_of(e, p):
     return losses.compute(loss, e, {k: p[k] for k in owned}, mesh)
 
+  shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+  encode = lambda p, b: encode_batch(model, p, b, loss, shards)
+
   if accum_steps == 1:
     def whole(p):
       p = freeze(p, mask)
-      return loss_of(encode_batch(model, p, batch, loss), p)
+      return loss_of(encode(p, batch), p)
     return jax.value_and_grad(whole, has_aux=True)(params)
 
   n = batch["image"].shape[0]
@@ -129,7 +138,7 @@ def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int
   micro = {k: to_micro(batch[k]) for k in batch_keys(loss)}
 
   constant = jax.lax.stop_gradient(params)
-  all_e = jax.lax.map(lambda mb: encode_batch(model, constant, mb, loss), micro)  # each [A, m, D]
+  all_e = jax.lax.map(lambda mb: encode(constant, mb), micro)  # each [A, m, D]
   flat = lambda e: jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), e)
 
   # The loss's own parameters get their gradient once, from the full set of embeddings; the micro-batch
@@ -141,7 +150,7 @@ def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int
   def micro_grad(acc, j):
     mb = jax.tree.map(lambda x: x[j], micro)
     def f(p):
-      e_j = encode_batch(model, freeze(p, mask), mb, loss)
+      e_j = encode(freeze(p, mask), mb)
       e = jax.tree.map(lambda a, b: a.at[j].set(b), all_e, e_j)
       return loss_of(flat(e), fixed)[0]
     g = jax.grad(f)(params)
