@@ -1,5 +1,5 @@
-"""gs:// everywhere, against a real storage server: train, stop, resume bit-identically, export, load, evaluate;
-the data tools write to the bucket."""
+"""gs:// everywhere, against a real storage server: train, SIGKILL, resume bit-identically, export, load,
+evaluate; a simulated pod preempted and resumed in the bucket; the data tools read from and write to it."""
 
 import json
 import os
