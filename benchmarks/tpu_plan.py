@@ -107,7 +107,9 @@ def hbm_bytes_by_op(hlo: str) -> dict[str, int]:
 
 
 def compile_step(config, devices, batch_size: int, remat: bool | None = None):
-  """The trainer's step, compiled for `devices`; returns (compiled, model config, global batch)."""
+  """The trainer's step, compiled for `devices` at `batch_size` (and `remat`, if given); returns (compiled,
+  model config). `config` itself is not changed."""
+  config = config.copy_and_resolve_references()
   with config.unlocked():
     config.batch_size = batch_size
     if remat is not None:
