@@ -95,7 +95,8 @@ def hbm_bytes_by_op(hlo: str) -> dict[str, int]:
     if not m or m.group(2) in _NOT_TRAFFIC or m.group(2).endswith("-done"):
       continue
     result, op, rest = m.groups()
-    if op.endswith("-start"):  # async move: result (source, target, context); the read is the smaller side
+    if op.endswith("-start"):  # async move: its result tuple holds both ends (copy-start: target, source;
+      # slice-start: (source), target), then a context; the bytes moved are the smaller end's
       (src, src_hbm), (dst, dst_hbm) = _arrays(result)[:2]
       traffic = min(src, dst) * src_hbm + dst * dst_hbm
     else:

@@ -58,6 +58,20 @@ def test_step_is_the_same_on_every_mesh():
       assert state.params["logit_scale"].sharding.spec == P()
 
 
+def test_images_and_their_negatives_stay_on_their_device():
+  """On a data-parallel mesh the compiled step moves no examples between devices: only the loss's gather of the
+  embeddings and the gradient reduction (a global concatenation of images with their negatives compiled to an
+  all-to-all and collective-permutes)."""
+  import re
+  mesh = sharding.make_mesh(8, 1)
+  tx, schedule = make_optimizer(learning_rate=LR, total_steps=10, warmup_steps=0)
+  state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0))
+  step = make_train_step(CFG, tx, schedule, "tripletclip", mesh, sh)
+  hlo = step.jitted.lower(state, sharding.put_batch(_batch(16), mesh)).compile().as_text()
+  kinds = set(re.findall(r" (all-to-all|collective-permute|all-gather|all-reduce|reduce-scatter)(?:-start)?\(", hlo))
+  assert kinds == {"all-gather", "all-reduce"}, kinds
+
+
 # Both use both negative paths; tripletsiglip adds a second loss-owned parameter (the bias), whose gradient
 # must come once, not once per micro-batch, and runs its ring over the mesh inside the accumulation.
 @pytest.mark.parametrize("loss", ["tripletclip", "tripletsiglip"])

@@ -20,19 +20,19 @@ WDS_TEXT_EXTS = ("txt", "caption")
 
 
 def _table_rows(path: str):
-  text = io.StringIO(fileio.read_bytes(path).decode("utf-8", "replace"), newline="")  # local or gs://
-  if path.endswith(".jsonl"):
-    for n, line in enumerate(text, 1):
-      if line.strip():
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as e:
-          row = f"bad JSON ({e.msg})"
-        yield n, row if isinstance(row, (dict, str)) else f"not a JSON object ({type(row).__name__})"
-    return
-  delim = "\t" if path.endswith(".tsv") else ","
-  for n, row in enumerate(csv.DictReader(text, delimiter=delim), 2):
-    yield n, row
+  with fileio.open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as f:
+    if path.endswith(".jsonl"):  # streamed, local or gs://
+      for n, line in enumerate(f, 1):
+        if line.strip():
+          try:
+            row = json.loads(line)
+          except json.JSONDecodeError as e:
+            row = f"bad JSON ({e.msg})"
+          yield n, row if isinstance(row, (dict, str)) else f"not a JSON object ({type(row).__name__})"
+      return
+    delim = "\t" if path.endswith(".tsv") else ","
+    for n, row in enumerate(csv.DictReader(f, delimiter=delim), 2):
+      yield n, row
 
 
 def _checked(key, caption, image: bytes, what: str):

@@ -6,7 +6,6 @@ each micro-batch is re-encoded with gradient and scored against the full set
 of embeddings. A naive split would shrink the set of negatives.
 """
 
-import math
 from typing import Any, Callable
 
 import flax.struct
@@ -114,7 +113,7 @@ def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int
   def loss_of(e, p):
     return losses.compute(loss, e, {k: p[k] for k in owned}, mesh)
 
-  shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+  shards = 1 if mesh is None else sharding.num_batch_shards(mesh)
   encode = lambda p, b: encode_batch(model, p, b, loss, shards)
 
   if accum_steps == 1:
