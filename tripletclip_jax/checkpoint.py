@@ -5,14 +5,18 @@ checkpoint into a temporary directory and renames it when complete, so a
 checkpoint that was half written when the process died is never listed.
 
 What Orbax cannot see is damage after the fact (a flipped byte, a deleted or
-truncated file): the meta holds a checksum of every state leaf, taken at save
-time, and `restore_intact` verifies it and falls back to an older checkpoint.
+truncated file): the meta holds a checksum of every state leaf and of each
+process's iterator state, taken at save time, and `restore_intact` verifies them
+and falls back to an older checkpoint. Only that counts as damage: the meta also
+holds every leaf's shape, so a config that no longer fits the state is refused
+before anything is read or moved (`state_differences`).
 """
 
 import json
 import os
 import shutil
 import time
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -37,30 +41,98 @@ def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True,
                                item_handlers=handlers)
 
 
+def checkpoint_bytes(workdir: str, step: int | None, state) -> int:
+  """Bytes the next checkpoint of `state` will take on disk: the size of checkpoint `step` when it exists,
+  else an estimate from compressing a sample of every leaf (Orbax compresses; the raw size is ~2.5x too
+  high for a fresh model)."""
+  if step is not None:
+    root = os.path.join(checkpoint_dir(workdir), str(step))
+    if os.path.isdir(root):
+      return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+  total = 0
+  for x in jax.tree.leaves(state):
+    x = jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    local = np.asarray(x.addressable_shards[0].data).reshape(-1).view(np.uint8)
+    blocks = local[:local.size // 4096 * 4096].reshape(-1, 4096)
+    sample = local if len(blocks) <= 16 else blocks[np.linspace(0, len(blocks) - 1, 16).astype(int)].reshape(-1)
+    total += len(zlib.compress(sample.tobytes(), 1)) * x.size * x.dtype.itemsize / max(sample.size, 1)
+  return int(total)
+
+
 def check_space(workdir: str, state, last_good: int | None) -> None:
   """Raises ValueError in one line when the workdir's disk cannot hold one more checkpoint of `state`.
 
   Orbax reports a full disk from its writer threads as hundreds of lines of tracebacks; this check runs
-  before each save. The need is the uncompressed state size, an upper bound (Orbax compresses).
+  at the start and before each save. `last_good` is the newest complete checkpoint, measured for the need.
   """
   if fileio.is_remote(workdir) or not os.path.isdir(workdir):
     return  # a bucket has no fixed size
-  need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+  need = 1.1 * checkpoint_bytes(workdir, last_good, state)  # training makes the state a little less compressible
   free = shutil.disk_usage(workdir).free
   if free < need:
     last = f"step {last_good}" if last_good is not None else "none yet"
-    raise ValueError(f"No space for a checkpoint in {workdir}: {free / 2**20:.1f} MiB free, up to "
+    raise ValueError(f"No space for a checkpoint in {workdir}: {free / 2**20:.1f} MiB free, about "
                      f"{need / 2**20:.1f} MiB needed. Free space or move the run to a larger disk; the last "
                      f"complete checkpoint is {last}.")
 
 
+class _IteratorState:
+  """An iterator state as Grain's checkpoint handler sees it (bytes): what we save, or what it restores.
+
+  Taking the bytes ourselves lets the meta hold their checksum, and lets a resume move the state to
+  another number of data workers before the real iterator sees it.
+  """
+
+  def __init__(self, data: bytes = b""):
+    self.data = data
+
+  def get_state(self) -> bytes:
+    return self.data
+
+  def set_state(self, data: bytes) -> None:
+    self.data = data
+
+  def start_prefetch(self) -> None:
+    pass
+
+
+def _per_process(value: int) -> list[int]:
+  """[value of process 0, value of process 1, ...] on every process."""
+  if jax.process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils
+  return [int(v) for v in multihost_utils.process_allgather(np.int64(value)).reshape(-1)]
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter, meta: dict, force: bool = False) -> bool:
+  """Saves `state`, the iterator's position and `meta` (plus the checksums and shapes that a resume checks)."""
   import grain  # the JAX-only readers of checkpoints (tc.load) need no Grain
-  meta = dict(meta, checksums=checksums(state))  # verified by restore_intact and load_params
-  args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+  meta = dict(meta, checksums=checksums(state), shapes=shapes(state), process_count=jax.process_count())
+  args = {"state": ocp.args.StandardSave(state)}
   if data_iter is not None:
-    args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    data = json.dumps(data_iter.get_state(), sort_keys=True).encode()
+    meta["data_checksums"] = _per_process(zlib.crc32(data))
+    args["data"] = grain.checkpoint.CheckpointSave(_IteratorState(data))
+  args["meta"] = ocp.args.JsonSave(meta)
   return manager.save(step, args=ocp.args.Composite(**args), force=force)
+
+
+def shapes(tree) -> dict[str, str]:
+  """{leaf path: "dtype[shape]"} of a pytree of arrays or jax.ShapeDtypeStructs."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p, simple=True, separator="/"): f"{x.dtype}{list(x.shape)}" for p, x in flat}
+
+
+def state_differences(meta: dict, abstract_state) -> list[str]:
+  """How the checkpoint's state (from its meta) differs from `abstract_state`: leaves only in one of them,
+  or with another shape or dtype. Empty when it fits (or the meta is too old to say)."""
+  saved = meta.get("shapes") or dict.fromkeys(meta.get("checksums") or {})
+  if not saved:
+    return []
+  now = shapes(abstract_state)
+  out = [f"{k} {saved[k]} -> {now[k]}" for k in now if saved.get(k) not in (None, now[k])]
+  out += [f"{k} only in this config" for k in now if k not in saved]
+  return out + [f"{k} only in the checkpoint" for k in saved if k not in now]
 
 
 class DamagedCheckpoint(ValueError):
@@ -108,14 +180,27 @@ def verify(tree, expected: dict | None, step: int) -> None:
                             f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter):
-  """Restores (state, meta) at `step` into the shardings of `abstract_state`, and the iterator in place."""
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, with_data: bool = True):
+  """(state, meta, iterator state or None) at `step`, the state in the shardings of `abstract_state`.
+
+  Raises DamagedCheckpoint when a state leaf or this process's iterator state differs from its
+  save-time checksum.
+  """
   import grain
+  holder = _IteratorState()
   args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-  if data_iter is not None:
-    args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+  if with_data:
+    args["data"] = grain.checkpoint.CheckpointRestore(holder)
   out = manager.restore(step, args=ocp.args.Composite(**args))
-  return out["state"], out["meta"]
+  state, meta = out["state"], out["meta"]
+  verify(state, meta.get("checksums"), step)
+  if not with_data:
+    return state, meta, None
+  expected = meta.get("data_checksums")
+  if expected and len(expected) == jax.process_count() and zlib.crc32(holder.data) != expected[jax.process_index()]:
+    raise DamagedCheckpoint(f"checkpoint {step}: the data iterator's state (data/process_{jax.process_index()}"
+                            f"-of-{jax.process_count()}.json) differs from its save-time checksum")
+  return state, meta, json.loads(holder.data)
 
 
 def _first_line(e: Exception) -> str:
@@ -131,12 +216,14 @@ def set_aside(workdir: str, step: int) -> str:
   return dst
 
 
-def restore_intact(manager: ocp.CheckpointManager, workdir: str, abstract_state, data_iter, check_meta, log=print):
-  """(step, state, meta) of the newest checkpoint that restores and matches its checksums, or None if none exist.
+def restore_intact(manager: ocp.CheckpointManager, workdir: str, abstract_state, with_data: bool, check_meta,
+                   log=print):
+  """(step, state, meta, iterator state) of the newest intact checkpoint, or None if there is none.
 
-  `check_meta(meta, step)` runs on each candidate's meta before its state is read (it raises to refuse a
-  resume, which is the user's call, not damage). Damaged checkpoints are reported in one line each and set
-  aside; if every one is damaged, raises DamagedCheckpoint.
+  `check_meta(meta, step)` runs on each candidate's meta before anything else is read; it raises to refuse
+  a resume (a changed config is the user's call, not damage: nothing is moved). Only an unreadable meta, a
+  missing or unreadable file, or a checksum mismatch counts as damage: such a checkpoint is reported in one
+  line and set aside, and the next older one is tried; if every one is damaged, raises DamagedCheckpoint.
   """
   from jax.experimental import multihost_utils
   steps = sorted(manager.all_steps(), reverse=True)
@@ -150,12 +237,11 @@ def restore_intact(manager: ocp.CheckpointManager, workdir: str, abstract_state,
     if meta is not None:
       check_meta(meta, step)
       try:
-        state, meta = restore(manager, step, abstract_state, data_iter)
-        verify(state, meta.get("checksums"), step)
-        return step, state, meta
+        state, meta, data_state = restore(manager, step, abstract_state, with_data)
+        return step, state, meta, data_state
       except DamagedCheckpoint as e:
         why = str(e).split(": ", 1)[1]
-      except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many types for missing or cut files
+      except Exception as e:  # noqa: BLE001 - the layout was checked above: what fails now is the files
         why = _first_line(e)
     where = set_aside(workdir, step)
     multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
@@ -184,11 +270,18 @@ def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
 
 
 def load_params(workdir: str, step: int | None = None):
-  """(CLIPConfig, params) from a training workdir, for inference and export."""
+  """(CLIPConfig, params on the first local device) from a training workdir, for inference and export.
+
+  Works whatever the number of devices or processes that wrote the checkpoint (a pod's checkpoint loads
+  on a laptop): the targets come from the checkpoint's own metadata, placed on one device.
+  """
   step, meta = read_meta(workdir, step)
   manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("state", "data", "meta"))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    saved = ocp.StandardCheckpointHandler().metadata(fileio.Path(checkpoint_dir(workdir)) / str(step) / "state")
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   except Exception as e:  # noqa: BLE001 - missing or cut files
     raise DamagedCheckpoint(f"checkpoint {step} in {checkpoint_dir(workdir)} cannot be read ({_first_line(e)}); "
                             "pass an older --step") from None
@@ -196,5 +289,4 @@ def load_params(workdir: str, step: int | None = None):
     verify(restored["state"], meta.get("checksums"), step)
   except DamagedCheckpoint as e:
     raise DamagedCheckpoint(f"{e} in {checkpoint_dir(workdir)}; pass an older --step") from None
-  params = jax.tree.map(lambda x: jax.device_put(x, jax.devices()[0]), restored["state"]["params"])
-  return CLIPConfig.from_dict(meta["model_config"]), params
+  return CLIPConfig.from_dict(meta["model_config"]), restored["state"]["params"]

@@ -81,8 +81,6 @@ def remove(path) -> None:
   Path(path).unlink()
 
 
-
-
 def fsspec_fs(path):
   """The fsspec filesystem that serves a URL (for ranged reads, which epath has no call for)."""
   import fsspec
@@ -90,6 +88,9 @@ def fsspec_fs(path):
 
 
 def read_bytes(path) -> bytes:
+  """A whole file; on a bucket one GET (epath's open asks for the object's metadata first: two round trips)."""
+  if is_remote(path):
+    return fsspec_fs(path).cat_file(os.fspath(path))
   return Path(path).read_bytes()
 
 

@@ -288,5 +288,39 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * batch_size))
   ds = SkipBadBatch(ds, batch_size, train if drop_remainder is None else drop_remainder, max_bad_fraction, bad_window)
   if num_workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # Grain's workers read an absl flag; a library caller has parsed none
+      flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds
+
+
+def iterator_state_for(state: dict, num_workers: int) -> tuple[dict, int]:
+  """A saved training iterator state moved to `num_workers` worker processes: (state, repeated).
+
+  Worker w of N reads positions w, w + N, ... of the process's stream and batches its own share, so a
+  state is a set of consumed positions. The result resumes at the first unconsumed position: when the
+  save was at a multiple of the old worker count, nothing repeats or is skipped; otherwise `repeated`
+  positions (fewer than old workers x batch size) are read a second time. The same layout comes back as it
+  is. Unknown layouts raise ValueError.
+  """
+  if "next_index" in state:
+    consumed = [state["next_index"]]  # one stream
+  elif "iterators_in_use_states" in state:
+    consumed = [s["next_index"] for s in state["iterators_in_use_states"]]
+  else:
+    raise ValueError(f"unknown data iterator state layout (keys {sorted(state)})")
+  old = len(consumed) if "iterators_in_use_states" in state else 0
+  if old == num_workers:
+    return state, 0
+  n = max(old, 1)
+  first_free = min(w + n * c for w, c in enumerate(consumed))
+  repeated = sum(max(0, c - (first_free - w + n - 1) // n) for w, c in enumerate(consumed))
+  if num_workers == 0:
+    return {"next_index": first_free}, repeated
+  per_worker = [max(0, (first_free - w + num_workers - 1) // num_workers) for w in range(num_workers)]
+  return {"next_index_in_cycle": 0, "next_index_in_datasets": num_workers,
+          "iterators_in_use_indices": list(range(num_workers)),
+          "iterators_in_use_states": [{"next_index": c} for c in per_worker],
+          "exhausted": [0] * num_workers, "future_states": {}}, repeated
+

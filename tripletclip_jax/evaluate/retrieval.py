@@ -20,8 +20,8 @@ def load(split_json: str, image_dir: str, split: str = "test"):
   if not entries:
     raise ValueError(f"{split_json} has no images in split {split!r}.")
   images, captions, owner, missing = [], [], [], []  # missing: absent or unreadable, skipped and counted
-  for e in entries:
-    image, why = image_ops.try_load(fileio.join(image_dir, e.get("filepath", ""), e["filename"]))
+  paths = [fileio.join(image_dir, e.get("filepath", ""), e["filename"]) for e in entries]
+  for e, (image, why) in zip(entries, image_ops.try_load_all(paths)):
     if why:
       missing.append(e["filename"])
       continue

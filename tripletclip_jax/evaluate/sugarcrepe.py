@@ -42,12 +42,10 @@ def _text_ok(t) -> bool:
 def score_subset(model, entries: list[dict], image_dir: str) -> dict:
   """Accuracy (%) over one subset. Entries with a missing or unreadable image, or a null or empty
   caption, are counted and skipped, not scored. Each process scores its own slice of the entries."""
-  images, kept, missing, unreadable, bad = [], [], [], 0, 0
-  for e in shards.local_slice(entries):
-    if not (_text_ok(e["caption"]) and _text_ok(e["negative_caption"]) and isinstance(e["filename"], str)):
-      bad += 1
-      continue
-    image, why = image_ops.try_load(fileio.join(image_dir, e["filename"]))
+  mine = shards.local_slice(entries)
+  ok = [e for e in mine if _text_ok(e["caption"]) and _text_ok(e["negative_caption"]) and isinstance(e["filename"], str)]
+  images, kept, missing, unreadable, bad = [], [], [], 0, len(mine) - len(ok)
+  for e, (image, why) in zip(ok, image_ops.try_load_all([fileio.join(image_dir, e["filename"]) for e in ok])):
     if why == "missing":
       missing.append(e["filename"])
     elif why == "unreadable":

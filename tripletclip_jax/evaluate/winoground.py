@@ -39,7 +39,9 @@ def load(path: str, image_dir: str | None = None) -> list[dict]:
         if why != "missing":
           return image  # None when unreadable: the example is skipped and counted
       raise FileNotFoundError(f"Winoground image {name!r} not found in {image_dir}.")
-    return [dict(r, image_0=img(r["image_0"]), image_1=img(r["image_1"])) for r in rows]
+    names = list(dict.fromkeys(r[k] for r in rows for k in ("image_0", "image_1")))
+    loaded = dict(zip(names, image_ops.map_threads(img, names)))
+    return [dict(r, image_0=loaded[r["image_0"]], image_1=loaded[r["image_1"]]) for r in rows]
   import datasets
   if os.path.exists(os.path.join(path, "dataset_info.json")) or os.path.exists(os.path.join(path, "dataset_dict.json")):
     ds = datasets.load_from_disk(path)

@@ -45,17 +45,15 @@ def load_folder(root: str):
   classes = sorted(d for d in fileio.listdir(root) if fileio.isdir(fileio.join(root, d)))
   if not classes:
     raise FileNotFoundError(f"{root} has no class subfolders.")
+  files = [(i, fileio.join(root, c, name)) for i, c in enumerate(classes)
+           for name in sorted(fileio.listdir(fileio.join(root, c))) if name.lower().endswith(IMAGE_EXTS)]
   images, labels, skipped = [], [], 0
-  for i, c in enumerate(classes):
-    for name in sorted(fileio.listdir(fileio.join(root, c))):
-      if not name.lower().endswith(IMAGE_EXTS):
-        continue
-      image, why = image_ops.try_load(fileio.join(root, c, name))
-      if why:
-        skipped += 1
-      else:
-        images.append(image)
-        labels.append(i)
+  for (i, _), (image, why) in zip(files, image_ops.try_load_all([path for _, path in files])):
+    if why:
+      skipped += 1
+    else:
+      images.append(image)
+      labels.append(i)
   return images, np.asarray(labels), [c.replace("_", " ") for c in classes], skipped
 
 

@@ -33,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 5000
   c.keep_checkpoints = 3
   # Orbax's OCDBT format (one database per checkpoint; the default). False: one zarr array per leaf,
-  # for storage that cannot serve OCDBT's conditional reads (the GCS emulator in the tests).
+  # for storage that cannot serve OCDBT's conditional reads (object generations).
   c.checkpoint_ocdbt = True
   c.allow_schedule_change = False
   c.allow_model_change = False     # resume even though the network's definition changed

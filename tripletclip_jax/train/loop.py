@@ -7,6 +7,7 @@ resume), SIGTERM -> checkpoint and clean exit, evaluation every
 """
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -26,12 +27,10 @@ from tripletclip_jax.inference import Model
 from tripletclip_jax.models import get_preset, train_flops_per_example
 from tripletclip_jax.train.config import pairs_per_example, resolve_total_steps, validate
 from tripletclip_jax.train.metrics import MetricWriter, measure_matmul_peak
+from tripletclip_jax.train import resume
 from tripletclip_jax.train.optim import make_optimizer
 from tripletclip_jax.train.step import batch_keys, create_train_state, make_train_step, with_loss_params
 from tripletclip_jax.train.workdir_lock import WorkdirLock
-
-SCHEDULE_KEYS = ("total_steps", "batch_size", "loss")
-
 
 class Preempted(Exception):
   """Raised after SIGTERM once the checkpoint is safely written."""
@@ -98,43 +97,6 @@ def prepare_data(config, workdir: str) -> tuple[str, list[evaluate.Evaluator]]:
   return train, evaluate.build(evals, config.eval_every_steps, log=print if jax.process_index() == 0 else quiet)
 
 
-def check_schedule(meta: dict, config, total_steps: int, workdir: str) -> None:
-  now = {"total_steps": total_steps, "batch_size": config.batch_size, "loss": config.loss}
-  changed = {k: (meta["schedule"][k], now[k]) for k in SCHEDULE_KEYS if meta["schedule"][k] != now[k]}
-  if changed and not config.allow_schedule_change:
-    what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
-    raise ValueError(f"Refusing to resume {workdir}: the schedule changed ({what}). Use a new workdir, or pass "
-                     "--config.allow_schedule_change=true to continue anyway.")
-
-
-# Compute options may change across a resume; everything else in the model config defines the network.
-_COMPUTE_OPTIONS = ("dtype", "remat", "attention_impl")
-
-
-def check_model(meta: dict, model_cfg, config, workdir: str) -> None:
-  """Refuses a resume whose network differs from the checkpoint's (preset, activation, widths ...)."""
-  def flat(d, prefix=""):
-    for k, v in d.items():
-      if isinstance(v, dict):
-        yield from flat(v, f"{prefix}{k}.")
-      elif k not in _COMPUTE_OPTIONS:
-        yield f"{prefix}{k}", v
-  saved, now = dict(flat(meta["model_config"])), dict(flat(model_cfg.to_dict()))
-  changed = [f"{k} {saved.get(k)} -> {now.get(k)}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
-  if changed and not config.allow_model_change:
-    raise ValueError(f"Refusing to resume {workdir}: the model changed ({', '.join(changed[:4])}"
-                     f"{', ...' if len(changed) > 4 else ''}). Use a new workdir, or pass "
-                     "--config.allow_model_change=true if the checkpoint's shapes still fit.")
-
-
-def data_changes(meta: dict, config) -> dict:
-  """{key: (before, now)} for what may change across a resume but is worth saying: data.train, seed."""
-  before = meta.get("config", {})
-  now = {"data.train": config.data.train, "seed": config.seed}
-  old = {"data.train": before.get("data", {}).get("train"), "seed": before.get("seed")}
-  return {k: (old[k], now[k]) for k in now if old[k] != now[k]}
-
-
 def full_params(state):
   """Parameters as host numpy on every process (gathered across hosts when sharded)."""
   if jax.process_count() == 1:
@@ -189,13 +151,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
     maybe_initialize_distributed(config)
     workdir = fileio.absolute(workdir)  # a gs:// workdir stays as it is
     # Process 0 speaks for the run; the lock is also the first write, so an unwritable workdir fails here.
-    with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
-      return _train(config, workdir, preempted)
+    with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext() as lock:
+      return _train(config, workdir, preempted, lock)
   finally:
     signal.signal(signal.SIGTERM, previous)
 
 
-def _train(config, workdir: str, preempted: list) -> dict:
+def _check_lock(lock, workdir: str, last_good) -> None:
+  """Stops the run, on every process, when a bucket lock's heartbeat found another trainer holding it."""
+  lost = getattr(lock, "lost", None) is not None
+  if jax.process_count() > 1:
+    lost = bool(multihost_utils.broadcast_one_to_all(np.int32(lost)))
+  if lost:
+    last = f"step {last_good}" if last_good is not None else "none yet"
+    raise ValueError(f"The lock on {workdir} was taken over by another trainer after this one's heartbeats failed: "
+                     f"stopping without saving, so as not to write over it. The last complete checkpoint ({last}) "
+                     "is intact.")
+
+
+def _train(config, workdir: str, preempted: list, lock) -> dict:
   # ---- Build: data first (a wrong path fails before the model exists), then the model, optimizer, step.
   is_main = jax.process_index() == 0
   train_pattern, evals = prepare_data(config, workdir)
@@ -211,21 +185,20 @@ def _train(config, workdir: str, preempted: list) -> dict:
 
   # ---- Restore the newest intact checkpoint, or start from a Hugging Face CLIP, or from scratch.
   manager = ckpt.make_manager(workdir, config.keep_checkpoints, use_ocdbt=config.checkpoint_ocdbt)
-  ckpt.check_space(workdir, state, None)  # before any step: a full disk is known now, not at the first save
+  # Before any step: a full disk is known now, not at the first save.
+  ckpt.check_space(workdir, state, manager.latest_step())
   start, bad_totals = 0, np.zeros(len(pipeline.BAD_REASONS), np.int64)
-  history = []  # changes of data.train / seed across resumes, kept in every later checkpoint's meta
+  history = []  # changes of data.train / seed / workers across resumes, kept in every later checkpoint's meta
   latest = None
-
-  def check_resume(meta, step):
-    check_schedule(meta, config, total_steps, workdir)
-    check_model(meta, model_cfg, config, workdir)
-
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
-  restored = ckpt.restore_intact(manager, workdir, abstract, data_iter, check_resume)
+  check = functools.partial(resume.check_resume, config=config, model_cfg=model_cfg, total_steps=total_steps,
+                            abstract_state=abstract, workdir=workdir)
+  restored = ckpt.restore_intact(manager, workdir, abstract, True, check)
   if restored is not None:
-    latest, state, meta = restored
+    latest, state, meta, data_state = restored
+    resume.restore_iterator(data_iter, data_state, config.data.num_workers)
     history = list(meta.get("resume_changes", []))
-    for k, (a, b) in data_changes(meta, config).items():
+    for k, (a, b) in resume.data_changes(meta, config).items():
       print(f"Resuming with {k} changed: {a} -> {b} (recorded in the checkpoint's meta)")
       history.append({"step": latest, "key": k, "before": a, "now": b})
     start = latest
@@ -319,6 +292,8 @@ def _train(config, workdir: str, preempted: list) -> dict:
       preempt = multihost_utils.reached_preemption_sync_point(s) if multi_process else bool(preempted)
       if s % config.checkpoint_every_steps == 0 or s == total_steps or preempt or stopping:
         check_finite()
+        manager.wait_until_finished()  # the space check measures the previous checkpoint: it must be complete
+        _check_lock(lock, workdir, last_good)
         ckpt.check_space(workdir, state, last_good)
         ckpt.save(manager, s, state, data_iter, meta_for(s), force=True)
         last_good = s

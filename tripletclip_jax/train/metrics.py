@@ -1,6 +1,8 @@
 """Metric sinks: stdout, TensorBoard event files and WORKDIR/metrics.jsonl (process 0 only)."""
 
 import json
+import logging
+import os
 import time
 
 import numpy as np
@@ -26,8 +28,13 @@ class MetricWriter:
     # A bucket object cannot be appended to: there the whole file is rewritten at each write (it stays small).
     self._remote = fileio.is_remote(workdir)
     if self._remote:
-      self._lines = fileio.read_bytes(self._path) if fileio.exists(self._path) else b""
+      self._lines = _whole_lines(fileio.read_bytes(self._path), self._path) if fileio.exists(self._path) else b""
     else:
+      if os.path.exists(self._path):  # a kill can leave a torn last line: appending would glue two records
+        with open(self._path, "rb") as f:
+          data = f.read()
+        if len(whole := _whole_lines(data, self._path)) < len(data):
+          os.truncate(self._path, len(whole))
       self._jsonl = open(self._path, "a")
     from tensorboardX import SummaryWriter  # writes gs:// itself, through google-cloud-storage
     self._tb = SummaryWriter(fileio.join(workdir, "tensorboard"))
@@ -59,14 +66,31 @@ class MetricWriter:
       self._tb.close()
 
 
+def _whole_lines(data: bytes, path: str) -> bytes:
+  """`data` up to its last newline; says so when a torn last line is dropped."""
+  whole = data[:data.rfind(b"\n") + 1]
+  if len(whole) < len(data):
+    logging.warning("Dropped a torn last line of %s (%d bytes, from a killed run) before appending.", path,
+                    len(data) - len(whole))
+  return whole
+
+
 def read_metrics(workdir: str) -> dict[int, dict]:
-  """metrics.jsonl -> {step: merged record}; a step logged again after a resume keeps the last value."""
+  """metrics.jsonl -> {step: merged record}; a step logged again after a resume keeps the last value.
+
+  A line that is not a JSON record with a step (torn by a kill) is skipped with a warning naming the file.
+  """
   out: dict[int, dict] = {}
   path = fileio.join(workdir, "metrics.jsonl")
   if fileio.exists(path):
-    for line in fileio.read_bytes(path).decode().splitlines():
-      rec = json.loads(line)
-      out.setdefault(rec["step"], {}).update(rec)
+    for i, line in enumerate(fileio.read_bytes(path).decode(errors="replace").splitlines(), 1):
+      try:
+        rec = json.loads(line)
+        step = int(rec["step"])
+      except (ValueError, KeyError, TypeError) as e:
+        logging.warning("Skipped line %d of %s: not a metrics record (%s).", i, path, type(e).__name__)
+        continue
+      out.setdefault(step, {}).update(rec)
   return out
 
 

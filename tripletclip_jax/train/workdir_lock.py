@@ -11,14 +11,19 @@ A bucket has no flock. There the lock is the object WORKDIR/trainer.lock
 naming its holder, with a heartbeat rewritten every HEARTBEAT_S by a
 background thread. It counts as free when it is missing, when its heartbeat
 is older than STALE_S, or when its holder was on this host and is gone (a
-dead pid, or another boot). Taking it writes our token and reads it back a
-moment later: of two trainers starting at once, the last writer wins and
-the other stops.
+dead pid, or another boot). Every write is conditional on the object's
+generation (GCS preconditions): taking a free lock creates it only if it
+does not exist (`ifGenerationMatch=0`), or replaces only the stale
+generation that was read; a heartbeat and the release touch only the
+generation we wrote. Of two trainers starting at once exactly one wins. A
+write whose answer was lost and is retried meets its own precondition
+failure; the object's token then says whether it was ours.
 """
 
 import datetime
 import fcntl
 import json
+import logging
 import os
 import socket
 import threading
@@ -27,8 +32,10 @@ import uuid
 
 from tripletclip_jax import fileio
 
+log = logging.getLogger(__name__)
+
 LOCK_FILE = "trainer.lock"
-HEARTBEAT_S, STALE_S, SETTLE_S = 30.0, 300.0, 2.0
+HEARTBEAT_S, STALE_S = 30.0, 300.0
 
 
 class WorkdirBusy(ValueError):
@@ -99,14 +106,28 @@ class BucketLock:
     self.workdir, self.path = workdir, fileio.join(workdir, LOCK_FILE)
     self._stop = threading.Event()
     self._thread = None
+    self.lost = None  # set to the new holder when a heartbeat finds the lock taken over
 
-  def _read(self) -> dict | None:
+  def _blob(self):
+    from google.cloud import storage  # gcsfs's dependency; it reads STORAGE_EMULATOR_HOST like gcsfs does
+    bucket, _, name = self.path[len("gs://"):].partition("/")
+    if not hasattr(self, "_client"):
+      self._client = storage.Client(project=None)  # no project is needed to read and write objects
+    return self._client.bucket(bucket).blob(name)
+
+  def _read(self) -> tuple[dict | None, int]:
+    """(holder, generation) of the lock object; (None, 0) when there is none."""
+    from google.api_core import exceptions
+    blob = self._blob()
     try:
-      return json.loads(fileio.read_bytes(self.path))
-    except FileNotFoundError:
-      return None
+      data = blob.download_as_bytes()
+    except exceptions.NotFound:
+      return None, 0
+    try:
+      h = json.loads(data)
     except ValueError:
-      return {}
+      h = {}
+    return h if isinstance(h, dict) else {}, blob.generation
 
   def _stale(self, h: dict) -> bool:
     if time.time() - h.get("heartbeat", 0) > STALE_S:
@@ -124,23 +145,34 @@ class BucketLock:
       pass
     return False
 
-  def _write(self) -> None:
-    fileio.write_bytes(self.path, json.dumps(dict(self._info, heartbeat=time.time())).encode())
+  def _write(self, if_generation: int) -> bool:
+    """Writes our holder record if the object is at `if_generation` (0: absent); False if it is not."""
+    from google.api_core import exceptions
+    blob = self._blob()
+    data = json.dumps(dict(self._info, heartbeat=time.time())).encode()
+    try:
+      blob.upload_from_string(data, content_type="application/json", if_generation_match=if_generation)
+    except exceptions.PreconditionFailed:
+      h, gen = self._read()  # a retried write whose first try went through fails its own precondition
+      if not h or h.get("token") != self._info["token"]:
+        return False
+      blob.generation = gen
+    self._generation = blob.generation
+    return True
 
   def __enter__(self):
-    h = self._read()
-    if h is not None and not self._stale(h):
-      raise _busy(self.workdir, h)
-    self._info = dict(_holder(), token=uuid.uuid4().hex)
+    from google.api_core import exceptions
     try:
-      self._write()
-    except OSError as e:
-      raise ValueError(f"Cannot write to the workdir {self.workdir} ({e}): check the bucket and its "
-                       "permissions.") from None
-    time.sleep(SETTLE_S)  # a trainer that wrote at the same moment has written by now: the last writer wins
-    h = self._read()
-    if not h or h.get("token") != self._info["token"]:
-      raise _busy(self.workdir, h or {})
+      h, gen = self._read()
+      if h is not None and not self._stale(h):
+        raise _busy(self.workdir, h)
+      self._info = dict(_holder(), token=uuid.uuid4().hex)
+      won = self._write(gen)
+    except exceptions.GoogleAPIError as e:
+      raise ValueError(f"Cannot write to the workdir {self.workdir} ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200]}): check the bucket and its permissions.") from None
+    if not won:
+      raise _busy(self.workdir, self._read()[0] or {})
     self._thread = threading.Thread(target=self._beat, daemon=True)
     self._thread.start()
     return self
@@ -148,14 +180,21 @@ class BucketLock:
   def _beat(self) -> None:
     while not self._stop.wait(HEARTBEAT_S):
       try:
-        self._write()
-      except OSError:
-        pass  # a failed heartbeat is retried; the lock goes stale only after STALE_S without one
+        if not self._write(self._generation):
+          self.lost = self._read()[0] or {}
+          log.error("%s", _busy(self.workdir, self.lost).args[0].replace("is in use by another trainer",
+                                                                        "was taken over by another trainer"))
+          return
+      except Exception as e:  # noqa: BLE001 - retried at the next beat; stale only after STALE_S without one
+        log.warning("Heartbeat of %s failed (%s); retrying in %.0f s.", self.path, type(e).__name__, HEARTBEAT_S)
 
   def __exit__(self, *_):
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
-      h = self._read()
-      if h and h.get("token") == self._info["token"]:
-        fileio.remove(self.path)
+      if self.lost is None:
+        from google.api_core import exceptions
+        try:
+          self._blob().delete(if_generation_match=self._generation)
+        except (exceptions.NotFound, exceptions.PreconditionFailed):
+          pass  # taken over meanwhile: the new holder's lock stays
