@@ -7,7 +7,10 @@ At configurable rates per request it:
 - waits `delay_s` before forwarding (a latency spike), or adds `latency_s` to every request.
 
 Upload sessions' `Location` headers are rewritten to the proxy, so a resumable upload's later requests pass
-through it too. `counts` says what was injected.
+through it too. One answer is GCS's, not the server's: a request repeated on a resumable upload session that
+already completed gets the completion answer again (GCS answers 200 or 201 with the object's metadata; the server
+answers 404), which is what lets a client retry a final chunk whose answer was dropped. `counts` says what was
+injected.
 """
 
 import http.client
@@ -30,6 +33,7 @@ class FaultProxy:
     self.delay_s, self.latency_s = 1.0, 0.0
     self.counts = {k: 0 for k in (*self.rates, "forwarded")}
     self._rng, self._lock = random.Random(seed), threading.Lock()
+    self._completed = {}  # (method, upload session URL) -> the answer that completed it
     proxy = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -67,6 +71,12 @@ class FaultProxy:
         if proxy.latency_s:
           time.sleep(proxy.latency_s)
         status, reason, headers, data = proxy._forward(self.command, self.path, self.headers, body)
+        if "upload_id=" in self.path:
+          key = (self.command, self.path)
+          if status in (200, 201):
+            proxy._completed[key] = (status, reason, headers, data)
+          elif status == 404 and key in proxy._completed:
+            status, reason, headers, data = proxy._completed[key]
         if fault == "drop":  # it happened upstream; the client hears nothing
           self.close_connection = True
           self.connection.shutdown(socket.SHUT_RDWR)
@@ -87,6 +97,9 @@ class FaultProxy:
     class Server(http.server.ThreadingHTTPServer):
       daemon_threads = True
       request_queue_size = 1024  # tensorstore opens dozens of connections at once
+
+      def handle_error(self, request, client_address):
+        pass  # a client that hung up (it timed out, or we dropped it): nothing to report
 
     self._server = Server(("127.0.0.1", 0), Handler)
     self.url = f"http://127.0.0.1:{self._server.server_address[1]}"

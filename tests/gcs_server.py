@@ -52,3 +52,17 @@ def gcs(tmp_path_factory):
   yield f"gs://{BUCKET}", dict(os.environ, **client_env(url))
   proc.terminate()
   proc.wait(timeout=30)
+
+
+# 5% of requests fail: unavailable (503), rate limited (429), dropped after the server acted, or delayed.
+FAULTS = dict(unavailable=0.02, rate_limited=0.01, drop=0.01, delay=0.01, delay_s=0.5)
+
+
+@pytest.fixture(scope="module")
+def faulty_gcs(gcs):
+  """(bucket URL, env, proxy): the same server behind the fault-injecting proxy (tests/fault_proxy.py)."""
+  from fault_proxy import FaultProxy
+  url, env = gcs
+  proxy = FaultProxy(env["STORAGE_EMULATOR_HOST"], seed=0)
+  yield url, dict(env, **client_env(proxy.url)), proxy
+  proxy.close()

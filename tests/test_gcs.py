@@ -14,25 +14,46 @@ import pytest
 
 import tripletclip_jax as tc
 
-from gcs_server import client_env, gcs  # noqa: F401 - the emulator fixture
+from gcs_server import FAULTS, client_env, faulty_gcs, gcs  # noqa: F401 - the server fixtures
 from test_trainer import ROOT, _cli_overrides, _cpu_env, _finish, _losses, _main, _pod, data_dir  # noqa: F401
 from tripletclip_jax import fileio
 from tripletclip_jax.train.metrics import read_metrics
 
 
-@pytest.fixture
-def bucket(gcs, monkeypatch):
-  """(bucket URL, env for subprocesses); this process's clients point at the emulator too."""
-  url, env = gcs
+def _point_clients_at(env, monkeypatch):
+  """This process's clients use `env`'s server (fsspec caches a filesystem per process: forget it)."""
+  import gcsfs
   for k in client_env("x"):
     monkeypatch.setenv(k, env[k])
+  gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def bucket(gcs, monkeypatch):
+  """(bucket URL, env for subprocesses); this process's clients point at the server too."""
+  url, env = gcs
+  _point_clients_at(env, monkeypatch)
   return url, dict(env, **{k: v for k, v in _cpu_env(2).items() if k in ("XLA_FLAGS", "JAX_PLATFORMS")})
 
 
-def test_train_kill_resume_export_and_load_in_a_bucket(bucket, data_dir, tmp_path):
-  """Data and workdir in the bucket: SIGKILL after the step-4 checkpoint is committed, restart, and the losses
+@pytest.fixture
+def faulty_bucket(faulty_gcs, monkeypatch):
+  """As `bucket`, with every client going through the fault proxy at FAULTS' rates (5% of requests)."""
+  url, env, proxy = faulty_gcs
+  proxy.set(**FAULTS)
+  _point_clients_at(env, monkeypatch)
+  yield url, dict(env, **{k: v for k, v in _cpu_env(2).items() if k in ("XLA_FLAGS", "JAX_PLATFORMS")})
+  proxy.set(unavailable=0, rate_limited=0, drop=0, delay=0)
+  assert sum(v for k, v in proxy.counts.items() if k != "forwarded"), "no fault was injected"
+
+
+@pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
+def test_train_kill_resume_export_and_load_in_a_bucket(faults, data_dir, tmp_path, request):
+  """Data and workdir in the bucket: SIGKILL after the step-4 checkpoint is committed (with faults: a stop and
+  resume at step 2 first, and the SIGKILL as soon as checkpoint 4 is being written), restart, and the losses
   equal an uninterrupted local run bit for bit; export to the bucket, load and evaluate from it."""
-  bucket, env = bucket
+  bucket, env = request.getfixturevalue("faulty_bucket" if faults else "bucket")
+  bucket = f"{bucket}/{'faults' if faults else 'clean'}"  # one server for the module: a folder each
   fileio.upload(data_dir, f"{bucket}/data")
   args = _cli_overrides(data_dir, total_steps=8, checkpoint_every_steps=4, log_every_steps=2)
   local = str(tmp_path / "local")
@@ -43,18 +64,25 @@ def test_train_kill_resume_export_and_load_in_a_bucket(bucket, data_dir, tmp_pat
   remote = f"{bucket}/run"
   args = [a for a in args if not a.startswith("--config.data.demo_data_dir")] + \
       [f"--config.data.demo_data_dir={bucket}/data"]
+  if faults:
+    p = _main(remote, *args, "--config.stop_after_steps=2", env=env)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0 and "Stopped after 2 steps" in out, err[-3000:]
   p = _main(remote, *args, env=env)
   t = time.time()
-  while not fileio.exists(f"{remote}/checkpoints/4/commit_success.txt"):  # Orbax's commit marker on a bucket
+  # Orbax's commit marker on a bucket; with faults, the first object of checkpoint 4 (mid-checkpoint)
+  started = lambda: fileio.glob(f"{remote}/checkpoints/4*/*") if faults else \
+      fileio.exists(f"{remote}/checkpoints/4/commit_success.txt")
+  while not started():
     assert p.poll() is None, p.communicate()[1][-3000:]
-    assert time.time() - t < 300, "no committed checkpoint 4 in the bucket"
-    time.sleep(0.2)
+    assert time.time() - t < 300, "no checkpoint 4 in the bucket"
+    time.sleep(0.1)
   p.kill()
   p.wait()
-  p = _main(remote, *args, env=env)  # resumes from step 4 in the bucket
+  p = _main(remote, *args, env=env)  # resumes from step 4 (2 with faults, unless 4 was committed) in the bucket
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err[-3000:]
-  assert "Resumed from step 4" in out
+  assert ("Resumed from step" if faults else "Resumed from step 4") in out
   assert _losses(remote) == _losses(local)  # bit-identical
 
   r = subprocess.run([sys.executable, "launch/export_hf.py", "--workdir", remote, "--output_dir", f"{bucket}/hf"],
@@ -122,16 +150,16 @@ def test_two_trainers_starting_at_once_get_exactly_one_bucket_lock(bucket):
     assert not fileio.exists(f"{w}/{workdir_lock.LOCK_FILE}")  # the winner released it
 
 
-def test_converted_and_generated_data_go_straight_to_a_bucket(bucket, tmp_path):
-  """convert_wds.py reads tars from and writes shards to the bucket; make_negatives.py reads a table and its
-  images from the bucket, stages its captions locally and publishes finished shards; reruns skip what the
-  bucket already holds."""
+def test_converted_and_generated_data_go_straight_to_a_bucket(faulty_bucket, tmp_path):
+  """Through the fault proxy (5% of requests fail): convert_wds.py reads tars from and writes shards to the bucket;
+  make_negatives.py reads a table and its images from the bucket, stages its captions locally and publishes
+  finished shards; reruns skip what the bucket already holds."""
   pytest.importorskip("diffusers")
   from test_import_formats import _write_tar
   from test_negatives import _inputs
   from tiny_models import make_tiny_llm, make_tiny_t2i
   from tripletclip_jax.data import records
-  bucket, env = bucket
+  bucket, env = faulty_bucket
   (tmp_path / "wds").mkdir()
   _write_tar(tmp_path / "wds" / "a.tar", 5)
   _write_tar(tmp_path / "wds" / "b.tar", 4, start=5, broken=True)
@@ -164,12 +192,13 @@ def test_converted_and_generated_data_go_straight_to_a_bucket(bucket, tmp_path):
   assert "has 2, 2 already done" in r.stdout and "records=0" in r.stdout, r.stderr[-3000:]
 
 
-def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(bucket, data_dir, tmp_path):
-  """4 processes x 2 devices share a workdir and read their slices of the data, both in the bucket: SIGTERM to
+def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(faulty_bucket, data_dir, tmp_path):
+  """Through the fault proxy (5% of requests fail), 4 processes x 2 devices share a workdir and read their slices
+  of the data, both in the bucket: SIGTERM to
   every process (each at its own moment) leaves one checkpoint at a step they agreed on; the restart finishes
   the run, whose losses and evaluation (each process scores its slice) equal one process with the same 8 devices
   up to the collectives' summation order."""
-  bucket, env = bucket
+  bucket, env = faulty_bucket
   fileio.upload(data_dir, f"{bucket}/poddata")
   args = _cli_overrides(data_dir, total_steps=6, checkpoint_every_steps=100, log_every_steps=1,
                         preempted_exit_code=75)

@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -36,8 +38,13 @@ class MetricWriter:
         if len(whole := _whole_lines(data, self._path)) < len(data):
           os.truncate(self._path, len(whole))
       self._jsonl = open(self._path, "a")
-    from tensorboardX import SummaryWriter  # writes gs:// itself, through google-cloud-storage
-    self._tb = SummaryWriter(fileio.join(workdir, "tensorboard"))
+    from tensorboardX import SummaryWriter
+    # On a bucket the events are written to a local folder and each file is uploaded whole after every write:
+    # tensorboardX's own bucket writer rewrites its object under a generation precondition and dies when a
+    # retry of a write whose answer was lost meets that precondition (docs/storage.md, retries).
+    self._tb_remote = fileio.join(workdir, "tensorboard") if self._remote else None
+    self._tb_local = tempfile.mkdtemp(prefix="tripletclip-tb-") if self._remote else fileio.join(workdir, "tensorboard")
+    self._tb = SummaryWriter(self._tb_local)
 
   def write(self, step: int, metrics: dict, echo: bool = True) -> None:
     if not self.enabled:
@@ -54,6 +61,8 @@ class MetricWriter:
       if isinstance(v, float):
         self._tb.add_scalar(k, v, step)
     self._tb.flush()
+    if self._tb_remote:
+      fileio.upload(self._tb_local, self._tb_remote)
     if echo and self.echo:
       shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in clean.items()
                        if not (k.startswith("bad_records/") and v == 0))  # quiet while the data is clean
@@ -64,6 +73,9 @@ class MetricWriter:
       if not self._remote:
         self._jsonl.close()
       self._tb.close()
+      if self._tb_remote:
+        fileio.upload(self._tb_local, self._tb_remote)
+        shutil.rmtree(self._tb_local, ignore_errors=True)
 
 
 def _whole_lines(data: bytes, path: str) -> bytes:

@@ -99,6 +99,13 @@ class FileLock:
       self._fd = None
 
 
+def _retry():
+  """google-cloud-storage's retry (transient errors, backoff) bounded by one heartbeat interval, so that a bucket
+  that is gone cannot hold a heartbeat (or a start) for the library's default 120 s."""
+  from google.cloud.storage.retry import DEFAULT_RETRY
+  return DEFAULT_RETRY.with_timeout(HEARTBEAT_S)
+
+
 class BucketLock:
   """The lock object WORKDIR/trainer.lock in a bucket, with a heartbeat (see the module docstring)."""
 
@@ -120,7 +127,7 @@ class BucketLock:
     from google.api_core import exceptions
     blob = self._blob()
     try:
-      data = blob.download_as_bytes()
+      data = blob.download_as_bytes(retry=_retry(), timeout=HEARTBEAT_S)
     except exceptions.NotFound:
       return None, 0
     try:
@@ -151,13 +158,14 @@ class BucketLock:
     blob = self._blob()
     data = json.dumps(dict(self._info, heartbeat=time.time())).encode()
     try:
-      blob.upload_from_string(data, content_type="application/json", if_generation_match=if_generation)
+      blob.upload_from_string(data, content_type="application/json", if_generation_match=if_generation,
+                              retry=_retry(), timeout=HEARTBEAT_S)
+      self._generation = blob.generation
     except exceptions.PreconditionFailed:
       h, gen = self._read()  # a retried write whose first try went through fails its own precondition
       if not h or h.get("token") != self._info["token"]:
         return False
-      blob.generation = gen
-    self._generation = blob.generation
+      self._generation = gen
     return True
 
   def __enter__(self):
@@ -195,6 +203,6 @@ class BucketLock:
       if self.lost is None:
         from google.api_core import exceptions
         try:
-          self._blob().delete(if_generation_match=self._generation)
+          self._blob().delete(if_generation_match=self._generation, retry=_retry(), timeout=HEARTBEAT_S)
         except (exceptions.NotFound, exceptions.PreconditionFailed):
           pass  # taken over meanwhile: the new holder's lock stays
