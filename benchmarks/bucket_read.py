@@ -2,8 +2,8 @@
 
   python benchmarks/bucket_read.py [--num_examples 256] [--threads 1,16] [--rounds 3]
 
-Writes shards of 512 px JPEG pairs, copies them into an in-memory gcp-storage-emulator on a loopback
-port, then reads every record through `pipeline.ShardSource` (what Grain's read threads call) with
+Writes shards of 512 px JPEG pairs, copies them into an in-memory fake-gcs-server (the tests' storage
+server) on a loopback port, then reads every record through `pipeline.ShardSource` (what Grain's read threads call) with
 a thread pool, alternating local and gs:// in each round. On loopback there is no network latency:
 this measures the client's own cost per GET, a lower bound for real GCS, where each GET adds tens of
 milliseconds that only more threads (or gcsfuse) hide. Ends with one `key=value` line.
@@ -12,7 +12,6 @@ milliseconds that only more threads (or gcsfuse) hide. Ends with one `key=value`
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from gcs_server import _free_port, client_env  # noqa: E402 - the tests' emulator settings
+from gcs_server import client_env, start_server  # noqa: E402 - the tests' storage server
 from input_pipeline import photo_like_jpeg  # noqa: E402
 
 
@@ -32,11 +31,7 @@ def main():
   p.add_argument("--threads", default="1,16")
   p.add_argument("--rounds", type=int, default=3)
   a = p.parse_args()
-  port = _free_port()
-  url = f"http://127.0.0.1:{port}"
-  exe = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-  server = subprocess.Popen([exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-                             "--default-bucket", "bench-bucket"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  server, url = start_server(tempfile.mkdtemp(), buckets=("bench-bucket",))
   os.environ.update(client_env(url))
   from tripletclip_jax import fileio
   from tripletclip_jax.data import pipeline, records
@@ -49,12 +44,7 @@ def main():
         w.write({"key": f"k{i}", "image": photo_like_jpeg(rng), "caption": "a photo", "neg_image": photo_like_jpeg(rng),
                  "neg_caption": "another photo"})
     mb = os.path.getsize(path) / 2 ** 20
-    for _ in range(300):
-      try:
-        fileio.upload(local, "gs://bench-bucket/shards")
-        break
-      except Exception:  # noqa: BLE001 - the server is still starting
-        time.sleep(0.2)
+    fileio.upload(local, "gs://bench-bucket/shards")
     results = {}
     for threads in [int(t) for t in a.threads.split(",")]:
       for where, pattern in (("local", local), ("gcs", "gs://bench-bucket/shards")):

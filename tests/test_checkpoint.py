@@ -3,6 +3,7 @@ changed config is refused without touching a checkpoint; a checkpoint loads on a
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -57,7 +58,9 @@ def test_damaged_newest_checkpoints_fall_back_to_the_intact_one(data_dir, tmp_pa
   capsys.readouterr()
   train_and_evaluate(small_config(data_dir, **cfg), b)
   out = capsys.readouterr().out
-  assert "Checkpoint 6 in" in out and "differ from their save-time checksum" in out, out
+  # Flipped bytes in compressed data either decode to other values (the checksum) or fail to decode at all.
+  assert re.search(r"Checkpoint 6 in .* is damaged: (.*differ from their save-time checksum|.*error while reading)",
+                   out), out
   assert "falling back to checkpoint 4" in out and "falling back to checkpoint 2" in out
   assert "Resumed from step 2" in out
   assert len(os.listdir(os.path.join(b, "damaged_checkpoints"))) == 2

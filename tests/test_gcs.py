@@ -150,6 +150,19 @@ def test_two_trainers_starting_at_once_get_exactly_one_bucket_lock(bucket):
     assert not fileio.exists(f"{w}/{workdir_lock.LOCK_FILE}")  # the winner released it
 
 
+def test_an_unreachable_checkpoint_endpoint_is_one_line(bucket, data_dir, tmp_path):
+  """tensorstore pointed at a closed port (gcsfs at the server): one line within a bounded time, not 15 minutes
+  of silent retries followed by hundreds of lines."""
+  bucket, env = bucket
+  t = time.time()
+  p = _main(f"{bucket}/unreachable", *_cli_overrides(data_dir), env=dict(env, TENSORSTORE_GCS_HTTP_URL="http://127.0.0.1:9"))
+  out, err = p.communicate(timeout=240)
+  lines = [l for l in err.splitlines() if l.startswith("error:")]
+  assert p.returncode == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+  assert f"Cannot reach {bucket}/unreachable through tensorstore" in lines[0] and "127.0.0.1:9" in lines[0]
+  assert time.time() - t < 120
+
+
 def test_converted_and_generated_data_go_straight_to_a_bucket(faulty_bucket, tmp_path):
   """Through the fault proxy (5% of requests fail): convert_wds.py reads tars from and writes shards to the bucket;
   make_negatives.py reads a table and its images from the bucket, stages its captions locally and publishes

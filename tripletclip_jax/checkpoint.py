@@ -41,6 +41,26 @@ def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True,
                                item_handlers=handlers)
 
 
+def check_reachable(workdir: str, timeout_s: float = 60.0) -> None:
+  """Raises StorageError in one line, within about `timeout_s`, when tensorstore (Orbax's array writer, with its
+  own GCS client and endpoint setting) cannot reach a gs:// workdir. Its default retries would otherwise spend
+  about 15 minutes on a wrong endpoint before the first save fails."""
+  if not str(workdir).startswith("gs://"):
+    return
+  import tensorstore as ts
+  bucket, _, path = workdir[len("gs://"):].partition("/")
+  retries = ts.Context({"gcs_request_retries": {"max_retries": 3, "initial_delay": "0.5s", "max_delay": "2s"}})
+  try:
+    store = ts.KvStore.open({"driver": "gcs", "bucket": bucket, "path": path.rstrip("/") + "/"}, context=retries)
+    store.result(timeout=timeout_s).read("trainer.lock").result(timeout=timeout_s)
+  except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError, TimeoutError ...
+    endpoint = os.environ.get("TENSORSTORE_GCS_HTTP_URL")
+    raise fileio.StorageError(
+        f"Cannot reach {workdir} through tensorstore, which writes the checkpoints' arrays ({_first_line(e)}): "
+        f"check the network, the credentials and the bucket"
+        f"{f', and TENSORSTORE_GCS_HTTP_URL={endpoint}' if endpoint else ''}.") from None
+
+
 def checkpoint_bytes(workdir: str, step: int | None, state) -> int:
   """Bytes the next checkpoint of `state` will take on disk: the size of checkpoint `step` when it exists,
   else an estimate from compressing a sample of every leaf (Orbax compresses; the raw size is ~2.5x too
@@ -133,6 +153,42 @@ def state_differences(meta: dict, abstract_state) -> list[str]:
   out = [f"{k} {saved[k]} -> {now[k]}" for k in now if saved.get(k) not in (None, now[k])]
   out += [f"{k} only in this config" for k in now if k not in saved]
   return out + [f"{k} only in the checkpoint" for k in saved if k not in now]
+
+
+class Saver:
+  """Saves checkpoints in the background and knows the newest one that completed (`last_good`).
+
+  A save that fails (a bucket gone for longer than its clients' retries) is one StorageError naming the
+  checkpoint and the last complete one, raised by the next `wait` or `save`.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager, workdir: str, last_good: int | None):
+    self.manager, self.workdir, self.last_good, self._in_flight = manager, workdir, last_good, None
+
+  def _failed(self, step: int, e: Exception) -> fileio.StorageError:
+    last = f"step {self.last_good}" if self.last_good is not None else "none yet"
+    return fileio.StorageError(f"Writing checkpoint {step} to {checkpoint_dir(self.workdir)} failed "
+                               f"({_first_line(e)}); the last complete checkpoint ({last}) is intact: restart to "
+                               "resume once the storage answers.")
+
+  def wait(self) -> None:
+    """Waits for the save in flight, if any."""
+    step, self._in_flight = self._in_flight, None
+    if step is None:
+      return
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - tensorstore, gcsfs and Orbax raise many types
+      raise self._failed(step, e) from None
+    self.last_good = step
+
+  def save(self, step: int, state, data_iter, meta: dict) -> None:
+    self.wait()
+    try:
+      save(self.manager, step, state, data_iter, meta, force=True)
+    except Exception as e:  # noqa: BLE001
+      raise self._failed(step, e) from None
+    self._in_flight = step
 
 
 class DamagedCheckpoint(ValueError):

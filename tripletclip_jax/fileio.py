@@ -25,6 +25,10 @@ from etils import epath  # noqa: E402
 Path = epath.Path
 
 
+class StorageError(OSError):
+  """Storage that failed past its clients' retries; the message names the path and what is still intact."""
+
+
 def is_remote(path) -> bool:
   """True for gs://, s3:// and other URLs; False for local paths."""
   return "://" in os.fspath(path)

@@ -184,6 +184,7 @@ def _train(config, workdir: str, preempted: list, lock) -> dict:
   step_fn = train_step_from_config(config, model_cfg, tx, schedule, mesh, state_sh)
 
   # ---- Restore the newest intact checkpoint, or start from a Hugging Face CLIP, or from scratch.
+  ckpt.check_reachable(workdir)
   manager = ckpt.make_manager(workdir, config.keep_checkpoints, use_ocdbt=config.checkpoint_ocdbt)
   # Before any step: a full disk is known now, not at the first save.
   ckpt.check_space(workdir, state, manager.latest_step())
@@ -232,7 +233,8 @@ def _train(config, workdir: str, preempted: list, lock) -> dict:
             "model_config": model_cfg.to_dict(), "config": config.to_dict(), "resume_changes": history,
             "pairs_seen": step * config.batch_size * pairs_per_example(config.loss)}
 
-  pending, t_data, t_last, last_good = [], 0.0, time.perf_counter(), latest
+  pending, t_data, t_last = [], 0.0, time.perf_counter()
+  saver = ckpt.Saver(manager, workdir, latest)
   results: dict = {}
   bar = tqdm(total=total_steps, initial=start, disable=not (is_main and config.progress_bar and sys.stdout.isatty()),
              unit="step", dynamic_ncols=True)
@@ -242,6 +244,7 @@ def _train(config, workdir: str, preempted: list, lock) -> dict:
     host = jax.device_get(pending)
     for m in host:
       if not np.isfinite(m["loss"]):
+        last_good = saver.last_good
         where = f"step {last_good} in {ckpt.checkpoint_dir(workdir)}" if last_good is not None else "none yet"
         raise FloatingPointError(f"Non-finite loss ({m['loss']}) at step {m['_step']}; last good checkpoint: "
                                  f"{where}. Lower the learning rate or enable grad_clip_norm, then restart.")
@@ -292,13 +295,12 @@ def _train(config, workdir: str, preempted: list, lock) -> dict:
       preempt = multihost_utils.reached_preemption_sync_point(s) if multi_process else bool(preempted)
       if s % config.checkpoint_every_steps == 0 or s == total_steps or preempt or stopping:
         check_finite()
-        manager.wait_until_finished()  # the space check measures the previous checkpoint: it must be complete
-        _check_lock(lock, workdir, last_good)
-        ckpt.check_space(workdir, state, last_good)
-        ckpt.save(manager, s, state, data_iter, meta_for(s), force=True)
-        last_good = s
+        saver.wait()  # the space check measures the previous checkpoint: it must be complete
+        _check_lock(lock, workdir, saver.last_good)
+        ckpt.check_space(workdir, state, saver.last_good)
+        saver.save(s, state, data_iter, meta_for(s))
         if preempt:
-          manager.wait_until_finished()
+          saver.wait()
           raise Preempted(f"SIGTERM: saved checkpoint {s} in {ckpt.checkpoint_dir(workdir)}; restart to resume.")
       if any(ev.due(s, s == total_steps) for ev in evals):
         results = run_evals(state.params, s)
@@ -311,7 +313,7 @@ def _train(config, workdir: str, preempted: list, lock) -> dict:
     if tracing:
       jax.profiler.stop_trace()
     bar.close()
-    manager.wait_until_finished()
+    saver.wait()
     if hasattr(data_iter, "close"):
       data_iter.close()
     writer.close()
