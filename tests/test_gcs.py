@@ -15,7 +15,7 @@ import pytest
 import tripletclip_jax as tc
 
 from gcs_server import FAULTS, client_env, faulty_gcs, gcs  # noqa: F401 - the server fixtures
-from test_trainer import ROOT, _cli_overrides, _cpu_env, _finish, _losses, _main, _pod, data_dir  # noqa: F401
+from test_trainer import ROOT, _cli_overrides, _cpu_env, _finish, _losses, _main, _pod, data_dir, small_config  # noqa: F401,E501
 from tripletclip_jax import fileio
 from tripletclip_jax.train.metrics import read_metrics
 
@@ -148,6 +148,31 @@ def test_two_trainers_starting_at_once_get_exactly_one_bucket_lock(bucket):
     for lock in locks:
       lock.__exit__(None, None, None)
     assert not fileio.exists(f"{w}/{workdir_lock.LOCK_FILE}")  # the winner released it
+
+
+def test_a_damaged_checkpoint_in_a_bucket_falls_back_and_the_run_finishes(bucket, data_dir, tmp_path, capfd):
+  """A bucket has no rename: the damaged checkpoint must be moved whole, or the next save of its step fails
+  ("already exists"). The resumed run saves that step again and ends as an uninterrupted local run does."""
+  from test_checkpoint import _flip
+  from tripletclip_jax.train.loop import train_and_evaluate
+  bucket, _ = bucket
+  cfg = dict(total_steps=6, checkpoint_every_steps=2, eval_every_steps=100)
+  local, remote = str(tmp_path / "local"), f"{bucket}/fallback"
+  train_and_evaluate(small_config(data_dir, **cfg), local)
+  train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), remote)  # checkpoints 2 and 4
+  state = f"{remote}/checkpoints/4/state"
+  fs = fileio.fsspec_fs(state)
+  victim = "gs://" + max(fs.find(state), key=fs.size)  # the largest object: an OCDBT data file
+  (tmp_path / "victim").write_bytes(fileio.read_bytes(victim))
+  _flip(str(tmp_path / "victim"))
+  fileio.write_bytes(victim, (tmp_path / "victim").read_bytes())
+  capfd.readouterr()
+  train_and_evaluate(small_config(data_dir, **cfg), remote)
+  out, err = capfd.readouterr()
+  assert re.search(r"Checkpoint 4 in .* is damaged: .*falling back to checkpoint 2", out), out
+  assert "Resumed from step 2" in out and err.count("Exception ignored") <= 1, err[-3000:]
+  assert sorted(fileio.listdir(f"{remote}/checkpoints")) == ["2", "4", "6"]
+  assert _losses(remote) == _losses(local)
 
 
 def test_an_unreachable_checkpoint_endpoint_is_one_line(bucket, data_dir, tmp_path):

@@ -154,3 +154,14 @@ def move(src, dst) -> None:
     return
   fs = fsspec_fs(src)
   fs.mv(src, dst, recursive=True)
+  _forget_listings(fs)
+  if fs.exists(src):  # what mv leaves: folder placeholder objects ("NAME/"), which keep the folder listed
+    fs.rm(src, recursive=True)
+    _forget_listings(fs)
+
+
+def _forget_listings(fs) -> None:
+  """Drops the cached folder listings of every live client of `fs`'s kind: epath (and so Orbax) holds its own
+  gcsfs instance, whose listing would still show a moved checkpoint, and Orbax would refuse to save its step."""
+  for other in list(getattr(type(fs), "_cache", {}).values()) + [fs]:
+    other.invalidate_cache()
