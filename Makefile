@@ -28,8 +28,9 @@ demo: $(VENV)/.core
 	$(PY) launch/reproduce.py --output_dir $(WORKDIR) --losses clip,tripletclip --seeds 0 \
 	    --reference docs/results/reproduce.json
 
+# Two workers, a test module each at a time (module fixtures such as the storage server are built once).
 test: $(VENV)/.test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) runs

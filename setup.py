@@ -30,6 +30,7 @@ GEN = ["torch>=2.4", "diffusers>=0.31", "accelerate>=1.0", "webdataset>=0.2.90"]
 EVAL = ["datasets>=2.18"]  # Winoground as the `datasets` library saves it
 TEST = GEN + EVAL + [
     "pytest>=8",
+    "pytest-xdist>=3.5",  # make test runs two workers: the bucket tests wait on retries while the others compute
     "torchvision>=0.19",
     "open_clip_torch>=2.26",  # reference tokenizer and the benchmark baseline
     "tensorflow-cpu>=2.16",  # TFRecord byte compatibility

@@ -236,22 +236,19 @@ def verify(tree, expected: dict | None, step: int) -> None:
                             f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state, with_data: bool = True):
-  """(state, meta, iterator state or None) at `step`, the state in the shardings of `abstract_state`.
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
+  """(state, meta, iterator state) at `step`, the state in the shardings of `abstract_state`.
 
   Raises DamagedCheckpoint when a state leaf or this process's iterator state differs from its
   save-time checksum.
   """
   import grain
   holder = _IteratorState()
-  args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-  if with_data:
-    args["data"] = grain.checkpoint.CheckpointRestore(holder)
-  out = manager.restore(step, args=ocp.args.Composite(**args))
+  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                     meta=ocp.args.JsonRestore(),
+                                                     data=grain.checkpoint.CheckpointRestore(holder)))
   state, meta = out["state"], out["meta"]
   verify(state, meta.get("checksums"), step)
-  if not with_data:
-    return state, meta, None
   expected = meta.get("data_checksums")
   if expected and len(expected) == jax.process_count() and zlib.crc32(holder.data) != expected[jax.process_index()]:
     raise DamagedCheckpoint(f"checkpoint {step}: the data iterator's state (data/process_{jax.process_index()}"
@@ -272,8 +269,7 @@ def set_aside(workdir: str, step: int) -> str:
   return dst
 
 
-def restore_intact(manager: ocp.CheckpointManager, workdir: str, abstract_state, with_data: bool, check_meta,
-                   log=print):
+def restore_intact(manager: ocp.CheckpointManager, workdir: str, abstract_state, check_meta, log=print):
   """(step, state, meta, iterator state) of the newest intact checkpoint, or None if there is none.
 
   `check_meta(meta, step)` runs on each candidate's meta before anything else is read; it raises to refuse
@@ -293,7 +289,7 @@ def restore_intact(manager: ocp.CheckpointManager, workdir: str, abstract_state,
     if meta is not None:
       check_meta(meta, step)
       try:
-        state, meta, data_state = restore(manager, step, abstract_state, with_data)
+        state, meta, data_state = restore(manager, step, abstract_state)
         return step, state, meta, data_state
       except DamagedCheckpoint as e:
         why = str(e).split(": ", 1)[1]

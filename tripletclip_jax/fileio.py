@@ -86,9 +86,10 @@ def remove(path) -> None:
 
 
 def fsspec_fs(path):
-  """The fsspec filesystem that serves a URL (for ranged reads, which epath has no call for)."""
-  import fsspec
-  return fsspec.core.url_to_fs(os.fspath(path))[0]
+  """The fsspec filesystem that serves a URL (for ranged reads, which epath has no call for): epath's own client,
+  so that the process has one listing cache (a second client would list a moved folder, and Orbax would see it)."""
+  from etils.epath import backend
+  return backend.fsspec_backend.fs(os.fspath(path))
 
 
 def read_bytes(path) -> bytes:
@@ -154,14 +155,7 @@ def move(src, dst) -> None:
     return
   fs = fsspec_fs(src)
   fs.mv(src, dst, recursive=True)
-  _forget_listings(fs)
+  fs.invalidate_cache()
   if fs.exists(src):  # what mv leaves: folder placeholder objects ("NAME/"), which keep the folder listed
     fs.rm(src, recursive=True)
-    _forget_listings(fs)
-
-
-def _forget_listings(fs) -> None:
-  """Drops the cached folder listings of every live client of `fs`'s kind: epath (and so Orbax) holds its own
-  gcsfs instance, whose listing would still show a moved checkpoint, and Orbax would refuse to save its step."""
-  for other in list(getattr(type(fs), "_cache", {}).values()) + [fs]:
-    other.invalidate_cache()
+    fs.invalidate_cache()

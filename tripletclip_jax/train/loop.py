@@ -194,7 +194,7 @@ def _train(config, workdir: str, preempted: list, lock) -> dict:
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
   check = functools.partial(resume.check_resume, config=config, model_cfg=model_cfg, total_steps=total_steps,
                             abstract_state=abstract, workdir=workdir)
-  restored = ckpt.restore_intact(manager, workdir, abstract, True, check)
+  restored = ckpt.restore_intact(manager, workdir, abstract, check)
   if restored is not None:
     latest, state, meta, data_state = restored
     resume.restore_iterator(data_iter, data_state, config.data.num_workers)
