@@ -2,11 +2,13 @@
 bit-identically, export, load, evaluate; damaged checkpoints in a bucket; the workdir lock's preconditions and
 heartbeat; an unreachable endpoint. The pod and the data tools: test_gcs_pod.py."""
 
+import glob
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -57,6 +59,8 @@ def test_train_kill_resume_export_and_load_in_a_bucket(faults, data_dir, tmp_pat
   assert ("Resumed from step" if faults else "Resumed from step 4") in out
   assert _losses(remote) == _losses(local)  # bit-identical
 
+  leftovers = lambda: set(glob.glob(os.path.join(tempfile.gettempdir(), "tripletclip-hf-*")))
+  before = leftovers()
   r = subprocess.run([sys.executable, "launch/export_hf.py", "--workdir", remote, "--output_dir", f"{bucket}/hf"],
                      env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -67,6 +71,7 @@ def test_train_kill_resume_export_and_load_in_a_bucket(faults, data_dir, tmp_pat
                      env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert r.returncode == 0 and "sugarcrepe: " in r.stdout, r.stderr[-3000:]
   assert {"results.json", "results.md"} <= set(fileio.listdir(f"{bucket}/eval"))
+  assert leftovers() == before  # tc.load and eval.py --model gs://... removed their local copies of the model
   assert {"checkpoints", "metrics.jsonl", "tensorboard"} <= set(fileio.listdir(remote))
 
 

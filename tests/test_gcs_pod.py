@@ -1,4 +1,4 @@
-"""gs:// at scale, through the fault proxy (5% of requests fail): the data tools read from and write to the bucket,
+"""gs:// at scale, clean and through the fault proxy (5% of requests fail): the data tools read from and write to the bucket,
 and a simulated pod is preempted and resumed there. (A module of its own so that `make test`'s two workers share
 the bucket tests.)"""
 
@@ -13,14 +13,15 @@ import time
 import numpy as np
 import pytest
 
-from gcs_server import faulty_bucket, faulty_gcs, gcs  # noqa: F401 - the server fixtures
+from gcs_server import bucket, faulty_bucket, faulty_gcs, gcs  # noqa: F401 - the server fixtures
 from test_trainer import ROOT, _cli_overrides, _cpu_env, _finish, _losses, _main, _pod, data_dir  # noqa: F401
 from tripletclip_jax import fileio
 from tripletclip_jax.train.metrics import read_metrics
 
 
-def test_converted_and_generated_data_go_straight_to_a_bucket(faulty_bucket, tmp_path):
-  """Through the fault proxy (5% of requests fail): convert_wds.py reads tars from and writes shards to the bucket;
+@pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
+def test_converted_and_generated_data_go_straight_to_a_bucket(faults, tmp_path, request):
+  """Clean and through the fault proxy (5% of requests fail): convert_wds.py reads tars from and writes shards to the bucket;
   make_negatives.py reads a table and its images from the bucket, stages its captions locally and publishes
   finished shards; reruns skip what the bucket already holds."""
   pytest.importorskip("diffusers")
@@ -28,7 +29,8 @@ def test_converted_and_generated_data_go_straight_to_a_bucket(faulty_bucket, tmp
   from test_negatives import _inputs
   from tiny_models import make_tiny_llm, make_tiny_t2i
   from tripletclip_jax.data import records
-  bucket, env = faulty_bucket
+  bucket, env = request.getfixturevalue("faulty_bucket" if faults else "bucket")
+  bucket = f"{bucket}/{'faults' if faults else 'clean'}"  # one server for the module: a folder each
   (tmp_path / "wds").mkdir()
   _write_tar(tmp_path / "wds" / "a.tar", 5)
   _write_tar(tmp_path / "wds" / "b.tar", 4, start=5, broken=True)
@@ -61,13 +63,14 @@ def test_converted_and_generated_data_go_straight_to_a_bucket(faulty_bucket, tmp
   assert "has 2, 2 already done" in r.stdout and "records=0" in r.stdout, r.stderr[-3000:]
 
 
-def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(faulty_bucket, data_dir, tmp_path):
-  """Through the fault proxy (5% of requests fail), 4 processes x 2 devices share a workdir and read their slices
-  of the data, both in the bucket: SIGTERM to
-  every process (each at its own moment) leaves one checkpoint at a step they agreed on; the restart finishes
-  the run, whose losses and evaluation (each process scores its slice) equal one process with the same 8 devices
-  up to the collectives' summation order."""
-  bucket, env = faulty_bucket
+@pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
+def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(faults, data_dir, tmp_path, request):
+  """Clean and through the fault proxy (5% of requests fail), 4 processes x 2 devices share a workdir and read
+  their slices of the data, both in the bucket: SIGTERM to every process (each at its own moment) leaves one
+  checkpoint at a step they agreed on; the restart finishes the run, whose losses and evaluation (each process
+  scores its slice) equal one process with the same 8 devices up to the collectives' summation order."""
+  bucket, env = request.getfixturevalue("faulty_bucket" if faults else "bucket")
+  bucket = f"{bucket}/{'faults' if faults else 'clean'}"  # one server for the module: a folder each
   fileio.upload(data_dir, f"{bucket}/poddata")
   args = _cli_overrides(data_dir, total_steps=6, checkpoint_every_steps=100, log_every_steps=1,
                         preempted_exit_code=75)

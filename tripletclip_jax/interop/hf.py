@@ -6,6 +6,7 @@ W.transpose(2, 3, 1, 0), and the projections are transposed. Import needs no
 torch for safetensors checkpoints; export needs none at all.
 """
 
+import contextlib
 import json
 import os
 import tempfile
@@ -41,26 +42,37 @@ def config_from_hf_dict(d: dict) -> CLIPConfig:
       act=acts.pop(), logit_scale_init=d.get("logit_scale_init_value", 2.6592))
 
 
-def resolve(path: str) -> str:
-  """A local directory as is; a gs:// directory downloaded to a temporary folder; otherwise a Hub id,
-  downloaded when the machine is online."""
+@contextlib.contextmanager
+def local_dir(path: str):
+  """`with local_dir(path) as d:` a local directory with the files of `path`: a local directory as is; a gs://
+  directory downloaded to a temporary folder that is removed when the block ends; otherwise a Hub id,
+  downloaded (to the Hub's cache) when the machine is online."""
   if fileio.is_remote(path):
     if not fileio.isdir(path):
       raise FileNotFoundError(f"{path} is not a folder: pass a Hugging Face CLIP directory.")
-    return fileio.local_copy(path)
+    with tempfile.TemporaryDirectory(prefix="tripletclip-hf-") as tmp:
+      yield fileio.local_copy(path, tmp)
+    return
   if os.path.isdir(path):
-    return path
+    yield path
+    return
   if os.path.exists(path):
     raise ValueError(f"{path} is a file: pass a Hugging Face CLIP directory (config.json + model.safetensors).")
   from huggingface_hub import snapshot_download
   try:
-    return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.txt"])
+    local = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.txt"])
   except Exception as e:  # noqa: BLE001 - offline, unknown repo, ...: one clear line
     raise FileNotFoundError(f"{path!r} is neither a local directory nor a reachable Hub id ({type(e).__name__}).") from e
+  yield local
 
 
 def config_from_hf(path: str) -> CLIPConfig:
-  path = resolve(path)
+  """CLIPConfig of a transformers CLIP directory (local, gs:// or a Hub id)."""
+  with local_dir(path) as d:
+    return _config_from_dir(d)
+
+
+def _config_from_dir(path: str) -> CLIPConfig:
   file = os.path.join(path, "config.json")
   try:
     with open(file) as f:
@@ -171,9 +183,13 @@ def params_to_hf_state(config: CLIPConfig, params) -> dict:
 
 
 def load_hf(path: str):
-  """(CLIPConfig, params) from a transformers CLIP directory or Hub id."""
-  path = resolve(path)
-  config = config_from_hf(path)
+  """(CLIPConfig, params) from a transformers CLIP directory (local, gs:// or a Hub id)."""
+  with local_dir(path) as d:
+    return _load_dir(d)
+
+
+def _load_dir(path: str):
+  config = _config_from_dir(path)
   st = os.path.join(path, "model.safetensors")
   if os.path.exists(st):
     from safetensors.numpy import load_file
