@@ -78,7 +78,7 @@ def test_export_and_trainer_refuse_when_every_checkpoint_is_damaged(data_dir, tm
     train_and_evaluate(small_config(data_dir, checkpoint_every_steps=4), w)
 
 
-def test_a_changed_setting_is_refused_in_one_line_and_moves_nothing(data_dir, tmp_path):
+def test_a_changed_setting_is_refused_in_one_line_and_moves_nothing(data_dir, tmp_path, capsys):
   w = str(tmp_path / "w")
   cfg = dict(total_steps=8, checkpoint_every_steps=2, eval_every_steps=100)
   train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), w)
@@ -96,7 +96,12 @@ def test_a_changed_setting_is_refused_in_one_line_and_moves_nothing(data_dir, tm
     assert "\n" not in str(e.value) and "Nothing was changed" in str(e.value)
     assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == before
     assert not os.path.exists(os.path.join(w, "damaged_checkpoints"))
-  assert train_and_evaluate(small_config(data_dir, stop_after_steps=2, **cfg), w)["step"] == 6  # as before
+  # As before, and a changed worker count resumes from the same position (moved to the workers' layout).
+  capsys.readouterr()
+  out = train_and_evaluate(small_config(data_dir, stop_after_steps=2, **{"data.num_workers": 2}, **cfg), w)
+  assert out["step"] == 6 and "Resuming with data.num_workers changed: 0 -> 2" in capsys.readouterr().out
+  _, meta = checkpoint.read_meta(w)
+  assert meta["resume_changes"] == [{"step": 4, "key": "data.num_workers", "before": 0, "now": 2}]
 
 
 def test_settings_that_leave_the_state_alone_resume_exactly(data_dir, tmp_path):
@@ -107,17 +112,6 @@ def test_settings_that_leave_the_state_alone_resume_exactly(data_dir, tmp_path):
   neutral = {"data.read_threads": 1, "eval_every_steps": 8, "log_every_steps": 1, "keep_checkpoints": 5}
   train_and_evaluate(small_config(data_dir, **{**cfg, **neutral}), b)
   assert _losses(a) == {s: v for s, v in _losses(b).items() if s % 2 == 0}
-
-
-def test_a_changed_worker_count_resumes_from_the_same_position(data_dir, tmp_path, capsys):
-  w = str(tmp_path / "w")
-  cfg = dict(total_steps=8, checkpoint_every_steps=4, eval_every_steps=100)
-  train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), w)
-  capsys.readouterr()
-  train_and_evaluate(small_config(data_dir, stop_after_steps=2, **{"data.num_workers": 2}, **cfg), w)
-  assert "Resuming with data.num_workers changed: 0 -> 2" in capsys.readouterr().out
-  _, meta = checkpoint.read_meta(w)
-  assert meta["resume_changes"] == [{"step": 4, "key": "data.num_workers", "before": 0, "now": 2}]
 
 
 def test_an_edited_iterator_state_is_damage(data_dir, tmp_path, capsys):

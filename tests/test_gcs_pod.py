@@ -63,8 +63,19 @@ def test_converted_and_generated_data_go_straight_to_a_bucket(faults, tmp_path, 
   assert "has 2, 2 already done" in r.stdout and "records=0" in r.stdout, r.stderr[-3000:]
 
 
+_POD_ARGS = dict(total_steps=6, checkpoint_every_steps=100, log_every_steps=1, preempted_exit_code=75)
+
+
+@pytest.fixture(scope="module")
+def one_process(data_dir, tmp_path_factory):
+  """The reference for both pod runs: one process with the same 8 devices, on a local disk."""
+  one = str(tmp_path_factory.mktemp("one"))
+  _finish([_main(one, *_cli_overrides(data_dir, **_POD_ARGS), env=_cpu_env(8))])
+  return one
+
+
 @pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
-def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(faults, data_dir, tmp_path, request):
+def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(faults, data_dir, one_process, request):
   """Clean and through the fault proxy (5% of requests fail), 4 processes x 2 devices share a workdir and read
   their slices of the data, both in the bucket: SIGTERM to every process (each at its own moment) leaves one
   checkpoint at a step they agreed on; the restart finishes the run, whose losses and evaluation (each process
@@ -72,10 +83,8 @@ def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(faults, dat
   bucket, env = request.getfixturevalue("faulty_bucket" if faults else "bucket")
   bucket = f"{bucket}/{'faults' if faults else 'clean'}"  # one server for the module: a folder each
   fileio.upload(data_dir, f"{bucket}/poddata")
-  args = _cli_overrides(data_dir, total_steps=6, checkpoint_every_steps=100, log_every_steps=1,
-                        preempted_exit_code=75)
-  one, pod = str(tmp_path / "one"), f"{bucket}/pod"
-  _finish([_main(one, *args, env=_cpu_env(8))])
+  args = _cli_overrides(data_dir, **_POD_ARGS)
+  one, pod = one_process, f"{bucket}/pod"
   args = [a for a in args if not a.startswith("--config.data.demo_data_dir")] + \
       [f"--config.data.demo_data_dir={bucket}/poddata"]
   procs = _pod(pod, args, env=env)

@@ -15,7 +15,6 @@ where that is unreachable, waits about a minute per call before falling back; it
 import builtins
 import os
 import shutil
-import tempfile
 
 os.environ.setdefault("EPATH_USE_TF", "false")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -132,12 +131,12 @@ def upload(local, remote) -> None:
     fs.put_file(local, remote)
 
 
-def local_copy(path, cache_root: str | None = None) -> str:
-  """A local path with the contents of `path`: itself when local, else a download into a temporary folder."""
+def local_copy(path, into: str) -> str:
+  """A local path with the contents of `path`: itself when local, else a download into the folder `into`."""
   path = os.fspath(path)
   if not is_remote(path):
     return path
-  dst = os.path.join(cache_root or tempfile.mkdtemp(prefix="tripletclip-"), os.path.basename(path.rstrip("/")))
+  dst = os.path.join(into, os.path.basename(path.rstrip("/")))
   fs = fsspec_fs(path)
   if fs.isdir(path):
     fs.get(path.rstrip("/") + "/", dst, recursive=True)
