@@ -114,11 +114,12 @@ class BucketLock:
     self._stop = threading.Event()
     self._thread = None
     self.lost = None  # set to the new holder when a heartbeat finds the lock taken over
+    self._client = None
 
   def _blob(self):
     from google.cloud import storage  # gcsfs's dependency; it reads STORAGE_EMULATOR_HOST like gcsfs does
     bucket, _, name = self.path[len("gs://"):].partition("/")
-    if not hasattr(self, "_client"):
+    if self._client is None:
       self._client = storage.Client(project=None)  # no project is needed to read and write objects
     return self._client.bucket(bucket).blob(name)
 
