@@ -64,7 +64,7 @@ def check_reachable(workdir: str, timeout_s: float = 60.0) -> None:
 def checkpoint_bytes(workdir: str, step: int | None, state) -> int:
   """Bytes the next checkpoint of `state` will take on disk: the size of checkpoint `step` when it exists,
   else an estimate from compressing a sample of every leaf (Orbax compresses; the raw size is ~2.5x too
-  high for a fresh model)."""
+  high for a fresh model). The estimate copies each leaf's first local shard to the host, once per run."""
   if step is not None:
     root = os.path.join(checkpoint_dir(workdir), str(step))
     if os.path.isdir(root):

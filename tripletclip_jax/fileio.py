@@ -87,8 +87,12 @@ def remove(path) -> None:
 def fsspec_fs(path):
   """The fsspec filesystem that serves a URL (for ranged reads, which epath has no call for): epath's own client,
   so that the process has one listing cache (a second client would list a moved folder, and Orbax would see it)."""
-  from etils.epath import backend
-  return backend.fsspec_backend.fs(os.fspath(path))
+  path = os.fspath(path)
+  if path.startswith("gs://"):
+    from etils.epath import backend
+    return backend.fsspec_backend.fs(path)
+  import fsspec
+  return fsspec.core.url_to_fs(path)[0]  # epath maps schemes it does not know to the local disk
 
 
 def read_bytes(path) -> bytes:
