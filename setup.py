@@ -21,6 +21,7 @@ CORE = [
     "huggingface_hub>=0.25",
     "matplotlib>=3.8",
     "absl-py>=2.0",
+    "google-re2>=1.1",  # parameter-group regexes in linear time (no catastrophic backtracking)
     "transformers>=4.45",  # CLIPConfig / CLIPImageProcessor for Hugging Face export; needs no torch
     "gcsfs>=2024.2",  # gs:// paths (etils.epath's fsspec backend); brings google-cloud-storage for TensorBoard
 ]

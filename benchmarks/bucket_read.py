@@ -3,7 +3,7 @@
   python benchmarks/bucket_read.py [--num_examples 256] [--threads 1,16] [--rounds 3]
 
 Writes shards of 512 px JPEG pairs, copies them into an in-memory fake-gcs-server (the tests' storage
-server) on a loopback port, then reads every record through `pipeline.ShardSource` (what Grain's read threads call) with
+server) on a loopback port, then reads every record through `sources.ShardSource` (what Grain's read threads call) with
 a thread pool, alternating local and gs:// in each round. On loopback there is no network latency:
 this measures the client's own cost per GET, a lower bound for real GCS, where each GET adds tens of
 milliseconds that only more threads (or gcsfuse) hide. Ends with one `key=value` line.
@@ -34,7 +34,7 @@ def main():
   server, url = start_server(tempfile.mkdtemp(), buckets=("bench-bucket",))
   os.environ.update(client_env(url))
   from tripletclip_jax import fileio
-  from tripletclip_jax.data import pipeline, records
+  from tripletclip_jax.data import records, sources
   try:
     rng = np.random.default_rng(0)
     local = tempfile.mkdtemp()
@@ -51,7 +51,7 @@ def main():
         results.setdefault((where, threads), [])
       for _ in range(a.rounds):
         for where, pattern in (("local", local), ("gcs", "gs://bench-bucket/shards")):
-          src = pipeline.ShardSource(records.resolve_shards(pattern))
+          src = sources.ShardSource(records.resolve_shards(pattern))
           t = time.perf_counter()
           with ThreadPoolExecutor(threads) as pool:
             got = list(pool.map(src.__getitem__, range(len(src))))

@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 
+from tripletclip_jax import losses as loss_lib  # noqa: E402
 from tripletclip_jax import sharding  # noqa: E402
 from tripletclip_jax.models import get_preset  # noqa: E402
 from tripletclip_jax import checkpoint  # noqa: E402
@@ -34,7 +35,7 @@ def main():
   cfg = get_preset(a.preset)
   tx, _ = make_optimizer(learning_rate=1e-3, total_steps=10, warmup_steps=1)
   mesh = sharding.make_mesh(-1, 1)
-  state, shardings = create_train_state(cfg, tx, mesh, jax.random.key(0))
+  state, shardings = create_train_state(cfg, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
   n_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
   checkpoint.checksums(state)  # compile once, outside the timings

@@ -4,7 +4,7 @@
   python benchmarks/tpu_plan.py --config configs/cc3m.py --topology v4:2x2x4
   python benchmarks/tpu_plan.py --config configs/cc3m.py --topology v5e:4x4 --max_batch
   python benchmarks/tpu_plan.py --config configs/cc3m.py --topology v5e:16x16 \
-      --set model.preset=vit_l14 --set batch_size=32768 --set mesh.fsdp=256
+      --config.model.preset=vit_l14 --config.batch_size=32768 --config.mesh.fsdp=256
 
 libtpu's compile-only client (`jax.experimental.topologies.get_topology_desc`) gives the devices of
 the named topology; the trainer's own step (`make_train_step`, same mesh and sharding rules, same
@@ -19,19 +19,17 @@ and with --max_batch the largest global batch that fits, with and without remat.
 import argparse
 import os
 import re
+import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu only compiles here; nothing runs on a TPU
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 
-from tripletclip_jax import sharding  # noqa: E402
-from tripletclip_jax.train.config import apply_overrides, load_config_file, resolve_total_steps  # noqa: E402
-from tripletclip_jax.train.loop import model_config, optimizer_from_config, train_step_from_config  # noqa: E402
-from tripletclip_jax.train.step import abstract_train_state, batch_keys  # noqa: E402
+from tripletclip_jax.train.config import ConfigError, apply_overrides, load_config_file, split_overrides  # noqa: E402
+from tripletclip_jax.train.experiment import build  # noqa: E402
 
 # Per chip: bf16 peak FLOP/s, HBM bytes and HBM bytes/s (Google Cloud's published figures).
 CHIPS = {"v4": (275e12, 32 * 2 ** 30, 1.2e12), "v5e": (197e12, 16 * 2 ** 30, 0.82e12),
@@ -109,24 +107,14 @@ def hbm_bytes_by_op(hlo: str) -> dict[str, int]:
 
 def compile_step(config, devices, batch_size: int, remat: bool | None = None):
   """The trainer's step, compiled for `devices` at `batch_size` (and `remat`, if given); returns (compiled,
-  model config). `config` itself is not changed."""
+  experiment). `config` itself is not changed."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.batch_size = batch_size
     if remat is not None:
       config.model.remat = remat
-  model_cfg = model_config(config)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
-  sharding.check_batch_divides(batch_size, mesh)
-  tx, schedule = optimizer_from_config(config, resolve_total_steps(config, model_cfg))
-  abstract, state_sh = abstract_train_state(model_cfg, tx, mesh, config.mesh.min_fsdp_size, config.loss)
-  step = train_step_from_config(config, model_cfg, tx, schedule, mesh, state_sh).jitted
-  s, L = model_cfg.vision.image_size, model_cfg.text.context_length
-  bsh = sharding.batch_sharding(mesh)
-  shapes = {"image": ((batch_size, s, s, 3), jnp.uint8), "neg_image": ((batch_size, s, s, 3), jnp.uint8),
-            "text": ((batch_size, L), jnp.int32), "neg_text": ((batch_size, L), jnp.int32)}
-  batch = {k: jax.ShapeDtypeStruct(*shapes[k], sharding=bsh) for k in batch_keys(config.loss)}
-  return step.lower(abstract, batch).compile(), model_cfg
+  exp = build(config, devices=devices, abstract=True)  # the trainer's own build, allocating nothing
+  return exp.train_step.jitted.lower(exp.state, exp.batch_spec()).compile(), exp
 
 
 def memory(compiled) -> dict:
@@ -170,10 +158,14 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default="configs/cc3m.py")
   p.add_argument("--topology", default="v4:2x2x4", help="e.g. v4:2x2x1 (v4-8), v4:2x2x4 (v4-32), v5e:4x4, v6e:4x4")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="alias of --config.KEY=VALUE")
   p.add_argument("--max_batch", action="store_true", help="also search the largest batch that fits (slow)")
   p.add_argument("--save_hlo", metavar="PATH", help="write the compiled HLO text there (to study it further)")
-  a = p.parse_args()
+  try:  # --config.KEY=VALUE, typed and checked as launch/main.py does
+    argv, overrides = split_overrides(sys.argv[1:])
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
+  a = p.parse_args(argv)
   from jax.experimental import topologies
   chip = a.topology.split(":")[0]
   if chip not in CHIPS:
@@ -182,16 +174,19 @@ def main():
   # v4 and v5p chips have two TensorCores that JAX drives as one device ("megacore"), as on a real VM.
   kw = {"chip_config_name": "megacore"} if chip in ("v4", "v5p") else {}
   devices = topologies.get_topology_desc(platform="tpu", topology_name=a.topology, **kw).devices
-  config = load_config_file(a.config)
-  apply_overrides(config, a.set)
+  try:
+    config = load_config_file(a.config)
+    apply_overrides(config, overrides + a.set)
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
   t = time.perf_counter()
   try:
-    compiled, model_cfg = compile_step(config, devices, config.batch_size)
+    compiled, exp = compile_step(config, devices, config.batch_size)
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     raise SystemExit(f"{a.topology}: {config.model.preset} at global batch {config.batch_size} (remat "
-                     f"{config.model.remat}) does not fit: {str(e).splitlines()[0]} Try --set model.remat=True, "
+                     f"{config.model.remat}) does not fit: {str(e).splitlines()[0]} Try --config.model.remat=True, "
                      "a larger mesh.fsdp or a smaller batch_size.")
   compile_s = time.perf_counter() - t
   mem = memory(compiled)
@@ -210,7 +205,7 @@ def main():
   roofline = max(compute_s, hbm_s)
   coll = collective_bytes(hlo)
   n = len(devices)
-  steps = resolve_total_steps(config, model_cfg)
+  steps = exp.total_steps
   print(f"{a.topology}: {n} chips, {config.model.preset}, loss {config.loss}, global batch {config.batch_size}, "
         f"mesh data={config.mesh.data} fsdp={config.mesh.fsdp}, dtype {config.model.dtype}, remat {config.model.remat}")
   gib = 2 ** 30

@@ -21,10 +21,12 @@ import jax
 import numpy as np
 
 
+from tripletclip_jax import losses as loss_lib  # noqa: E402
 from tripletclip_jax import sharding  # noqa: E402
 from tripletclip_jax.data.tokenizer import EOT_ID, SOT_ID  # noqa: E402
 from tripletclip_jax.models import forward_flops, get_preset, init_params, train_flops_per_example  # noqa: E402
 from tripletclip_jax.train import create_train_state, make_optimizer, make_train_step  # noqa: E402
+from tripletclip_jax.train.step import with_loss_params  # noqa: E402
 from tripletclip_jax.train.metrics import measure_matmul_peak  # noqa: E402
 
 
@@ -97,9 +99,10 @@ def main():
 
   cfg = get_preset(args.preset, dtype=args.dtype, remat=args.remat)
   fwd = forward_flops(cfg)
-  shapes = jax.eval_shape(lambda r: init_params(cfg, r), jax.random.key(0))
+  # The towers plus the loss's own parameters (the temperature): the count OpenAI quotes.
+  shapes = jax.eval_shape(lambda r: with_loss_params(init_params(cfg, r), loss_lib.get(args.loss)), jax.random.key(0))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
-  flops_ex = train_flops_per_example(cfg, args.loss)
+  flops_ex = train_flops_per_example(cfg, loss_lib.get(args.loss))
   if args.info:
     print(f"{args.preset}: {n_params:,} parameters; forward GFLOPs per pair {fwd['pair'] / 1e9:.2f} "
           f"(image {fwd['image'] / 1e9:.2f} + text {fwd['text'] / 1e9:.2f}); "
@@ -114,8 +117,8 @@ def main():
   mesh = sharding.make_mesh(data, fsdp)
   sharding.check_batch_divides(args.batch_size, mesh)
   tx, schedule = make_optimizer(learning_rate=5e-4, total_steps=1000, warmup_steps=10, weight_decay=0.5)
-  state, state_sh = create_train_state(cfg, tx, mesh, jax.random.key(0))
-  step = make_train_step(cfg, tx, schedule, args.loss, mesh, state_sh, args.accum_steps)
+  state, state_sh = create_train_state(cfg, tx, mesh, jax.random.key(0), loss_lib.get(args.loss))
+  step = make_train_step(cfg, tx, schedule, loss_lib.get(args.loss), mesh, state_sh, args.accum_steps)
   host_batch = make_batch(cfg, args.batch_size)
   batch = sharding.put_batch(host_batch, mesh)
   t = time.perf_counter()

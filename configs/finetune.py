@@ -19,6 +19,8 @@ from tripletclip_jax.train.config import base_config, parse_arg, sibling_config
 
 def get_config(arg: str = ""):
   opts = parse_arg(arg, loss="tripletclip", freeze_blocks="0", tower_lr="0.1", world="")
+  if opts["world"] not in ("", "demo"):
+    raise ValueError(f"world={opts['world']!r}: the only world is 'demo' (leave it out for your own data)")
   if opts["world"] == "demo":
     c = sibling_config(__file__, "demo.py", opts["loss"])
     c.total_steps, c.compute_matched = 200, False

@@ -17,6 +17,8 @@ from tripletclip_jax.train.config import parse_arg, sibling_config
 
 def get_config(arg: str = ""):
   opts = parse_arg(arg, loss="clip", world="")
+  if opts["world"] not in ("", "demo"):
+    raise ValueError(f"world={opts['world']!r}: the only world is 'demo' (leave it out for your own data)")
   if opts["world"] == "demo":  # the demo world's data, evaluations and schedule
     c = sibling_config(__file__, "demo.py", opts["loss"])
     c.total_steps, c.compute_matched = 200, False

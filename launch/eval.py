@@ -7,6 +7,10 @@
       --winoground /data/winoground --zeroshot tfds:imagenet2012 --tfds_data_dir /data/tfds \
       --retrieval_json /data/karpathy/dataset_coco.json --retrieval_image_dir /data/coco --output results.json
 
+Any option of any registered task (tripletclip_jax/evaluate REGISTRY) is a typed config key, set as in
+launch/main.py: `--config.evals.TASK.OPTION=VALUE`, e.g. `--config.evals.triplet.batch_size=16` (the same
+keys as a training config's `config.evals`; `--option TASK.OPTION=VALUE` is an alias).
+
 Writes results.json ({"sugarcrepe": {"add_att": 61.2, ..., "mean": ...}, ...}, percentages), results.md and
 one results_TASK.png bar chart per task.
 """
@@ -17,6 +21,18 @@ import sys
 import tempfile
 
 
+
+
+def evals_config(tasks):
+  """A locked ConfigDict {evals: {TASK: {OPTION: default}}}, each option typed as its function declares it."""
+  import ml_collections
+  from ml_collections import config_dict
+  from tripletclip_jax.evaluate import option_types
+  evals = {}
+  for t in tasks:
+    evals[t] = {k: (config_dict.placeholder(kind) if default is None and kind is not None else default)
+                for k, (kind, default) in option_types(t).items()}
+  return ml_collections.ConfigDict({"evals": evals}).lock()
 
 
 def main(argv=None):
@@ -36,7 +52,12 @@ def main(argv=None):
   p.add_argument("--retrieval_image_dir")
   p.add_argument("--triplet_data", help="held-out TripletData shards (glob or directory): triplet, hard_retrieval")
   p.add_argument("--option", action="append", default=[], metavar="TASK.KEY=VALUE",
-                 help="an option of any registered task (tripletclip_jax/evaluate REGISTRY), repeatable")
+                 help="alias of --config.evals.TASK.KEY=VALUE, repeatable")
+  from tripletclip_jax.train.config import ConfigError, apply_overrides, split_overrides
+  try:
+    argv, overrides = split_overrides(sys.argv[1:] if argv is None else list(argv))
+  except ConfigError as e:
+    p.error(str(e))
   args = p.parse_args(argv)
 
   tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -50,13 +71,17 @@ def main(argv=None):
            "zeroshot": dict(dataset="zeroshot", data_dir="tfds_data_dir"),
            "retrieval": dict(split_json="retrieval_json", image_dir="retrieval_image_dir"),
            "triplet": dict(pattern="triplet_data"), "hard_retrieval": dict(pattern="triplet_data")}
-  options = {t: {k: getattr(args, f) for k, f in flags.get(t, {}).items()} for t in tasks}
-  for item in args.option:
-    key, sep, value = item.partition("=")
-    task, dot, name = key.partition(".")
-    if not (sep and dot) or task not in options:
-      p.error(f"--option {item!r}: use TASK.KEY=VALUE with TASK one of --tasks ({', '.join(tasks)})")
-    options[task][name] = value
+  config = evals_config(tasks)
+  with config.unlocked():
+    for t in tasks:
+      for k, f in flags.get(t, {}).items():
+        if getattr(args, f) is not None:
+          config.evals[t][k] = getattr(args, f)
+  try:
+    apply_overrides(config, overrides + [f"evals.{o}" for o in args.option])
+  except ConfigError as e:
+    p.error(f"{e} (tasks: {', '.join(tasks)})")
+  options = {t: {k: v for k, v in config.evals[t].items() if v is not None} for t in tasks}
   from tripletclip_jax.evaluate import required_options
   for t in tasks:
     for k in required_options(t):

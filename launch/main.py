@@ -23,15 +23,8 @@ def _config_keys(argv) -> list[str]:
   spec = _config_spec(argv)
   if not spec:
     return []
-  from tripletclip_jax.train.config import load_config_file
-  cfg = load_config_file(spec)
-  def flat(d, prefix=""):
-    for k, v in d.items():
-      if hasattr(v, "items"):
-        yield from flat(v, f"{prefix}{k}.")
-      else:
-        yield f"{prefix}{k}"
-  return list(flat(cfg))
+  from tripletclip_jax.train.config import flat_keys, load_config_file
+  return flat_keys(load_config_file(spec))
 
 
 def _config_spec(argv) -> str | None:

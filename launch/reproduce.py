@@ -3,14 +3,17 @@
   python launch/reproduce.py --output_dir runs/reproduce                  # 5 losses x seeds 0,1,2
   python launch/reproduce.py --output_dir runs/demo --losses clip,tripletclip --seeds 0 \
       --reference docs/results/reproduce.json                              # `make demo`
-  python launch/reproduce.py --output_dir runs/big --seeds 0,1,2,3,4 --set model.preset=tiny \
-      --set total_steps=2000 --set data.demo_num_train=5000                # scaled up
+  python launch/reproduce.py --output_dir runs/big --seeds 0,1,2,3,4 --config.model.preset=tiny \
+      --config.total_steps=2000 --config.data.demo_num_train=5000          # scaled up
 
 Every run trains configs/demo.py (or --config) with one loss and one seed on
 the same world, which is generated once into DIR/data. Seeds change the model's
 initialisation and the data order, never the world. Baselines are compute
 matched: every run encodes as many image-text pairs as TripletCLIP
-(compute_rule=pairs; `--set compute_rule=flops` matches training FLOPs).
+(compute_rule=pairs; `--config.compute_rule=flops` matches training FLOPs).
+`--config.KEY=VALUE` overrides the config of every run, typed and checked as
+launch/main.py does (`--set KEY=VALUE` is an alias); the loss, the seed and
+the world's folder are this script's to set.
 Finished runs (DIR/runs/LOSS-seedS/result.json) are skipped, so a killed
 reproduction resumes; an unfinished run resumes from its checkpoint.
 
@@ -26,7 +29,7 @@ import time
 
 import numpy as np
 
-from tripletclip_jax.data.demo_world import BINDING_SUBSETS, SUBSETS
+from tripletclip_jax.demo import BINDING_SUBSETS, scores
 
 DEFAULT_LOSSES = ("clip", "clip_union", "negclip", "negimage", "tripletclip")
 LABELS = {"clip": "CLIP", "clip_union": "CLIP on real + negatives", "negclip": "NegCLIP", "negimage": "NegImage",
@@ -37,18 +40,16 @@ COLUMNS = (("replace_obj", "Replace obj"), ("replace_att", "Replace att"), ("rep
            ("swap_obj", "Swap obj"), ("swap_att", "Swap att"), ("add_obj", "Add obj"), ("add_att", "Add att"))
 
 
+# Set by this script for each run: an override would train every run alike and mislabel the table.
+OWN_KEYS = ("loss", "seed", "data.demo_data_dir")
+
+
 def run_record(loss: str, seed: int, config, out: dict) -> dict:
   """One row of results.json from `train_and_evaluate`'s result."""
-  from tripletclip_jax.train.config import pairs_per_example
+  from tripletclip_jax import losses
   rec = {"loss": loss, "seed": seed, "steps": int(out["step"]),
-         "pairs_seen": int(out["step"] * config.batch_size * pairs_per_example(loss))}
-  for split in ("heldout", "seen"):
-    vals = {s: float(out[f"eval/sugarcrepe_{split}/{s}"]) for s in SUBSETS}
-    vals["mean"] = float(np.mean([vals[s] for s in SUBSETS]))
-    vals["binding_mean"] = float(np.mean([vals[s] for s in BINDING_SUBSETS]))
-    rec[split] = vals
-  rec["triplet_heldout"] = {k: float(out[f"eval/triplet_heldout/{k}"]) for k in ("text", "image", "group")}
-  return rec
+         "pairs_seen": int(out["step"] * config.batch_size * losses.get(loss).pairs_per_example)}
+  return dict(rec, **scores(out))
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -131,14 +132,26 @@ def main(argv=None):
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--config", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                                                   "demo.py"))
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="alias of --config.KEY=VALUE, repeatable")
   p.add_argument("--reference", help="an earlier results.json whose seed spread is printed beside this one")
+  import sys
+  from tripletclip_jax.train.config import ConfigError, split_overrides
+  try:
+    argv, overrides = split_overrides(sys.argv[1:] if argv is None else list(argv))
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
   args = p.parse_args(argv)
+  overrides += args.set
+  own = [o for o in overrides if o.partition("=")[0] in OWN_KEYS]
+  if own:
+    raise SystemExit(f"error: --config.{own[0]}: {', '.join(OWN_KEYS)} are set by this script for each run; "
+                     "use --losses, --seeds or --output_dir.")
   from tripletclip_jax import losses as loss_lib
   names = [s.strip() for s in args.losses.split(",") if s.strip()]
-  unknown = [n for n in names if n not in loss_lib.LOSSES]
+  unknown = [n for n in names if n not in loss_lib.REGISTRY]
   if unknown:
-    raise SystemExit(f"error: unknown loss {unknown[0]!r} in --losses; choose from {', '.join(loss_lib.LOSSES)}.")
+    raise SystemExit(f"error: unknown loss {unknown[0]!r} in --losses; choose from {', '.join(loss_lib.REGISTRY)}.")
   try:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   except ValueError:
@@ -149,7 +162,7 @@ def main(argv=None):
   from absl import flags, logging
   flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; this script parses its own arguments
   logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every file operation at INFO
-  from tripletclip_jax.train.config import ConfigError, apply_overrides, load_config_file
+  from tripletclip_jax.train.config import apply_overrides, load_config_file
   from tripletclip_jax.train.loop import train_and_evaluate
 
   out_dir = os.path.abspath(args.output_dir)
@@ -160,7 +173,7 @@ def main(argv=None):
     for seed in seeds:
       config = load_config_file(args.config, loss)
       try:
-        apply_overrides(config, [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False", *args.set])
+        apply_overrides(config, [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False", *overrides])
       except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
       rule = (f"equal {'training FLOPs' if config.compute_rule == 'flops' else 'image-text pairs encoded'} "
@@ -182,7 +195,8 @@ def main(argv=None):
       os.replace(done + ".tmp", done)
       runs.append(rec)
 
-  with open(os.path.join(data_dir, "world.json")) as f:
+  from tripletclip_jax.demo import layout
+  with open(os.path.join(data_dir, layout.WORLD_JSON)) as f:
     world = json.load(f)
   summary, diffs = summarize(runs), paired_differences(runs)
   results = {"runs": runs, "world": world["world"], "rule": rule, "summary": summary,

@@ -85,7 +85,7 @@ def test_a_changed_setting_is_refused_in_one_line_and_moves_nothing(data_dir, tm
   before = sorted(os.listdir(os.path.join(w, "checkpoints")))
   for change, needle in [  # each used to set both intact checkpoints aside as "damaged"
       ({"optimizer.grad_clip_norm": 1.0}, r"changed since it was written: optimizer.grad_clip_norm None -> 1.0"),
-      ({"optimizer.frozen": "visual/.*"}, r"optimizer.frozen None -> visual/\.\*"),
+      ({"optimizer.lr_multipliers": (("text/.*", 0.5),)}, r"optimizer.lr_multipliers \[\] -> \(\('text/\.\*', 0\.5\),\)"),
       ({"model.preset": "tiny", "allow_model_change": True},
        r"visual/conv1/kernel float32\[16, 16, 3, 128\] -> float32\[8, 8, 3, 128\].*model.preset demo -> tiny"),
       ({"loss": "tripletsiglip", "allow_schedule_change": True},

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tripletclip_jax.data import demo_world as dw
+from tripletclip_jax.demo import world as dw
 from tripletclip_jax.data import records
 
 CFG = dw.WorldConfig()

@@ -242,20 +242,41 @@ def test_eval_refuses_an_unwritable_output_before_evaluating(tmp_path):
   assert p.returncode == 2 and "cannot write in" in p.stderr and "Traceback" not in p.stderr, p.stderr
   p = subprocess.run([sys.executable, "launch/eval.py", "--model", "m", "--tasks", "hard_retrieval",
                       "--option", "triplet.pattern=x"], capture_output=True, text=True)
-  assert p.returncode == 2 and "--option 'triplet.pattern=x': use TASK.KEY=VALUE with TASK one of --tasks " \
-      "(hard_retrieval)" in p.stderr, p.stderr
+  assert p.returncode == 2 and "Unknown config key 'evals.triplet.pattern'" in p.stderr and \
+      "(tasks: hard_retrieval)" in p.stderr and "Traceback" not in p.stderr, p.stderr
+  p = subprocess.run([sys.executable, "launch/eval.py", "--model", "m", "--tasks", "triplet",
+                      "--config.evals.triplet.batch_size=sixteen"], capture_output=True, text=True)
+  assert p.returncode == 2 and "config.evals.triplet.batch_size='sixteen': give an integer" in p.stderr, p.stderr
 
 
-def test_evaluator_configs_are_checked_before_anything_runs():
+def test_eval_options_are_typed_as_the_evaluator_declares_them():
+  """`--option triplet.batch_size=16` used to stay the string "16" (and crash at 4 * "16" in Grain)."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch"))
+  from eval import evals_config
+  from tripletclip_jax.train.config import apply_overrides
+  c = evals_config(["triplet", "sugarcrepe"])
+  apply_overrides(c, ["evals.triplet.batch_size=16", "evals.sugarcrepe.subsets=('swap_att', 'swap_obj')",
+                      "evals.sugarcrepe.image_dir=/data/coco"])
+  assert c.evals.triplet.batch_size == 16 and c.evals.sugarcrepe.subsets == ("swap_att", "swap_obj")
+  assert c.evals.sugarcrepe.image_dir == "/data/coco" and c.evals.triplet.pattern is None
+
+
+def test_evaluator_configs_are_checked_before_anything_runs(tmp_path):
   from tripletclip_jax.evaluate import build
   with pytest.raises(ValueError, match=r"evals.x: unknown type 'sugarcrep'; choose one of sugarcrepe, "):
     build({"x": {"type": "sugarcrep"}})
   with pytest.raises(ValueError, match=r"evals.x: sugarcrepe takes no option 'image_folder'; it takes "
                                        r"sugarcrepe_dir, image_dir"):
     build({"x": {"type": "sugarcrepe", "sugarcrepe_dir": "d", "image_folder": "i"}})
+  with pytest.raises(FileNotFoundError, match=r"evals.t.pattern: No TripletData files match '/no/such/dir'"):
+    build({"t": {"type": "triplet", "pattern": "/no/such/dir"}})
+  with pytest.raises(FileNotFoundError, match=r"evals.s.sugarcrepe_dir='/no/such/dir' does not exist"):
+    build({"s": {"type": "sugarcrepe", "sugarcrepe_dir": "/no/such/dir"}})
   said = []
-  evs = build({"sugarcrepe": {"sugarcrepe_dir": None}, "t": {"type": "triplet", "pattern": "p", "every_steps": 3}},
-              every_steps=10, log=said.append)
+  shard = tmp_path / "t.tfrecord"
+  shard.write_bytes(b"")
+  evs = build({"sugarcrepe": {"sugarcrepe_dir": None},
+               "t": {"type": "triplet", "pattern": str(shard), "every_steps": 3}}, every_steps=10, log=said.append)
   assert [(e.name, e.type, e.every_steps) for e in evs] == [("t", "triplet", 3)]
   assert said == ["evals.sugarcrepe: sugarcrepe_dir is not set; skipped (set "
                   "--config.evals.sugarcrepe.sugarcrepe_dir=PATH to run it)"]

@@ -163,7 +163,7 @@ def test_a_holder_whose_heartbeats_fail_loses_the_lock_and_stops(faulty_gcs, mon
   assert holder.lost["token"] == newcomer._info["token"] and "was taken over by another trainer" in caplog.text
   with pytest.raises(ValueError, match=r"taken over by another trainer .* last complete checkpoint \(step 4\) is "
                      "intact"):
-    loop._check_lock(holder, w, 4)
+    loop.check_lock(holder, w, 4)
   holder.__exit__(None, None, None)  # leaves the newcomer's lock alone
   assert json.loads(fileio.read_bytes(f"{w}/{workdir_lock.LOCK_FILE}"))["token"] == newcomer._info["token"]
   newcomer.__exit__(None, None, None)

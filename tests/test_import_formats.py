@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tripletclip_jax.data import pipeline, records
+from tripletclip_jax.data import pipeline, records, sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +64,7 @@ def test_tfds_builder_feeds_the_same_pipeline(tmp_path):
                                download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
   source = tfds.data_source("triplet_data", split="train", data_dir=str(tmp_path / "tfds"))
   assert len(source) == 6
-  ds = pipeline.make_dataset(pipeline.TFDSSource(source, "triplet_data"), batch_size=3, image_size=32,
+  ds = pipeline.make_dataset(sources.TFDSSource(source, "triplet_data"), batch_size=3, image_size=32,
                              context_length=16, train=False)
   batches = list(ds)
   assert sorted(k.decode() for b in batches for k in b["key"]) == [f"{i:06d}" for i in range(6)]

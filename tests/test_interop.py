@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
@@ -13,7 +12,8 @@ from tripletclip_jax.data import tokenize  # noqa: E402
 from tripletclip_jax.data.tokenizer import clean  # noqa: E402
 from tripletclip_jax.inference import Model, load  # noqa: E402
 from tripletclip_jax.interop import hf  # noqa: E402
-from tripletclip_jax.models import get_preset, init_params  # noqa: E402
+from tripletclip_jax.models import get_preset  # noqa: E402
+from tiny_models import clip_params  # noqa: E402
 
 TEXTS = ["a red circle", "a photo of two large blue squares left of a green triangle and a small star",
          "x", "Tom &amp; Jerry's caf\u00e9!"]
@@ -39,7 +39,7 @@ def _hf_embed(model_dir, texts, images):
 
 def test_export_parity_with_transformers(tmp_path):
   cfg = get_preset("tiny", act="quick_gelu")
-  params = jax.device_get(init_params(cfg, jax.random.key(0)))
+  params = clip_params(cfg, 0)
   out = hf.export_hf(cfg, params, str(tmp_path / "hf"), train_config={"loss": "tripletclip"},
                      eval_results={"sugarcrepe/mean": 61.5})
   t, i, _ = _hf_embed(out, TEXTS, _images())
@@ -70,7 +70,7 @@ def test_import_parity_non_default_shape(tmp_path):
 
 def test_round_trip_is_byte_identical(tmp_path):
   cfg = get_preset("tiny")
-  params = jax.device_get(init_params(cfg, jax.random.key(1)))
+  params = clip_params(cfg, 1)
   hf.export_hf(cfg, params, str(tmp_path / "a"))
   cfg2, params2 = hf.load_hf(str(tmp_path / "a"))
   assert cfg2 == cfg
@@ -110,7 +110,7 @@ def test_openai_state_dict_import_matches_open_clip():
 
 def test_mismatched_checkpoint_names_the_key(tmp_path):
   cfg = get_preset("tiny")
-  params = jax.device_get(init_params(cfg, jax.random.key(0)))
+  params = clip_params(cfg, 0)
   state = hf.params_to_hf_state(cfg, params)
   bad = dict(state, **{"visual_projection.weight": state["visual_projection.weight"][:, :10]})
   with pytest.raises(ValueError, match="visual_projection.weight"):
@@ -123,7 +123,7 @@ def test_mismatched_checkpoint_names_the_key(tmp_path):
 def test_damaged_hf_directories_are_one_line(tmp_path):
   cfg = get_preset("tiny")
   out = str(tmp_path / "hf")
-  hf.export_hf(cfg, jax.device_get(init_params(cfg, jax.random.key(0))), out)
+  hf.export_hf(cfg, clip_params(cfg, 0), out)
   st = tmp_path / "hf" / "model.safetensors"
   st.write_bytes(st.read_bytes()[:1000])  # cut short
   with pytest.raises(ValueError, match=r"model.safetensors is not a readable safetensors file .*export it again"):

@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from tiny_models import make_tiny_llm, make_tiny_t2i  # noqa: E402
+from tiny_models import clip_params, make_tiny_llm, make_tiny_t2i  # noqa: E402
 from tripletclip_jax.data import pipeline, records  # noqa: E402
 from tripletclip_jax.synth import prompts  # noqa: E402
 from tripletclip_jax.synth.run import Options, run  # noqa: E402
@@ -121,11 +121,10 @@ def test_kill_and_rerun_gives_one_record_per_key(models, tmp_path):
 
 
 def test_score_stage_and_filter(models, tmp_path):
-  import jax
   from tripletclip_jax.interop import hf
-  from tripletclip_jax.models import get_preset, init_params
+  from tripletclip_jax.models import get_preset
   clip_dir = str(tmp_path / "clip")
-  hf.export_hf(get_preset("tiny"), jax.device_get(init_params(get_preset("tiny"), jax.random.key(0))), clip_dir)
+  hf.export_hf(get_preset("tiny"), clip_params(get_preset("tiny"), 0), clip_dir)
   out = tmp_path / "out"
   totals = run(_opts(models, _inputs(tmp_path, n=8), out, clip=clip_dir, stages=("captions", "images", "score"),
                      keep_top=0.5), log=lambda *_: None)

@@ -1,13 +1,16 @@
 """The Grain pipeline: determinism, resumable state with workers, process shares, bad data."""
 
 import io
+import os
+import sys
 
 import numpy as np
 import pytest
 from absl import flags
 from PIL import Image
 
-from tripletclip_jax.data import demo_world, pipeline, records
+from tripletclip_jax.data import pipeline, records
+from tripletclip_jax.demo import world as demo_world
 
 flags.FLAGS.mark_as_parsed()  # grain's multiprocessing reads an absl flag
 
@@ -170,7 +173,7 @@ def test_bad_image_warning_names_the_field_once_per_record(tmp_path, caplog):
 
 
 def test_missing_data_fails_at_once(tmp_path):
-  with pytest.raises(FileNotFoundError, match="No TFRecord shards match"):
+  with pytest.raises(FileNotFoundError, match="No TripletData files match"):
     pipeline.make_dataset(str(tmp_path / "nope" / "*.tfrecord"), batch_size=2, image_size=32)
 
 
@@ -235,3 +238,37 @@ def test_uint8_images_are_normalised_on_the_device_to_the_same_embedding(demo_di
   params = init_params(cfg, jax.random.key(0))
   enc = jax.jit(lambda x: CLIP(cfg).apply({"params": params}, x, method=CLIP.encode_image))
   np.testing.assert_allclose(np.asarray(enc(u8["image"])), np.asarray(enc(f32["image"])), atol=2e-5)
+
+
+def test_array_record_copy_gives_the_same_batches(demo_dir, tmp_path, capsys):
+  """Grain's native ArrayRecord, written by launch/convert_array_record.py, is a registered format: training from
+  the copy reads the same batches as training from the TFRecord shards (here through the trainer's `build`)."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch"))
+  import convert_array_record
+  from test_trainer import small_config
+  from tripletclip_jax.data import formats
+  from tripletclip_jax.train.experiment import build
+  ar = str(tmp_path / "train_ar")
+  convert_array_record.main(["--input", os.path.join(demo_dir, "train"), "--output_dir", ar])
+  assert "Wrote 3 ArrayRecord files" in capsys.readouterr().out
+  assert formats.resolve(ar)[0].name == "array_record" and len(formats.open_source(ar)) == 96
+  batches = {}
+  for name, train in (("tfrecord", os.path.join(demo_dir, "train")), ("array_record", ar)):
+    exp = build(small_config(demo_dir, **{"data.train": train, "data.num_workers": 2}), str(tmp_path / name))
+    batches[name] = [next(exp.train_data) for _ in range(3)]
+    exp.train_data.close()
+  for a, b in zip(batches["tfrecord"], batches["array_record"]):
+    assert sorted(a) == sorted(b)
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_a_damaged_array_record_file_is_one_line(tmp_path):
+  from tripletclip_jax.data import formats
+  bad = tmp_path / "x.array_record"
+  bad.write_bytes(b"not an array record file" * 10)
+  with pytest.raises(ValueError, match=r"x.array_record is not a readable ArrayRecord file .*convert it again"):
+    formats.open_source(str(tmp_path))
+  with pytest.raises(ValueError, match=r"mixes formats \(array_record, tfrecord\)"):
+    (tmp_path / "y.tfrecord").write_bytes(b"")
+    formats.resolve(str(tmp_path))

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 from absl import flags
 
+from tripletclip_jax import losses as loss_lib
 from tripletclip_jax import sharding
-from tripletclip_jax.data import demo_world, image_ops, pipeline, records
+from tripletclip_jax.data import image_ops, pipeline, records
+from tripletclip_jax.demo import world as demo_world
 from tripletclip_jax.data.tokenizer import tokenize
 from tripletclip_jax.models import forward_flops, get_preset
 from tripletclip_jax.train import create_train_state, make_optimizer, make_train_step
 from tripletclip_jax.train.config import base_config, load_config_file, resolve_total_steps
 from tripletclip_jax.train.optim import MAX_LOG_LOGIT_SCALE, decay_mask
-from tripletclip_jax.train.step import batch_keys
 
 flags.FLAGS.mark_as_parsed()
 CFG = get_preset("tiny")
@@ -36,7 +37,7 @@ def _examples(demo_dir):
 
 def test_union_baseline_feeds_negative_pairs_as_positives(demo_dir):
   ds = pipeline.make_dataset(f"{demo_dir}/train", batch_size=48, image_size=32, context_length=32, train=False,
-                             union_negatives=True, fields=batch_keys("clip_union"), process_index=0, process_count=1)
+                             union_negatives=True, fields=loss_lib.get("clip_union").batch_keys, process_index=0, process_count=1)
   (b,) = list(ds)
   assert set(b) == {"image", "text", "key", "bad_counts"}  # clip_union encodes no negative columns
   ex = _examples(demo_dir)
@@ -62,15 +63,15 @@ def test_clip_union_is_compute_matched_like_clip():
   c.total_steps, c.compute_matched = 400, True
   for loss, steps in (("tripletclip", 400), ("clip", 800), ("clip_union", 800), ("negclip", 533)):
     c.loss = loss
-    assert resolve_total_steps(c, CFG) == steps
+    assert resolve_total_steps(c, loss_lib.get(c.loss), CFG) == steps
   c.compute_rule, c.loss = "flops", "clip"
   f = forward_flops(CFG)
-  assert resolve_total_steps(c, CFG) == 800  # images and texts both double
+  assert resolve_total_steps(c, loss_lib.get(c.loss), CFG) == 800  # images and texts both double
   c.loss = "negclip"  # one image, two texts: FLOPs weigh the cheap text tower less than pairs do
-  assert resolve_total_steps(c, CFG) == round(400 * (2 * f["image"] + 2 * f["text"]) / (f["image"] + 2 * f["text"]))
+  assert resolve_total_steps(c, loss_lib.get(c.loss), CFG) == round(400 * (2 * f["image"] + 2 * f["text"]) / (f["image"] + 2 * f["text"]))
   c.compute_rule = "bogus"
   with pytest.raises(ValueError, match="compute_rule"):
-    resolve_total_steps(c, CFG)
+    resolve_total_steps(c, loss_lib.get(c.loss), CFG)
 
 
 def test_decay_rules_choose_the_decayed_parameters():
@@ -111,9 +112,9 @@ def test_logit_scale_clamp_to_zero_and_ln100(clamp):
   batch = {"image": rng.normal(size=(n, s, s, 3)).astype(np.float32),
            "text": tokenize(["a red circle", "a blue square", "a star", "two cats"], L)}
   for start, clamped in ((-1.0, 0.0), (5.0, MAX_LOG_LOGIT_SCALE)):
-    state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0))
+    state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
     state = state.replace(params=dict(state.params, logit_scale=jnp.asarray(start, jnp.float32)))
-    step = make_train_step(CFG, tx, schedule, "clip", mesh, sh, clamp_logit_scale=clamp)
+    step = make_train_step(CFG, tx, schedule, loss_lib.get("clip"), mesh, sh, clamp_logit_scale=clamp)
     state, _ = step(state, sharding.put_batch(batch, mesh))
     got = float(state.params["logit_scale"])
     if clamp:
@@ -124,7 +125,7 @@ def test_logit_scale_clamp_to_zero_and_ln100(clamp):
 
 def test_release_configs_state_their_switches():
   hq, cc3m = (load_config_file(os.path.join(ROOT, "configs", f"{name}.py")) for name in ("tripletclip_hq", "cc3m"))
-  assert resolve_total_steps(hq) == 9766  # 10 epochs of 1M rows at batch 1024
+  assert resolve_total_steps(hq, loss_lib.get(hq.loss)) == 9766  # 10 epochs of 1M rows at batch 1024
   assert (hq.optimizer.decay_rule, hq.data.augment, hq.clamp_logit_scale) == ("all", "center_crop", False)
   assert (cc3m.optimizer.decay_rule, cc3m.data.augment, cc3m.clamp_logit_scale) == ("all", "center_crop", True)
   for c in (hq, cc3m):

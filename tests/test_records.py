@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from tripletclip_jax.data import records
+from tripletclip_jax.data import records, sources
 
 FEATURES = {"key": "k-0", "image": b"\x89PNG\x00\x01", "caption": "a red circle \u00e9",
             "neg_image": b"\xff\xd8jpeg", "neg_caption": "a blue circle", "clip_score": 0.25, "count": 3}
@@ -143,7 +143,6 @@ def test_corrupt_or_pickled_indexes_are_named_and_never_unpickled(tmp_path):
 
 def test_a_flipped_length_bit_loses_one_record_not_the_rest_of_the_shard(tmp_path):
   tf = pytest.importorskip("tensorflow")
-  from tripletclip_jax.data import pipeline
   path = str(tmp_path / "tf-00000-of-00001.tfrecord")  # index-less, as TensorFlow writes them
   _tf_shard(path, 20, tf)
   good = records.scan(path)
@@ -154,23 +153,22 @@ def test_a_flipped_length_bit_loses_one_record_not_the_rest_of_the_shard(tmp_pat
   index = records.scan(path, log=heard.append)
   assert (index[:, 1] == records.LOST).sum() == 1 and len(index) == 20
   assert f"bytes {good[5, 0]}-{good[6, 0]} have no valid record framing" in heard[0] and "about 1 record" in heard[0]
-  src = pipeline.ShardSource([path])
+  src = sources.ShardSource([path])
   items = [src[i] for i in range(len(src))]
   assert [it[2] for it in items].count("corrupt_framing") == 1
   assert [it[1]["key"] for it in items if it[1]] == [f"k-{i}".encode() for i in range(20) if i != 5]
 
 
 def test_manifest_disagreements_fail_in_one_line(tmp_path):
-  from tripletclip_jax.data import pipeline
   paths = [str(tmp_path / records.shard_name("d", i, 2)) for i in range(2)]
   for i, p in enumerate(paths):
     _write(p, [dict(FEATURES, key=f"k-{i}-{j}") for j in range(3)])
   records.write_manifest(str(tmp_path), "d", paths, [3, 3])
-  assert len(pipeline.ShardSource(records.resolve_shards(str(tmp_path)))) == 6
+  assert len(sources.ShardSource(records.resolve_shards(str(tmp_path)))) == 6
   records.write_manifest(str(tmp_path), "d", paths, [3, 4])
   with pytest.raises(ValueError, match=r"d-00001-of-00002.tfrecord has 3 records but .*manifest.json says 4"):
-    pipeline.ShardSource(records.resolve_shards(str(tmp_path)))
+    sources.ShardSource(records.resolve_shards(str(tmp_path)))
   records.write_manifest(str(tmp_path), "d", paths, [3, 3])
   os.remove(paths[1])
   with pytest.raises(ValueError, match=r"manifest.json lists 1 shard\(s\) missing from .*d-00001-of-00002"):
-    pipeline.ShardSource(records.resolve_shards(str(tmp_path)))
+    sources.ShardSource(records.resolve_shards(str(tmp_path)))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from tripletclip_jax import losses as loss_lib
 from tripletclip_jax import sharding
 from tripletclip_jax.models import CLIP, get_preset
 from tripletclip_jax.models.flops import forward_flops
@@ -34,8 +35,8 @@ def _one_step(mesh, loss="tripletclip", batch_size=16, accum_steps=1):
   # the reduction order. A larger eps keeps the comparison about the sharding, not that noise.
   tx, schedule = make_optimizer(learning_rate=LR, total_steps=10, warmup_steps=0, weight_decay=0.1,
                                 grad_clip_norm=1.0, eps=1e-4)
-  state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0))
-  step = make_train_step(CFG, tx, schedule, loss, mesh, sh, accum_steps)
+  state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
+  step = make_train_step(CFG, tx, schedule, loss_lib.get(loss), mesh, sh, accum_steps)
   state, metrics = step(state, sharding.put_batch(_batch(batch_size), mesh))
   return jax.device_get(state.params), jax.device_get(metrics), state
 
@@ -65,8 +66,8 @@ def test_images_and_their_negatives_stay_on_their_device():
   import re
   mesh = sharding.make_mesh(8, 1)
   tx, schedule = make_optimizer(learning_rate=LR, total_steps=10, warmup_steps=0)
-  state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0))
-  step = make_train_step(CFG, tx, schedule, "tripletclip", mesh, sh)
+  state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
+  step = make_train_step(CFG, tx, schedule, loss_lib.get("tripletclip"), mesh, sh)
   hlo = step.jitted.lower(state, sharding.put_batch(_batch(16), mesh)).compile().as_text()
   kinds = set(re.findall(r" (all-to-all|collective-permute|all-gather|all-reduce|reduce-scatter)(?:-start)?\(", hlo))
   assert kinds == {"all-gather", "all-reduce"}, kinds
@@ -78,10 +79,10 @@ def test_images_and_their_negatives_stay_on_their_device():
 def test_accumulation_gives_the_full_batch_gradient(loss):
   mesh = sharding.make_mesh(4, 2)
   tx, _ = make_optimizer(learning_rate=1e-3, total_steps=10, warmup_steps=0)
-  state, _ = create_train_state(CFG, tx, mesh, jax.random.key(3), loss=loss)
+  state, _ = create_train_state(CFG, tx, mesh, jax.random.key(3), loss_lib.get(loss))
   assert ("logit_bias" in state.params) == (loss == "tripletsiglip")
   batch = sharding.put_batch(_batch(16, seed=1), mesh)
-  f = jax.jit(lambda p, b, a: loss_and_grads(CLIP(CFG), p, b, loss, a, mesh), static_argnums=2)
+  f = jax.jit(lambda p, b, a: loss_and_grads(CLIP(CFG), p, b, loss_lib.get(loss), a, mesh), static_argnums=2)
   (full, _), g_full = f(state.params, batch, 1)
   (acc, _), g_acc = f(state.params, batch, 4)
   np.testing.assert_allclose(acc, full, rtol=1e-5)
@@ -96,8 +97,8 @@ def test_accumulation_gives_the_full_batch_gradient(loss):
 def test_tiny_tripletclip_loss_falls_on_a_fixed_batch():
   mesh = sharding.make_mesh(-1, 1)
   tx, schedule = make_optimizer(learning_rate=1e-3, total_steps=40, warmup_steps=3, weight_decay=0.1)
-  state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0))
-  step = make_train_step(CFG, tx, schedule, "tripletclip", mesh, sh)
+  state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
+  step = make_train_step(CFG, tx, schedule, loss_lib.get("tripletclip"), mesh, sh)
   batch = sharding.put_batch(_batch(16, seed=2), mesh)
   losses = []
   for _ in range(40):
@@ -120,9 +121,9 @@ def test_mesh_errors_are_clear():
 def test_logit_scale_is_clamped_at_100():
   mesh = sharding.make_mesh(-1, 1)
   tx, schedule = make_optimizer(learning_rate=1.0, total_steps=5, warmup_steps=0, weight_decay=0.0)
-  state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0))
+  state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
   state = state.replace(params=dict(state.params, logit_scale=state.params["logit_scale"] * 0 + 4.6))
-  step = make_train_step(CFG, tx, schedule, "clip", mesh, sh)
+  step = make_train_step(CFG, tx, schedule, loss_lib.get("clip"), mesh, sh)
   for _ in range(3):
     state, m = step(state, sharding.put_batch(_batch(8), mesh))
   assert float(m["logit_scale"]) <= 100.0 + 1e-4
@@ -134,8 +135,8 @@ def test_a_frozen_tower_is_untouched_holds_no_state_and_costs_less():
 
   def build(frozen):
     tx, schedule = make_optimizer(learning_rate=1e-2, total_steps=10, warmup_steps=0, frozen=frozen)
-    state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss="clip")
-    step = make_train_step(CFG, tx, schedule, "clip", mesh, sh, frozen=frozen)
+    state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("clip"))
+    step = make_train_step(CFG, tx, schedule, loss_lib.get("clip"), mesh, sh, frozen=frozen)
     return state, step, step.jitted.lower(state, batch).compile()
 
   state, step, compiled = build(r"visual/.*")

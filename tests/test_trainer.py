@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tripletclip_jax.data import demo_world
+from tripletclip_jax.demo import world as demo_world
 from tripletclip_jax import checkpoint
 from tripletclip_jax.train.config import ConfigError
 from tripletclip_jax.train.loop import train_and_evaluate
@@ -247,9 +247,10 @@ def test_demo_config_end_to_end(tmp_path):
 
 def test_init_from_hugging_face(data_dir, tmp_path):
   from tripletclip_jax.interop import hf
-  from tripletclip_jax.models import get_preset, init_params
+  from tiny_models import clip_params
+  from tripletclip_jax.models import get_preset
   cfg = get_preset("tiny", act="quick_gelu")
-  src = jax.device_get(init_params(cfg, jax.random.key(7)))
+  src = clip_params(cfg, 7)
   hf.export_hf(cfg, src, str(tmp_path / "hf_src"))
   w = str(tmp_path / "ft")
   # Learning rate 0: the checkpoint after one step must hold exactly the imported weights.
@@ -264,10 +265,11 @@ def test_init_from_hugging_face(data_dir, tmp_path):
 def test_lit_config_locks_the_pretrained_image_tower(data_dir, tmp_path):
   """configs/lit.py on the demo world from a Hugging Face directory: the image tower stays bit-identical."""
   from tripletclip_jax.interop import hf
-  from tripletclip_jax.models import get_preset, init_params
+  from tiny_models import clip_params
+  from tripletclip_jax.models import get_preset
   from tripletclip_jax.train.config import apply_overrides, load_config_file
   cfg = get_preset("tiny", act="quick_gelu")
-  src = jax.device_get(init_params(cfg, jax.random.key(7)))
+  src = clip_params(cfg, 7)
   hf.export_hf(cfg, src, str(tmp_path / "hf_src"))
   c = load_config_file(os.path.join(ROOT, "configs/lit.py"), "loss=negclip,world=demo")
   apply_overrides(c, ["batch_size=16", "total_steps=3", "log_every_steps=1", "checkpoint_every_steps=3",
@@ -287,7 +289,7 @@ def test_missing_training_data_is_one_line(tmp_path):
                        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cpu_env(1))
   _, err = p.communicate(timeout=300)
   assert p.returncode == 1 and "Traceback" not in err
-  assert err.strip().splitlines()[-1].startswith("error: No TFRecord shards match")
+  assert err.strip().splitlines()[-1].startswith("error: No TripletData files match")
 
 
 def test_named_evaluators_run_on_their_own_schedules(data_dir, tmp_path):
@@ -355,13 +357,14 @@ def test_evaluation_runs_on_sharded_params_and_compiles_once(data_dir):
   from tripletclip_jax.inference import Model
   from tripletclip_jax.models import get_preset, init_params
   from tripletclip_jax.evaluate import run as run_evals
-  from tripletclip_jax.train.loop import prepare_data
+  from tripletclip_jax import evaluate
+  from tripletclip_jax.train.experiment import training_source
   cfg = get_preset("demo")
   params = init_params(cfg, jax.random.key(0))
   mesh = sharding.make_mesh(-1, 2)
   sharded = jax.device_put(params, sharding.tree_shardings(params, mesh, min_size=1024))
   assert any(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated for x in jax.tree.leaves(sharded))
-  _, evals = prepare_data(small_config(data_dir), "unused")
+  evals = evaluate.build(training_source(small_config(data_dir), "unused")[1])
   model = Model(cfg, sharded, progress=False, mesh=mesh)  # batches split over the 8 devices
   first = run_evals(model, evals)
   model.params = jax.block_until_ready(jax.tree.map(lambda x: x * 1.0, sharded))  # new arrays, same shardings

@@ -53,3 +53,12 @@ def make_tiny_t2i(out_dir: str) -> str:
                                  requires_safety_checker=False)
   pipe.save_pretrained(out_dir)
   return out_dir
+
+
+def clip_params(cfg, seed: int = 0) -> dict:
+  """Random parameters of a whole CLIP checkpoint for `cfg`: the towers plus the loss's temperature (host numpy)."""
+  import jax
+  from tripletclip_jax import losses
+  from tripletclip_jax.models import init_params
+  from tripletclip_jax.train.step import with_loss_params
+  return jax.device_get(with_loss_params(init_params(cfg, jax.random.key(seed)), losses.get("clip")))

@@ -24,7 +24,7 @@ class Model:
 
   Without a mesh the inputs are whole batches on one host. With `mesh` (the trainer's, whose params are
   sharded over it) each batch is split over the mesh's batch axes, and on several processes each process
-  passes only its own inputs and gets back only their embeddings (see `evaluate.shards`); every process
+  passes only its own inputs and gets back only their embeddings (see `evaluate.multihost`); every process
   must then call the encoders the same number of times, which the encoders arrange by agreeing on the
   longest input.
   """

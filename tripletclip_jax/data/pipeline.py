@@ -9,17 +9,16 @@ truncated shard) are skipped, counted by reason in each batch's `bad_counts`
 and logged once with shard and key. Too many in a window stops the run.
 """
 
-import bisect
 import collections
 import logging
-import os
 import re
-from typing import Any
+from typing import NamedTuple
 
 import grain
 import numpy as np
 
-from tripletclip_jax.data import image_ops, records
+from tripletclip_jax.data import formats, image_ops, records
+from tripletclip_jax.data.sources import SourceItem, UnionSource
 from tripletclip_jax.data.tokenizer import tokenize
 
 # New reasons go at the end: checkpoints store the counts in this order.
@@ -30,94 +29,11 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 log = logging.getLogger(__name__)
 
 
-class ShardSource:
-  """Random access over every record of every shard, through the index sidecars.
-
-  `source[i]` -> (shard name, example dict or None, bad reason or None, detail).
-  Picklable: file handles open lazily in each worker process.
-  """
-
-  def __init__(self, paths: list[str], verify_crc: bool = True):
-    self.paths = list(paths)
-    self.verify_crc = verify_crc
-    # Loaded here with warnings, reloaded lazily (and identically) in workers.
-    self._indexes = {s: records.load_index(p, log=log.warning) for s, p in enumerate(self.paths)}
-    records.check_manifest(self.paths, [len(x) for x in self._indexes.values()])
-    self.starts = np.concatenate([[0], np.cumsum([len(x) for x in self._indexes.values()])]).astype(np.int64)
-    self._files: dict[int, Any] = {}
-    self._pid = None
-
-  def __len__(self) -> int:
-    return int(self.starts[-1])
-
-  def __getstate__(self):
-    return {k: v for k, v in self.__dict__.items() if k not in ("_files", "_indexes")}
-
-  def __setstate__(self, state):
-    self.__dict__.update(state, _files={}, _indexes={})
-
-  def _locate(self, i: int) -> tuple[int, int, int, int]:
-    s = bisect.bisect_right(self.starts, i) - 1
-    if s not in self._indexes:
-      self._indexes[s] = records.load_index(self.paths[s])
-    offset, length = self._indexes[s][i - self.starts[s]]
-    return s, int(offset), int(length), i - int(self.starts[s])
-
-  def __getitem__(self, i: int):
-    if self._pid != os.getpid():  # descriptors and clients are per process: reopen after a fork
-      self._files, self._pid = {}, os.getpid()
-    s, offset, length, local = self._locate(int(i))
-    if s not in self._files:
-      self._files[s] = records.Reader(self.paths[s])
-    shard = os.path.basename(self.paths[s])
-    try:
-      payload = records.read_at(self._files[s], offset, self.paths[s], self.verify_crc, length)
-    except records.RecordError as e:  # a lost byte range logs once, not once per record it held
-      return shard, None, e.reason, str(e) if e.reason == "corrupt_framing" else f"record {local}: {e}"
-    try:
-      return shard, records.decode_example(payload), None, ""
-    except Exception as e:  # noqa: BLE001 - a corrupt payload that passed no CRC check
-      return shard, None, "undecodable_image", f"record {local}: unparseable Example ({e})"
-
-
-class UnionSource:
-  """Real and negative pairs as one set of ordinary pairs (the release's "LaCLIP+HN" control).
-
-  Item i < len(source) is record i's (image, caption); item len(source) + i is its (neg_image,
-  neg_caption) under the positive names, keyed KEY#neg. Shuffled globally, a record's two pairs rarely
-  share a batch, so the negatives are extra data, not hard negatives.
-  """
-
-  def __init__(self, source):
-    self.source = source
-
-  def __len__(self) -> int:
-    return 2 * len(self.source)
-
-  def __getitem__(self, i: int):
-    n = len(self.source)
-    shard, ex, reason, detail = self.source[int(i) % n]
-    if ex is not None and i >= n:
-      ex = dict(ex, image=ex.get("neg_image", []), caption=ex.get("neg_caption", []),
-                key=bytes(ex.get("key", b"?")) + b"#neg")
-    return shard, ex, reason, detail
-
-
-class TFDSSource:
-  """Adapts `tfds.data_source(...)` of the TripletData builder to the same item layout."""
-
-  def __init__(self, data_source, name: str):
-    self.data_source, self.name = data_source, name
-
-  def __len__(self) -> int:
-    return len(self.data_source)
-
-  def __getitem__(self, i: int):
-    return self.name, dict(self.data_source[int(i)]), None, ""
-
-
-def _bad(reason: str, where: str, detail: str) -> dict:
-  return {"_bad": reason, "_where": where, "_detail": detail}
+class BadRecord(NamedTuple):
+  """What the pipeline passes on for a record it cannot use: counted by reason, logged once, skipped."""
+  reason: str  # one of BAD_REASONS
+  where: str   # "shard:key", or the shard alone when the record's bytes could not be read
+  detail: str
 
 
 FIELDS = ("image", "neg_image", "text", "neg_text")
@@ -143,22 +59,22 @@ class Preprocess:
       raise ValueError(f"Unknown augment {augment!r}; choose one of {AUGMENTATIONS}.")
     self.random_crop = train and augment == "random_resized_crop"
 
-  def __call__(self, item, rng: np.random.Generator | None = None):
+  def __call__(self, item: SourceItem, rng: np.random.Generator | None = None):
     shard, ex, reason, detail = item
     if ex is None:
-      return _bad(reason, shard, detail)
+      return BadRecord(reason, shard, detail)
     key = ex.get("key", b"?")
     key = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
     where = f"{shard}:{key}"
     missing = [f for f in records.REQUIRED if f not in ex or ex[f] == []]
     if missing:
-      return _bad("missing_feature", where, f"missing {missing}")
+      return BadRecord("missing_feature", where, f"missing {missing}")
     problem = records.check_example(ex)  # a wrong type or count must be skipped here, not crash a worker
     if problem:
-      return _bad("malformed_feature", where, problem)
+      return BadRecord("malformed_feature", where, problem)
     caps = {"text": ex["caption"].decode("utf-8"), "neg_text": ex["neg_caption"].decode("utf-8")}
     if not all(c.strip() for c in caps.values()):
-      return _bad("empty_caption", where, "empty caption or neg_caption")
+      return BadRecord("empty_caption", where, "empty caption or neg_caption")
     out = {"key": np.bytes_(key)}
     for f in ("image", "neg_image"):
       if f not in self.fields:
@@ -168,7 +84,7 @@ class Preprocess:
                   if self.random_crop else image_ops.eval_transform(ex[f], self.image_size, self.uint8))
       except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt images
         # PIL's messages can hold an object's address: drop it, so one fault logs once.
-        return _bad("undecodable_image", where, f"{f}: {type(e).__name__}: {_ADDRESS.sub('', str(e))}")
+        return BadRecord("undecodable_image", where, f"{f}: {type(e).__name__}: {_ADDRESS.sub('', str(e))}")
     texts = [f for f in ("text", "neg_text") if f in self.fields]
     if texts:
       out.update(zip(texts, tokenize([caps[f] for f in texts], self.context_length)))
@@ -195,13 +111,13 @@ class _SkipBadBatchIterator(grain.DatasetIterator):
       except StopIteration:
         break
       self._seen += 1
-      if "_bad" in el:
+      if isinstance(el, BadRecord):
         self._bad_seen += 1
-        counts[BAD_REASONS.index(el["_bad"])] += 1
-        if (el["_where"], el["_detail"]) not in self._logged:
-          self._logged.add((el["_where"], el["_detail"]))
-          log.warning("Skipped bad record (%s) %s: %s", el["_bad"], el["_where"], el["_detail"])
-        self._window.append(el["_where"].split(":")[0])
+        counts[BAD_REASONS.index(el.reason)] += 1
+        if (el.where, el.detail) not in self._logged:
+          self._logged.add((el.where, el.detail))
+          log.warning("Skipped bad record (%s) %s: %s", el.reason, el.where, el.detail)
+        self._window.append(el.where.split(":")[0])
         self._check_window()
       else:
         good.append(el)
@@ -251,7 +167,8 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
                  drop_remainder: bool | None = None, read_threads: int = 16, fields=FIELDS,
                  augment: str = "random_resized_crop", union_negatives: bool = False,
                  uint8_images: bool = False) -> grain.IterDataset:
-  """Per-process batches from TripletData shards (a glob, directory or list) or a source such as TFDSSource.
+  """Per-process batches from TripletData shards in any registered format (`data/formats.py`: a glob,
+  directory or comma-separated list of TFRecord or ArrayRecord files) or a source such as TFDSSource.
 
   `batch_size` is this process's share of the global batch. The order is a
   global shuffle from `seed`, reshuffled each epoch; process p takes every
@@ -267,7 +184,7 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
     import jax  # only for the process layout; the pipeline itself needs no JAX
     process_index, process_count = jax.process_index(), jax.process_count()
   source = pattern if hasattr(pattern, "__getitem__") and not isinstance(pattern, str) else \
-      ShardSource(records.resolve_shards(pattern))
+      formats.open_source(pattern)
   if len(source) == 0:
     raise ValueError(f"The shards matching {pattern!r} hold no records.")
   if union_negatives:

@@ -10,10 +10,14 @@ Metrics are percentages unless named otherwise (`n`, `skipped_*` are counts).
 
 import dataclasses
 import inspect
+import types
+import typing
 from typing import Callable, Protocol
 
 import numpy as np
 
+from tripletclip_jax import fileio
+from tripletclip_jax.data import formats
 from tripletclip_jax.evaluate import hard_retrieval, retrieval, sugarcrepe, triplet, winoground, zeroshot
 
 
@@ -21,7 +25,7 @@ class EncoderModel(Protocol):
   """What an evaluator may use of a model (`tripletclip_jax.inference.Model` is one).
 
   Embeddings are L2-normalised float32 numpy [N, D]. On several processes each process passes only its own
-  slice of a benchmark and gets only its rows back (`evaluate.shards`), and every process must make the
+  slice of a benchmark and gets only its rows back (`evaluate.multihost`), and every process must make the
   same calls.
   """
   config: object  # a models.CLIPConfig: `config.text.context_length` is the token length
@@ -71,11 +75,48 @@ def required_options(kind: str) -> list[str]:
   return _options(REGISTRY[kind])[0]
 
 
+def option_types(kind: str) -> dict[str, tuple[type | None, object]]:
+  """{option: (type, default)} of evaluator type `kind`, from its signature (type None: not declared), so
+  that command-line values can be typed as the function declares them."""
+  fn = REGISTRY[kind]
+  hints = typing.get_type_hints(fn)
+  out = {}
+  for p in list(inspect.signature(fn).parameters.values())[1:]:
+    hint = hints.get(p.name)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:  # `str | None` -> str
+      hint = next((a for a in typing.get_args(hint) if a is not type(None)), None)
+    if hint is None and p.default is not inspect.Parameter.empty and p.default is not None:
+      hint = type(p.default)
+    out[p.name] = (hint if isinstance(hint, type) else None,
+                   None if p.default is inspect.Parameter.empty else p.default)
+  return out
+
+
+def is_path_option(option: str) -> bool:
+  """Options that name files or folders (`path`, `pattern`, `dataset`, `*_dir`, `*_json`): `build` checks
+  that they exist, so a wrong path fails before training, not at the first evaluation."""
+  return option in ("path", "pattern", "dataset") or option.endswith(("_dir", "_json"))
+
+
+def _check_paths(name: str, options: dict) -> None:
+  for k, v in options.items():
+    if not is_path_option(k) or not isinstance(v, str) or v.startswith("tfds:"):
+      continue
+    if k == "pattern":
+      try:
+        formats.resolve(v)
+      except (FileNotFoundError, ValueError) as e:
+        raise FileNotFoundError(f"evals.{name}.{k}: {e}") from None
+    elif not fileio.exists(v):
+      raise FileNotFoundError(f"evals.{name}.{k}={v!r} does not exist: fix the path, or drop the entry.")
+
+
 def build(evals, every_steps: int | None = None, log=print) -> list[Evaluator]:
   """{name: {type (default: name), every_steps, ...options}} -> Evaluators, checked before anything runs.
 
   An entry whose required option is unset (None) is skipped with one line: a config may declare a benchmark
-  that a run does not have. Unknown types and options raise ValueError naming the entry and the choices.
+  that a run does not have. Unknown types and options raise ValueError naming the entry and the choices; a
+  file or folder option (`is_path_option`) that does not exist raises FileNotFoundError naming it.
   """
   out = []
   for name, spec in (evals or {}).items():
@@ -93,7 +134,9 @@ def build(evals, every_steps: int | None = None, log=print) -> list[Evaluator]:
     if unset:
       log(f"evals.{name}: {unset[0]} is not set; skipped (set --config.evals.{name}.{unset[0]}=PATH to run it)")
       continue
-    out.append(Evaluator(name, kind, {k: v for k, v in spec.items() if v is not None}, every))
+    options = {k: v for k, v in spec.items() if v is not None}
+    _check_paths(name, options)
+    out.append(Evaluator(name, kind, options, every))
   return out
 
 

@@ -8,18 +8,16 @@ own hard negative, the specific mistake TripletCLIP trains against.
 
 import numpy as np
 
-from tripletclip_jax.evaluate import shards, triplet
+from tripletclip_jax.evaluate import multihost, triplet
 
 
 def evaluate(model, pattern: str, batch_size: int = 64) -> dict:
   """Held-out TripletData shards -> i2t_R@1, t2i_R@1, i2t_hardneg_top1, t2i_hardneg_top1 (%), n."""
-  parts, bad = [], 0
-  for part in triplet.encoded(model, pattern, batch_size):
-    parts.append(part[:4])
-    bad += part[4]
+  parts = list(triplet.encoded(model, pattern, batch_size))
   # Every process encodes its slice; the ranking needs the whole gallery, so every process gathers it.
-  x, xn, y, yn = (shards.gathered(np.concatenate([p[i] for p in parts])) for i in range(4))
-  bad = shards.summed({"bad": bad})["bad"]
+  x, xn, y, yn = (multihost.gathered(np.concatenate([getattr(p, f) for p in parts]))
+                  for f in ("image", "neg_image", "text", "neg_text"))
+  bad = multihost.summed({"bad": sum(p.bad for p in parts)})["bad"]
   n = len(x)
   if not n:
     raise triplet.no_records(pattern)

@@ -11,7 +11,7 @@ import numpy as np
 
 from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops
-from tripletclip_jax.evaluate import shards
+from tripletclip_jax.evaluate import multihost
 
 SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
@@ -42,7 +42,7 @@ def _text_ok(t) -> bool:
 def score_subset(model, entries: list[dict], image_dir: str) -> dict:
   """Accuracy (%) over one subset. Entries with a missing or unreadable image, or a null or empty
   caption, are counted and skipped, not scored. Each process scores its own slice of the entries."""
-  mine = shards.local_slice(entries)
+  mine = multihost.local_slice(entries)
   ok = [e for e in mine if _text_ok(e["caption"]) and _text_ok(e["negative_caption"]) and isinstance(e["filename"], str)]
   images, kept, missing, unreadable, bad = [], [], [], 0, len(mine) - len(ok)
   for e, (image, why) in zip(ok, image_ops.try_load_all([fileio.join(image_dir, e["filename"]) for e in ok])):
@@ -58,7 +58,7 @@ def score_subset(model, entries: list[dict], image_dir: str) -> dict:
   pos = model.encode_texts([e["caption"] for e in kept])
   neg = model.encode_texts([e["negative_caption"] for e in kept])
   correct = np.sum(img * pos, axis=1) > np.sum(img * neg, axis=1)
-  n = shards.summed({"correct": int(correct.sum()), "n": len(kept), "missing_images": len(missing),
+  n = multihost.summed({"correct": int(correct.sum()), "n": len(kept), "missing_images": len(missing),
                      "unreadable_images": unreadable, "bad_entries": bad})
   if not n["n"]:
     raise FileNotFoundError(f"None of the {len(entries)} entries has a readable image under {image_dir} and two "

@@ -13,7 +13,7 @@ import numpy as np
 
 from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops
-from tripletclip_jax.evaluate import shards
+from tripletclip_jax.evaluate import multihost
 
 
 def load(path: str, image_dir: str | None = None) -> list[dict]:
@@ -84,11 +84,11 @@ def _usable(r: dict) -> bool:
 def evaluate(model, path: str, image_dir: str | None = None) -> dict:
   """Scores (%) and 'n'; examples with an unreadable image or a null / empty caption are skipped and
   counted in 'skipped_bad_examples'. Each process scores its own slice of the examples."""
-  all_rows = shards.local_slice(load(path, image_dir))
+  all_rows = multihost.local_slice(load(path, image_dir))
   rows = [r for r in all_rows if _usable(r)]
   img = model.encode_images([r[k] for r in rows for k in ("image_0", "image_1")]).reshape(len(rows), 2, -1)
   txt = model.encode_texts([r[k] for r in rows for k in ("caption_0", "caption_1")]).reshape(len(rows), 2, -1)
-  n = shards.summed(dict(score_counts(np.einsum("nid,ncd->nic", img, txt)), skipped_bad_examples=len(all_rows) - len(rows)))
+  n = multihost.summed(dict(score_counts(np.einsum("nid,ncd->nic", img, txt)), skipped_bad_examples=len(all_rows) - len(rows)))
   if not n["n"]:
     raise ValueError(f"None of the {n['skipped_bad_examples']} Winoground examples in {path} has two images and "
                      "two captions.")

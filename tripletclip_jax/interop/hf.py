@@ -15,6 +15,7 @@ import numpy as np
 
 from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops
+from tripletclip_jax.losses import TEMPERATURE
 from tripletclip_jax.data.tokenizer import EOT_ID, SOT_ID, get_tokenizer
 from tripletclip_jax.models import CLIPConfig, TextConfig, VisionConfig
 
@@ -39,7 +40,7 @@ def config_from_hf_dict(d: dict) -> CLIPConfig:
       text=TextConfig(vocab_size=t["vocab_size"], context_length=t["max_position_embeddings"], width=t["hidden_size"],
                       layers=t["num_hidden_layers"], heads=t["num_attention_heads"],
                       mlp_ratio=t["intermediate_size"] / t["hidden_size"]),
-      act=acts.pop(), logit_scale_init=d.get("logit_scale_init_value", 2.6592))
+      act=acts.pop())
 
 
 @contextlib.contextmanager
@@ -89,11 +90,13 @@ def _config_from_dir(path: str) -> CLIPConfig:
                      "it is not a complete transformers CLIPConfig.") from None
 
 
-def config_to_hf(config: CLIPConfig):
+def config_to_hf(config: CLIPConfig, logit_scale: float):
+  """transformers.CLIPConfig for `config`; `logit_scale` (the log temperature) is written as its initial value,
+  so a model built from the config alone starts at the exported temperature."""
   import transformers
   vc, tc = config.vision, config.text
   return transformers.CLIPConfig(
-      projection_dim=config.embed_dim, logit_scale_init_value=config.logit_scale_init,
+      projection_dim=config.embed_dim, logit_scale_init_value=float(logit_scale),
       text_config=dict(vocab_size=tc.vocab_size, hidden_size=tc.width, intermediate_size=int(tc.width * tc.mlp_ratio),
                        num_hidden_layers=tc.layers, num_attention_heads=tc.heads, max_position_embeddings=tc.context_length,
                        hidden_act=config.act, projection_dim=config.embed_dim, bos_token_id=SOT_ID, eos_token_id=EOT_ID,
@@ -150,7 +153,8 @@ def _expected_shapes(config: CLIPConfig) -> dict:
   import jax
   from tripletclip_jax.models import init_params
   shapes = jax.eval_shape(lambda r: init_params(config, r), jax.random.key(0))
-  return {"/".join(str(k.key) for k in path): tuple(x.shape) for path, x in jax.tree_util.tree_leaves_with_path(shapes)}
+  out = {"/".join(str(k.key) for k in path): tuple(x.shape) for path, x in jax.tree_util.tree_leaves_with_path(shapes)}
+  return dict(out, logit_scale=())  # a CLIP checkpoint carries the temperature, which our loss owns
 
 
 def params_from_hf_state(config: CLIPConfig, state: dict, source: str = "checkpoint") -> dict:
@@ -299,7 +303,8 @@ def export_hf(config: CLIPConfig, params, out_dir: str, train_config: dict | Non
               eval_results: dict | None = None) -> str:
   """Writes a directory that `CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained` load offline.
 
-  A gs:// `out_dir` is written locally, then uploaded.
+  A gs:// `out_dir` is written locally, then uploaded. Parameters without a temperature (a loss that owns
+  none) are exported with CLIP's initial one.
   """
   if fileio.is_remote(out_dir):
     with tempfile.TemporaryDirectory() as tmp:
@@ -308,7 +313,9 @@ def export_hf(config: CLIPConfig, params, out_dir: str, train_config: dict | Non
     return out_dir
   from safetensors.numpy import save_file
   os.makedirs(out_dir, exist_ok=True)
-  config_to_hf(config).save_pretrained(out_dir)
+  if "logit_scale" not in params:  # a loss without a temperature: transformers' CLIPModel needs one anyway
+    params = dict(params, logit_scale=np.float32(dict(TEMPERATURE)["logit_scale"]))
+  config_to_hf(config, np.asarray(params["logit_scale"])).save_pretrained(out_dir)
   state = params_to_hf_state(config, params)
   save_file(dict(sorted(state.items())), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
   write_tokenizer(out_dir, config.text.context_length)

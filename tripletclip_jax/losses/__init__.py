@@ -1,8 +1,9 @@
 """Losses by name. A loss is one module with its function, plus one `REGISTRY` line here.
 
 Each entry says what the trainer needs to know: which hard negatives the batch must carry, which parameters
-the loss owns outside the two towers (with their initial values), and the function. The trainer, the FLOP
-count and the compute matching read only this table (adding a loss: docs/extending.md).
+the loss owns outside the two towers (with their initial values), and the function. `get(name)` is called
+once, where the experiment is built (`train/experiment.py`); everything below it (the step, the FLOP count,
+the compute matching) is handed the `Loss` object (adding a loss: docs/extending.md).
 """
 
 import dataclasses
@@ -22,11 +23,30 @@ class Loss:
   'txt' [N, D] of the global batch, plus 'neg_img' / 'neg_txt' [N, D] when the entry asks for them; `p` holds
   the loss's own parameters as stored (e.g. the log temperature); `mesh` is the device mesh or None.
   """
+  name: str
   fn: Callable
   neg_images: bool = False  # the batch carries x' and the loss encodes it
   neg_texts: bool = False   # the batch carries y'
   union: bool = False       # batches mix (x, y) and (x', y') as ordinary pairs (a data change, not a formula)
   params: tuple = TEMPERATURE  # ((name, initial value), ...): scalar parameters outside the towers
+
+  def __call__(self, e: dict, p: dict, mesh=None):
+    """(loss, metrics) on embeddings `e` with the loss's parameters `p` (see above)."""
+    return self.fn(e, p, mesh)
+
+  def with_init(self, **values) -> "Loss":
+    """This loss with other initial values for its own parameters, e.g. `with_init(logit_scale=2.3)`: the one
+    place a run's temperature starts from (`config.loss_init`). Unknown names raise ValueError."""
+    unknown = sorted(set(values) - set(self.param_names))
+    if unknown:
+      raise ValueError(f"loss {self.name} has no parameter {unknown[0]!r}; its parameters are "
+                       f"{', '.join(self.param_names)}.")
+    return dataclasses.replace(self, params=tuple((k, float(values.get(k, v))) for k, v in self.params))
+
+  @property
+  def pairs_per_example(self) -> float:
+    """Image-text pairs encoded per positive pair: (images + texts) / 2 (the compute-matching unit)."""
+    return sum(self.encodes_per_example) / 2
 
   @property
   def encodes_per_example(self) -> tuple[int, int]:
@@ -42,28 +62,23 @@ class Loss:
     return tuple(name for name, _ in self.params)
 
 
-REGISTRY = {
-    "clip": Loss(softmax.clip),
+_ENTRIES = (
+    Loss("clip", softmax.clip),
     # The clip loss over real and negative pairs as ordinary pairs (the release's "LaCLIP+HN" control): it
     # separates the effect of the extra data from that of the loss.
-    "clip_union": Loss(softmax.clip, union=True),
-    "negclip": Loss(softmax.negclip, neg_texts=True),
-    "negimage": Loss(softmax.negimage, neg_images=True),
-    "tripletclip": Loss(softmax.tripletclip, neg_images=True, neg_texts=True),
-    "siglip": Loss(sigmoid.siglip, params=sigmoid.PARAMS),
-    "negsiglip": Loss(sigmoid.negsiglip, neg_texts=True, params=sigmoid.PARAMS),
-    "tripletsiglip": Loss(sigmoid.tripletsiglip, neg_images=True, neg_texts=True, params=sigmoid.PARAMS),
-}
-LOSSES = tuple(REGISTRY)
+    Loss("clip_union", softmax.clip, union=True),
+    Loss("negclip", softmax.negclip, neg_texts=True),
+    Loss("negimage", softmax.negimage, neg_images=True),
+    Loss("tripletclip", softmax.tripletclip, neg_images=True, neg_texts=True),
+    Loss("siglip", sigmoid.siglip, params=sigmoid.PARAMS),
+    Loss("negsiglip", sigmoid.negsiglip, neg_texts=True, params=sigmoid.PARAMS),
+    Loss("tripletsiglip", sigmoid.tripletsiglip, neg_images=True, neg_texts=True, params=sigmoid.PARAMS),
+)
+REGISTRY = {loss.name: loss for loss in _ENTRIES}
 
 
 def get(name: str) -> Loss:
   """The registry entry for `name`; ValueError naming the choices for an unknown one."""
   if name not in REGISTRY:
-    raise ValueError(f"Unknown loss {name!r}; choose one of {', '.join(LOSSES)}.")
+    raise ValueError(f"Unknown loss {name!r}; choose one of {', '.join(REGISTRY)}.")
   return REGISTRY[name]
-
-
-def compute(name: str, e: dict, p: dict, mesh=None):
-  """(loss, metrics) of loss `name` on embeddings `e` with loss parameters `p` (see `Loss`)."""
-  return get(name).fn(e, p, mesh)

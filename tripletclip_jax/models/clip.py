@@ -135,17 +135,15 @@ def l2_normalize(x, eps=1e-12):
 
 
 class CLIP(nn.Module):
-  """Two towers plus the learned temperature.
+  """The two towers. The learned temperature is not theirs: the loss owns it (`losses.Loss.params`).
 
-  `__call__(images, text)` returns L2-normalised float32 embeddings
-  ([B, D], [B', D]) and the multiplier `s = exp(t)`.
+  `__call__(images, text)` returns L2-normalised float32 embeddings ([B, D], [B', D]).
   """
   config: CLIPConfig
 
   def setup(self):
     self.visual = VisionTransformer(self.config)
     self.text = TextTransformer(self.config)
-    self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.config.logit_scale_init), ())
 
   def encode_image(self, images):
     """images: normalised float [N, S, S, 3], or uint8 RGB [N, S, S, 3], normalised here on the device (a
@@ -158,11 +156,11 @@ class CLIP(nn.Module):
     return l2_normalize(self.text(text))
 
   def __call__(self, images, text):
-    return self.encode_image(images), self.encode_text(text), jnp.exp(self.logit_scale)
+    return self.encode_image(images), self.encode_text(text)
 
 
 def init_params(config: CLIPConfig, rng, batch_size: int = 1):
-  """Random parameters for `config` (float32 pytree)."""
+  """Random parameters of the two towers for `config` (float32 pytree; no temperature, see `CLIP`)."""
   vc, tc = config.vision, config.text
   images = jnp.zeros((batch_size, vc.image_size, vc.image_size, 3), jnp.float32)
   text = jnp.zeros((batch_size, tc.context_length), jnp.int32)

@@ -1,9 +1,13 @@
 """Model configuration and presets (shapes identical to OpenAI's CLIP)."""
 
 import dataclasses
-import math
 
 import jax.numpy as jnp
+
+
+# Keys older checkpoints' model configs hold that no longer define anything: the temperature's initial value
+# moved to the loss (`losses.Loss.params`, `config.loss_init`).
+LEGACY_KEYS = ("logit_scale_init",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +48,6 @@ class CLIPConfig:
   dtype: str = "float32"
   remat: bool = False
   attention_impl: str | None = None  # None lets JAX pick; "cudnn" / "xla" to force.
-  logit_scale_init: float = math.log(1 / 0.07)
 
   @property
   def compute_dtype(self):
@@ -58,7 +61,7 @@ class CLIPConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "CLIPConfig":
-    d = dict(d)
+    d = {k: v for k, v in d.items() if k not in LEGACY_KEYS}
     vision = VisionConfig(**d.pop("vision", {}))
     text = TextConfig(**d.pop("text", {}))
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}

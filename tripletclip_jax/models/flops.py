@@ -19,12 +19,13 @@ def forward_flops(config: CLIPConfig) -> dict:
   return {"image": 2 * image, "text": 2 * text, "pair": 2 * (image + text)}
 
 
-def train_flops_per_example(config: CLIPConfig, loss: str) -> float:
+def train_flops_per_example(config: CLIPConfig, loss) -> float:
   """Training FLOPs per positive pair: 3x forward (backward = 2x forward) of every encode.
 
-  The N x 2N similarity matrices are omitted: below 0.1% at batch 1024 for ViT-B/32.
+  `loss` is a `losses.Loss`: its `encodes_per_example` says how many images and texts each positive pair
+  costs ((2, 2) for TripletCLIP). The N x 2N similarity matrices are omitted: below 0.1% at batch 1024 for
+  ViT-B/32.
   """
-  from tripletclip_jax import losses  # the registry says what each loss encodes
   f = forward_flops(config)
-  n_img, n_txt = losses.get(loss).encodes_per_example
+  n_img, n_txt = loss.encodes_per_example
   return 3 * (n_img * f["image"] + n_txt * f["text"])

@@ -15,6 +15,7 @@ from ml_collections import config_dict
 from tripletclip_jax import losses
 from tripletclip_jax.data.pipeline import AUGMENTATIONS
 from tripletclip_jax.models.flops import train_flops_per_example
+from tripletclip_jax.models.config import CLIPConfig
 from tripletclip_jax.train.optim import DECAY_RULES
 
 
@@ -26,6 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_examples = config_dict.placeholder(int)  # alternative to total_steps: positive pairs seen
   c.compute_matched = False        # scale steps so every loss spends tripletclip's budget ...
   c.compute_rule = "pairs"         # ... of image-text pairs encoded ("pairs") or of training FLOPs ("flops")
+  # Initial values of the loss's own parameters, outside the towers: unset ones start at the loss's registry
+  # value (logit_scale ln(1/0.07) for the softmax losses; ln 10 and -10 for SigLIP's scale and bias).
+  c.loss_init = ml_collections.ConfigDict(
+      {name: config_dict.placeholder(float) for loss in losses.REGISTRY.values() for name in loss.param_names})
   c.clamp_logit_scale = True       # clip the log temperature to [0, ln 100] after each update (open_clip)
   c.seed = 0
   c.log_every_steps = 100
@@ -79,12 +84,6 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def pairs_per_example(loss: str) -> float:
-  """Image-text pairs encoded per positive pair: (images + texts) / 2."""
-  n_img, n_txt = losses.get(loss).encodes_per_example
-  return (n_img + n_txt) / 2
-
-
 COMPUTE_RULES = ("pairs", "flops")
 
 
@@ -98,7 +97,7 @@ def validate(config) -> None:
     if not ok:
       raise ConfigError(f"config.{key}={config_value(config, key)!r}: {what}.")
 
-  need(config.loss in losses.LOSSES, "loss", f"choose one of {', '.join(losses.LOSSES)}")
+  need(config.loss in losses.REGISTRY, "loss", f"choose one of {', '.join(losses.REGISTRY)}")
   need(config.batch_size > 0, "batch_size", "must be a positive number of pairs per step")
   if config.total_examples is None:
     need(config.total_steps > 0, "total_steps", "must be positive (or set total_examples)")
@@ -126,19 +125,20 @@ def config_value(config, key: str):
   return node
 
 
-def resolve_total_steps(config, model_config=None) -> int:
+def resolve_total_steps(config, loss: losses.Loss, model_config: CLIPConfig | None = None) -> int:
   """Steps from total_steps or total_examples; under compute_matched, scaled to tripletclip's budget.
 
   compute_rule "pairs" equalises image-text pairs encoded; "flops" equalises training FLOPs
-  (needs `model_config`, since images and texts cost differently).
+  (needs `model_config`, since images and texts cost differently). `loss` is the run's `Loss`.
   """
   steps = math.ceil(config.total_examples / config.batch_size) if config.total_examples else config.total_steps
+  reference = losses.get("tripletclip")  # the budget every loss is matched to
   if config.compute_matched:
     if config.compute_rule == "pairs":
-      steps = round(steps * pairs_per_example("tripletclip") / pairs_per_example(config.loss))
+      steps = round(steps * reference.pairs_per_example / loss.pairs_per_example)
     elif config.compute_rule == "flops":
-      steps = round(steps * train_flops_per_example(model_config, "tripletclip")
-                    / train_flops_per_example(model_config, config.loss))
+      steps = round(steps * train_flops_per_example(model_config, reference)
+                    / train_flops_per_example(model_config, loss))
     else:
       raise ValueError(f"Unknown compute_rule {config.compute_rule!r}; choose one of {COMPUTE_RULES}.")
   return int(steps)
@@ -200,21 +200,89 @@ def parse_arg(arg: str | None, **defaults) -> dict:
   return out
 
 
-def apply_overrides(config, overrides: list[str]) -> None:
-  """`key.sub=value` strings onto a locked ConfigDict; values are Python literals or plain strings."""
+def flat_keys(config, prefix: str = "") -> list[str]:
+  """Every leaf key of a ConfigDict as 'a.b.c'."""
+  out = []
+  for k, v in config.items():
+    out += flat_keys(v, f"{prefix}{k}.") if isinstance(v, (ml_collections.ConfigDict, dict)) else [f"{prefix}{k}"]
+  return out
+
+
+def _typed(raw: str, kind: type, key: str):
+  """`raw` (command-line text) as a value of the type config key `key` declares."""
+  if raw == "None":
+    return None
+  if kind is bool:
+    if raw.lower() in ("true", "1", "yes"):
+      return True
+    if raw.lower() in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"config.{key}={raw!r}: give true or false.")
+  if kind in (int, float):
+    try:
+      return kind(ast.literal_eval(raw)) if kind is float else int(raw)
+    except (ValueError, SyntaxError, TypeError):
+      raise ConfigError(f"config.{key}={raw!r}: give {'an integer' if kind is int else 'a number'}.") from None
+  if kind is str:
+    return raw
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    if kind in (tuple, list):
+      raise ConfigError(f"config.{key}={raw!r}: give a Python tuple, e.g. '(1, 2)'.") from None
+    return raw  # a key whose value is unset and untyped takes the text
+  if kind in (tuple, list) and not isinstance(value, (tuple, list)):
+    raise ConfigError(f"config.{key}={raw!r}: give a Python tuple, e.g. '(1, 2)'.")
+  return tuple(value) if kind is tuple else value
+
+
+def apply_overrides(config, overrides: list[str], flag: str = "--config.") -> None:
+  """`key.sub=value` strings onto a locked ConfigDict, each value typed as the config declares the key: the
+  `--config.key=value` flags of every entry point (launch/main.py parses them through absl the same way).
+
+  An unknown key or a value of the wrong type raises ConfigError in one line, naming the key (and the
+  nearest known keys).
+  """
+  import difflib
   for item in overrides:
     key, sep, raw = item.partition("=")
     if not sep:
-      raise ConfigError(f"--set {item!r}: use --set key=value")
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
+      raise ConfigError(f"{flag}{item}: use {flag}key=value")
     *parents, leaf = key.split(".")
     node = config
+    for p in parents:
+      node = node.get(p) if isinstance(node, (ml_collections.ConfigDict, dict)) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      close = difflib.get_close_matches(key, flat_keys(config), n=3, cutoff=0.5)
+      raise ConfigError(f"Unknown config key '{key}'" + (f"; did you mean {', '.join(close)}?" if close else
+                                                          "; see the config file."))
+    kind = node.get_type(leaf)
+    if issubclass(kind, (ml_collections.ConfigDict, dict)):  # a whole group, as a dict literal (e.g. evals={})
+      value = _typed(raw, dict, key)
+      if not isinstance(value, dict):
+        raise ConfigError(f"config.{key} is a group of keys: set one of them ({flag}{key}.NAME=...) or give a "
+                          f"dict, e.g. {flag}{key}={{}}.")
+    else:
+      value = _typed(raw, kind, key)
     try:
-      for p in parents:
-        node = node[p]
       node[leaf] = value
-    except (KeyError, AttributeError, TypeError) as e:
-      raise ConfigError(f"--set {item!r}: {str(e).splitlines()[0]}") from None
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"config.{key}={raw!r}: {str(e).splitlines()[0]}") from None
+
+
+def split_overrides(argv: list[str], flag: str = "--config.") -> tuple[list[str], list[str]]:
+  """(the rest of argv, the `--config.key=value` / `--config.key value` overrides as 'key=value')."""
+  rest, overrides, i = [], [], 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith(flag):
+      body = a[len(flag):]
+      if "=" not in body:
+        if i + 1 >= len(argv):
+          raise ConfigError(f"{a}: give a value, {a}=VALUE")
+        body, i = f"{body}={argv[i + 1]}", i + 1
+      overrides.append(body)
+    else:
+      rest.append(a)
+    i += 1
+  return rest, overrides

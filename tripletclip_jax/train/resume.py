@@ -11,6 +11,7 @@ import jax
 from tripletclip_jax import checkpoint as ckpt
 from tripletclip_jax import losses
 from tripletclip_jax.data import pipeline
+from tripletclip_jax.models.config import LEGACY_KEYS
 from tripletclip_jax.train.config import ConfigError
 
 SCHEDULE_KEYS = ("total_steps", "batch_size", "loss")
@@ -62,7 +63,7 @@ def check_schedule(meta: dict, config, total_steps: int, workdir: str, step: int
 def check_model(meta: dict, model_cfg, config, workdir: str, step: int) -> None:
   """Refuses a resume whose network differs from the checkpoint's (preset, activation, widths ...)."""
   def network(d):
-    return {k: v for k, v in _flat(d) if k.rsplit(".", 1)[-1] not in _COMPUTE_OPTIONS}
+    return {k: v for k, v in _flat(d) if k.rsplit(".", 1)[-1] not in _COMPUTE_OPTIONS + LEGACY_KEYS}
   saved, now = network(meta["model_config"]), network(model_cfg.to_dict())
   changed = [f"{k} {saved.get(k)} -> {now.get(k)}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
   if changed and not config.allow_model_change:
@@ -87,11 +88,12 @@ def check_state(meta: dict, abstract_state, config, workdir: str, step: int) -> 
                   "revert those keys to resume, or use a new workdir.")
 
 
-def check_resume(meta: dict, step: int, *, config, model_cfg, total_steps: int, abstract_state, workdir: str):
-  """Every refusal above, in order; returns nothing when the checkpoint may be resumed."""
-  check_schedule(meta, config, total_steps, workdir, step)
-  check_model(meta, model_cfg, config, workdir, step)
-  check_state(meta, abstract_state, config, workdir, step)
+def check_resume(meta: dict, step: int, exp) -> None:
+  """Every refusal above, in order, for the built experiment `exp`; returns nothing when checkpoint `step`
+  (its `meta`) may be resumed."""
+  check_schedule(meta, exp.config, exp.total_steps, exp.workdir, step)
+  check_model(meta, exp.model_config, exp.config, exp.workdir, step)
+  check_state(meta, exp.abstract_state, exp.config, exp.workdir, step)
 
 
 def data_changes(meta: dict, config) -> dict:

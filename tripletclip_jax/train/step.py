@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from tripletclip_jax import losses, sharding
+from tripletclip_jax import sharding
+from tripletclip_jax.losses import Loss
 from tripletclip_jax.models import CLIP, CLIPConfig, init_params
 from tripletclip_jax.train.optim import MAX_LOG_LOGIT_SCALE, frozen_mask
 
@@ -26,22 +27,22 @@ class TrainState:
   opt_state: Any
 
 
-def with_loss_params(params: dict, loss: str, overwrite: bool = True) -> dict:
-  """`params` plus the loss's own parameters (registry initial values); `overwrite=False` keeps those present,
-  e.g. the temperature of an imported checkpoint."""
-  own = {k: jnp.asarray(v, jnp.float32) for k, v in losses.get(loss).params if overwrite or k not in params}
+def with_loss_params(params: dict, loss: Loss, overwrite: bool = True) -> dict:
+  """`params` plus the loss's own parameters at their initial values (the towers own none of them);
+  `overwrite=False` keeps those present, e.g. the temperature of an imported checkpoint."""
+  own = {k: jnp.asarray(v, jnp.float32) for k, v in loss.params if overwrite or k not in params}
   return {**params, **own}
 
 
-def _init_fn(config: CLIPConfig, tx: optax.GradientTransformation, loss: str):
+def _init_fn(config: CLIPConfig, tx: optax.GradientTransformation, loss: Loss):
   def init(rng):
     params = with_loss_params(init_params(config, rng), loss)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
   return init
 
 
-def abstract_train_state(config: CLIPConfig, tx: optax.GradientTransformation, mesh: Mesh,
-                         min_fsdp_size: int = 2 ** 16, loss: str = "tripletclip"):
+def abstract_train_state(config: CLIPConfig, tx: optax.GradientTransformation, mesh: Mesh, loss: Loss,
+                         min_fsdp_size: int = 2 ** 16):
   """(ShapeDtypeStructs with shardings, shardings) of the train state: nothing is allocated, so the mesh
   may be one that this machine does not have (an ahead-of-time compile for a TPU topology)."""
   shapes = jax.eval_shape(_init_fn(config, tx, loss), jax.random.key(0))
@@ -49,18 +50,18 @@ def abstract_train_state(config: CLIPConfig, tx: optax.GradientTransformation, m
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings), shardings
 
 
-def create_train_state(config: CLIPConfig, tx: optax.GradientTransformation, mesh: Mesh, rng,
-                       min_fsdp_size: int = 2 ** 16, loss: str = "tripletclip"):
+def create_train_state(config: CLIPConfig, tx: optax.GradientTransformation, mesh: Mesh, rng, loss: Loss,
+                       min_fsdp_size: int = 2 ** 16):
   """Initialises parameters (towers and the loss's own) and optimizer state directly in their shardings.
 
   Returns (state, state_shardings); nothing is ever materialised whole on one host.
   """
-  _, shardings = abstract_train_state(config, tx, mesh, min_fsdp_size, loss)
+  _, shardings = abstract_train_state(config, tx, mesh, loss, min_fsdp_size)
   state = jax.jit(_init_fn(config, tx, loss), out_shardings=shardings)(rng)
   return state, shardings
 
 
-def encode_batch(model: CLIP, params, batch: dict, loss: str, shards: int = 1) -> dict:
+def encode_batch(model: CLIP, params, batch: dict, loss: Loss, shards: int = 1) -> dict:
   """Encodes what `loss` needs; positives and negatives share one forward pass per tower.
 
   `shards` is how many devices split the batch dimension. Each device's positives and negatives are
@@ -70,7 +71,6 @@ def encode_batch(model: CLIP, params, batch: dict, loss: str, shards: int = 1) -
   Returns L2-normalised float32 embeddings {'img', 'txt', 'neg_img', 'neg_txt'} [N, D]
   (the negatives are None when unused).
   """
-  spec = losses.get(loss)
   if batch["image"].shape[0] % shards:
     shards = 1  # a micro-batch smaller than the mesh is not split evenly anyway
 
@@ -83,27 +83,22 @@ def encode_batch(model: CLIP, params, batch: dict, loss: str, shards: int = 1) -
     return e[:, 0].reshape((-1,) + e.shape[3:]), e[:, 1].reshape((-1,) + e.shape[3:])
 
   out = {"neg_img": None, "neg_txt": None}
-  for tower, key, neg, method in (("img", "image", spec.neg_images, CLIP.encode_image),
-                                  ("txt", "text", spec.neg_texts, CLIP.encode_text)):
+  for tower, key, neg, method in (("img", "image", loss.neg_images, CLIP.encode_image),
+                                  ("txt", "text", loss.neg_texts, CLIP.encode_text)):
     x = with_negatives(batch[key], batch[f"neg_{key}"]) if neg else batch[key]
     e = model.apply({"params": params}, x, method=method)
     out[tower], out[f"neg_{tower}"] = apart(e) if neg else (e, None)
   return out
 
 
-def batch_keys(loss: str) -> tuple[str, ...]:
-  """The batch fields `loss` reads."""
-  return losses.get(loss).batch_keys
-
-
-def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int = 1, mesh: Mesh | None = None,
+def loss_and_grads(model: CLIP, params, batch: dict, loss: Loss, accum_steps: int = 1, mesh: Mesh | None = None,
                    frozen: str | None = None):
   """(loss, metrics), grads for one global batch; exact under accumulation.
 
   Parameters whose path matches `frozen` are constants: their gradients are zeros and no backward pass runs
   through them.
   """
-  owned = losses.get(loss).param_names  # the loss's parameters outside the towers (temperature, bias)
+  owned = loss.param_names  # the loss's parameters outside the towers (temperature, bias)
   mask = frozen_mask(params, frozen) if frozen is not None else None
   owned_mask = None if mask is None else {k: mask[k] for k in owned}
 
@@ -111,7 +106,7 @@ def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int
     return p if m is None else jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, m)
 
   def loss_of(e, p):
-    return losses.compute(loss, e, {k: p[k] for k in owned}, mesh)
+    return loss(e, {k: p[k] for k in owned}, mesh)
 
   shards = 1 if mesh is None else sharding.num_batch_shards(mesh)
   encode = lambda p, b: encode_batch(model, p, b, loss, shards)
@@ -134,7 +129,7 @@ def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int
     if mesh is not None:
       x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
     return x
-  micro = {k: to_micro(batch[k]) for k in batch_keys(loss)}
+  micro = {k: to_micro(batch[k]) for k in loss.batch_keys}
 
   constant = jax.lax.stop_gradient(params)
   all_e = jax.lax.map(lambda mb: encode(constant, mb), micro)  # each [A, m, D]
@@ -161,7 +156,7 @@ def loss_and_grads(model: CLIP, params, batch: dict, loss: str, accum_steps: int
 
 
 def make_train_step(config: CLIPConfig, tx: optax.GradientTransformation, schedule: Callable,
-                    loss: str, mesh: Mesh, state_shardings, accum_steps: int = 1,
+                    loss: Loss, mesh: Mesh, state_shardings, accum_steps: int = 1,
                     clamp_logit_scale: bool = True, frozen: str | None = None) -> Callable:
   """Returns `step(state, batch) -> (state, metrics)`, jitted, with `state` donated.
 
@@ -176,21 +171,21 @@ def make_train_step(config: CLIPConfig, tx: optax.GradientTransformation, schedu
     (value, metrics), grads = loss_and_grads(model, state.params, batch, loss, accum_steps, mesh, frozen)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if clamp_logit_scale:
+    if clamp_logit_scale and "logit_scale" in params:
       params = dict(params, logit_scale=jnp.clip(params["logit_scale"], 0.0, MAX_LOG_LOGIT_SCALE))
-    metrics = dict(metrics, loss=value, grad_norm=optax.tree.norm(grads),
-                   logit_scale=jnp.exp(params["logit_scale"]), learning_rate=schedule(state.step),
-                   **{k: params[k] for k in losses.get(loss).param_names if k != "logit_scale"})
+    # The loss's own parameters, the temperature as the multiplier exp(t) that the logits see.
+    own = {k: jnp.exp(params[k]) if k == "logit_scale" else params[k] for k in loss.param_names}
+    metrics = dict(metrics, loss=value, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step), **own)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  keys = batch_keys(loss)
+  keys = loss.batch_keys
   jitted = jax.jit(step, in_shardings=(state_shardings, {k: sharding.batch_sharding(mesh) for k in keys}),
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
   def run(state: TrainState, batch: dict):
     missing = [k for k in keys if k not in batch]
     if missing:
-      raise KeyError(f"loss {loss!r} needs batch keys {missing}; the batch has {sorted(batch)}.")
+      raise KeyError(f"loss {loss.name!r} needs batch keys {missing}; the batch has {sorted(batch)}.")
     return jitted(state, {k: batch[k] for k in keys})  # the loss ignores the other keys
 
   run.jitted = jitted  # for ahead-of-time lowering (benchmarks/tpu_plan.py)

@@ -33,9 +33,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tripletclip_jax.data import records
+from tripletclip_jax.demo import layout
 from tripletclip_jax.evaluate.sugarcrepe import SUBSETS  # the benchmark format the world is written in
 
-BINDING_SUBSETS = ("replace_att", "replace_rel", "swap_att", "swap_obj")  # the headline mean of the demo table
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 205, 30),
           "purple": (150, 60, 190), "orange": (245, 140, 30), "white": (250, 250, 250), "black": (20, 20, 20)}
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
@@ -395,7 +395,7 @@ def write_demo_data(output_dir: str, num_train: int = 600, num_eval: int = 1200,
   t0 = time.perf_counter()
   train_rng, heldout_rng, seen_rng, triplet_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
   world = {"seed": seed, **cfg.to_dict(), "heldout_pairings": sorted(map(list, cfg.heldout()))}
-  how = {"tool": "tripletclip_jax.data.demo_world", "world": world}
+  how = {"tool": "tripletclip_jax.demo.world", "world": world}
   rejected = {"train": collections.Counter(), "heldout": collections.Counter(), "seen": collections.Counter()}
   mix = collections.Counter()
 
@@ -433,13 +433,13 @@ def write_demo_data(output_dir: str, num_train: int = 600, num_eval: int = 1200,
       with open(os.path.join(directory, f"{kind}.json"), "w") as f:
         json.dump(entries, f, indent=1)
 
-  n_train = write_shards("train", "demo", num_train, train_rng, False, rejected["train"])
-  write_sugarcrepe("sugarcrepe", heldout_rng, True, rejected["heldout"])
-  write_sugarcrepe("sugarcrepe_seen", seen_rng, False, rejected["seen"])
-  n_held = write_shards("heldout", "demo_heldout", num_eval, triplet_rng, True, rejected["heldout"])
+  n_train = write_shards(layout.TRAIN, "demo", num_train, train_rng, False, rejected["train"])
+  write_sugarcrepe(layout.SUGARCREPE_HELDOUT, heldout_rng, True, rejected["heldout"])
+  write_sugarcrepe(layout.SUGARCREPE_SEEN, seen_rng, False, rejected["seen"])
+  n_held = write_shards(layout.HELDOUT, "demo_heldout", num_eval, triplet_rng, True, rejected["heldout"])
   summary = {"train": n_train, "heldout_triplets": n_held, "sugarcrepe_per_subset": num_eval,
              "train_edit_mix": dict(sorted(mix.items())),
              "rejected": {k: dict(sorted(v.items())) for k, v in rejected.items()}}
-  with open(os.path.join(output_dir, "world.json"), "w") as f:
+  with open(os.path.join(output_dir, layout.WORLD_JSON), "w") as f:
     json.dump({"world": world, **summary}, f, indent=1)
   return dict(summary, seconds=time.perf_counter() - t0)

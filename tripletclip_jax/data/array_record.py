@@ -1,0 +1,88 @@
+"""TripletData in Grain's native ArrayRecord format: the same tf.train.Example payloads as our TFRecord shards,
+one record each, in `.array_record` files (random access without our index sidecars; riegeli checksums).
+
+    python launch/convert_array_record.py --input 'data/train/*.tfrecord' --output_dir data/train_ar
+
+ArrayRecord files are read from a local (or mounted) file system.
+"""
+
+import os
+
+import numpy as np
+
+from tripletclip_jax import fileio
+from tripletclip_jax.data import records
+from tripletclip_jax.data.sources import SourceItem, decoded
+
+SUFFIX = ".array_record"
+
+
+def _reader(path: str):
+  from array_record.python.array_record_module import ArrayRecordReader
+  # No read-ahead: records are read in shuffled order, one at a time.
+  return ArrayRecordReader(path, "readahead_buffer_size:0")
+
+
+class ArrayRecordSource:
+  """Random access over every record of every `.array_record` file: `source[i]` -> SourceItem."""
+
+  def __init__(self, paths: list[str]):
+    self.paths = list(paths)
+    remote = [p for p in self.paths if fileio.is_remote(p)]
+    if remote:
+      raise ValueError(f"{remote[0]}: ArrayRecord files are read from a local or mounted file system; copy them "
+                       "to local disk (or mount the bucket) or use the TFRecord shards.")
+    sizes = []
+    for p in self.paths:
+      try:
+        r = _reader(p)
+        sizes.append(r.num_records())
+        r.close()
+      except Exception as e:  # noqa: BLE001 - the C++ reader raises RuntimeError / ValueError
+        raise ValueError(f"{p} is not a readable ArrayRecord file ({str(e).splitlines()[0][:120]}): convert it "
+                         "again.") from None
+    self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    self._readers, self._pid = {}, None
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  def __getstate__(self):
+    return {k: v for k, v in self.__dict__.items() if k != "_readers"}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _readers={})
+
+  def __getitem__(self, i: int) -> SourceItem:
+    if self._pid != os.getpid():  # readers are per process: reopen after a fork
+      self._readers, self._pid = {}, os.getpid()
+    s = int(np.searchsorted(self.starts, int(i), side="right")) - 1
+    local, shard = int(i) - int(self.starts[s]), os.path.basename(self.paths[s])
+    if s not in self._readers:
+      self._readers[s] = _reader(self.paths[s])
+    try:
+      payload = self._readers[s].read([local])[0]
+    except Exception as e:  # noqa: BLE001 - a damaged chunk fails its riegeli checksum
+      return SourceItem(shard, None, "corrupt_framing", f"record {local}: {str(e).splitlines()[0][:160]}")
+    return decoded(shard, local, payload)
+
+
+def convert(tfrecord_pattern: str, output_dir: str) -> list[str]:
+  """Writes each TFRecord shard of `tfrecord_pattern` as `output_dir/NAME.array_record`, record for record
+  (the same payload bytes, in the same order); returns the paths written. A record that fails its CRC stops
+  the conversion with records.RecordError naming the shard (nothing half-written is left as a shard)."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+  os.makedirs(output_dir, exist_ok=True)
+  out = []
+  for path in records.resolve_shards(tfrecord_pattern):
+    name = os.path.basename(path).rsplit(".", 1)[0] + SUFFIX
+    target = os.path.join(output_dir, name)
+    writer = ArrayRecordWriter(target + ".tmp", "group_size:1")  # one record per chunk: cheap random reads
+    try:
+      for payload in records.iter_records(path):
+        writer.write(payload)
+    finally:
+      writer.close()
+    os.replace(target + ".tmp", target)
+    out.append(target)
+  return out
