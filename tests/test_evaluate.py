@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tripletclip_jax.data import image_ops, records, tokenize
+from tripletclip_jax.data import records, tokenize
 from tripletclip_jax.evaluate import retrieval, sugarcrepe, triplet, winoground, zeroshot
+from tripletclip_jax.models.config import OPENAI_MEAN, OPENAI_STD
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
@@ -43,7 +44,7 @@ class ColorModel:
     return np.stack([self._one_hot(first(t)) for t in texts])
 
   def encode_preprocessed(self, pixels):
-    rgb = (pixels.reshape(len(pixels), -1, 3).mean(1) * image_ops.OPENAI_STD + image_ops.OPENAI_MEAN) * 255
+    rgb = (pixels.reshape(len(pixels), -1, 3).mean(1) * OPENAI_STD + OPENAI_MEAN) * 255
     return np.stack([self._one_hot(self._nearest(c)) for c in rgb])
 
   def encode_token_ids(self, ids):

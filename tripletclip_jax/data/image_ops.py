@@ -13,8 +13,7 @@ import math
 import numpy as np
 from PIL import Image
 
-OPENAI_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32)
-OPENAI_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32)
+from tripletclip_jax.models.config import PIXEL_OFFSET, PIXEL_SCALE
 
 
 def decode(data: bytes, min_side: int | None = None) -> Image.Image:
@@ -79,15 +78,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
   return img.convert("RGB")
 
 
-_SCALE = (1 / (255.0 * OPENAI_STD)).astype(np.float32)
-_OFFSET = (-OPENAI_MEAN / OPENAI_STD).astype(np.float32)
-
-
 def normalize(img: Image.Image) -> np.ndarray:
   """uint8 RGB -> (x / 255 - mean) / std as float32, in place: one temporary instead of three."""
   x = np.asarray(img, np.float32)
-  x *= _SCALE
-  x += _OFFSET
+  x *= PIXEL_SCALE
+  x += PIXEL_OFFSET
   return x
 
 

@@ -14,10 +14,10 @@ import tempfile
 import numpy as np
 
 from tripletclip_jax import fileio
-from tripletclip_jax.data import image_ops
 from tripletclip_jax.losses import TEMPERATURE
 from tripletclip_jax.data.tokenizer import EOT_ID, SOT_ID, get_tokenizer
 from tripletclip_jax.models import CLIPConfig, TextConfig, VisionConfig
+from tripletclip_jax.models.config import OPENAI_MEAN, OPENAI_STD
 
 _LN = {"weight": "scale", "bias": "bias"}
 _BLOCK = {"self_attn.q_proj": "attn/q_proj", "self_attn.k_proj": "attn/k_proj", "self_attn.v_proj": "attn/v_proj",
@@ -279,7 +279,7 @@ def write_preprocessor(out_dir: str, image_size: int) -> None:
   from transformers.utils import logging as hf_logging
   hf_logging.set_verbosity_error()  # without torchvision it falls back to its PIL backend, and says so at length
   CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-                     image_mean=image_ops.OPENAI_MEAN.tolist(), image_std=image_ops.OPENAI_STD.tolist(),
+                     image_mean=OPENAI_MEAN.tolist(), image_std=OPENAI_STD.tolist(),
                      resample=3, do_convert_rgb=True).save_pretrained(out_dir)
 
 

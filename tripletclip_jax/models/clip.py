@@ -9,15 +9,8 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from tripletclip_jax.models.config import CLIPConfig
-
-# (x / 255 - mean) / std as one multiply-add, with OpenAI CLIP's pixel statistics. numpy, not jnp: a
-# jnp constant at import time would start the XLA backend before jax.distributed.initialize.
-_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32)
-_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32)
-_PIXEL_SCALE, _PIXEL_OFFSET = 1 / (255.0 * _STD), -_MEAN / _STD
+from tripletclip_jax.models.config import PIXEL_OFFSET, PIXEL_SCALE, CLIPConfig
 
 
 def quick_gelu(x):
@@ -149,7 +142,7 @@ class CLIP(nn.Module):
     """images: normalised float [N, S, S, 3], or uint8 RGB [N, S, S, 3], normalised here on the device (a
     quarter of the host-to-device bytes). Returns L2-normalised [N, D]."""
     if images.dtype == jnp.uint8:
-      images = images.astype(jnp.float32) * _PIXEL_SCALE + _PIXEL_OFFSET
+      images = images.astype(jnp.float32) * PIXEL_SCALE + PIXEL_OFFSET
     return l2_normalize(self.visual(images))
 
   def encode_text(self, text):
