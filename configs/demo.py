@@ -19,7 +19,7 @@ from tripletclip_jax.train.config import base_config
 
 
 def world():
-  """The demo world's parameters (tripletclip_jax.data.demo_world.WorldConfig), fixed before the final seeds."""
+  """The demo world's parameters (tripletclip_jax.demo.world.WorldConfig), fixed before the final seeds."""
   return ml_collections.ConfigDict(dict(
       colors=("red", "green", "blue", "yellow", "purple"),
       shapes=("circle", "square", "triangle", "star", "diamond"),

@@ -8,7 +8,7 @@ The world's parameters are WorldConfig's defaults, which are configs/demo.py's (
 import argparse
 
 
-from tripletclip_jax.data import demo_world
+from tripletclip_jax.demo import world as demo_world
 
 
 def main(argv=None):

@@ -97,7 +97,7 @@ def test_a_parameter_group(data_dir, tmp_path):
 
 
 # ---- A data format: the module (a source class), and its registry line.
-class JsonlSource:
+class B64LinesSource:
   """Each line of a `.b64lines` file is one base64 tf.train.Example."""
 
   def __init__(self, paths):
@@ -112,7 +112,7 @@ class JsonlSource:
 
 
 def test_a_data_format(monkeypatch, data_dir, tmp_path):
-  monkeypatch.setattr(formats, "FORMATS", formats.FORMATS + (formats.Format("b64lines", ".b64lines", JsonlSource),))
+  monkeypatch.setattr(formats, "FORMATS", formats.FORMATS + (formats.Format("b64lines", ".b64lines", B64LinesSource),))
   for path in records.resolve_shards(os.path.join(data_dir, "train")):
     name = os.path.basename(path).replace(".tfrecord", ".b64lines")
     (tmp_path / name).write_text("\n".join(base64.b64encode(p).decode() for p in records.iter_records(path)))

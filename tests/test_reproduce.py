@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--set", "batch_size=8", "--set", "total_steps=4", "--set", "log_every_steps=2",
-         "--set", "checkpoint_every_steps=4", "--set", "data.demo_num_train=32", "--set", "data.demo_num_eval=4",
-         "--set", "export_hf_dir=''"]
+SMALL = ["--config.batch_size=8", "--config.total_steps=4", "--config.log_every_steps=2",
+         "--config.checkpoint_every_steps", "4", "--config.data.demo_num_train=32", "--config.data.demo_num_eval=4",
+         "--set", "export_hf_dir=''"]  # --set is an alias
 
 
 def _run(out, *args):
@@ -52,7 +52,10 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
 
 def test_reproduce_rejects_bad_arguments(tmp_path):
   for args, msg in ((["--losses", "clip,bogus"], "unknown loss 'bogus'"), (["--seeds", "a"], "--seeds"),
-                    (["--set", "nope=1"], "nope")):
+                    (["--set", "nope=1"], "Unknown config key 'nope'"),
+                    (["--config.batch_sise=8"], "Unknown config key 'batch_sise'; did you mean batch_size?"),
+                    (["--config.batch_size=eight"], "config.batch_size='eight': give an integer"),
+                    (["--config.seed=7"], "--config.seed=7: loss, seed, data.demo_data_dir are set by this script")):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "launch/reproduce.py"), "--output_dir",
                         str(tmp_path), *args], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode != 0 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr

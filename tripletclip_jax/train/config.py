@@ -223,8 +223,9 @@ def _typed(raw: str, kind: type, key: str):
       return kind(ast.literal_eval(raw)) if kind is float else int(raw)
     except (ValueError, SyntaxError, TypeError):
       raise ConfigError(f"config.{key}={raw!r}: give {'an integer' if kind is int else 'a number'}.") from None
-  if kind is str:
-    return raw
+  if kind is str:  # text as it is; a quoted Python string ('' or "x") is unquoted
+    quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
+    return ast.literal_eval(raw) if quoted else raw
   try:
     value = ast.literal_eval(raw)
   except (ValueError, SyntaxError):
