@@ -28,8 +28,11 @@ demo: $(VENV)/.core
 	$(PY) launch/reproduce.py --output_dir $(WORKDIR) --losses clip,tripletclip --seeds 0 \
 	    --reference docs/results/reproduce.json
 
-# Two workers, a test module each at a time (module fixtures such as the storage server are built once).
+# Formatting and lint first (ruff.toml; `.venv/bin/ruff format .` fixes the formatting), then two test
+# workers, a test module each at a time (module fixtures such as the storage server are built once).
 test: $(VENV)/.test
+	$(VENV)/bin/ruff format --check --quiet . || (echo "Unformatted files: run .venv/bin/ruff format ." && exit 1)
+	$(VENV)/bin/ruff check --quiet .
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:

@@ -26,7 +26,9 @@ from input_pipeline import photo_like_jpeg  # noqa: E402
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--num_examples", type=int, default=256)
   p.add_argument("--threads", default="1,16")
   p.add_argument("--rounds", type=int, default=3)
@@ -35,15 +37,23 @@ def main():
   os.environ.update(client_env(url))
   from tripletclip_jax import fileio
   from tripletclip_jax.data import records, sources
+
   try:
     rng = np.random.default_rng(0)
     local = tempfile.mkdtemp()
     path = os.path.join(local, records.shard_name("bench", 0, 1))
     with records.ShardWriter(path) as w:
       for i in range(a.num_examples):
-        w.write({"key": f"k{i}", "image": photo_like_jpeg(rng), "caption": "a photo", "neg_image": photo_like_jpeg(rng),
-                 "neg_caption": "another photo"})
-    mb = os.path.getsize(path) / 2 ** 20
+        w.write(
+          {
+            "key": f"k{i}",
+            "image": photo_like_jpeg(rng),
+            "caption": "a photo",
+            "neg_image": photo_like_jpeg(rng),
+            "neg_caption": "another photo",
+          }
+        )
+    mb = os.path.getsize(path) / 2**20
     fileio.upload(local, "gs://bench-bucket/shards")
     results = {}
     for threads in [int(t) for t in a.threads.split(",")]:
@@ -60,11 +70,15 @@ def main():
     fields = {"num_examples": a.num_examples, "shard_mb": round(mb, 1)}
     for (where, threads), v in results.items():
       med = statistics.median(v)
-      print(f"{where:5s} threads={threads:3d}: {med:8.1f} records/s (median of {len(v)}: "
-            f"{', '.join(f'{x:.0f}' for x in v)})")
+      print(
+        f"{where:5s} threads={threads:3d}: {med:8.1f} records/s (median of {len(v)}: "
+        f"{', '.join(f'{x:.0f}' for x in v)})"
+      )
       fields[f"{where}_t{threads}_rec_s"] = round(med, 1)
     for threads in [int(t) for t in a.threads.split(",")]:
-      fields[f"gcs_over_local_t{threads}"] = round(fields[f"gcs_t{threads}_rec_s"] / fields[f"local_t{threads}_rec_s"], 3)
+      fields[f"gcs_over_local_t{threads}"] = round(
+        fields[f"gcs_t{threads}_rec_s"] / fields[f"local_t{threads}_rec_s"], 3
+      )
     print(" ".join(f"{k}={v}" for k, v in fields.items()))
   finally:
     server.terminate()

@@ -27,7 +27,9 @@ from tripletclip_jax.train import create_train_state, make_optimizer  # noqa: E4
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--preset", default="vit_b32")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
@@ -35,9 +37,13 @@ def main():
   cfg = get_preset(a.preset)
   tx, _ = make_optimizer(learning_rate=1e-3, total_steps=10, warmup_steps=1)
   mesh = sharding.make_mesh(-1, 1)
-  state, shardings = create_train_state(cfg, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
+  state, shardings = create_train_state(
+    cfg, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip")
+  )
   n_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+  )
   checkpoint.checksums(state)  # compile once, outside the timings
   root = a.dir or tempfile.mkdtemp()
   times = {k: [] for k in ("save", "save_checksum", "restore", "restore_verify", "checksum")}
@@ -69,11 +75,13 @@ def main():
   med = {k: statistics.median(v) for k, v in times.items()}
   for k, v in times.items():
     print(f"{k:15s} median {med[k]:7.2f} s  ({', '.join(f'{x:.2f}' for x in v)})")
-  print(f"preset={a.preset} state_gb={n_bytes / 1e9:.2f} backend={jax.default_backend()} repeats={a.repeats} "
-        f"checksum_s={med['checksum']:.3f} save_s={med['save']:.2f} save_checksum_s={med['save_checksum']:.2f} "
-        f"save_overhead={med['save_checksum'] / med['save']:.3f} restore_s={med['restore']:.2f} "
-        f"restore_verify_s={med['restore_verify']:.2f} "
-        f"restore_overhead={med['restore_verify'] / med['restore']:.3f}")
+  print(
+    f"preset={a.preset} state_gb={n_bytes / 1e9:.2f} backend={jax.default_backend()} repeats={a.repeats} "
+    f"checksum_s={med['checksum']:.3f} save_s={med['save']:.2f} save_checksum_s={med['save_checksum']:.2f} "
+    f"save_overhead={med['save_checksum'] / med['save']:.3f} restore_s={med['restore']:.2f} "
+    f"restore_verify_s={med['restore_verify']:.2f} "
+    f"restore_overhead={med['restore_verify'] / med['restore']:.3f}"
+  )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ from gcs_server import client_env, start_server  # noqa: E402 - the tests' stora
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--num_images", type=int, default=200)
   p.add_argument("--latency_ms", type=float, default=20.0)
   p.add_argument("--threads", default="1,16")
@@ -37,6 +39,7 @@ def main():
   os.environ.update(client_env(proxy.url))
   from tripletclip_jax import fileio
   from tripletclip_jax.data import image_ops
+
   try:
     rng = np.random.default_rng(0)
     local = tempfile.mkdtemp()
@@ -60,10 +63,13 @@ def main():
     fields = {"num_images": a.num_images, "latency_ms": a.latency_ms}
     for threads, v in rates.items():
       med = statistics.median(v)
-      print(f"threads={threads:3d}: {med:8.1f} images/s (median of {len(v)}: {', '.join(f'{x:.1f}' for x in v)})")
+      print(
+        f"threads={threads:3d}: {med:8.1f} images/s (median of {len(v)}: {', '.join(f'{x:.1f}' for x in v)})"
+      )
       fields[f"t{threads}_images_s"] = round(med, 1)
     fields[f"speedup_t{counts[-1]}_over_t{counts[0]}"] = round(
-        fields[f"t{counts[-1]}_images_s"] / fields[f"t{counts[0]}_images_s"], 2)
+      fields[f"t{counts[-1]}_images_s"] / fields[f"t{counts[0]}_images_s"], 2
+    )
     print(" ".join(f"{k}={v}" for k, v in fields.items()))
   finally:
     proxy.close()

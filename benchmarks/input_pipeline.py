@@ -40,9 +40,13 @@ def write_data(d: str, n: int, seed: int = 0):
   tar_path = os.path.join(d, "bench.tar")
   with records.ShardWriter(shard) as w, tarfile.open(tar_path, "w") as tar:
     for i in range(n):
-      ex = {"key": f"{i:06d}", "image": photo_like_jpeg(rng), "neg_image": photo_like_jpeg(rng),
-            "caption": f"a photo of a red car parked left of a small tree number {i}",
-            "neg_caption": f"a photo of a blue car parked right of a small tree number {i}"}
+      ex = {
+        "key": f"{i:06d}",
+        "image": photo_like_jpeg(rng),
+        "neg_image": photo_like_jpeg(rng),
+        "caption": f"a photo of a red car parked left of a small tree number {i}",
+        "neg_caption": f"a photo of a blue car parked right of a small tree number {i}",
+      }
       w.write(ex)
       for ext in ("image", "neg_image", "caption", "neg_caption"):
         data = ex[ext] if isinstance(ex[ext], bytes) else ex[ext].encode()
@@ -53,7 +57,9 @@ def write_data(d: str, n: int, seed: int = 0):
 
 
 def run_ours(shard: str, n: int, batch: int, threads: int) -> float:
-  ds = pipeline.make_dataset(shard, batch_size=batch, image_size=224, train=True, seed=0, read_threads=threads)
+  ds = pipeline.make_dataset(
+    shard, batch_size=batch, image_size=224, train=True, seed=0, read_threads=threads
+  )
   it = iter(ds)
   t = time.perf_counter()
   seen = 0
@@ -67,12 +73,26 @@ def run_webdataset(tar_path: str, n: int, batch: int) -> float:
   import torch
   import webdataset as wds
   from torchvision import transforms as T
-  tf = T.Compose([T.RandomResizedCrop(224, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-                  T.ToTensor(), T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
-  def prep(s):  # the members have no image extension: decode them with PIL, as the released code does
+
+  tf = T.Compose(
+    [
+      T.RandomResizedCrop(224, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+      T.ToTensor(),
+      T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    ]
+  )
+
+  def prep(
+    s,
+  ):  # the members have no image extension: decode them with PIL, as the released code does
     img = lambda b: tf(Image.open(io.BytesIO(b)).convert("RGB"))
-    return (img(s["image"]), img(s["neg_image"]), open_clip.tokenize([s["caption"].decode()])[0],
-            open_clip.tokenize([s["neg_caption"].decode()])[0])
+    return (
+      img(s["image"]),
+      img(s["neg_image"]),
+      open_clip.tokenize([s["caption"].decode()])[0],
+      open_clip.tokenize([s["neg_caption"].decode()])[0],
+    )
+
   ds = wds.WebDataset(tar_path, shardshuffle=False, empty_check=False).repeat().map(prep)
   loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=0)
   it = iter(loader)
@@ -84,7 +104,9 @@ def run_webdataset(tar_path: str, n: int, batch: int) -> float:
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--num_examples", type=int, default=256)
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--batch_size", type=int, default=32)
@@ -93,10 +115,13 @@ def main():
   if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core: a per-worker figure
   import torch
+
   torch.set_num_threads(1)
   with tempfile.TemporaryDirectory() as d:
     shard, tar_path = write_data(d, args.num_examples)
-    run_ours(shard, args.batch_size, args.batch_size, args.read_threads)  # warm-up: imports, tokenizer, caches
+    run_ours(
+      shard, args.batch_size, args.batch_size, args.read_threads
+    )  # warm-up: imports, tokenizer, caches
     run_webdataset(tar_path, args.batch_size, args.batch_size)
     ours, theirs = [], []
     for _ in range(args.rounds):
@@ -105,8 +130,10 @@ def main():
   o, t = statistics.median(ours), statistics.median(theirs)
   print(f"ours (Grain + records): {o:.1f} examples/s/core {[round(x, 1) for x in ours]}")
   print(f"webdataset + PIL + torchvision: {t:.1f} examples/s/core {[round(x, 1) for x in theirs]}")
-  print(f"ours_examples_per_s_per_core={o:.2f} webdataset_examples_per_s_per_core={t:.2f} ratio={o / t:.3f} "
-        f"read_threads={args.read_threads} image_size=224 source_px=512 examples={args.num_examples} rounds={args.rounds}")
+  print(
+    f"ours_examples_per_s_per_core={o:.2f} webdataset_examples_per_s_per_core={t:.2f} ratio={o / t:.3f} "
+    f"read_threads={args.read_threads} image_size=224 source_px=512 examples={args.num_examples} rounds={args.rounds}"
+  )
 
 
 if __name__ == "__main__":

@@ -28,19 +28,42 @@ os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 import jax  # noqa: E402
 
 
-from tripletclip_jax.train.config import ConfigError, apply_overrides, load_config_file, split_overrides  # noqa: E402
+from tripletclip_jax.train.config import (
+  ConfigError,
+  apply_overrides,
+  load_config_file,
+  split_overrides,
+)  # noqa: E402
 from tripletclip_jax.train.experiment import build  # noqa: E402
 
 # Per chip: bf16 peak FLOP/s, HBM bytes and HBM bytes/s (Google Cloud's published figures).
-CHIPS = {"v4": (275e12, 32 * 2 ** 30, 1.2e12), "v5e": (197e12, 16 * 2 ** 30, 0.82e12),
-         "v5p": (459e12, 95 * 2 ** 30, 2.76e12), "v6e": (918e12, 32 * 2 ** 30, 1.64e12)}
+CHIPS = {
+  "v4": (275e12, 32 * 2**30, 1.2e12),
+  "v5e": (197e12, 16 * 2**30, 0.82e12),
+  "v5p": (459e12, 95 * 2**30, 2.76e12),
+  "v6e": (918e12, 32 * 2**30, 1.64e12),
+}
 # A collective anywhere in the module (the TPU compiler moves many into fusions and async wrappers); its
 # result shape may be a tuple (combined all-reduces), so everything up to the opcode is the shape.
-_COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%\S+ = (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
-                         r"collective-permute)(-start)?\(", re.M)
+_COLLECTIVE = re.compile(
+  r"^\s*(?:ROOT )?%\S+ = (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
+  r"collective-permute)(-start)?\(",
+  re.M,
+)
 # An array in the HLO text: dtype[dims] and, when printed, its layout {...}; "S(1)" in a layout is TPU on-chip memory.
 _ARRAY = re.compile(r"\b(bf16|f32|f16|s32|u32|u8|s8|pred|f64|s64)\[([\d,]*)\](\{[^}]*\})?")
-_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "u8": 1, "s8": 1, "pred": 1, "f64": 8, "s64": 8}
+_BYTES = {
+  "bf16": 2,
+  "f16": 2,
+  "f32": 4,
+  "s32": 4,
+  "u32": 4,
+  "u8": 1,
+  "s8": 1,
+  "pred": 1,
+  "f64": 8,
+  "s64": 8,
+}
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%\S+ = (.*?) ([a-z][a-z0-9-]*)\((.*)$")
 _NOT_TRAFFIC = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all"}
 
@@ -67,8 +90,8 @@ def collective_bytes(hlo: str) -> dict[str, int]:
     shape, kind, start = m.groups()
     arrays = [n for n, _ in _arrays(shape) if n > 4]  # drop the async context scalars
     if start and kind != "all-reduce":  # (operands..., results...): the results only
-      arrays = arrays[len(arrays) // 2:]
-    channel = re.match(r"[^\n]*?channel_id=(\d+)", hlo[m.end():])
+      arrays = arrays[len(arrays) // 2 :]
+    channel = re.match(r"[^\n]*?channel_id=(\d+)", hlo[m.end() :])
     key = channel.group(1) if channel else f"#{i}"
     seen[key] = (kind, max(sum(arrays), seen.get(key, ("", 0))[1]))
   out: dict[str, int] = {}
@@ -85,22 +108,28 @@ def hbm_bytes_by_op(hlo: str) -> dict[str, int]:
   slice-start into S(1)) count their HBM side once; the compiler's own `bytes accessed` counts every memory
   space, so it is larger. An estimate of HBM traffic, to rank ops: not a simulation of the chip.
   """
-  entry = hlo[hlo.index("\nENTRY"):]
-  entry = entry[:entry.index("\n}")]
+  entry = hlo[hlo.index("\nENTRY") :]
+  entry = entry[: entry.index("\n}")]
   out: dict[str, int] = {}
   for line in entry.splitlines()[1:]:
     m = _INSTRUCTION.match(line)
     if not m or m.group(2) in _NOT_TRAFFIC or m.group(2).endswith("-done"):
       continue
     result, op, rest = m.groups()
-    if op.endswith("-start"):  # async move: its result tuple holds both ends (copy-start: target, source;
+    if op.endswith(
+      "-start"
+    ):  # async move: its result tuple holds both ends (copy-start: target, source;
       # slice-start: (source), target), then a context; the bytes moved are the smaller end's
       (src, src_hbm), (dst, dst_hbm) = _arrays(result)[:2]
       traffic = min(src, dst) * src_hbm + dst * dst_hbm
     else:
       traffic = sum(n for n, hbm in _arrays(result) + _arrays(rest.split("), ")[0]) if hbm)
     name = re.search(r'op_name="([^"]*)"', line)
-    name = re.sub(r"\.?\d+", "", name.group(1)).replace("jit(step)/", "") if name else f"(compiler's {op})"
+    name = (
+      re.sub(r"\.?\d+", "", name.group(1)).replace("jit(step)/", "")
+      if name
+      else f"(compiler's {op})"
+    )
     out[name] = out.get(name, 0) + traffic
   return out
 
@@ -119,9 +148,16 @@ def compile_step(config, devices, batch_size: int, remat: bool | None = None):
 
 def memory(compiled) -> dict:
   m = compiled.memory_analysis()
-  total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
-  return {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
-          "aliased": m.alias_size_in_bytes, "temporaries": m.temp_size_in_bytes, "total": total}
+  total = (
+    m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+  )
+  return {
+    "arguments": m.argument_size_in_bytes,
+    "outputs": m.output_size_in_bytes,
+    "aliased": m.alias_size_in_bytes,
+    "temporaries": m.temp_size_in_bytes,
+    "total": total,
+  }
 
 
 def max_batch(config, devices, hbm: int, remat: bool, start: int) -> tuple[int, int, int]:
@@ -140,6 +176,7 @@ def max_batch(config, devices, hbm: int, remat: bool, start: int) -> tuple[int, 
       if "RESOURCE_EXHAUSTED" not in str(e):
         raise
       return float("inf")
+
   b1, b2 = start, 2 * start
   m1, m2 = total(b1), total(b2)
   per_example = (m2 - m1) / ((b2 - b1) / n)
@@ -155,18 +192,31 @@ def max_batch(config, devices, hbm: int, remat: bool, start: int) -> tuple[int, 
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--config", default="configs/cc3m.py")
-  p.add_argument("--topology", default="v4:2x2x4", help="e.g. v4:2x2x1 (v4-8), v4:2x2x4 (v4-32), v5e:4x4, v6e:4x4")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="alias of --config.KEY=VALUE")
-  p.add_argument("--max_batch", action="store_true", help="also search the largest batch that fits (slow)")
-  p.add_argument("--save_hlo", metavar="PATH", help="write the compiled HLO text there (to study it further)")
+  p.add_argument(
+    "--topology",
+    default="v4:2x2x4",
+    help="e.g. v4:2x2x1 (v4-8), v4:2x2x4 (v4-32), v5e:4x4, v6e:4x4",
+  )
+  p.add_argument(
+    "--set", action="append", default=[], metavar="KEY=VALUE", help="alias of --config.KEY=VALUE"
+  )
+  p.add_argument(
+    "--max_batch", action="store_true", help="also search the largest batch that fits (slow)"
+  )
+  p.add_argument(
+    "--save_hlo", metavar="PATH", help="write the compiled HLO text there (to study it further)"
+  )
   try:  # --config.KEY=VALUE, typed and checked as launch/main.py does
     argv, overrides = split_overrides(sys.argv[1:])
   except ConfigError as e:
     raise SystemExit(f"error: {e}") from None
   a = p.parse_args(argv)
   from jax.experimental import topologies
+
   chip = a.topology.split(":")[0]
   if chip not in CHIPS:
     raise SystemExit(f"error: unknown chip {chip!r} in --topology; choose one of {sorted(CHIPS)}")
@@ -185,9 +235,11 @@ def main():
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
-    raise SystemExit(f"{a.topology}: {config.model.preset} at global batch {config.batch_size} (remat "
-                     f"{config.model.remat}) does not fit: {str(e).splitlines()[0]} Try --config.model.remat=True, "
-                     "a larger mesh.fsdp or a smaller batch_size.")
+    raise SystemExit(
+      f"{a.topology}: {config.model.preset} at global batch {config.batch_size} (remat "
+      f"{config.model.remat}) does not fit: {str(e).splitlines()[0]} Try --config.model.remat=True, "
+      "a larger mesh.fsdp or a smaller batch_size."
+    )
   compile_s = time.perf_counter() - t
   mem = memory(compiled)
   cost = compiled.cost_analysis()
@@ -206,37 +258,66 @@ def main():
   coll = collective_bytes(hlo)
   n = len(devices)
   steps = exp.total_steps
-  print(f"{a.topology}: {n} chips, {config.model.preset}, loss {config.loss}, global batch {config.batch_size}, "
-        f"mesh data={config.mesh.data} fsdp={config.mesh.fsdp}, dtype {config.model.dtype}, remat {config.model.remat}")
-  gib = 2 ** 30
-  print("per-device memory: " + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in mem.items())
-        + f" (HBM {hbm / gib:.0f} GiB: {100 * mem['total'] / hbm:.0f}%)")
-  print("collectives per device per step: " + (", ".join(f"{k} {v / 2 ** 20:.1f} MiB" for k, v in coll.items())
-                                               or "none"))
+  print(
+    f"{a.topology}: {n} chips, {config.model.preset}, loss {config.loss}, global batch {config.batch_size}, "
+    f"mesh data={config.mesh.data} fsdp={config.mesh.fsdp}, dtype {config.model.dtype}, remat {config.model.remat}"
+  )
+  gib = 2**30
+  print(
+    "per-device memory: "
+    + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in mem.items())
+    + f" (HBM {hbm / gib:.0f} GiB: {100 * mem['total'] / hbm:.0f}%)"
+  )
+  print(
+    "collectives per device per step: "
+    + (", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in coll.items()) or "none")
+  )
   mfu = flops / seconds / peak if seconds > 0 else float("nan")
-  estimate = f"{seconds * 1e3:.1f} ms/step -> MFU {100 * mfu:.1f}%" if seconds > 0 else \
-      "none (this libtpu reports no optimal_seconds)"
-  print(f"per device per step: {flops / 1e12:.2f} TFLOP ({compute_s * 1e3:.1f} ms at peak); HBM traffic "
-        f"{hbm_bytes / gib:.1f} GiB ({hbm_s * 1e3:.1f} ms at full bandwidth; the compiler's bytes accessed, all "
-        f"memory spaces: {float(cost.get('bytes accessed', 0.0)) / gib:.1f} GiB) -> "
-        f"{'compute' if compute_s >= hbm_s else 'HBM'}-bound, roofline {roofline * 1e3:.1f} ms/step, "
-        f"MFU at most {100 * compute_s / roofline:.0f}%")
+  estimate = (
+    f"{seconds * 1e3:.1f} ms/step -> MFU {100 * mfu:.1f}%"
+    if seconds > 0
+    else "none (this libtpu reports no optimal_seconds)"
+  )
+  print(
+    f"per device per step: {flops / 1e12:.2f} TFLOP ({compute_s * 1e3:.1f} ms at peak); HBM traffic "
+    f"{hbm_bytes / gib:.1f} GiB ({hbm_s * 1e3:.1f} ms at full bandwidth; the compiler's bytes accessed, all "
+    f"memory spaces: {float(cost.get('bytes accessed', 0.0)) / gib:.1f} GiB) -> "
+    f"{'compute' if compute_s >= hbm_s else 'HBM'}-bound, roofline {roofline * 1e3:.1f} ms/step, "
+    f"MFU at most {100 * compute_s / roofline:.0f}%"
+  )
   print(f"compiler step estimate: {estimate}; compiled in {compile_s:.0f} s")
-  print(f"the run: {steps} steps x {roofline * 1e3:.1f} ms = at least {steps * roofline / 3600:.1f} h on {n} chips")
-  print("HBM traffic by op: " + "; ".join(f"{100 * v / hbm_bytes:.0f}% {k}" for k, v in
-                                          sorted(by_op.items(), key=lambda kv: -kv[1])[:5]))
-  fields = {"topology": a.topology, "chips": n, "preset": config.model.preset, "batch": config.batch_size,
-            "mem_gib": round(mem["total"] / gib, 3), "hbm_frac": round(mem["total"] / hbm, 3),
-            "tflop_per_device": round(flops / 1e12, 3), "hbm_gib": round(hbm_bytes / gib, 2),
-            "est_ms": round(seconds * 1e3, 2) if seconds > 0 else "none", "mfu": round(mfu, 3),
-            "roofline_ms": round(roofline * 1e3, 2), "run_h": round(steps * roofline / 3600, 1),
-            "collective_mib": round(sum(coll.values()) / 2 ** 20, 1)}
+  print(
+    f"the run: {steps} steps x {roofline * 1e3:.1f} ms = at least {steps * roofline / 3600:.1f} h on {n} chips"
+  )
+  print(
+    "HBM traffic by op: "
+    + "; ".join(
+      f"{100 * v / hbm_bytes:.0f}% {k}" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:5]
+    )
+  )
+  fields = {
+    "topology": a.topology,
+    "chips": n,
+    "preset": config.model.preset,
+    "batch": config.batch_size,
+    "mem_gib": round(mem["total"] / gib, 3),
+    "hbm_frac": round(mem["total"] / hbm, 3),
+    "tflop_per_device": round(flops / 1e12, 3),
+    "hbm_gib": round(hbm_bytes / gib, 2),
+    "est_ms": round(seconds * 1e3, 2) if seconds > 0 else "none",
+    "mfu": round(mfu, 3),
+    "roofline_ms": round(roofline * 1e3, 2),
+    "run_h": round(steps * roofline / 3600, 1),
+    "collective_mib": round(sum(coll.values()) / 2**20, 1),
+  }
   if a.max_batch:
     for remat in (False, True):
       b, m, per_example = max_batch(config, devices, hbm, remat, config.batch_size)
       fields[f"max_batch_remat_{str(remat).lower()}"] = b
-      print(f"largest global batch that fits, remat={remat}: {b} ({b // n} per chip; plan {m / gib:.2f} GiB of "
-            f"{hbm / gib:.0f}; {per_example / 2 ** 20:.1f} MiB per extra example per chip)")
+      print(
+        f"largest global batch that fits, remat={remat}: {b} ({b // n} per chip; plan {m / gib:.2f} GiB of "
+        f"{hbm / gib:.0f}; {per_example / 2**20:.1f} MiB per extra example per chip)"
+      )
   print(" ".join(f"{k}={v}" for k, v in fields.items()))
 
 

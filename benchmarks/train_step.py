@@ -33,14 +33,19 @@ from tripletclip_jax.train.metrics import measure_matmul_peak  # noqa: E402
 def make_batch(cfg, n: int, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   size, ctx = cfg.vision.image_size, cfg.text.context_length
+
   def text():
     t = rng.integers(1, 49000, size=(n, ctx)).astype(np.int32)
     t[:, 0] = SOT_ID
     t[:, -1] = EOT_ID
     return t
-  return {"image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
-          "neg_image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
-          "text": text(), "neg_text": text()}
+
+  return {
+    "image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
+    "neg_image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
+    "text": text(),
+    "neg_text": text(),
+  }
 
 
 class OpenClipStep:
@@ -49,14 +54,21 @@ class OpenClipStep:
   def __init__(self, batch: dict, lr: float = 5e-4):
     import open_clip
     import torch
+
     torch.set_num_threads(os.cpu_count())
     self.torch = torch
     self.model = open_clip.create_model("ViT-B-32")
     self.model.train()
-    self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.5, betas=(0.9, 0.999), eps=1e-8)
+    self.opt = torch.optim.AdamW(
+      self.model.parameters(), lr=lr, weight_decay=0.5, betas=(0.9, 0.999), eps=1e-8
+    )
     to = lambda x: torch.from_numpy(np.ascontiguousarray(x))
-    self.batch = {"image": to(batch["image"].transpose(0, 3, 1, 2)), "neg_image": to(batch["neg_image"].transpose(0, 3, 1, 2)),
-                  "text": to(batch["text"]).long(), "neg_text": to(batch["neg_text"]).long()}
+    self.batch = {
+      "image": to(batch["image"].transpose(0, 3, 1, 2)),
+      "neg_image": to(batch["neg_image"].transpose(0, 3, 1, 2)),
+      "text": to(batch["text"]).long(),
+      "neg_text": to(batch["neg_text"]).long(),
+    }
 
   def _negclip(self, x, y, yn, s):
     F = self.torch.nn.functional
@@ -83,7 +95,9 @@ def peak_memory_bytes() -> int:
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--preset", default="vit_b32")
   p.add_argument("--loss", default="tripletclip")
   p.add_argument("--batch_size", type=int, default=16)
@@ -100,15 +114,21 @@ def main():
   cfg = get_preset(args.preset, dtype=args.dtype, remat=args.remat)
   fwd = forward_flops(cfg)
   # The towers plus the loss's own parameters (the temperature): the count OpenAI quotes.
-  shapes = jax.eval_shape(lambda r: with_loss_params(init_params(cfg, r), loss_lib.get(args.loss)), jax.random.key(0))
+  shapes = jax.eval_shape(
+    lambda r: with_loss_params(init_params(cfg, r), loss_lib.get(args.loss)), jax.random.key(0)
+  )
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
   flops_ex = train_flops_per_example(cfg, loss_lib.get(args.loss))
   if args.info:
-    print(f"{args.preset}: {n_params:,} parameters; forward GFLOPs per pair {fwd['pair'] / 1e9:.2f} "
-          f"(image {fwd['image'] / 1e9:.2f} + text {fwd['text'] / 1e9:.2f}); "
-          f"{args.loss} training GFLOPs per example {flops_ex / 1e9:.1f}")
-    print(f"params={n_params} fwd_gflops_per_pair={fwd['pair'] / 1e9:.3f} fwd_gflops_image={fwd['image'] / 1e9:.3f} "
-          f"fwd_gflops_text={fwd['text'] / 1e9:.3f} train_gflops_per_example={flops_ex / 1e9:.2f}")
+    print(
+      f"{args.preset}: {n_params:,} parameters; forward GFLOPs per pair {fwd['pair'] / 1e9:.2f} "
+      f"(image {fwd['image'] / 1e9:.2f} + text {fwd['text'] / 1e9:.2f}); "
+      f"{args.loss} training GFLOPs per example {flops_ex / 1e9:.1f}"
+    )
+    print(
+      f"params={n_params} fwd_gflops_per_pair={fwd['pair'] / 1e9:.3f} fwd_gflops_image={fwd['image'] / 1e9:.3f} "
+      f"fwd_gflops_text={fwd['text'] / 1e9:.3f} train_gflops_per_example={flops_ex / 1e9:.2f}"
+    )
     return
 
   backend = jax.default_backend()
@@ -116,9 +136,13 @@ def main():
   data, fsdp = (int(x) for x in args.mesh.split(","))
   mesh = sharding.make_mesh(data, fsdp)
   sharding.check_batch_divides(args.batch_size, mesh)
-  tx, schedule = make_optimizer(learning_rate=5e-4, total_steps=1000, warmup_steps=10, weight_decay=0.5)
+  tx, schedule = make_optimizer(
+    learning_rate=5e-4, total_steps=1000, warmup_steps=10, weight_decay=0.5
+  )
   state, state_sh = create_train_state(cfg, tx, mesh, jax.random.key(0), loss_lib.get(args.loss))
-  step = make_train_step(cfg, tx, schedule, loss_lib.get(args.loss), mesh, state_sh, args.accum_steps)
+  step = make_train_step(
+    cfg, tx, schedule, loss_lib.get(args.loss), mesh, state_sh, args.accum_steps
+  )
   host_batch = make_batch(cfg, args.batch_size)
   batch = sharding.put_batch(host_batch, mesh)
   t = time.perf_counter()
@@ -147,20 +171,33 @@ def main():
   ex_s = args.batch_size / step_s
   achieved = ex_s * flops_ex
   result = {
-      "backend": backend, "devices": n_chips, "preset": args.preset, "loss": args.loss, "dtype": args.dtype,
-      "batch_size": args.batch_size, "step_s": f"{step_s:.4f}", "examples_per_s": f"{ex_s:.3f}",
-      "tflops_per_s": f"{achieved / 1e12:.4f}", "matmul_peak_tflops_per_s": f"{peak / 1e12:.4f}",
-      "mfu": f"{achieved / (peak * n_chips):.3f}", "peak_memory_gb": f"{peak_memory_bytes() / 2 ** 30:.2f}",
-      "compile_s": f"{compile_s:.1f}", "loss_value": f"{float(m['loss']):.4f}",
+    "backend": backend,
+    "devices": n_chips,
+    "preset": args.preset,
+    "loss": args.loss,
+    "dtype": args.dtype,
+    "batch_size": args.batch_size,
+    "step_s": f"{step_s:.4f}",
+    "examples_per_s": f"{ex_s:.3f}",
+    "tflops_per_s": f"{achieved / 1e12:.4f}",
+    "matmul_peak_tflops_per_s": f"{peak / 1e12:.4f}",
+    "mfu": f"{achieved / (peak * n_chips):.3f}",
+    "peak_memory_gb": f"{peak_memory_bytes() / 2**30:.2f}",
+    "compile_s": f"{compile_s:.1f}",
+    "loss_value": f"{float(m['loss']):.4f}",
   }
-  print(f"ours: {ex_s:.2f} examples/s, {achieved / 1e9:.1f} GFLOP/s, MFU {result['mfu']} "
-        f"(matmul peak {peak / 1e9:.1f} GFLOP/s), rounds {[f'{t:.3f}' for t in ours_t]}")
+  print(
+    f"ours: {ex_s:.2f} examples/s, {achieved / 1e9:.1f} GFLOP/s, MFU {result['mfu']} "
+    f"(matmul peak {peak / 1e9:.1f} GFLOP/s), rounds {[f'{t:.3f}' for t in ours_t]}"
+  )
   if theirs:
     their_ex_s = args.batch_size / statistics.median(theirs_t)
     result["open_clip_examples_per_s"] = f"{their_ex_s:.3f}"
     result["ratio_vs_open_clip"] = f"{ex_s / their_ex_s:.3f}"
-    print(f"open_clip: {their_ex_s:.2f} examples/s, {their_ex_s * flops_ex / 1e9:.1f} GFLOP/s, "
-          f"rounds {[f'{t:.3f}' for t in theirs_t]}; ratio ours/open_clip {ex_s / their_ex_s:.3f}")
+    print(
+      f"open_clip: {their_ex_s:.2f} examples/s, {their_ex_s * flops_ex / 1e9:.1f} GFLOP/s, "
+      f"rounds {[f'{t:.3f}' for t in theirs_t]}; ratio ours/open_clip {ex_s / their_ex_s:.3f}"
+    )
   print(" ".join(f"{k}={v}" for k, v in result.items()))
 
 

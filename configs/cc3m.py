@@ -32,7 +32,9 @@ from tripletclip_jax.train.config import base_config
 
 
 def get_config(loss: str = "tripletclip"):
-  c = base_config()  # batch 1024, AdamW 5e-4 / 0.5 / (0.9, 0.999) / 1e-8, 1000 warmup, 90k steps, ViT-B/32, bf16
+  c = (
+    base_config()
+  )  # batch 1024, AdamW 5e-4 / 0.5 / (0.9, 0.999) / 1e-8, 1000 warmup, 90k steps, ViT-B/32, bf16
   c.loss = loss
   c.checkpoint_every_steps = 2000
   c.eval_every_steps = 10_000
@@ -41,9 +43,18 @@ def get_config(loss: str = "tripletclip"):
   c.data.augment = "center_crop"  # the release trains on the evaluation transform
   c.data.num_workers = 16
   # Declared here, run when their paths are given (--config.evals.NAME.OPTION=PATH).
-  c.evals.sugarcrepe = dict(type="sugarcrepe", sugarcrepe_dir=config_dict.placeholder(str),
-                            image_dir=config_dict.placeholder(str))  # COCO val2017
-  c.evals.triplet = dict(type="triplet", pattern=config_dict.placeholder(str))  # held-out TripletData shards
-  c.evals.imagenet = dict(type="zeroshot", dataset=config_dict.placeholder(str),  # tfds:imagenet2012 or a folder
-                          data_dir=config_dict.placeholder(str), every_steps=config_dict.placeholder(int))
+  c.evals.sugarcrepe = dict(
+    type="sugarcrepe",
+    sugarcrepe_dir=config_dict.placeholder(str),
+    image_dir=config_dict.placeholder(str),
+  )  # COCO val2017
+  c.evals.triplet = dict(
+    type="triplet", pattern=config_dict.placeholder(str)
+  )  # held-out TripletData shards
+  c.evals.imagenet = dict(
+    type="zeroshot",
+    dataset=config_dict.placeholder(str),  # tfds:imagenet2012 or a folder
+    data_dir=config_dict.placeholder(str),
+    every_steps=config_dict.placeholder(int),
+  )
   return c.lock()

@@ -20,15 +20,25 @@ from tripletclip_jax.train.config import base_config
 
 def world():
   """The demo world's parameters (tripletclip_jax.demo.world.WorldConfig), fixed before the final seeds."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       colors=("red", "green", "blue", "yellow", "purple"),
       shapes=("circle", "square", "triangle", "star", "diamond"),
-      grid=3, min_objects=2, max_objects=3, max_named=3, relation_prob=0.4, size_word_prob=0.25,
+      grid=3,
+      min_objects=2,
+      max_objects=3,
+      max_named=3,
+      relation_prob=0.4,
+      size_word_prob=0.25,
       heldout_symbols=(0, 1),
       # Attribute-binding edits weigh most: the tiny model never learned relations in this budget
       # (benchmarks/RESULTS.md), so relation negatives are kept for coverage at a lower weight.
-      edit_weights=dict(swap_att=3.0, replace_att=3.0, replace_obj=2.0, swap_obj=1.0, replace_rel=1.0),
-      image_size=48))  # the "demo" model preset sees one 16 px patch per grid cell
+      edit_weights=dict(
+        swap_att=3.0, replace_att=3.0, replace_obj=2.0, swap_obj=1.0, replace_rel=1.0
+      ),
+      image_size=48,
+    )
+  )  # the "demo" model preset sees one 16 px patch per grid cell
 
 
 def get_config(loss: str = "tripletclip"):
@@ -48,9 +58,10 @@ def get_config(loss: str = "tripletclip"):
   c.optimizer.weight_decay = 0.1
   c.data.num_workers = 0
   c.data.read_threads = 2
-  c.data.augment = "center_crop"  # the release's training transform; the world has no framing to vary
-  c.data.demo_num_train = 600   # the finite base set, with one fixed negative per scene
-  c.data.demo_num_eval = 1200   # per benchmark subset: standard error <= 1.5 points
+  # the release's training transform; the world has no framing to vary
+  c.data.augment = "center_crop"
+  c.data.demo_num_train = 600  # the finite base set, with one fixed negative per scene
+  c.data.demo_num_eval = 1200  # per benchmark subset: standard error <= 1.5 points
   c.data.demo_world = world()
   c.export_hf_dir = "hf"  # relative to the workdir
   return c.lock()

@@ -20,7 +20,9 @@ from tripletclip_jax.train.config import base_config, parse_arg, sibling_config
 def get_config(arg: str = ""):
   opts = parse_arg(arg, loss="tripletclip", freeze_blocks="0", tower_lr="0.1", world="")
   if opts["world"] not in ("", "demo"):
-    raise ValueError(f"world={opts['world']!r}: the only world is 'demo' (leave it out for your own data)")
+    raise ValueError(
+      f"world={opts['world']!r}: the only world is 'demo' (leave it out for your own data)"
+    )
   if opts["world"] == "demo":
     c = sibling_config(__file__, "demo.py", opts["loss"])
     c.total_steps, c.compute_matched = 200, False
@@ -41,9 +43,16 @@ def get_config(arg: str = ""):
   n = int(opts["freeze_blocks"])
   if n:  # blocks 0 .. n-1 of both towers, and the embeddings below them
     blocks = "|".join(str(i) for i in range(n))
-    c.optimizer.frozen = (rf"(visual|text)/transformer/resblocks_({blocks})/.*|visual/(conv1|class_embedding|"
-                          rf"positional_embedding|ln_pre)/?.*|text/(token_embedding|positional_embedding)/?.*")
-  c.optimizer.lr_multipliers = ((r"(visual|text)/(transformer|conv1|class_embedding|positional_embedding|ln_pre|"
-                                 r"token_embedding)/?.*", float(opts["tower_lr"])),)
+    c.optimizer.frozen = (
+      rf"(visual|text)/transformer/resblocks_({blocks})/.*|visual/(conv1|class_embedding|"
+      rf"positional_embedding|ln_pre)/?.*|text/(token_embedding|positional_embedding)/?.*"
+    )
+  c.optimizer.lr_multipliers = (
+    (
+      r"(visual|text)/(transformer|conv1|class_embedding|positional_embedding|ln_pre|"
+      r"token_embedding)/?.*",
+      float(opts["tower_lr"]),
+    ),
+  )
   c.export_hf_dir = "hf"
   return c.lock()

@@ -18,13 +18,16 @@ from tripletclip_jax.train.config import parse_arg, sibling_config
 def get_config(arg: str = ""):
   opts = parse_arg(arg, loss="clip", world="")
   if opts["world"] not in ("", "demo"):
-    raise ValueError(f"world={opts['world']!r}: the only world is 'demo' (leave it out for your own data)")
+    raise ValueError(
+      f"world={opts['world']!r}: the only world is 'demo' (leave it out for your own data)"
+    )
   if opts["world"] == "demo":  # the demo world's data, evaluations and schedule
     c = sibling_config(__file__, "demo.py", opts["loss"])
     c.total_steps, c.compute_matched = 200, False
   else:
     c = sibling_config(__file__, "finetune.py", opts["loss"])
-    c.optimizer.learning_rate = 1e-4  # only the text tower learns: LiT's text tower takes a larger rate
+    # only the text tower learns: LiT's text tower takes a larger rate
+    c.optimizer.learning_rate = 1e-4
   c.init_from = None  # required: --config.init_from=hf:PATH
   c.optimizer.frozen = r"visual/.*"
   c.export_hf_dir = "hf"

@@ -15,8 +15,12 @@ from tripletclip_jax.data import array_record, records
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--input", required=True, help="TFRecord shards: a directory, glob or comma-separated list")
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--input", required=True, help="TFRecord shards: a directory, glob or comma-separated list"
+  )
   p.add_argument("--output_dir", required=True, help="a local folder for the .array_record files")
   args = p.parse_args(argv)
   try:

@@ -21,39 +21,64 @@ import sys
 import tempfile
 
 
-
-
 def evals_config(tasks):
   """A locked ConfigDict {evals: {TASK: {OPTION: default}}}, each option typed as its function declares it."""
   import ml_collections
   from ml_collections import config_dict
   from tripletclip_jax.evaluate import option_types
+
   evals = {}
   for t in tasks:
-    evals[t] = {k: (config_dict.placeholder(kind) if default is None and kind is not None else default)
-                for k, (kind, default) in option_types(t).items()}
+    evals[t] = {
+      k: (config_dict.placeholder(kind) if default is None and kind is not None else default)
+      for k, (kind, default) in option_types(t).items()
+    }
   return ml_collections.ConfigDict({"evals": evals}).lock()
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--model", required=True, help="training workdir or Hugging Face CLIP directory")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step of a workdir (default: latest)")
+  p.add_argument(
+    "--step", type=int, default=None, help="checkpoint step of a workdir (default: latest)"
+  )
   p.add_argument("--tasks", default="sugarcrepe")
   p.add_argument("--output", default="results.json")
   p.add_argument("--batch_size", type=int, default=128)
   p.add_argument("--sugarcrepe_dir", help="folder with the 7 SugarCrepe JSON files")
-  p.add_argument("--coco_image_dir", help="SugarCrepe's images (COCO val2017); default SUGARCREPE_DIR/images")
-  p.add_argument("--winoground", help="`datasets` folder (save_to_disk / parquet / arrow) or examples.jsonl")
-  p.add_argument("--winoground_image_dir", help="image folder for examples.jsonl (default: beside it, images/)")
-  p.add_argument("--zeroshot", help="image folder with a subfolder per class, or tfds:imagenet2012|cifar10|cifar100")
+  p.add_argument(
+    "--coco_image_dir", help="SugarCrepe's images (COCO val2017); default SUGARCREPE_DIR/images"
+  )
+  p.add_argument(
+    "--winoground", help="`datasets` folder (save_to_disk / parquet / arrow) or examples.jsonl"
+  )
+  p.add_argument(
+    "--winoground_image_dir", help="image folder for examples.jsonl (default: beside it, images/)"
+  )
+  p.add_argument(
+    "--zeroshot",
+    help="image folder with a subfolder per class, or tfds:imagenet2012|cifar10|cifar100",
+  )
   p.add_argument("--tfds_data_dir", default=None)
-  p.add_argument("--retrieval_json", help="Karpathy split JSON (dataset_coco.json / dataset_flickr30k.json)")
+  p.add_argument(
+    "--retrieval_json", help="Karpathy split JSON (dataset_coco.json / dataset_flickr30k.json)"
+  )
   p.add_argument("--retrieval_image_dir")
-  p.add_argument("--triplet_data", help="held-out TripletData shards (glob or directory): triplet, hard_retrieval")
-  p.add_argument("--option", action="append", default=[], metavar="TASK.KEY=VALUE",
-                 help="alias of --config.evals.TASK.KEY=VALUE, repeatable")
+  p.add_argument(
+    "--triplet_data",
+    help="held-out TripletData shards (glob or directory): triplet, hard_retrieval",
+  )
+  p.add_argument(
+    "--option",
+    action="append",
+    default=[],
+    metavar="TASK.KEY=VALUE",
+    help="alias of --config.evals.TASK.KEY=VALUE, repeatable",
+  )
   from tripletclip_jax.train.config import ConfigError, apply_overrides, split_overrides
+
   try:
     argv, overrides = split_overrides(sys.argv[1:] if argv is None else list(argv))
   except ConfigError as e:
@@ -62,15 +87,19 @@ def main(argv=None):
 
   tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
   from tripletclip_jax.evaluate import REGISTRY
+
   unknown = [t for t in tasks if t not in REGISTRY]
   if unknown:
     p.error(f"unknown task {unknown[0]!r}; choose from {', '.join(REGISTRY)}")
   # The built-in tasks' options as flags; any registered task also takes --option TASK.KEY=VALUE.
-  flags = {"sugarcrepe": dict(sugarcrepe_dir="sugarcrepe_dir", image_dir="coco_image_dir"),
-           "winoground": dict(path="winoground", image_dir="winoground_image_dir"),
-           "zeroshot": dict(dataset="zeroshot", data_dir="tfds_data_dir"),
-           "retrieval": dict(split_json="retrieval_json", image_dir="retrieval_image_dir"),
-           "triplet": dict(pattern="triplet_data"), "hard_retrieval": dict(pattern="triplet_data")}
+  flags = {
+    "sugarcrepe": dict(sugarcrepe_dir="sugarcrepe_dir", image_dir="coco_image_dir"),
+    "winoground": dict(path="winoground", image_dir="winoground_image_dir"),
+    "zeroshot": dict(dataset="zeroshot", data_dir="tfds_data_dir"),
+    "retrieval": dict(split_json="retrieval_json", image_dir="retrieval_image_dir"),
+    "triplet": dict(pattern="triplet_data"),
+    "hard_retrieval": dict(pattern="triplet_data"),
+  }
   config = evals_config(tasks)
   with config.unlocked():
     for t in tasks:
@@ -83,11 +112,17 @@ def main(argv=None):
     p.error(f"{e} (tasks: {', '.join(tasks)})")
   options = {t: {k: v for k, v in config.evals[t].items() if v is not None} for t in tasks}
   from tripletclip_jax.evaluate import required_options
+
   for t in tasks:
     for k in required_options(t):
       if options[t].get(k) is None:
-        p.error(f"task {t} needs --{flags[t][k]}" if k in flags.get(t, {}) else f"task {t} needs --option {t}.{k}=...")
+        p.error(
+          f"task {t} needs --{flags[t][k]}"
+          if k in flags.get(t, {})
+          else f"task {t} needs --option {t}.{k}=..."
+        )
   from tripletclip_jax import fileio
+
   out_dir = os.path.dirname(fileio.absolute(args.output))
   try:  # find an unwritable --output now, not after an hour of evaluation
     if fileio.is_remote(out_dir):
@@ -99,18 +134,23 @@ def main(argv=None):
       with tempfile.NamedTemporaryFile(dir=out_dir):
         pass
   except OSError as e:
-    p.error(f"--output {args.output}: cannot write in {out_dir} ({e.strerror or e}); choose a writable path")
+    p.error(
+      f"--output {args.output}: cannot write in {out_dir} ({e.strerror or e}); choose a writable path"
+    )
 
   import tripletclip_jax as tc
   from tripletclip_jax import evaluate
   from tripletclip_jax.evaluate import report
+
   try:  # the same registry and checks as the trainer's config.evals
     evaluators = evaluate.build({t: dict(type=t, **options[t]) for t in tasks})
     model = tc.load(args.model, step=args.step, batch_size=args.batch_size)
     results = {}
     for ev in evaluators:
       results[ev.name] = ev(model)
-      shown = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in results[ev.name].items())
+      shown = ", ".join(
+        f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in results[ev.name].items()
+      )
       print(f"{ev.name}: {shown}")
   except (FileNotFoundError, ValueError, KeyError) as e:
     sys.exit(f"error: {e}")

@@ -15,7 +15,9 @@ from tripletclip_jax.train.metrics import read_metrics
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--workdir", required=True)
   p.add_argument("--output_dir", required=True)
   p.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")

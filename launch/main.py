@@ -14,7 +14,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py[:arg]).", lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", None, "Training config file (configs/NAME.py[:arg]).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go.")
 
 
@@ -24,6 +26,7 @@ def _config_keys(argv) -> list[str]:
   if not spec:
     return []
   from tripletclip_jax.train.config import flat_keys, load_config_file
+
   return flat_keys(load_config_file(spec))
 
 
@@ -37,6 +40,7 @@ def _config_spec(argv) -> str | None:
 def parse_flags(argv):
   """absl parsing, with one-line errors (exit 2) for a broken config file, unknown keys and bad values."""
   from tripletclip_jax.train.config import ConfigError, load_config_file
+
   spec = _config_spec(argv)
   if spec:
     try:  # absl would show a broken config file as a traceback: load it once first to say what is wrong
@@ -47,7 +51,7 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
-    overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
     try:
       keys = _config_keys(argv)
     except Exception:  # noqa: BLE001 - the config file itself is broken: report the original error
@@ -55,7 +59,9 @@ def parse_flags(argv):
     unknown = [k for k in overrides if keys and k not in keys]
     if unknown:
       close = difflib.get_close_matches(unknown[0], keys, n=3, cutoff=0.5)
-      msg = f"Unknown config key '{unknown[0]}'" + (f"; did you mean {', '.join(close)}?" if close else "; see the config file.")
+      msg = f"Unknown config key '{unknown[0]}'" + (
+        f"; did you mean {', '.join(close)}?" if close else "; see the config file."
+      )
     else:
       msg = str(e).strip().splitlines()[0]
       msg = msg.replace("flag --config.", "bad value for config key ")
@@ -73,6 +79,7 @@ def main(argv):
   from tripletclip_jax.fileio import StorageError
   from tripletclip_jax.train.config import ConfigError
   from tripletclip_jax.train.loop import Preempted, train_and_evaluate
+
   try:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   except Preempted as e:

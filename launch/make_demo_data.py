@@ -12,7 +12,9 @@ from tripletclip_jax.demo import world as demo_world
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--output_dir", required=True)
   p.add_argument("--num_train", type=int, default=600, help="size of the finite base set")
   p.add_argument("--num_eval", type=int, default=1200, help="examples per SugarCrepe subset")
@@ -21,14 +23,22 @@ def main(argv=None):
   p.add_argument("--num_shards", type=int, default=4)
   args = p.parse_args(argv)
   cfg = demo_world.WorldConfig(image_size=args.image_size)
-  out = demo_world.write_demo_data(args.output_dir, args.num_train, args.num_eval, args.seed, cfg, args.num_shards)
+  out = demo_world.write_demo_data(
+    args.output_dir, args.num_train, args.num_eval, args.seed, cfg, args.num_shards
+  )
   n = out["train"] + out["heldout_triplets"] + 14 * out["sugarcrepe_per_subset"]
-  print(f"Wrote {out['train']} training triplets, {out['heldout_triplets']} held-out triplets and 2 x 7 "
-        f"SugarCrepe-format subsets of {out['sugarcrepe_per_subset']} to {args.output_dir} "
-        f"in {out['seconds']:.1f}s ({n / out['seconds']:.0f} examples/s)")
-  print(f"train={out['train']} heldout={out['heldout_triplets']} per_subset={out['sugarcrepe_per_subset']} "
-        f"seconds={out['seconds']:.2f} examples_per_s={n / out['seconds']:.0f}")
-  print(f"Realised training edit mix {out['train_edit_mix']}; rejected edits: {out['rejected']['train']}")
+  print(
+    f"Wrote {out['train']} training triplets, {out['heldout_triplets']} held-out triplets and 2 x 7 "
+    f"SugarCrepe-format subsets of {out['sugarcrepe_per_subset']} to {args.output_dir} "
+    f"in {out['seconds']:.1f}s ({n / out['seconds']:.0f} examples/s)"
+  )
+  print(
+    f"train={out['train']} heldout={out['heldout_triplets']} per_subset={out['sugarcrepe_per_subset']} "
+    f"seconds={out['seconds']:.2f} examples_per_s={n / out['seconds']:.0f}"
+  )
+  print(
+    f"Realised training edit mix {out['train_edit_mix']}; rejected edits: {out['rejected']['train']}"
+  )
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # subprocesses it starts) compiles each program once. A fresh folder per run: nothing stale.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import tempfile
+
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="tripletclip-xla-cache-")
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
   import atexit
   import shutil
+
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 
 # torch must load before TensorFlow in one process, or the interpreter segfaults

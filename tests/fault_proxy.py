@@ -22,8 +22,16 @@ import threading
 import time
 
 _STATUS = {"unavailable": 503, "rate_limited": 429}
-_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
-        "content-length"}
+_HOP = {
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "te",
+  "trailer",
+  "upgrade",
+  "content-length",
+}
 
 
 class FaultProxy:
@@ -60,7 +68,9 @@ class FaultProxy:
         body = self._body()
         fault = proxy._draw()
         if fault in _STATUS:
-          err = json.dumps({"error": {"code": _STATUS[fault], "message": "injected by the fault proxy"}}).encode()
+          err = json.dumps(
+            {"error": {"code": _STATUS[fault], "message": "injected by the fault proxy"}}
+          ).encode()
           self.send_response(_STATUS[fault])
           self.send_header("Content-Type", "application/json")
           self.send_header("Content-Length", str(len(err)))
@@ -134,7 +144,12 @@ class FaultProxy:
       if conn is None:
         conn = self._local.conn = http.client.HTTPConnection(self.upstream, timeout=120)
       try:
-        conn.request(method, path, body=body, headers={k: v for k, v in headers.items() if k.lower() not in _HOP})
+        conn.request(
+          method,
+          path,
+          body=body,
+          headers={k: v for k, v in headers.items() if k.lower() not in _HOP},
+        )
         r = conn.getresponse()
         return r.status, r.reason, r.getheaders(), r.read()
       except (http.client.HTTPException, OSError):

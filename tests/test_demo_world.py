@@ -23,13 +23,29 @@ def _files(d):
 def test_byte_identical_for_a_seed(tmp_path):
   a, b, c = (str(tmp_path / n) for n in "abc")
   for d, seed in ((a, 3), (b, 3), (c, 4)):
-    subprocess.run([sys.executable, "launch/make_demo_data.py", "--output_dir", d, "--num_train", "40",
-                    "--num_eval", "5", "--seed", str(seed)], check=True, capture_output=True)
+    subprocess.run(
+      [
+        sys.executable,
+        "launch/make_demo_data.py",
+        "--output_dir",
+        d,
+        "--num_train",
+        "40",
+        "--num_eval",
+        "5",
+        "--seed",
+        str(seed),
+      ],
+      check=True,
+      capture_output=True,
+    )
   assert _files(a) == _files(b)
   _, mismatch, errors = filecmp.cmpfiles(a, b, _files(a), shallow=False)
   assert not mismatch and not errors
-  assert open(f"{a}/train/demo-00000-of-00004.tfrecord", "rb").read() != open(
-      f"{c}/train/demo-00000-of-00004.tfrecord", "rb").read()
+  assert (
+    open(f"{a}/train/demo-00000-of-00004.tfrecord", "rb").read()
+    != open(f"{c}/train/demo-00000-of-00004.tfrecord", "rb").read()
+  )
 
 
 def _obj(color, shape, row, col, size="small"):
@@ -52,7 +68,11 @@ def test_the_scene_graph_check_rejects_false_negatives():
   # A colour replacement that the third, unnamed object already makes true of x: rejected.
   x3 = x + [_obj("blue", "circle", 2, 2)]
   y_rep = _cap(("blue", "circle", None), ("blue", "square", None))
-  x3_neg = [_obj("blue", "circle", 0, 0), _obj("blue", "square", 0, 2), _obj("blue", "circle", 2, 2)]
+  x3_neg = [
+    _obj("blue", "circle", 0, 0),
+    _obj("blue", "square", 0, 2),
+    _obj("blue", "circle", 2, 2),
+  ]
   assert not dw.check_triplet(x3, y, x3_neg, y_rep)
   # A genuine binding negative passes: swap the colours.
   x_swap = [_obj("blue", "circle", 0, 0), _obj("red", "square", 0, 2)]
@@ -90,22 +110,37 @@ def test_heldout_split_is_a_latin_square_and_never_trained_on(tmp_path):
   held = CFG.heldout()
   n = len(CFG.colors)
   assert len(held) == n * len(CFG.heldout_symbols)
-  assert all(sum((c, s) in held for s in CFG.shapes) == len(CFG.heldout_symbols) for c in CFG.colors)
-  assert all(sum((c, s) in held for c in CFG.colors) == len(CFG.heldout_symbols) for s in CFG.shapes)
+  assert all(
+    sum((c, s) in held for s in CFG.shapes) == len(CFG.heldout_symbols) for c in CFG.colors
+  )
+  assert all(
+    sum((c, s) in held for c in CFG.colors) == len(CFG.heldout_symbols) for s in CFG.shapes
+  )
   seen = set(CFG.pairings(heldout_ok=False))
   assert {c for c, _ in seen} == set(CFG.colors) and {s for _, s in seen} == set(CFG.shapes)
   rng = np.random.default_rng(1)
-  for _ in range(300):  # no held-out pairing in any training scene, positive or negative, named or not
+  for _ in range(
+    300
+  ):  # no held-out pairing in any training scene, positive or negative, named or not
     t = dw.make_triplet(CFG, rng, dw.sample_edit(CFG, rng))
     assert all((o.color, o.shape) in seen for o in t["scene"] + t["neg_scene"])
   out = dw.write_demo_data(str(tmp_path), num_train=60, num_eval=30, seed=0, cfg=CFG)
   assert out["train"] == 60 and sum(out["train_edit_mix"].values()) == 60
-  texts = [(records.decode_example(r)["caption"] + b" " + records.decode_example(r)["neg_caption"]).decode()
-           for p in records.resolve_shards(str(tmp_path / "train")) for r in records.iter_records(p)]
+  texts = [
+    (
+      records.decode_example(r)["caption"] + b" " + records.decode_example(r)["neg_caption"]
+    ).decode()
+    for p in records.resolve_shards(str(tmp_path / "train"))
+    for r in records.iter_records(p)
+  ]
   assert len(texts) == 60 and not any(f"{c} {s}" in t for t in texts for c, s in held)
   world = json.load(open(tmp_path / "world.json"))
-  assert dw.WorldConfig.from_dict({k: v for k, v in world["world"].items()
-                                   if k not in ("seed", "heldout_pairings")}) == CFG
+  assert (
+    dw.WorldConfig.from_dict(
+      {k: v for k, v in world["world"].items() if k not in ("seed", "heldout_pairings")}
+    )
+    == CFG
+  )
 
 
 @pytest.mark.parametrize("subset", dw.SUBSETS)
@@ -143,7 +178,13 @@ def test_generator_defaults_are_the_demo_config():
   # launch/make_demo_data.py uses WorldConfig's defaults, the trainer uses configs/demo.py: one world.
   import inspect
   from tripletclip_jax.train.config import load_config_file
-  c = load_config_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py"))
+
+  c = load_config_file(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
+  )
   assert dw.WorldConfig.from_dict(c.data.demo_world) == dw.WorldConfig()
   defaults = inspect.signature(dw.write_demo_data).parameters
-  assert (defaults["num_train"].default, defaults["num_eval"].default) == (c.data.demo_num_train, c.data.demo_num_eval)
+  assert (defaults["num_train"].default, defaults["num_eval"].default) == (
+    c.data.demo_num_train,
+    c.data.demo_num_eval,
+  )

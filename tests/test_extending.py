@@ -25,6 +25,7 @@ from test_trainer import data_dir, small_config  # noqa: E402, F401 - the shared
 # ---- A loss: the module, and its registry line.
 def margin(e, p, mesh=None):
   import jax.numpy as jnp
+
   pos = jnp.sum(e["img"] * e["txt"], axis=1)
   neg = jnp.sum(e["img"] * e["neg_txt"], axis=1)
   loss = jnp.mean(jnp.maximum(0.0, 0.2 - pos + neg))
@@ -32,10 +33,14 @@ def margin(e, p, mesh=None):
 
 
 def test_a_loss(monkeypatch, data_dir, tmp_path):
-  monkeypatch.setitem(losses.REGISTRY, "margin", losses.Loss("margin", margin, neg_texts=True, params=()))
+  monkeypatch.setitem(
+    losses.REGISTRY, "margin", losses.Loss("margin", margin, neg_texts=True, params=())
+  )
   config = small_config(data_dir, loss="margin", total_steps=2, compute_matched=True)
   exp = build(config)
-  assert exp.loss.batch_keys == ("image", "text", "neg_text") and "logit_scale" not in exp.state.params
+  assert (
+    exp.loss.batch_keys == ("image", "text", "neg_text") and "logit_scale" not in exp.state.params
+  )
   assert exp.total_steps == round(2 * 2 / 1.5)  # matched to TripletCLIP's image-text pairs
   with config.unlocked():
     config.export_hf_dir = "hf"
@@ -58,6 +63,7 @@ def test_an_evaluator(monkeypatch, tmp_path):
   evs = evaluate.build({"mybench": dict(type="mybench", data_dir=str(tmp_path), every_steps=2000)})
   cfg = PRESETS["demo"]
   from tiny_models import clip_params
+
   out = evaluate.run(Model(cfg, clip_params(cfg)), evs)
   assert out == {"eval/mybench/self_similarity": pytest.approx(100.0), "eval/mybench/n": 2}
   assert evaluate.option_types("mybench") == {"data_dir": (str, None), "batch_size": (int, 8)}
@@ -65,13 +71,27 @@ def test_an_evaluator(monkeypatch, tmp_path):
 
 # ---- A model preset: one entry.
 def test_a_preset(monkeypatch, data_dir):
-  monkeypatch.setitem(PRESETS, "mini", CLIPConfig(embed_dim=32, vision=VisionConfig(image_size=48, patch_size=16,
-                                                                                      width=64, layers=1, heads=2),
-                                                  text=TextConfig(context_length=24, width=64, layers=1, heads=2)))
-  exp = build(small_config(data_dir, **{"model.preset": "mini"}), devices=jax.devices()[:2], abstract=True)
-  assert exp.model_config.vision.width == 64 and exp.flops_per_example == 3 * 2 * forward_flops(exp.model_config)["pair"]
+  monkeypatch.setitem(
+    PRESETS,
+    "mini",
+    CLIPConfig(
+      embed_dim=32,
+      vision=VisionConfig(image_size=48, patch_size=16, width=64, layers=1, heads=2),
+      text=TextConfig(context_length=24, width=64, layers=1, heads=2),
+    ),
+  )
+  exp = build(
+    small_config(data_dir, **{"model.preset": "mini"}), devices=jax.devices()[:2], abstract=True
+  )
+  assert (
+    exp.model_config.vision.width == 64
+    and exp.flops_per_example == 3 * 2 * forward_flops(exp.model_config)["pair"]
+  )
   from tripletclip_jax.interop import hf
-  assert hf.config_from_hf_dict(hf.config_to_hf(exp.model_config, 2.0).to_dict()) == exp.model_config
+
+  assert (
+    hf.config_from_hf_dict(hf.config_to_hf(exp.model_config, 2.0).to_dict()) == exp.model_config
+  )
 
 
 # ---- A parameter group: no code, config keys only.
@@ -80,7 +100,9 @@ def test_a_parameter_group(data_dir, tmp_path):
   from tripletclip_jax import sharding
 
   def first_delta(name, **over):
-    exp = build(small_config(data_dir, **{"optimizer.warmup_steps": 0, **over}), str(tmp_path / name))
+    exp = build(
+      small_config(data_dir, **{"optimizer.warmup_steps": 0, **over}), str(tmp_path / name)
+    )
     batch = {k: v for k, v in next(exp.train_data).items() if k not in ("key", "bad_counts")}
     before = jax.device_get(exp.state.params)
     state, _ = exp.train_step(exp.state, sharding.put_batch(batch, exp.mesh))
@@ -101,7 +123,9 @@ class B64LinesSource:
   """Each line of a `.b64lines` file is one base64 tf.train.Example."""
 
   def __init__(self, paths):
-    self.rows = [(os.path.basename(p), i, line) for p in paths for i, line in enumerate(open(p).read().split())]
+    self.rows = [
+      (os.path.basename(p), i, line) for p in paths for i, line in enumerate(open(p).read().split())
+    ]
 
   def __len__(self):
     return len(self.rows)
@@ -112,10 +136,14 @@ class B64LinesSource:
 
 
 def test_a_data_format(monkeypatch, data_dir, tmp_path):
-  monkeypatch.setattr(formats, "FORMATS", formats.FORMATS + (formats.Format("b64lines", ".b64lines", B64LinesSource),))
+  monkeypatch.setattr(
+    formats, "FORMATS", formats.FORMATS + (formats.Format("b64lines", ".b64lines", B64LinesSource),)
+  )
   for path in records.resolve_shards(os.path.join(data_dir, "train")):
     name = os.path.basename(path).replace(".tfrecord", ".b64lines")
-    (tmp_path / name).write_text("\n".join(base64.b64encode(p).decode() for p in records.iter_records(path)))
+    (tmp_path / name).write_text(
+      "\n".join(base64.b64encode(p).decode() for p in records.iter_records(path))
+    )
   kw = dict(batch_size=8, image_size=48, context_length=24, seed=3, num_workers=0)
   ours = pipeline.make_dataset(str(tmp_path), **kw)
   ref = pipeline.make_dataset(os.path.join(data_dir, "train"), **kw)

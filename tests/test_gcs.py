@@ -36,8 +36,9 @@ def test_train_kill_resume_export_and_load_in_a_bucket(faults, data_dir, tmp_pat
   assert p.returncode == 0, err[-3000:]
 
   remote = f"{bucket}/run"
-  args = [a for a in args if not a.startswith("--config.data.demo_data_dir")] + \
-      [f"--config.data.demo_data_dir={bucket}/data"]
+  args = [a for a in args if not a.startswith("--config.data.demo_data_dir")] + [
+    f"--config.data.demo_data_dir={bucket}/data"
+  ]
   if faults:
     p = _main(remote, *args, "--config.stop_after_steps=2", env=env)
     out, err = p.communicate(timeout=600)
@@ -45,15 +46,20 @@ def test_train_kill_resume_export_and_load_in_a_bucket(faults, data_dir, tmp_pat
   p = _main(remote, *args, env=env)
   t = time.time()
   # Orbax's commit marker on a bucket; with faults, the first object of checkpoint 4 (mid-checkpoint)
-  started = lambda: fileio.glob(f"{remote}/checkpoints/4*/*") if faults else \
-      fileio.exists(f"{remote}/checkpoints/4/commit_success.txt")
+  started = lambda: (
+    fileio.glob(f"{remote}/checkpoints/4*/*")
+    if faults
+    else fileio.exists(f"{remote}/checkpoints/4/commit_success.txt")
+  )
   while not started():
     assert p.poll() is None, p.communicate()[1][-3000:]
     assert time.time() - t < 300, "no checkpoint 4 in the bucket"
     time.sleep(0.1)
   p.kill()
   p.wait()
-  p = _main(remote, *args, env=env)  # resumes from step 4 (2 with faults, unless 4 was committed) in the bucket
+  p = _main(
+    remote, *args, env=env
+  )  # resumes from step 4 (2 with faults, unless 4 was committed) in the bucket
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err[-3000:]
   assert ("Resumed from step" if faults else "Resumed from step 4") in out
@@ -61,38 +67,71 @@ def test_train_kill_resume_export_and_load_in_a_bucket(faults, data_dir, tmp_pat
 
   leftovers = lambda: set(glob.glob(os.path.join(tempfile.gettempdir(), "tripletclip-hf-*")))
   before = leftovers()
-  r = subprocess.run([sys.executable, "launch/export_hf.py", "--workdir", remote, "--output_dir", f"{bucket}/hf"],
-                     env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+  r = subprocess.run(
+    [sys.executable, "launch/export_hf.py", "--workdir", remote, "--output_dir", f"{bucket}/hf"],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
-  hf, ckpt, on_disk = (tc.load(m).encode_texts(["a red circle"]) for m in (f"{bucket}/hf", remote, local))
+  hf, ckpt, on_disk = (
+    tc.load(m).encode_texts(["a red circle"]) for m in (f"{bucket}/hf", remote, local)
+  )
   assert np.abs(hf - ckpt).max() < 1e-5 and np.array_equal(ckpt, on_disk)
-  r = subprocess.run([sys.executable, "launch/eval.py", "--model", f"{bucket}/hf", "--tasks", "sugarcrepe",
-                      "--sugarcrepe_dir", f"{bucket}/data/sugarcrepe", "--output", f"{bucket}/eval/results.json"],
-                     env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "launch/eval.py",
+      "--model",
+      f"{bucket}/hf",
+      "--tasks",
+      "sugarcrepe",
+      "--sugarcrepe_dir",
+      f"{bucket}/data/sugarcrepe",
+      "--output",
+      f"{bucket}/eval/results.json",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+  )
   assert r.returncode == 0 and "sugarcrepe: " in r.stdout, r.stderr[-3000:]
   assert {"results.json", "results.md"} <= set(fileio.listdir(f"{bucket}/eval"))
-  assert leftovers() == before  # tc.load and eval.py --model gs://... removed their local copies of the model
+  assert (
+    leftovers() == before
+  )  # tc.load and eval.py --model gs://... removed their local copies of the model
   assert {"checkpoints", "metrics.jsonl", "tensorboard"} <= set(fileio.listdir(remote))
 
 
 def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_dead_one(bucket, monkeypatch):
   from tripletclip_jax.train import workdir_lock
+
   bucket, env = bucket
   w = f"{bucket}/locked"
   with workdir_lock.WorkdirLock(w):
-    with pytest.raises(workdir_lock.WorkdirBusy, match=rf"{w} is in use by another trainer \(pid {os.getpid()} on "):
+    with pytest.raises(
+      workdir_lock.WorkdirBusy, match=rf"{w} is in use by another trainer \(pid {os.getpid()} on "
+    ):
       workdir_lock.WorkdirLock(w).__enter__()
   assert not fileio.exists(f"{w}/{workdir_lock.LOCK_FILE}")  # released on exit
 
   def holder(**kw):
     h = {**workdir_lock._holder(), "token": "other", "heartbeat": time.time(), **kw}
     fileio.write_bytes(f"{w}/{workdir_lock.LOCK_FILE}", json.dumps(h).encode())
+
   dead = subprocess.Popen(["true"])
   dead.wait()
   holder(host="another-vm")  # alive elsewhere, fresh heartbeat: refused
   with pytest.raises(workdir_lock.WorkdirBusy, match="on another-vm"):
     workdir_lock.WorkdirLock(w).__enter__()
-  for stale in (dict(pid=dead.pid), dict(host="another-vm", heartbeat=time.time() - 2 * workdir_lock.STALE_S)):
+  for stale in (
+    dict(pid=dead.pid),
+    dict(host="another-vm", heartbeat=time.time() - 2 * workdir_lock.STALE_S),
+  ):
     holder(**stale)  # a dead process on this host, or a heartbeat long gone: taken over
     with workdir_lock.WorkdirLock(w):
       assert json.loads(fileio.read_bytes(f"{w}/{workdir_lock.LOCK_FILE}"))["pid"] == os.getpid()
@@ -102,6 +141,7 @@ def test_two_trainers_starting_at_once_get_exactly_one_bucket_lock(bucket):
   """The lock object is created with ifGenerationMatch=0: of two takers at the same instant, one wins."""
   import threading
   from tripletclip_jax.train import workdir_lock
+
   bucket, _ = bucket
   for round_ in range(20):
     w, start, results = f"{bucket}/race{round_}", threading.Barrier(2), []
@@ -116,6 +156,7 @@ def test_two_trainers_starting_at_once_get_exactly_one_bucket_lock(bucket):
         results.append("won")
       except workdir_lock.WorkdirBusy:
         results.append("busy")
+
     threads = [threading.Thread(target=take, args=(lock,)) for lock in locks]
     for t in threads:
       t.start()
@@ -132,6 +173,7 @@ def test_a_holder_whose_heartbeats_fail_loses_the_lock_and_stops(faulty_gcs, mon
   a second trainer takes the lock over (at the generation it read), and when the bucket answers again the first
   one's next heartbeat fails its precondition: it marks the lock lost, and the trainer stops at its next save."""
   from tripletclip_jax.train import loop, workdir_lock
+
   url, env, proxy = faulty_gcs
   monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.3)
   monkeypatch.setattr(workdir_lock, "STALE_S", 1.5)
@@ -139,7 +181,9 @@ def test_a_holder_whose_heartbeats_fail_loses_the_lock_and_stops(faulty_gcs, mon
   _point_clients_at(env, monkeypatch)  # the holder talks through the proxy ...
   holder = workdir_lock.WorkdirLock(w)
   holder.__enter__()
-  monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{proxy.upstream}")  # ... the newcomer does not
+  monkeypatch.setenv(
+    "STORAGE_EMULATOR_HOST", f"http://{proxy.upstream}"
+  )  # ... the newcomer does not
   newcomer = workdir_lock.WorkdirLock(w)
   with pytest.raises(workdir_lock.WorkdirBusy):
     newcomer.__enter__()  # a live holder
@@ -160,25 +204,39 @@ def test_a_holder_whose_heartbeats_fail_loses_the_lock_and_stops(faulty_gcs, mon
   while holder.lost is None:
     assert time.time() - t < 30, "the holder never noticed"
     time.sleep(0.1)
-  assert holder.lost["token"] == newcomer._info["token"] and "was taken over by another trainer" in caplog.text
-  with pytest.raises(ValueError, match=r"taken over by another trainer .* last complete checkpoint \(step 4\) is "
-                     "intact"):
+  assert (
+    holder.lost["token"] == newcomer._info["token"]
+    and "was taken over by another trainer" in caplog.text
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"taken over by another trainer .* last complete checkpoint \(step 4\) is "
+    "intact",
+  ):
     loop.check_lock(holder, w, 4)
   holder.__exit__(None, None, None)  # leaves the newcomer's lock alone
-  assert json.loads(fileio.read_bytes(f"{w}/{workdir_lock.LOCK_FILE}"))["token"] == newcomer._info["token"]
+  assert (
+    json.loads(fileio.read_bytes(f"{w}/{workdir_lock.LOCK_FILE}"))["token"]
+    == newcomer._info["token"]
+  )
   newcomer.__exit__(None, None, None)
 
 
-def test_a_damaged_checkpoint_in_a_bucket_falls_back_and_the_run_finishes(bucket, data_dir, tmp_path, capfd):
+def test_a_damaged_checkpoint_in_a_bucket_falls_back_and_the_run_finishes(
+  bucket, data_dir, tmp_path, capfd
+):
   """A bucket has no rename: the damaged checkpoint must be moved whole, or the next save of its step fails
   ("already exists"). The resumed run saves that step again and ends as an uninterrupted local run does."""
   from test_checkpoint import _flip
   from tripletclip_jax.train.loop import train_and_evaluate
+
   bucket, _ = bucket
   cfg = dict(total_steps=6, checkpoint_every_steps=2, eval_every_steps=100)
   local, remote = str(tmp_path / "local"), f"{bucket}/fallback"
   train_and_evaluate(small_config(data_dir, **cfg), local)
-  train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), remote)  # checkpoints 2 and 4
+  train_and_evaluate(
+    small_config(data_dir, stop_after_steps=4, **cfg), remote
+  )  # checkpoints 2 and 4
   state = f"{remote}/checkpoints/4/state"
   fs = fileio.fsspec_fs(state)
   victim = "gs://" + max(fs.find(state), key=fs.size)  # the largest object: an OCDBT data file
@@ -199,9 +257,16 @@ def test_an_unreachable_checkpoint_endpoint_is_one_line(bucket, data_dir, tmp_pa
   of silent retries followed by hundreds of lines."""
   bucket, env = bucket
   t = time.time()
-  p = _main(f"{bucket}/unreachable", *_cli_overrides(data_dir), env=dict(env, TENSORSTORE_GCS_HTTP_URL="http://127.0.0.1:9"))
+  p = _main(
+    f"{bucket}/unreachable",
+    *_cli_overrides(data_dir),
+    env=dict(env, TENSORSTORE_GCS_HTTP_URL="http://127.0.0.1:9"),
+  )
   out, err = p.communicate(timeout=240)
-  lines = [l for l in err.splitlines() if l.startswith("error:")]
+  lines = [line for line in err.splitlines() if line.startswith("error:")]
   assert p.returncode == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
-  assert f"Cannot reach {bucket}/unreachable through tensorstore" in lines[0] and "127.0.0.1:9" in lines[0]
+  assert (
+    f"Cannot reach {bucket}/unreachable through tensorstore" in lines[0]
+    and "127.0.0.1:9" in lines[0]
+  )
   assert time.time() - t < 120

@@ -29,41 +29,85 @@ def test_converted_and_generated_data_go_straight_to_a_bucket(faults, tmp_path, 
   from test_negatives import _inputs
   from tiny_models import make_tiny_llm, make_tiny_t2i
   from tripletclip_jax.data import records
+
   bucket, env = request.getfixturevalue("faulty_bucket" if faults else "bucket")
   bucket = f"{bucket}/{'faults' if faults else 'clean'}"  # one server for the module: a folder each
   (tmp_path / "wds").mkdir()
   _write_tar(tmp_path / "wds" / "a.tar", 5)
   _write_tar(tmp_path / "wds" / "b.tar", 4, start=5, broken=True)
   fileio.upload(str(tmp_path / "wds"), f"{bucket}/wds")
-  cmd = [sys.executable, "launch/convert_wds.py", "--input", f"{bucket}/wds/*.tar", "--output_dir",
-         f"{bucket}/converted", "--num_workers", "2"]
+  cmd = [
+    sys.executable,
+    "launch/convert_wds.py",
+    "--input",
+    f"{bucket}/wds/*.tar",
+    "--output_dir",
+    f"{bucket}/converted",
+    "--num_workers",
+    "2",
+  ]
   r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-  assert r.returncode == 0 and "skipped 1 incomplete samples" in r.stdout and "examples=8" in r.stdout, r.stderr
-  keys = [records.decode_example(p)["key"] for s in records.resolve_shards(f"{bucket}/converted")
-          for p in records.iter_records(s)]
+  assert (
+    r.returncode == 0 and "skipped 1 incomplete samples" in r.stdout and "examples=8" in r.stdout
+  ), r.stderr
+  keys = [
+    records.decode_example(p)["key"]
+    for s in records.resolve_shards(f"{bucket}/converted")
+    for p in records.iter_records(s)
+  ]
   assert keys == [f"{i:06d}".encode() for i in range(9) if i != 5]
   r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert "2 already converted; converting 0" in r.stdout, r.stderr
 
   llm, t2i = make_tiny_llm(str(tmp_path / "llm")), make_tiny_t2i(str(tmp_path / "t2i"))
   (tmp_path / "in").mkdir()
-  _inputs(tmp_path / "in", n=10, bad=True)  # a table with relative image paths, two bad rows, one missing image
+  _inputs(
+    tmp_path / "in", n=10, bad=True
+  )  # a table with relative image paths, two bad rows, one missing image
   fileio.upload(str(tmp_path / "in"), f"{bucket}/in")
-  cmd = [sys.executable, "launch/make_negatives.py", "--input", f"{bucket}/in/in.jsonl", "--output_dir",
-         f"{bucket}/negatives", "--staging_dir", str(tmp_path / "staging"), "--llm", llm, "--t2i", t2i,
-         "--image_size", "32", "--batch_size", "4", "--chunk_size", "8", "--max_new_tokens", "12"]
+  cmd = [
+    sys.executable,
+    "launch/make_negatives.py",
+    "--input",
+    f"{bucket}/in/in.jsonl",
+    "--output_dir",
+    f"{bucket}/negatives",
+    "--staging_dir",
+    str(tmp_path / "staging"),
+    "--llm",
+    llm,
+    "--t2i",
+    t2i,
+    "--image_size",
+    "32",
+    "--batch_size",
+    "4",
+    "--chunk_size",
+    "8",
+    "--max_new_tokens",
+    "12",
+  ]
   r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-  assert r.returncode == 0 and "records=10" in r.stdout and "input_skipped=3" in r.stdout, r.stderr[-3000:]
-  assert sorted(os.listdir(tmp_path / "staging" / "captions")) == ["chunk-00000.jsonl", "chunk-00001.jsonl"]
+  assert r.returncode == 0 and "records=10" in r.stdout and "input_skipped=3" in r.stdout, r.stderr[
+    -3000:
+  ]
+  assert sorted(os.listdir(tmp_path / "staging" / "captions")) == [
+    "chunk-00000.jsonl",
+    "chunk-00001.jsonl",
+  ]
   listing = fileio.listdir(f"{bucket}/negatives")
-  assert "manifest.json" in listing and "negatives-00001-of-00002.tfrecord.summary.json" in listing, listing
+  assert (
+    "manifest.json" in listing and "negatives-00001-of-00002.tfrecord.summary.json" in listing
+  ), listing
   manifest = json.loads(fileio.read_bytes(f"{bucket}/negatives/manifest.json"))
   assert [s["num_examples"] for s in manifest["shards"]] == [8, 2]
   r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert "has 2, 2 already done" in r.stdout and "records=0" in r.stdout, r.stderr[-3000:]
 
 
-_POD_ARGS = dict(total_steps=6, checkpoint_every_steps=100, log_every_steps=1, preempted_exit_code=75)
+_POD_ARGS = dict(
+  total_steps=6, checkpoint_every_steps=100, log_every_steps=1, preempted_exit_code=75
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +119,9 @@ def one_process(data_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
-def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(faults, data_dir, one_process, request):
+def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(
+  faults, data_dir, one_process, request
+):
   """Clean and through the fault proxy (5% of requests fail), 4 processes x 2 devices share a workdir and read
   their slices of the data, both in the bucket: SIGTERM to every process (each at its own moment) leaves one
   checkpoint at a step they agreed on; the restart finishes the run, whose losses and evaluation (each process
@@ -85,8 +131,9 @@ def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(faults, dat
   fileio.upload(data_dir, f"{bucket}/poddata")
   args = _cli_overrides(data_dir, **_POD_ARGS)
   one, pod = one_process, f"{bucket}/pod"
-  args = [a for a in args if not a.startswith("--config.data.demo_data_dir")] + \
-      [f"--config.data.demo_data_dir={bucket}/poddata"]
+  args = [a for a in args if not a.startswith("--config.data.demo_data_dir")] + [
+    f"--config.data.demo_data_dir={bucket}/poddata"
+  ]
   procs = _pod(pod, args, env=env)
   for line in procs[0].stdout:  # training is under way: step 2 is logged
     if line.startswith("[step 2]"):
@@ -103,13 +150,20 @@ def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(faults, dat
   want, got = read_metrics(one), read_metrics(pod)
   assert sorted(s for s in got if "loss" in got[s]) == list(range(1, 7))
   for s in range(1, 7):
-    np.testing.assert_allclose(_losses(pod)[s], _losses(one)[s], rtol=1e-5, atol=1e-6, err_msg=f"step {s}")
+    np.testing.assert_allclose(
+      _losses(pod)[s], _losses(one)[s], rtol=1e-5, atol=1e-6, err_msg=f"step {s}"
+    )
   evals = {k: v for k, v in want[6].items() if k.startswith("eval/")}
   assert evals["eval/sugarcrepe_heldout/n"] > 0 and evals["eval/triplet_heldout/n"] > 0
   # Equal counts `n` too: each process scored only its slice (all of it on every process would count 4x).
   assert {k: got[6][k] for k in evals} == pytest.approx(evals, abs=1e-6)
   # The pod's checkpoint loads in one process with one device (its checksums are verified on the way).
   code = f"import jax, tripletclip_jax as tc; assert jax.device_count() == 1; tc.load({pod!r}); print('loaded')"
-  r = subprocess.run([sys.executable, "-c", code], env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
-                     capture_output=True, text=True, timeout=300)
+  r = subprocess.run(
+    [sys.executable, "-c", code],
+    env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]

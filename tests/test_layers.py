@@ -16,7 +16,11 @@ def _imports(path: str):
   """(line, top-level subpackage or module of tripletclip_jax) of every import in `path`, at any depth."""
   tree = ast.parse(open(path).read(), path)
   for node in ast.walk(tree):
-    if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tripletclip_jax":
+    if (
+      isinstance(node, ast.ImportFrom)
+      and node.module
+      and node.module.split(".")[0] == "tripletclip_jax"
+    ):
       parts = node.module.split(".")
       if len(parts) > 1:
         yield node.lineno, parts[1]
@@ -31,10 +35,19 @@ def _imports(path: str):
 
 def test_every_module_is_in_a_layer():
   layer = _layer_of()
-  top = {n.removesuffix(".py") for n in os.listdir(ROOT) if not n.startswith(("_", ".")) and
-         (n.endswith(".py") or os.path.isdir(os.path.join(ROOT, n, "")) and
-          os.path.exists(os.path.join(ROOT, n, "__init__.py")))}
-  assert top == set(layer), f"add {sorted(top - set(layer))} to tripletclip_jax.LAYERS; drop {sorted(set(layer) - top)}"
+  top = {
+    n.removesuffix(".py")
+    for n in os.listdir(ROOT)
+    if not n.startswith(("_", "."))
+    and (
+      n.endswith(".py")
+      or os.path.isdir(os.path.join(ROOT, n, ""))
+      and os.path.exists(os.path.join(ROOT, n, "__init__.py"))
+    )
+  }
+  assert top == set(layer), (
+    f"add {sorted(top - set(layer))} to tripletclip_jax.LAYERS; drop {sorted(set(layer) - top)}"
+  )
 
 
 def test_no_import_runs_upward():
@@ -51,12 +64,16 @@ def test_no_import_runs_upward():
         continue  # the package's own lazy `load` reaches its top on purpose
       for line, target in _imports(path):
         if target in layer and layer[target] > layer[here]:
-          upward.append(f"{rel}:{line} ({here}, layer {layer[here]}) imports {target} (layer {layer[target]})")
+          upward.append(
+            f"{rel}:{line} ({here}, layer {layer[here]}) imports {target} (layer {layer[target]})"
+          )
   assert not upward, "\n".join(upward)
 
 
 def test_the_check_sees_an_upward_import(tmp_path):
   """The walk above finds imports inside functions too: a planted one is caught."""
   planted = tmp_path / "m.py"
-  planted.write_text("def f():\n  from tripletclip_jax.train import loop\n  import tripletclip_jax.demo.world\n")
+  planted.write_text(
+    "def f():\n  from tripletclip_jax.train import loop\n  import tripletclip_jax.demo.world\n"
+  )
   assert list(_imports(str(planted))) == [(2, "train"), (3, "demo")]

@@ -50,22 +50,26 @@ def ref_negsiglip(x, y, yn, s, b):
 
 
 REFS = {  # name -> f(x, y, x', y', s, b) in float64
-    "clip": lambda a, b_, c, d, s, b: ref_clip(a, b_, s),
-    "clip_union": lambda a, b_, c, d, s, b: ref_clip(a, b_, s),  # same formula; its batches differ
-    "negclip": lambda a, b_, c, d, s, b: ref_negclip(a, b_, d, s),
-    "negimage": lambda a, b_, c, d, s, b: ref_negimage(a, b_, c, s),
-    "tripletclip": lambda a, b_, c, d, s, b: ref_triplet(a, b_, c, d, s),
-    "siglip": lambda a, b_, c, d, s, b: ref_negsiglip(a, b_, None, s, b),
-    "negsiglip": lambda a, b_, c, d, s, b: ref_negsiglip(a, b_, d, s, b),
-    "tripletsiglip": lambda a, b_, c, d, s, b: ref_negsiglip(a, b_, d, s, b) + ref_negsiglip(c, d, b_, s, b),
+  "clip": lambda a, b_, c, d, s, b: ref_clip(a, b_, s),
+  "clip_union": lambda a, b_, c, d, s, b: ref_clip(a, b_, s),  # same formula; its batches differ
+  "negclip": lambda a, b_, c, d, s, b: ref_negclip(a, b_, d, s),
+  "negimage": lambda a, b_, c, d, s, b: ref_negimage(a, b_, c, s),
+  "tripletclip": lambda a, b_, c, d, s, b: ref_triplet(a, b_, c, d, s),
+  "siglip": lambda a, b_, c, d, s, b: ref_negsiglip(a, b_, None, s, b),
+  "negsiglip": lambda a, b_, c, d, s, b: ref_negsiglip(a, b_, d, s, b),
+  "tripletsiglip": lambda a, b_, c, d, s, b: (
+    ref_negsiglip(a, b_, d, s, b) + ref_negsiglip(c, d, b_, s, b)
+  ),
 }
 
 
 def _registered(name, mesh=None):
   """f(x, y, x', y', s, b) through the registry (which stores the log of s)."""
+
   def f(x, y, xn, yn, s, b):
     p = {"logit_scale": jnp.log(s), "logit_bias": b}
     return losses.get(name)({"img": x, "txt": y, "neg_img": xn, "neg_txt": yn}, p, mesh)[0]
+
   return f
 
 
@@ -83,10 +87,10 @@ def test_losses_match_numpy(n):
   x, y, xn, yn = _embeds(n, 12, n)
   s = 14.285
   cases = [
-      (softmax.clip_loss(x, y, s), ref_clip(x, y, s)),
-      (softmax.negclip_loss(x, y, yn, s), ref_negclip(x, y, yn, s)),
-      (softmax.negimage_loss(x, y, xn, s), ref_negimage(x, y, xn, s)),
-      (softmax.tripletclip_loss(x, y, xn, yn, s), ref_triplet(x, y, xn, yn, s)),
+    (softmax.clip_loss(x, y, s), ref_clip(x, y, s)),
+    (softmax.negclip_loss(x, y, yn, s), ref_negclip(x, y, yn, s)),
+    (softmax.negimage_loss(x, y, xn, s), ref_negimage(x, y, xn, s)),
+    (softmax.tripletclip_loss(x, y, xn, yn, s), ref_triplet(x, y, xn, yn, s)),
   ]
   for (got, _), want in cases:
     np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=1e-5)

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from tripletclip_jax import losses
-from tripletclip_jax.models import CLIP, forward_flops, get_preset, init_params, train_flops_per_example
+from tripletclip_jax.models import (
+  CLIP,
+  forward_flops,
+  get_preset,
+  init_params,
+  train_flops_per_example,
+)
 
 
 def _count(cfg):
@@ -32,13 +38,22 @@ def test_vit_b32_flops_within_2_percent():
   assert abs(f["image"] / 8.82e9 - 1) < 0.02
   assert abs(f["text"] / 5.96e9 - 1) < 0.02
   # TripletCLIP: two pairs, forward + backward = 3x forward -> about 88.7 GFLOPs.
-  assert abs(train_flops_per_example(get_preset("vit_b32"), losses.get("tripletclip")) / 88.7e9 - 1) < 0.02
-  assert train_flops_per_example(get_preset("vit_b32"), losses.get("clip")) == pytest.approx(3 * f["pair"])
+  assert (
+    abs(train_flops_per_example(get_preset("vit_b32"), losses.get("tripletclip")) / 88.7e9 - 1)
+    < 0.02
+  )
+  assert train_flops_per_example(get_preset("vit_b32"), losses.get("clip")) == pytest.approx(
+    3 * f["pair"]
+  )
 
 
 def test_benchmark_info_prints_params_and_flops():
-  out = subprocess.run([sys.executable, "benchmarks/train_step.py", "--preset", "vit_b32", "--info"],
-                       capture_output=True, text=True, check=True).stdout
+  out = subprocess.run(
+    [sys.executable, "benchmarks/train_step.py", "--preset", "vit_b32", "--info"],
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
   last = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
   assert int(last["params"]) == 151_277_313
   assert abs(float(last["fwd_gflops_per_pair"]) - 14.78) / 14.78 < 0.02
@@ -70,10 +85,14 @@ def test_text_pools_at_first_eot_and_is_causal():
   base = model.apply({"params": params}, text, method=CLIP.encode_text)
   changed = text.copy()
   changed[0, 10] = 123  # after eot: the causal mask hides it from the pooled token
-  np.testing.assert_allclose(model.apply({"params": params}, changed, method=CLIP.encode_text), base, atol=1e-6)
+  np.testing.assert_allclose(
+    model.apply({"params": params}, changed, method=CLIP.encode_text), base, atol=1e-6
+  )
   changed = text.copy()
   changed[0, 2] = 777  # before eot: must matter
-  assert not np.allclose(model.apply({"params": params}, changed, method=CLIP.encode_text), base, atol=1e-4)
+  assert not np.allclose(
+    model.apply({"params": params}, changed, method=CLIP.encode_text), base, atol=1e-4
+  )
 
 
 def test_bf16_and_remat_agree_with_fp32():

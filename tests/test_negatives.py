@@ -20,10 +20,18 @@ from tripletclip_jax.synth.run import Options, run  # noqa: E402
 from tripletclip_jax.synth.validate import rejection, rule_negative  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CAPTIONS = ["a dog sitting to the left of a cat", "two red apples on a wooden table", "a man riding a bike",
-            "a blue car parked next to a tall tree", "a small white boat on a lake", "three birds above a roof",
-            "a woman holding an open umbrella", "a black cat under a chair", "a girl reading a big book",
-            "an old man walking a brown dog"]
+CAPTIONS = [
+  "a dog sitting to the left of a cat",
+  "two red apples on a wooden table",
+  "a man riding a bike",
+  "a blue car parked next to a tall tree",
+  "a small white boat on a lake",
+  "three birds above a roof",
+  "a woman holding an open umbrella",
+  "a black cat under a chair",
+  "a girl reading a big book",
+  "an old man walking a brown dog",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +45,17 @@ def _inputs(d, n=20, bad=False):
   rows = []
   for i in range(n):
     Image.new("RGB", (40, 40), (10 * i % 255, 100, 200)).save(d / "img" / f"{i}.png")
-    rows.append(json.dumps({"key": f"k{i:03d}", "caption": CAPTIONS[i % len(CAPTIONS)], "image": f"img/{i}.png"}))
+    rows.append(
+      json.dumps(
+        {"key": f"k{i:03d}", "caption": CAPTIONS[i % len(CAPTIONS)], "image": f"img/{i}.png"}
+      )
+    )
   if bad:
-    rows += ["{not json", json.dumps({"key": "nocap", "image": "img/0.png"}),
-             json.dumps({"key": "noimg", "caption": "a cat", "image": "img/missing.png"})]
+    rows += [
+      "{not json",
+      json.dumps({"key": "nocap", "image": "img/0.png"}),
+      json.dumps({"key": "noimg", "caption": "a cat", "image": "img/missing.png"}),
+    ]
   path = d / "in.jsonl"
   path.write_text("\n".join(rows) + "\n")
   return str(path)
@@ -48,12 +63,23 @@ def _inputs(d, n=20, bad=False):
 
 def _opts(models, inp, out, **kw):
   llm, t2i = models
-  return Options(input=inp, output_dir=str(out), llm=llm, t2i=t2i, image_size=32, batch_size=4,
-                 image_batch_size=3, chunk_size=8, max_new_tokens=12, **kw)
+  return Options(
+    input=inp,
+    output_dir=str(out),
+    llm=llm,
+    t2i=t2i,
+    image_size=32,
+    batch_size=4,
+    image_batch_size=3,
+    chunk_size=8,
+    max_new_tokens=12,
+    **kw,
+  )
 
 
 def test_prompt_holds_instruction_examples_and_caption(models):
   from transformers import AutoTokenizer
+
   tok = AutoTokenizer.from_pretrained(models[0])
   for t in (tok, type("Plain", (), {"chat_template": None})()):
     text = prompts.render(t, "a red bus near a green house")
@@ -62,10 +88,18 @@ def test_prompt_holds_instruction_examples_and_caption(models):
       assert src in text and dst in text
 
 
-@pytest.mark.parametrize("output,reason", [("", "empty"), ("   ", "empty"), ("A dog left of a cat.", "identical"),
-                                           ("a dog\nand also a cat on the left", "multi_line"),
-                                           ("A dog sitting to the right of a cat on a sofa.", "prompt_echo"),
-                                           ("dog", "length"), ("a " * 40 + "cat", "length")])
+@pytest.mark.parametrize(
+  "output,reason",
+  [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("A dog left of a cat.", "identical"),
+    ("a dog\nand also a cat on the left", "multi_line"),
+    ("A dog sitting to the right of a cat on a sofa.", "prompt_echo"),
+    ("dog", "length"),
+    ("a " * 40 + "cat", "length"),
+  ],
+)
 def test_each_validation_case_is_rejected_and_falls_back(output, reason):
   caption = "a dog left of a cat"
   assert rejection(caption, output) == reason
@@ -91,12 +125,15 @@ def test_end_to_end_shards_feed_the_training_pipeline(models, tmp_path):
       assert r["neg_type"] in (b"replace", b"swap", b"add_att")
   summary = json.load(open(shards[0] + ".summary.json"))
   assert summary["records"] == 8 and sum(summary["rejected_reasons"].values()) >= summary["rule"]
-  batches = list(pipeline.make_dataset(str(out), batch_size=5, image_size=32, context_length=16, train=False))
+  batches = list(
+    pipeline.make_dataset(str(out), batch_size=5, image_size=32, context_length=16, train=False)
+  )
   assert sum(len(b["key"]) for b in batches) == 20
 
 
 def test_same_seed_and_key_give_the_same_image(models):
   from tripletclip_jax.synth.models import Imager
+
   imager = Imager(models[1], size=32, seed=3)
   a = imager(["x1", "x2", "x3"], ["a red car", "a cat", "a tree"])
   b = imager(["x3", "x1"], ["a tree", "a red car"])
@@ -106,8 +143,26 @@ def test_same_seed_and_key_give_the_same_image(models):
 
 def test_kill_and_rerun_gives_one_record_per_key(models, tmp_path):
   inp, out = _inputs(tmp_path, n=24), tmp_path / "out"
-  cmd = [sys.executable, "launch/make_negatives.py", "--input", inp, "--output_dir", str(out), "--llm", models[0],
-         "--t2i", models[1], "--image_size", "32", "--batch_size", "2", "--chunk_size", "8", "--max_new_tokens", "12"]
+  cmd = [
+    sys.executable,
+    "launch/make_negatives.py",
+    "--input",
+    inp,
+    "--output_dir",
+    str(out),
+    "--llm",
+    models[0],
+    "--t2i",
+    models[1],
+    "--image_size",
+    "32",
+    "--batch_size",
+    "2",
+    "--chunk_size",
+    "8",
+    "--max_new_tokens",
+    "12",
+  ]
   p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = out / records.shard_name("negatives", 0, 3)
   t = time.time()
@@ -116,20 +171,38 @@ def test_kill_and_rerun_gives_one_record_per_key(models, tmp_path):
   p.kill()
   p.wait()
   subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
-  keys = [records.decode_example(r)["key"] for s in records.resolve_shards(str(out)) for r in records.iter_records(s)]
+  keys = [
+    records.decode_example(r)["key"]
+    for s in records.resolve_shards(str(out))
+    for r in records.iter_records(s)
+  ]
   assert sorted(keys) == sorted({k for k in keys}) and len(keys) == 24
 
 
 def test_score_stage_and_filter(models, tmp_path):
   from tripletclip_jax.interop import hf
   from tripletclip_jax.models import get_preset
+
   clip_dir = str(tmp_path / "clip")
   hf.export_hf(get_preset("tiny"), clip_params(get_preset("tiny"), 0), clip_dir)
   out = tmp_path / "out"
-  totals = run(_opts(models, _inputs(tmp_path, n=8), out, clip=clip_dir, stages=("captions", "images", "score"),
-                     keep_top=0.5), log=lambda *_: None)
+  totals = run(
+    _opts(
+      models,
+      _inputs(tmp_path, n=8),
+      out,
+      clip=clip_dir,
+      stages=("captions", "images", "score"),
+      keep_top=0.5,
+    ),
+    log=lambda *_: None,
+  )
   assert totals["records"] == 4 and totals["filtered"] == 4
-  rows = [records.decode_example(p) for s in records.resolve_shards(str(out)) for p in records.iter_records(s)]
+  rows = [
+    records.decode_example(p)
+    for s in records.resolve_shards(str(out))
+    for p in records.iter_records(s)
+  ]
   assert all(-1.0 <= r["clip_score"] <= 1.0 for r in rows)
 
 
@@ -137,22 +210,46 @@ def test_clear_errors(models, tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     run(_opts(models, str(tmp_path / "nope.jsonl"), tmp_path / "o"))
   with pytest.raises(ValueError, match="needs --clip"):
-    run(_opts(models, _inputs(tmp_path, n=2), tmp_path / "o", stages=("captions", "images", "score")))
-  r = subprocess.run([sys.executable, "launch/make_negatives.py", "--input", _inputs(tmp_path, n=2), "--output_dir",
-                      str(tmp_path / "o2"), "--llm", str(tmp_path / "missing_llm"), "--t2i", models[1]],
-                     cwd=ROOT, capture_output=True, text=True)
+    run(
+      _opts(models, _inputs(tmp_path, n=2), tmp_path / "o", stages=("captions", "images", "score"))
+    )
+  r = subprocess.run(
+    [
+      sys.executable,
+      "launch/make_negatives.py",
+      "--input",
+      _inputs(tmp_path, n=2),
+      "--output_dir",
+      str(tmp_path / "o2"),
+      "--llm",
+      str(tmp_path / "missing_llm"),
+      "--t2i",
+      models[1],
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
   assert r.returncode != 0 and "missing_llm" in r.stderr.strip().splitlines()[-1]
 
 
 def test_csv_tsv_and_webdataset_inputs(tmp_path):
   import tarfile
   from tripletclip_jax.synth.inputs import read_inputs
+
   Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
-  (tmp_path / "in.csv").write_text('key,caption,image_path\nc1,"a red dot, small",a.png\nc2,,a.png\n')
-  (tmp_path / "in.tsv").write_text("key\tcaption\tfilepath\nt1\ta red dot\ta.png\nt2\ta blue dot\tmissing.png\n")
+  (tmp_path / "in.csv").write_text(
+    'key,caption,image_path\nc1,"a red dot, small",a.png\nc2,,a.png\n'
+  )
+  (tmp_path / "in.tsv").write_text(
+    "key\tcaption\tfilepath\nt1\ta red dot\ta.png\nt2\ta blue dot\tmissing.png\n"
+  )
   with tarfile.open(tmp_path / "w.tar", "w") as tar:
-    for name, data in (("000.jpg", (tmp_path / "a.png").read_bytes()), ("000.txt", b"a red dot"),
-                       ("001.txt", b"caption without image")):
+    for name, data in (
+      ("000.jpg", (tmp_path / "a.png").read_bytes()),
+      ("000.txt", b"a red dot"),
+      ("001.txt", b"caption without image"),
+    ):
       info = tarfile.TarInfo(name)
       info.size = len(data)
       tar.addfile(info, io.BytesIO(data))
@@ -160,20 +257,38 @@ def test_csv_tsv_and_webdataset_inputs(tmp_path):
   items = [it for _, it in entries if isinstance(it, dict)]
   skipped = [(w, it) for w, it in entries if isinstance(it, str)]
   assert [i["key"] for i in items] == ["c1", "t1", "000"]
-  assert items[0]["caption"] == "a red dot, small" and items[0]["image"] == (tmp_path / "a.png").read_bytes()
+  assert (
+    items[0]["caption"] == "a red dot, small"
+    and items[0]["image"] == (tmp_path / "a.png").read_bytes()
+  )
   assert [w for w, _ in skipped] == ["in.csv:3", "in.tsv:3", "w.tar:001"]
 
 
 def test_exactly_once_survives_readability_changes_torn_chunks_and_leftover_files(models, tmp_path):
   inp, out = _inputs(tmp_path, n=20), tmp_path / "out"
   (tmp_path / "img" / "notes.png").write_text("not an image")
-  with open(inp, "a") as f:  # valid JSON that is no object, and a file that is no image: skipped, counted
-    f.write("[1, 2]\nnull\n" + json.dumps({"key": "txt", "caption": "a cat", "image": "img/notes.png"}) + "\n")
-  os.rename(tmp_path / "img" / "3.png", tmp_path / "img" / "3.hidden")  # unreadable in the first run
+  with open(
+    inp, "a"
+  ) as f:  # valid JSON that is no object, and a file that is no image: skipped, counted
+    f.write(
+      "[1, 2]\nnull\n"
+      + json.dumps({"key": "txt", "caption": "a cat", "image": "img/notes.png"})
+      + "\n"
+    )
+  os.rename(
+    tmp_path / "img" / "3.png", tmp_path / "img" / "3.hidden"
+  )  # unreadable in the first run
   log = []
   run(_opts(models, inp, out, num_shards=3, shard_index=0), log=log.append)  # chunk 0 of 3 only
-  assert json.load(open(out / (records.shard_name("negatives", 0, 3) + ".summary.json")))["input_skipped"] == 1
-  os.rename(tmp_path / "img" / "3.hidden", tmp_path / "img" / "3.png")  # readable again: moves no other key
+  assert (
+    json.load(open(out / (records.shard_name("negatives", 0, 3) + ".summary.json")))[
+      "input_skipped"
+    ]
+    == 1
+  )
+  os.rename(
+    tmp_path / "img" / "3.hidden", tmp_path / "img" / "3.png"
+  )  # readable again: moves no other key
   with open(out / "captions" / "chunk-00001.jsonl", "w") as f:
     f.write('{"key": "k008", "neg_capt')  # a line torn by a kill
   stale = out / (records.shard_name("negatives", 1, 3) + ".tmp-99999")
@@ -183,8 +298,13 @@ def test_exactly_once_survives_readability_changes_torn_chunks_and_leftover_file
   assert not stale.exists() and any("removed" in line and ".tmp-99999" in line for line in log)
   assert totals["input_skipped"] == 3 and any("not a JSON object (list)" in line for line in log)
   assert any("notes.png is not a decodable image" in line for line in log)
-  keys = [records.decode_example(r)["key"].decode() for s in records.resolve_shards(str(out))
-          for r in records.iter_records(s)]
-  assert sorted(keys) == [f"k{i:03d}" for i in range(20) if i != 3]  # k003 was unreadable when chunk 0 ran
+  keys = [
+    records.decode_example(r)["key"].decode()
+    for s in records.resolve_shards(str(out))
+    for r in records.iter_records(s)
+  ]
+  assert sorted(keys) == [
+    f"k{i:03d}" for i in range(20) if i != 3
+  ]  # k003 was unreadable when chunk 0 ran
   lines = (out / "captions" / "chunk-00001.jsonl").read_text().splitlines()
   assert all(json.loads(line)["key"] for line in lines) and len(lines) == 8

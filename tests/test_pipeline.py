@@ -35,7 +35,9 @@ def test_batches_have_the_right_shapes(demo_dir):
   b = next(iter(_ds(demo_dir)))
   assert b["image"].shape == (8, 32, 32, 3) and b["image"].dtype == np.float32
   assert b["neg_image"].shape == (8, 32, 32, 3)
-  assert b["text"].shape == (8, 16) and b["text"].dtype == np.int32 and np.all(b["text"][:, 0] == 49406)
+  assert (
+    b["text"].shape == (8, 16) and b["text"].dtype == np.int32 and np.all(b["text"][:, 0] == 49406)
+  )
   assert b["bad_counts"].tolist() == [0] * len(pipeline.BAD_REASONS)
   assert abs(float(b["image"].mean())) < 2.0
 
@@ -66,7 +68,9 @@ def test_state_restores_exactly_with_worker_processes(demo_dir):
       np.testing.assert_array_equal(w[k], g[k])
 
 
-@pytest.mark.parametrize("before,after,steps,repeated", [(0, 2, 3, 0), (2, 0, 4, 0), (2, 0, 3, 7), (2, 3, 4, 0)])
+@pytest.mark.parametrize(
+  "before,after,steps,repeated", [(0, 2, 3, 0), (2, 0, 4, 0), (2, 0, 3, 7), (2, 3, 4, 0)]
+)
 def test_a_state_moves_to_another_number_of_workers(demo_dir, before, after, steps, repeated):
   """Nothing is skipped, and only a save between worker cycles repeats examples (counted exactly)."""
   stream = iter(_ds(demo_dir))
@@ -84,13 +88,21 @@ def test_a_state_moves_to_another_number_of_workers(demo_dir, before, after, ste
     it2.close()
   seen = first + rest
   assert len(seen) - len(set(seen)) == repeated
-  assert set(order[:len(first)]) <= set(seen)  # every position up to the save was read: none skipped
-  assert pipeline.iterator_state_for(state, after) == (state, 0)  # the same layout comes back as it is
+  assert set(order[: len(first)]) <= set(
+    seen
+  )  # every position up to the save was read: none skipped
+  assert pipeline.iterator_state_for(state, after) == (
+    state,
+    0,
+  )  # the same layout comes back as it is
 
 
 @pytest.mark.parametrize("count", [2, 3, 5])
 def test_process_shares_are_disjoint_and_complete(demo_dir, count):
-  shares = [set(_keys(_ds(demo_dir, train=False, process_index=i, process_count=count))) for i in range(count)]
+  shares = [
+    set(_keys(_ds(demo_dir, train=False, process_index=i, process_count=count)))
+    for i in range(count)
+  ]
   assert sum(len(s) for s in shares) == 96
   assert len(set().union(*shares)) == 96
 
@@ -102,8 +114,13 @@ def _png(color):
 
 
 def _bad_shards(tmp_path, n_good=20):
-  good = lambda i: {"key": f"g{i}", "image": _png("red"), "caption": "a red square",
-                    "neg_image": _png("blue"), "neg_caption": "a blue square"}
+  good = lambda i: {
+    "key": f"g{i}",
+    "image": _png("red"),
+    "caption": "a red square",
+    "neg_image": _png("blue"),
+    "neg_caption": "a blue square",
+  }
   path = str(tmp_path / records.shard_name("bad", 0, 2))
   with records.ShardWriter(path) as w:
     for i in range(n_good):
@@ -126,20 +143,39 @@ def _bad_shards(tmp_path, n_good=20):
 
 def test_bad_records_are_skipped_and_counted_by_reason(tmp_path, caplog):
   d = _bad_shards(tmp_path)
-  ds = pipeline.make_dataset(d, batch_size=4, image_size=32, context_length=16, train=False, max_bad_fraction=1.0)
+  ds = pipeline.make_dataset(
+    d, batch_size=4, image_size=32, context_length=16, train=False, max_bad_fraction=1.0
+  )
   batches = list(ds)
   counts = dict(zip(pipeline.BAD_REASONS, sum(b["bad_counts"] for b in batches).tolist()))
-  assert counts == {"undecodable_image": 1, "missing_feature": 1, "empty_caption": 1, "crc_mismatch": 1, "truncated": 1,
-                    "malformed_feature": 0, "corrupt_framing": 0}
+  assert counts == {
+    "undecodable_image": 1,
+    "missing_feature": 1,
+    "empty_caption": 1,
+    "crc_mismatch": 1,
+    "truncated": 1,
+    "malformed_feature": 0,
+    "corrupt_framing": 0,
+  }
   assert sorted(_keys(batches)) == sorted([f"g{i}" for i in range(20)] + ["g200", "g201"])
   logged = caplog.text
-  assert "bad-00000-of-00002.tfrecord:corrupt" in logged and "bad-00000-of-00002.tfrecord:empty" in logged
+  assert (
+    "bad-00000-of-00002.tfrecord:corrupt" in logged
+    and "bad-00000-of-00002.tfrecord:empty" in logged
+  )
 
 
 def test_too_many_bad_records_stop_with_the_shard_names(tmp_path):
   d = _bad_shards(tmp_path, n_good=3)
-  ds = pipeline.make_dataset(d, batch_size=2, image_size=32, context_length=16, train=False,
-                             max_bad_fraction=0.01, bad_window=8)
+  ds = pipeline.make_dataset(
+    d,
+    batch_size=2,
+    image_size=32,
+    context_length=16,
+    train=False,
+    max_bad_fraction=0.01,
+    bad_window=8,
+  )
   with pytest.raises(pipeline.TooManyBadRecords, match=r"bad-00000-of-00002\.tfrecord"):
     list(ds)
 
@@ -149,26 +185,65 @@ def test_bad_fraction_is_enforced_before_the_window_fills(tmp_path):
   with records.ShardWriter(path) as w:
     for i in range(300):  # every third record is corrupt: a 20-step run must not pass silently
       bad = i % 3 == 0
-      w.write({"key": f"k{i}", "image": b"not an image" if bad else _png("red"), "caption": "a red square",
-               "neg_image": _png("blue"), "neg_caption": "a blue square"})
-  ds = pipeline.make_dataset(path, batch_size=4, image_size=32, context_length=16, train=False,
-                             max_bad_fraction=0.01, bad_window=1000)
-  with pytest.raises(pipeline.TooManyBadRecords, match=r"of the first 1\d\d records are bad.*third-00000-of-00001"):
+      w.write(
+        {
+          "key": f"k{i}",
+          "image": b"not an image" if bad else _png("red"),
+          "caption": "a red square",
+          "neg_image": _png("blue"),
+          "neg_caption": "a blue square",
+        }
+      )
+  ds = pipeline.make_dataset(
+    path,
+    batch_size=4,
+    image_size=32,
+    context_length=16,
+    train=False,
+    max_bad_fraction=0.01,
+    bad_window=1000,
+  )
+  with pytest.raises(
+    pipeline.TooManyBadRecords, match=r"of the first 1\d\d records are bad.*third-00000-of-00001"
+  ):
     list(ds)
 
 
 def test_bad_image_warning_names_the_field_once_per_record(tmp_path, caplog):
   path = str(tmp_path / records.shard_name("neg", 0, 1))
   with records.ShardWriter(path) as w:
-    w.write({"key": "k0", "image": _png("red"), "caption": "a red square", "neg_image": b"\x89PNG broken",
-             "neg_caption": "a blue square"})
-    w.write({"key": "k1", "image": _png("red"), "caption": "a red square", "neg_image": _png("blue"),
-             "neg_caption": "a blue square"})
-  ds = pipeline.make_dataset(path, batch_size=1, image_size=32, context_length=16, train=False, num_epochs=3,
-                             max_bad_fraction=1.0)
+    w.write(
+      {
+        "key": "k0",
+        "image": _png("red"),
+        "caption": "a red square",
+        "neg_image": b"\x89PNG broken",
+        "neg_caption": "a blue square",
+      }
+    )
+    w.write(
+      {
+        "key": "k1",
+        "image": _png("red"),
+        "caption": "a red square",
+        "neg_image": _png("blue"),
+        "neg_caption": "a blue square",
+      }
+    )
+  ds = pipeline.make_dataset(
+    path,
+    batch_size=1,
+    image_size=32,
+    context_length=16,
+    train=False,
+    num_epochs=3,
+    max_bad_fraction=1.0,
+  )
   assert sum(int(b["bad_counts"].sum()) for b in ds) == 3  # counted every epoch
   warnings = [r.getMessage() for r in caplog.records if "Skipped bad record" in r.getMessage()]
-  assert len(warnings) == 1 and "neg-00000-of-00001.tfrecord:k0: neg_image: " in warnings[0], warnings
+  assert len(warnings) == 1 and "neg-00000-of-00001.tfrecord:k0: neg_image: " in warnings[0], (
+    warnings
+  )
   assert "0x" not in warnings[0]
 
 
@@ -189,50 +264,69 @@ def test_fields_limit_decoding_to_what_the_loss_uses(demo_dir):
 
 def test_sixteen_bit_png_keeps_its_grey_levels():
   from tripletclip_jax.data import image_ops
+
   levels = np.linspace(0, 65535, 40 * 40).reshape(40, 40).astype(np.uint16)
   buf = io.BytesIO()
   Image.fromarray(levels).save(buf, format="PNG")  # mode I;16
   rgb = np.asarray(image_ops.decode(buf.getvalue()))
-  np.testing.assert_allclose(rgb[..., 0], levels / 257.0, atol=0.51)  # PIL's convert alone gives ~all 255
+  np.testing.assert_allclose(
+    rgb[..., 0], levels / 257.0, atol=0.51
+  )  # PIL's convert alone gives ~all 255
   assert rgb.shape == (40, 40, 3) and 120 < rgb.mean() < 135
   x = image_ops.eval_transform(buf.getvalue(), 32)
-  assert abs(float(x.mean())) < 0.5  # mid grey on average, not white (about 1.9 after normalisation)
+  assert (
+    abs(float(x.mean())) < 0.5
+  )  # mid grey on average, not white (about 1.9 after normalisation)
 
 
 def test_malformed_fields_are_skipped_counted_and_named(tmp_path, caplog):
-  good = lambda k: {"key": k, "image": _png("red"), "caption": "a red square", "neg_image": _png("blue"),
-                    "neg_caption": "a blue square", "neg_type": "swap_att", "clip_score": 0.5}
+  good = lambda k: {
+    "key": k,
+    "image": _png("red"),
+    "caption": "a red square",
+    "neg_image": _png("blue"),
+    "neg_caption": "a blue square",
+    "neg_type": "swap_att",
+    "clip_score": 0.5,
+  }
   path = str(tmp_path / records.shard_name("mal", 0, 1))
   with records.ShardWriter(path) as w:
     w.write(good("ok0"))
-    w.write(dict(good("int_caption"), caption=7))                      # int64 instead of bytes
-    w.write(dict(good("two_captions"), neg_caption=["a", "b"]))        # two values
-    w.write(dict(good("bad_utf8"), caption=b"\xff\xfe red"))           # not UTF-8
-    w.write(dict(good("int_type"), neg_type=3))                        # an optional field of the wrong type
+    w.write(dict(good("int_caption"), caption=7))  # int64 instead of bytes
+    w.write(dict(good("two_captions"), neg_caption=["a", "b"]))  # two values
+    w.write(dict(good("bad_utf8"), caption=b"\xff\xfe red"))  # not UTF-8
+    w.write(dict(good("int_type"), neg_type=3))  # an optional field of the wrong type
     w.write(dict(good("str_score"), clip_score="high"))
     w.write(good("ok1"))
   for epoch_run in range(2):  # a restart meets the same records and survives them again
-    ds = pipeline.make_dataset(path, batch_size=1, image_size=32, context_length=16, train=False,
-                               max_bad_fraction=1.0)
+    ds = pipeline.make_dataset(
+      path, batch_size=1, image_size=32, context_length=16, train=False, max_bad_fraction=1.0
+    )
     batches = list(ds)
     assert _keys(batches) == ["ok0", "ok1"]
     counts = dict(zip(pipeline.BAD_REASONS, sum(b["bad_counts"] for b in batches).tolist()))
     assert counts["malformed_feature"] == 5 and sum(counts.values()) == 5
   text = caplog.text
-  for key, field in (("int_caption", "'caption'"), ("two_captions", "'neg_caption' must be one bytes value, got 2"),
-                     ("bad_utf8", "'caption' is not valid UTF-8"), ("int_type", "'neg_type'"),
-                     ("str_score", "'clip_score'")):
+  for key, field in (
+    ("int_caption", "'caption'"),
+    ("two_captions", "'neg_caption' must be one bytes value, got 2"),
+    ("bad_utf8", "'caption' is not valid UTF-8"),
+    ("int_type", "'neg_type'"),
+    ("str_score", "'clip_score'"),
+  ):
     assert f"mal-00000-of-00001.tfrecord:{key}: field {field}" in text, text
 
 
 def test_uint8_images_are_normalised_on_the_device_to_the_same_embedding(demo_dir):
   import jax
   from tripletclip_jax.models import CLIP, get_preset, init_params
+
   f32 = next(iter(_ds(demo_dir, train=False)))
   u8 = next(iter(_ds(demo_dir, train=False, uint8_images=True)))
   assert u8["image"].dtype == np.uint8 and u8["neg_image"].dtype == np.uint8
   assert f32["image"].nbytes == 4 * u8["image"].nbytes  # the bytes that cross to the device
   import dataclasses
+
   cfg = get_preset("tiny")
   cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, image_size=32))
   params = init_params(cfg, jax.random.key(0))
@@ -243,18 +337,23 @@ def test_uint8_images_are_normalised_on_the_device_to_the_same_embedding(demo_di
 def test_array_record_copy_gives_the_same_batches(demo_dir, tmp_path, capsys):
   """Grain's native ArrayRecord, written by launch/convert_array_record.py, is a registered format: training from
   the copy reads the same batches as training from the TFRecord shards (here through the trainer's `build`)."""
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch"))
+  sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch")
+  )
   import convert_array_record
   from test_trainer import small_config
   from tripletclip_jax.data import formats
   from tripletclip_jax.train.experiment import build
+
   ar = str(tmp_path / "train_ar")
   convert_array_record.main(["--input", os.path.join(demo_dir, "train"), "--output_dir", ar])
   assert "Wrote 3 ArrayRecord files" in capsys.readouterr().out
   assert formats.resolve(ar)[0].name == "array_record" and len(formats.open_source(ar)) == 96
   batches = {}
   for name, train in (("tfrecord", os.path.join(demo_dir, "train")), ("array_record", ar)):
-    exp = build(small_config(demo_dir, **{"data.train": train, "data.num_workers": 2}), str(tmp_path / name))
+    exp = build(
+      small_config(demo_dir, **{"data.train": train, "data.num_workers": 2}), str(tmp_path / name)
+    )
     batches[name] = [next(exp.train_data) for _ in range(3)]
     exp.train_data.close()
   for a, b in zip(batches["tfrecord"], batches["array_record"]):
@@ -265,9 +364,12 @@ def test_array_record_copy_gives_the_same_batches(demo_dir, tmp_path, capsys):
 
 def test_a_damaged_array_record_file_is_one_line(tmp_path):
   from tripletclip_jax.data import formats
+
   bad = tmp_path / "x.array_record"
   bad.write_bytes(b"not an array record file" * 10)
-  with pytest.raises(ValueError, match=r"x.array_record is not a readable ArrayRecord file .*convert it again"):
+  with pytest.raises(
+    ValueError, match=r"x.array_record is not a readable ArrayRecord file .*convert it again"
+  ):
     formats.open_source(str(tmp_path))
   with pytest.raises(ValueError, match=r"mixes formats \(array_record, tfrecord\)"):
     (tmp_path / "y.tfrecord").write_bytes(b"")

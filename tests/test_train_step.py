@@ -9,7 +9,12 @@ from tripletclip_jax import losses as loss_lib
 from tripletclip_jax import sharding
 from tripletclip_jax.models import CLIP, get_preset
 from tripletclip_jax.models.flops import forward_flops
-from tripletclip_jax.train import create_train_state, loss_and_grads, make_optimizer, make_train_step
+from tripletclip_jax.train import (
+  create_train_state,
+  loss_and_grads,
+  make_optimizer,
+  make_train_step,
+)
 
 CFG = get_preset("tiny")
 LR = 1e-3
@@ -18,23 +23,29 @@ LR = 1e-3
 def _batch(n, seed=0):
   rng = np.random.default_rng(seed)
   s, L = CFG.vision.image_size, CFG.text.context_length
+
   def text():
     t = rng.integers(1, 5000, size=(n, L)).astype(np.int32)
     ends = rng.integers(3, L, size=n)
     for i, e in enumerate(ends):
-      t[i, 0], t[i, e], t[i, e + 1:] = 49406, 49407, 0
+      t[i, 0], t[i, e], t[i, e + 1 :] = 49406, 49407, 0
     return t
-  return {"image": rng.normal(size=(n, s, s, 3)).astype(np.float32),
-          "neg_image": rng.normal(size=(n, s, s, 3)).astype(np.float32),
-          "text": text(), "neg_text": text()}
+
+  return {
+    "image": rng.normal(size=(n, s, s, 3)).astype(np.float32),
+    "neg_image": rng.normal(size=(n, s, s, 3)).astype(np.float32),
+    "text": text(),
+    "neg_text": text(),
+  }
 
 
 def _one_step(mesh, loss="tripletclip", batch_size=16, accum_steps=1):
   # Adam's first update is lr * g / (|g| + eps): with a tiny eps it is lr * sign(g), and gradients
   # that are exactly zero in exact arithmetic (the key bias) are rounding noise whose sign depends on
   # the reduction order. A larger eps keeps the comparison about the sharding, not that noise.
-  tx, schedule = make_optimizer(learning_rate=LR, total_steps=10, warmup_steps=0, weight_decay=0.1,
-                                grad_clip_norm=1.0, eps=1e-4)
+  tx, schedule = make_optimizer(
+    learning_rate=LR, total_steps=10, warmup_steps=0, weight_decay=0.1, grad_clip_norm=1.0, eps=1e-4
+  )
   state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
   step = make_train_step(CFG, tx, schedule, loss_lib.get(loss), mesh, sh, accum_steps)
   state, metrics = step(state, sharding.put_batch(_batch(batch_size), mesh))
@@ -51,7 +62,9 @@ def test_step_is_the_same_on_every_mesh():
     params, m, state = _one_step(sharding.make_mesh(data, fsdp))
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-5)
     np.testing.assert_allclose(m["grad_norm"], ref_m["grad_norm"], rtol=1e-4)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(ref_params)):
+    for (path, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(ref_params)
+    ):
       np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-4, err_msg=f"mesh ({data},{fsdp}) {path}")
     if fsdp > 1:  # large weights really are split, small ones replicated
       emb = state.params["text"]["token_embedding"]["embedding"]
@@ -64,12 +77,17 @@ def test_images_and_their_negatives_stay_on_their_device():
   embeddings and the gradient reduction (a global concatenation of images with their negatives compiled to an
   all-to-all and collective-permutes)."""
   import re
+
   mesh = sharding.make_mesh(8, 1)
   tx, schedule = make_optimizer(learning_rate=LR, total_steps=10, warmup_steps=0)
   state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
   step = make_train_step(CFG, tx, schedule, loss_lib.get("tripletclip"), mesh, sh)
   hlo = step.jitted.lower(state, sharding.put_batch(_batch(16), mesh)).compile().as_text()
-  kinds = set(re.findall(r" (all-to-all|collective-permute|all-gather|all-reduce|reduce-scatter)(?:-start)?\(", hlo))
+  kinds = set(
+    re.findall(
+      r" (all-to-all|collective-permute|all-gather|all-reduce|reduce-scatter)(?:-start)?\(", hlo
+    )
+  )
   assert kinds == {"all-gather", "all-reduce"}, kinds
 
 
@@ -82,7 +100,9 @@ def test_accumulation_gives_the_full_batch_gradient(loss):
   state, _ = create_train_state(CFG, tx, mesh, jax.random.key(3), loss_lib.get(loss))
   assert ("logit_bias" in state.params) == (loss == "tripletsiglip")
   batch = sharding.put_batch(_batch(16, seed=1), mesh)
-  f = jax.jit(lambda p, b, a: loss_and_grads(CLIP(CFG), p, b, loss_lib.get(loss), a, mesh), static_argnums=2)
+  f = jax.jit(
+    lambda p, b, a: loss_and_grads(CLIP(CFG), p, b, loss_lib.get(loss), a, mesh), static_argnums=2
+  )
   (full, _), g_full = f(state.params, batch, 1)
   (acc, _), g_acc = f(state.params, batch, 4)
   np.testing.assert_allclose(acc, full, rtol=1e-5)
@@ -91,12 +111,18 @@ def test_accumulation_gives_the_full_batch_gradient(loss):
   # embedding row, differed by 0.6% on one machine.)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_acc), jax.tree.leaves(g_full)):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b) + 1e-6, (path, np.linalg.norm(a - b), np.linalg.norm(b))
+    assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b) + 1e-6, (
+      path,
+      np.linalg.norm(a - b),
+      np.linalg.norm(b),
+    )
 
 
 def test_tiny_tripletclip_loss_falls_on_a_fixed_batch():
   mesh = sharding.make_mesh(-1, 1)
-  tx, schedule = make_optimizer(learning_rate=1e-3, total_steps=40, warmup_steps=3, weight_decay=0.1)
+  tx, schedule = make_optimizer(
+    learning_rate=1e-3, total_steps=40, warmup_steps=3, weight_decay=0.1
+  )
   state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
   step = make_train_step(CFG, tx, schedule, loss_lib.get("tripletclip"), mesh, sh)
   batch = sharding.put_batch(_batch(16, seed=2), mesh)
@@ -107,7 +133,7 @@ def test_tiny_tripletclip_loss_falls_on_a_fixed_batch():
   assert np.all(np.isfinite(losses))
   assert losses[-1] < 0.25 * losses[0]
   # Steady: the 10-step means decrease monotonically.
-  means = [np.mean(losses[i:i + 10]) for i in range(0, 40, 10)]
+  means = [np.mean(losses[i : i + 10]) for i in range(0, 40, 10)]
   assert all(a > b for a, b in zip(means, means[1:])), means
 
 
@@ -122,7 +148,9 @@ def test_logit_scale_is_clamped_at_100():
   mesh = sharding.make_mesh(-1, 1)
   tx, schedule = make_optimizer(learning_rate=1.0, total_steps=5, warmup_steps=0, weight_decay=0.0)
   state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
-  state = state.replace(params=dict(state.params, logit_scale=state.params["logit_scale"] * 0 + 4.6))
+  state = state.replace(
+    params=dict(state.params, logit_scale=state.params["logit_scale"] * 0 + 4.6)
+  )
   step = make_train_step(CFG, tx, schedule, loss_lib.get("clip"), mesh, sh)
   for _ in range(3):
     state, m = step(state, sharding.put_batch(_batch(8), mesh))
@@ -130,7 +158,9 @@ def test_logit_scale_is_clamped_at_100():
 
 
 def test_a_frozen_tower_is_untouched_holds_no_state_and_costs_less():
-  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])  # one device: the compiled costs are the whole step's
+  mesh = sharding.make_mesh(
+    1, 1, jax.devices()[:1]
+  )  # one device: the compiled costs are the whole step's
   batch = sharding.put_batch({k: v for k, v in _batch(16).items() if k in ("image", "text")}, mesh)
 
   def build(frozen):
@@ -155,4 +185,6 @@ def test_a_frozen_tower_is_untouched_holds_no_state_and_costs_less():
   # analytic count) and the activations it would have kept for it.
   saved = full.cost_analysis()["flops"] - compiled.cost_analysis()["flops"]
   assert saved == pytest.approx(2 * 16 * forward_flops(CFG)["image"], rel=0.05)
-  assert compiled.memory_analysis().temp_size_in_bytes < 0.7 * full.memory_analysis().temp_size_in_bytes
+  assert (
+    compiled.memory_analysis().temp_size_in_bytes < 0.7 * full.memory_analysis().temp_size_in_bytes
+  )

@@ -52,20 +52,34 @@ def small_config(data_dir, **overrides):
 
 
 def _cli_overrides(data_dir, **extra):
-  kv = {"batch_size": 16, "total_steps": 8, "compute_matched": False, "log_every_steps": 2,
-        "checkpoint_every_steps": 4, "eval_every_steps": 100, "data.demo_data_dir": data_dir, "progress_bar": False,
-        **extra}
+  kv = {
+    "batch_size": 16,
+    "total_steps": 8,
+    "compute_matched": False,
+    "log_every_steps": 2,
+    "checkpoint_every_steps": 4,
+    "eval_every_steps": 100,
+    "data.demo_data_dir": data_dir,
+    "progress_bar": False,
+    **extra,
+  }
   return [f"--config.{k}={v}" for k, v in kv.items()]
 
 
 def _losses(workdir):
-  return {s: (r["loss"], r["i2t_acc"], r["grad_norm"]) for s, r in read_metrics(workdir).items() if "loss" in r}
+  return {
+    s: (r["loss"], r["i2t_acc"], r["grad_norm"])
+    for s, r in read_metrics(workdir).items()
+    if "loss" in r
+  }
 
 
 def test_resume_is_bit_identical(data_dir, tmp_path):
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   train_and_evaluate(small_config(data_dir, profile_steps=(2, 4)), a)  # a trace changes no number
-  traces = [f for _, _, fs in os.walk(os.path.join(a, "profile")) for f in fs if f.endswith(".xplane.pb")]
+  traces = [
+    f for _, _, fs in os.walk(os.path.join(a, "profile")) for f in fs if f.endswith(".xplane.pb")
+  ]
   assert len(traces) == 1
   out = train_and_evaluate(small_config(data_dir, stop_after_steps=4), b)
   assert out == {"step": 4, "stopped": True}
@@ -86,7 +100,9 @@ def test_changed_schedule_is_refused(data_dir, tmp_path):
   train_and_evaluate(small_config(data_dir, stop_after_steps=2, checkpoint_every_steps=2), w)
   with pytest.raises(ValueError, match=r"schedule changed \(total_steps 8 -> 10\)"):
     train_and_evaluate(small_config(data_dir, total_steps=10), w)
-  out = train_and_evaluate(small_config(data_dir, total_steps=10, allow_schedule_change=True, stop_after_steps=2), w)
+  out = train_and_evaluate(
+    small_config(data_dir, total_steps=10, allow_schedule_change=True, stop_after_steps=2), w
+  )
   assert out["step"] == 4
   with pytest.raises(FileNotFoundError, match="has no checkpoint at step 5; it has steps 2, 4"):
     checkpoint.load_params(w, 5)
@@ -99,27 +115,55 @@ def test_resume_refuses_a_changed_model_and_records_changed_data(data_dir, tmp_p
     train_and_evaluate(small_config(data_dir, **{"model.act": "quick_gelu"}), w)
   with pytest.raises(ValueError, match=r"the model changed \(.*vision.patch_size 16 -> 8"):
     train_and_evaluate(small_config(data_dir, **{"model.preset": "tiny"}), w)
-  out = train_and_evaluate(small_config(data_dir, seed=7, stop_after_steps=2), w)  # data may change: logged
+  out = train_and_evaluate(
+    small_config(data_dir, seed=7, stop_after_steps=2), w
+  )  # data may change: logged
   assert out["step"] == 4
   _, meta = checkpoint.read_meta(w)
   assert meta["resume_changes"] == [{"step": 2, "key": "seed", "before": 0, "now": 7}]
 
 
 def test_non_finite_loss_names_the_step(data_dir, tmp_path):
-  cfg = small_config(data_dir, **{"optimizer.learning_rate": 1e12, "optimizer.warmup_steps": 0, "total_steps": 6,
-                                  "log_every_steps": 6, "checkpoint_every_steps": 6})
-  with pytest.raises(FloatingPointError, match=r"Non-finite loss .* at step \d+; last good checkpoint: none yet"):
+  cfg = small_config(
+    data_dir,
+    **{
+      "optimizer.learning_rate": 1e12,
+      "optimizer.warmup_steps": 0,
+      "total_steps": 6,
+      "log_every_steps": 6,
+      "checkpoint_every_steps": 6,
+    },
+  )
+  with pytest.raises(
+    FloatingPointError, match=r"Non-finite loss .* at step \d+; last good checkpoint: none yet"
+  ):
     train_and_evaluate(cfg, str(tmp_path / "nan"))
 
 
 def _main(workdir, *args, env=None, **kw):
-  return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch/main.py"), "--config", "configs/demo.py",
-                           "--workdir", workdir, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=env, **kw)
+  return subprocess.Popen(
+    [
+      sys.executable,
+      os.path.join(ROOT, "launch/main.py"),
+      "--config",
+      "configs/demo.py",
+      "--workdir",
+      workdir,
+      *args,
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+    **kw,
+  )
 
 
 def _cpu_env(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  return dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
 
 
 def _wait_for(path, proc, timeout=240):
@@ -141,13 +185,20 @@ def test_sigkill_then_restart_completes(data_dir, tmp_path):
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err
   assert "Resumed from step" in out
-  assert checkpoint.read_meta(w)[0] == 12 and 12 in read_metrics(w)  # the killed run's lock did not block it
+  assert checkpoint.read_meta(w)[0] == 12 and 12 in read_metrics(
+    w
+  )  # the killed run's lock did not block it
 
 
 def test_sigterm_leaves_a_checkpoint_and_the_lock_refuses_a_second_trainer(data_dir, tmp_path):
   w = str(tmp_path / "t")
-  p = _main(w, *_cli_overrides(data_dir, total_steps=100000, checkpoint_every_steps=100000,
-                               preempted_exit_code=75), env=_cpu_env(2))
+  p = _main(
+    w,
+    *_cli_overrides(
+      data_dir, total_steps=100000, checkpoint_every_steps=100000, preempted_exit_code=75
+    ),
+    env=_cpu_env(2),
+  )
   _wait_for(os.path.join(w, "metrics.jsonl"), p)
   while not open(os.path.join(w, "metrics.jsonl")).read():  # training has started
     time.sleep(0.2)
@@ -169,21 +220,29 @@ def small_disk(tmp_path):
   def mount(size="3m", ro=False):
     d = tmp_path / f"mnt{len(mounts)}"
     d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if ro else ""), "tmpfs", str(d)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if ro else ""), "tmpfs", str(d)],
+      capture_output=True,
+      text=True,
+    )
     if r.returncode:
       pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     mounts.append(d)
     return str(d)
+
   yield mount
   for d in mounts:
     subprocess.run(["umount", str(d)], check=False)
 
 
 def test_read_only_and_full_workdirs_are_one_line(data_dir, small_disk):
-  with pytest.raises(ValueError, match=r"Cannot write to the workdir .*\(Read-only file system\): choose a writable"):
+  with pytest.raises(
+    ValueError, match=r"Cannot write to the workdir .*\(Read-only file system\): choose a writable"
+  ):
     train_and_evaluate(small_config(data_dir), os.path.join(small_disk(ro=True), "run"))
-  with pytest.raises(ValueError, match=r"No space for a checkpoint in .*MiB free, about .*MiB needed.*none yet"):
+  with pytest.raises(
+    ValueError, match=r"No space for a checkpoint in .*MiB free, about .*MiB needed.*none yet"
+  ):
     train_and_evaluate(small_config(data_dir), os.path.join(small_disk("2m"), "run"))
   # Room for one checkpoint (~34 MB compressed; 83 MiB raw, which the first estimate used to demand), not two.
   w = os.path.join(small_disk("50m"), "run")
@@ -193,19 +252,30 @@ def test_read_only_and_full_workdirs_are_one_line(data_dir, small_disk):
   with pytest.raises(ValueError, match=r"No space .*the last complete checkpoint is step 2\."):
     train_and_evaluate(cfg, w)  # the restart knows it too
   state = ocp.StandardCheckpointer().restore(os.path.join(w, "checkpoints", "2", "state"))
-  estimate, measured = checkpoint.checkpoint_bytes(w, None, state), checkpoint.checkpoint_bytes(w, 2, None)
-  assert 1 / 1.3 < estimate / measured < 1.3, (estimate, measured)  # the first estimate, before any checkpoint
+  estimate, measured = (
+    checkpoint.checkpoint_bytes(w, None, state),
+    checkpoint.checkpoint_bytes(w, 2, None),
+  )
+  assert 1 / 1.3 < estimate / measured < 1.3, (
+    estimate,
+    measured,
+  )  # the first estimate, before any checkpoint
 
 
-@pytest.mark.parametrize("arg,needle", [("--config.batchsize=3", "Unknown config key 'batchsize'; did you mean batch_size"),
-                                        ("--config.batch_size=abc", "batch_size"),
-                                        ("--config.optimizer.learnin_rate=1", "optimizer.learning_rate"),
-                                        ("--config.loss=tripletclp", "config.loss='tripletclp': choose one of")])
+@pytest.mark.parametrize(
+  "arg,needle",
+  [
+    ("--config.batchsize=3", "Unknown config key 'batchsize'; did you mean batch_size"),
+    ("--config.batch_size=abc", "batch_size"),
+    ("--config.optimizer.learnin_rate=1", "optimizer.learning_rate"),
+    ("--config.loss=tripletclp", "config.loss='tripletclp': choose one of"),
+  ],
+)
 def test_bad_override_exits_2_with_one_line(tmp_path, arg, needle):
   p = _main(str(tmp_path / "x"), arg)
   out, err = p.communicate(timeout=120)
   assert p.returncode == 2
-  lines = [l for l in err.strip().splitlines() if l.strip()]
+  lines = [line for line in err.strip().splitlines() if line.strip()]
   assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
 
 
@@ -218,10 +288,21 @@ def _free_port():
 def _pod(workdir, args, processes=4, env=None):
   """`processes` trainers x 2 CPU devices on one coordinator: a simulated pod slice sharing `workdir`."""
   port = _free_port()
-  env = dict(env or os.environ, **{k: v for k, v in _cpu_env(2).items() if k in ("XLA_FLAGS", "JAX_PLATFORMS")})
-  return [_main(workdir, *args, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                f"--config.distributed.num_processes={processes}", f"--config.distributed.process_id={i}",
-                env=dict(env, PYTHONUNBUFFERED="1")) for i in range(processes)]
+  env = dict(
+    env or os.environ,
+    **{k: v for k, v in _cpu_env(2).items() if k in ("XLA_FLAGS", "JAX_PLATFORMS")},
+  )
+  return [
+    _main(
+      workdir,
+      *args,
+      f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+      f"--config.distributed.num_processes={processes}",
+      f"--config.distributed.process_id={i}",
+      env=dict(env, PYTHONUNBUFFERED="1"),
+    )
+    for i in range(processes)
+  ]
 
 
 def _finish(procs, code=0):
@@ -235,8 +316,16 @@ def _finish(procs, code=0):
 
 def test_demo_config_end_to_end(tmp_path):
   w = str(tmp_path / "demo")
-  p = _main(w, "--config.total_steps=6", "--config.log_every_steps=3", "--config.data.demo_num_train=64",
-            "--config.data.demo_num_eval=5", "--config.batch_size=16", "--config.progress_bar=False", env=_cpu_env(1))
+  p = _main(
+    w,
+    "--config.total_steps=6",
+    "--config.log_every_steps=3",
+    "--config.data.demo_num_train=64",
+    "--config.data.demo_num_eval=5",
+    "--config.batch_size=16",
+    "--config.progress_bar=False",
+    env=_cpu_env(1),
+  )
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err
   assert "| sugarcrepe_heldout |" in out and "Exported a transformers CLIPModel" in out
@@ -249,13 +338,21 @@ def test_init_from_hugging_face(data_dir, tmp_path):
   from tripletclip_jax.interop import hf
   from tiny_models import clip_params
   from tripletclip_jax.models import get_preset
+
   cfg = get_preset("tiny", act="quick_gelu")
   src = clip_params(cfg, 7)
   hf.export_hf(cfg, src, str(tmp_path / "hf_src"))
   w = str(tmp_path / "ft")
   # The first step of a warmup has learning rate 0: the checkpoint after it must hold exactly the imported weights.
-  train_and_evaluate(small_config(data_dir, init_from=f"hf:{tmp_path / 'hf_src'}", total_steps=1,
-                                  **{"optimizer.warmup_steps": 10}), w)
+  train_and_evaluate(
+    small_config(
+      data_dir,
+      init_from=f"hf:{tmp_path / 'hf_src'}",
+      total_steps=1,
+      **{"optimizer.warmup_steps": 10},
+    ),
+    w,
+  )
   got_cfg, got = checkpoint.load_params(w)
   assert got_cfg.act == "quick_gelu"
   for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(src)):
@@ -268,13 +365,25 @@ def test_lit_config_locks_the_pretrained_image_tower(data_dir, tmp_path):
   from tiny_models import clip_params
   from tripletclip_jax.models import get_preset
   from tripletclip_jax.train.config import apply_overrides, load_config_file
+
   cfg = get_preset("tiny", act="quick_gelu")
   src = clip_params(cfg, 7)
   hf.export_hf(cfg, src, str(tmp_path / "hf_src"))
   c = load_config_file(os.path.join(ROOT, "configs/lit.py"), "loss=negclip,world=demo")
-  apply_overrides(c, ["batch_size=16", "total_steps=3", "log_every_steps=1", "checkpoint_every_steps=3",
-                      f"data.demo_data_dir={data_dir}", "progress_bar=False", "export_hf_dir=None",
-                      f"init_from=hf:{tmp_path / 'hf_src'}", "evals={}"])
+  apply_overrides(
+    c,
+    [
+      "batch_size=16",
+      "total_steps=3",
+      "log_every_steps=1",
+      "checkpoint_every_steps=3",
+      f"data.demo_data_dir={data_dir}",
+      "progress_bar=False",
+      "export_hf_dir=None",
+      f"init_from=hf:{tmp_path / 'hf_src'}",
+      "evals={}",
+    ],
+  )
   w = str(tmp_path / "lit")
   train_and_evaluate(c, w)
   _, got = checkpoint.load_params(w)
@@ -284,9 +393,22 @@ def test_lit_config_locks_the_pretrained_image_tower(data_dir, tmp_path):
 
 
 def test_missing_training_data_is_one_line(tmp_path):
-  p = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch/main.py"), "--config", "configs/cc3m.py",
-                        "--workdir", str(tmp_path / "w"), f"--config.data.train={tmp_path}/none-*.tfrecord"],
-                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cpu_env(1))
+  p = subprocess.Popen(
+    [
+      sys.executable,
+      os.path.join(ROOT, "launch/main.py"),
+      "--config",
+      "configs/cc3m.py",
+      "--workdir",
+      str(tmp_path / "w"),
+      f"--config.data.train={tmp_path}/none-*.tfrecord",
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=_cpu_env(1),
+  )
   _, err = p.communicate(timeout=300)
   assert p.returncode == 1 and "Traceback" not in err
   assert err.strip().splitlines()[-1].startswith("error: No TripletData files match")
@@ -300,28 +422,57 @@ def test_named_evaluators_run_on_their_own_schedules(data_dir, tmp_path):
     if f.endswith(".json"):
       shutil.copy(os.path.join(data_dir, "sugarcrepe", f), json_dir / f)
   images = os.path.join(data_dir, "sugarcrepe", "images")
-  evals = {"coco_style": {"type": "sugarcrepe", "sugarcrepe_dir": str(json_dir), "image_dir": images, "every_steps": 1},
-           "held": {"type": "triplet", "pattern": os.path.join(data_dir, "heldout")},
-           "unset": {"type": "winoground", "path": None}}  # declared without data: skipped, said once
+  evals = {
+    "coco_style": {
+      "type": "sugarcrepe",
+      "sugarcrepe_dir": str(json_dir),
+      "image_dir": images,
+      "every_steps": 1,
+    },
+    "held": {"type": "triplet", "pattern": os.path.join(data_dir, "heldout")},
+    "unset": {"type": "winoground", "path": None},
+  }  # declared without data: skipped, said once
   w = str(tmp_path / "w")
-  out = train_and_evaluate(small_config(data_dir, total_steps=2, log_every_steps=1, checkpoint_every_steps=2,
-                                        evals=evals), w)
-  assert 0 <= out["eval/coco_style/mean"] <= 100 and out["eval/coco_style/skipped_missing_images"] == 0
+  out = train_and_evaluate(
+    small_config(data_dir, total_steps=2, log_every_steps=1, checkpoint_every_steps=2, evals=evals),
+    w,
+  )
+  assert (
+    0 <= out["eval/coco_style/mean"] <= 100 and out["eval/coco_style/skipped_missing_images"] == 0
+  )
   m = read_metrics(w)
-  assert "eval/coco_style/mean" in m[1] and "eval/held/group" not in m[1]  # every_steps 1; the default is 8
+  assert (
+    "eval/coco_style/mean" in m[1] and "eval/held/group" not in m[1]
+  )  # every_steps 1; the default is 8
   assert "eval/held/group" in m[2] and not any(k.startswith("eval/unset") for k in m[2])
-  evals["coco_style"] = {"type": "sugarcrepe", "sugarcrepe_dir": str(json_dir)}  # the images are elsewhere
+  evals["coco_style"] = {
+    "type": "sugarcrepe",
+    "sugarcrepe_dir": str(json_dir),
+  }  # the images are elsewhere
   with pytest.raises(FileNotFoundError, match=r"--config.evals.NAME.image_dir"):
-    train_and_evaluate(small_config(data_dir, total_steps=2, checkpoint_every_steps=2, evals=evals),
-                       str(tmp_path / "w2"))
+    train_and_evaluate(
+      small_config(data_dir, total_steps=2, checkpoint_every_steps=2, evals=evals),
+      str(tmp_path / "w2"),
+    )
 
 
-@pytest.mark.parametrize("key,value,needle", [
-    ("batch_size", 0, "positive"), ("total_steps", 0, "positive"), ("accum_steps", 0, ">= 1"),
-    ("log_every_steps", 0, ">= 1"), ("checkpoint_every_steps", 0, ">= 1"), ("keep_checkpoints", 0, ">= 1"),
-    ("data.crop_scale", (0.5, 1.5), "0 < lo <= hi <= 1"), ("data.crop_scale", (0.9,), "pair"),
-    ("model.dtype", "bfloat", "float32 or bfloat16"), ("optimizer.decay_rule", "none", "decay_rule"),
-    ("data.augment", "mixup", "augment"), ("compute_rule", "time", "compute_rule")])
+@pytest.mark.parametrize(
+  "key,value,needle",
+  [
+    ("batch_size", 0, "positive"),
+    ("total_steps", 0, "positive"),
+    ("accum_steps", 0, ">= 1"),
+    ("log_every_steps", 0, ">= 1"),
+    ("checkpoint_every_steps", 0, ">= 1"),
+    ("keep_checkpoints", 0, ">= 1"),
+    ("data.crop_scale", (0.5, 1.5), "0 < lo <= hi <= 1"),
+    ("data.crop_scale", (0.9,), "pair"),
+    ("model.dtype", "bfloat", "float32 or bfloat16"),
+    ("optimizer.decay_rule", "none", "decay_rule"),
+    ("data.augment", "mixup", "augment"),
+    ("compute_rule", "time", "compute_rule"),
+  ],
+)
 def test_impossible_config_values_are_one_line(data_dir, tmp_path, key, value, needle):
   with pytest.raises(ConfigError, match=f"config.{key}=") as e:
     train_and_evaluate(small_config(data_dir, **{key: value}), str(tmp_path / "w"))
@@ -329,13 +480,22 @@ def test_impossible_config_values_are_one_line(data_dir, tmp_path, key, value, n
   assert not os.path.exists(tmp_path / "w")  # refused before anything is written
 
 
-@pytest.mark.parametrize("text,needle", [
-    (None, "does not exist"), ("def get_config(:\n", ":1: syntax error"),
-    ("import no_such_module\n", "failed to load (ModuleNotFoundError: No module named 'no_such_module')"),
+@pytest.mark.parametrize(
+  "text,needle",
+  [
+    (None, "does not exist"),
+    ("def get_config(:\n", ":1: syntax error"),
+    (
+      "import no_such_module\n",
+      "failed to load (ModuleNotFoundError: No module named 'no_such_module')",
+    ),
     ("def get_config():\n  pass\n", "get_config() returned NoneType, not a ConfigDict"),
-    ("def get_config():\n  return {}\n", None)])
+    ("def get_config():\n  return {}\n", None),
+  ],
+)
 def test_broken_config_files_are_one_line(tmp_path, text, needle):
   from tripletclip_jax.train.config import load_config_file
+
   path = tmp_path / "cfg.py"
   if text is not None:
     path.write_text(text)
@@ -346,9 +506,20 @@ def test_broken_config_files_are_one_line(tmp_path, text, needle):
   with pytest.raises(ConfigError, match=re.escape(needle)):
     load_config_file(str(path))
   if "syntax" in needle:  # and through main.py: exit 2, one line, no traceback
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "launch/main.py"), "--config", str(path), "--workdir",
-                        str(tmp_path / "w")], capture_output=True, text=True, timeout=120)
-    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    p = subprocess.run(
+      [
+        sys.executable,
+        os.path.join(ROOT, "launch/main.py"),
+        "--config",
+        str(path),
+        "--workdir",
+        str(tmp_path / "w"),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], p.stderr
 
 
@@ -359,17 +530,25 @@ def test_evaluation_runs_on_sharded_params_and_compiles_once(data_dir):
   from tripletclip_jax.evaluate import run as run_evals
   from tripletclip_jax import evaluate
   from tripletclip_jax.train.experiment import training_source
+
   cfg = get_preset("demo")
   params = init_params(cfg, jax.random.key(0))
   mesh = sharding.make_mesh(-1, 2)
   sharded = jax.device_put(params, sharding.tree_shardings(params, mesh, min_size=1024))
-  assert any(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated for x in jax.tree.leaves(sharded))
+  assert any(
+    len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
+    for x in jax.tree.leaves(sharded)
+  )
   evals = evaluate.build(training_source(small_config(data_dir), "unused")[1])
   model = Model(cfg, sharded, progress=False, mesh=mesh)  # batches split over the 8 devices
   first = run_evals(model, evals)
-  model.params = jax.block_until_ready(jax.tree.map(lambda x: x * 1.0, sharded))  # new arrays, same shardings
+  model.params = jax.block_until_ready(
+    jax.tree.map(lambda x: x * 1.0, sharded)
+  )  # new arrays, same shardings
   compiles = []
-  listener = lambda name, secs, **_: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+  listener = lambda name, secs, **_: (
+    compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+  )
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     second = run_evals(model, evals)
@@ -383,6 +562,7 @@ def test_evaluation_runs_on_sharded_params_and_compiles_once(data_dir):
 
 def test_a_torn_metrics_line_is_cut_before_appending_and_skipped_when_read(tmp_path, caplog):
   from tripletclip_jax.train.metrics import MetricWriter
+
   w = str(tmp_path)
   path = os.path.join(w, "metrics.jsonl")
   with open(path, "w") as f:  # what a kill mid-write leaves
@@ -390,7 +570,7 @@ def test_a_torn_metrics_line_is_cut_before_appending_and_skipped_when_read(tmp_p
   writer = MetricWriter(w, echo=None)
   writer.write(6, {"loss": 1.0})
   writer.close()
-  assert [json.loads(l)["step"] for l in open(path)] == [2, 4, 6]  # no glued record
+  assert [json.loads(line)["step"] for line in open(path)] == [2, 4, 6]  # no glued record
   assert "Dropped a torn last line of " + path in caplog.text
   with open(path, "a") as f:
     f.write("not json\n")

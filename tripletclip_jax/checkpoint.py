@@ -32,13 +32,19 @@ def checkpoint_dir(workdir: str) -> str:
   return fileio.join(fileio.absolute(workdir), "checkpoints")
 
 
-def make_manager(workdir: str, max_to_keep: int = 3, async_save: bool = True,
-                 use_ocdbt: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                         create=True)
+def make_manager(
+  workdir: str, max_to_keep: int = 3, async_save: bool = True, use_ocdbt: bool = True
+) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+  )
   handlers = None if use_ocdbt else {"state": ocp.StandardCheckpointHandler(use_ocdbt=False)}
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "data", "meta"),
-                               item_handlers=handlers)
+  return ocp.CheckpointManager(
+    checkpoint_dir(workdir),
+    options=options,
+    item_names=("state", "data", "meta"),
+    item_handlers=handlers,
+  )
 
 
 def check_reachable(workdir: str, timeout_s: float = 60.0) -> None:
@@ -48,17 +54,23 @@ def check_reachable(workdir: str, timeout_s: float = 60.0) -> None:
   if not str(workdir).startswith("gs://"):
     return
   import tensorstore as ts
-  bucket, _, path = workdir[len("gs://"):].partition("/")
-  retries = ts.Context({"gcs_request_retries": {"max_retries": 3, "initial_delay": "0.5s", "max_delay": "2s"}})
+
+  bucket, _, path = workdir[len("gs://") :].partition("/")
+  retries = ts.Context(
+    {"gcs_request_retries": {"max_retries": 3, "initial_delay": "0.5s", "max_delay": "2s"}}
+  )
   try:
-    store = ts.KvStore.open({"driver": "gcs", "bucket": bucket, "path": path.rstrip("/") + "/"}, context=retries)
+    store = ts.KvStore.open(
+      {"driver": "gcs", "bucket": bucket, "path": path.rstrip("/") + "/"}, context=retries
+    )
     store.result(timeout=timeout_s).read("trainer.lock").result(timeout=timeout_s)
   except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError, TimeoutError ...
     endpoint = os.environ.get("TENSORSTORE_GCS_HTTP_URL")
     raise fileio.StorageError(
-        f"Cannot reach {workdir} through tensorstore, which writes the checkpoints' arrays ({_first_line(e)}): "
-        f"check the network, the credentials and the bucket"
-        f"{f', and TENSORSTORE_GCS_HTTP_URL={endpoint}' if endpoint else ''}.") from None
+      f"Cannot reach {workdir} through tensorstore, which writes the checkpoints' arrays ({_first_line(e)}): "
+      f"check the network, the credentials and the bucket"
+      f"{f', and TENSORSTORE_GCS_HTTP_URL={endpoint}' if endpoint else ''}."
+    ) from None
 
 
 def checkpoint_bytes(workdir: str, step: int | None, state) -> int:
@@ -73,9 +85,15 @@ def checkpoint_bytes(workdir: str, step: int | None, state) -> int:
   for x in jax.tree.leaves(state):
     x = jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
     local = np.asarray(x.addressable_shards[0].data).reshape(-1).view(np.uint8)
-    blocks = local[:local.size // 4096 * 4096].reshape(-1, 4096)
-    sample = local if len(blocks) <= 16 else blocks[np.linspace(0, len(blocks) - 1, 16).astype(int)].reshape(-1)
-    total += len(zlib.compress(sample.tobytes(), 1)) * x.size * x.dtype.itemsize / max(sample.size, 1)
+    blocks = local[: local.size // 4096 * 4096].reshape(-1, 4096)
+    sample = (
+      local
+      if len(blocks) <= 16
+      else blocks[np.linspace(0, len(blocks) - 1, 16).astype(int)].reshape(-1)
+    )
+    total += (
+      len(zlib.compress(sample.tobytes(), 1)) * x.size * x.dtype.itemsize / max(sample.size, 1)
+    )
   return int(total)
 
 
@@ -87,13 +105,17 @@ def check_space(workdir: str, state, last_good: int | None) -> None:
   """
   if fileio.is_remote(workdir) or not os.path.isdir(workdir):
     return  # a bucket has no fixed size
-  need = 1.1 * checkpoint_bytes(workdir, last_good, state)  # training makes the state a little less compressible
+  need = 1.1 * checkpoint_bytes(
+    workdir, last_good, state
+  )  # training makes the state a little less compressible
   free = shutil.disk_usage(workdir).free
   if free < need:
     last = f"step {last_good}" if last_good is not None else "none yet"
-    raise ValueError(f"No space for a checkpoint in {workdir}: {free / 2**20:.1f} MiB free, about "
-                     f"{need / 2**20:.1f} MiB needed. Free space or move the run to a larger disk; the last "
-                     f"complete checkpoint is {last}.")
+    raise ValueError(
+      f"No space for a checkpoint in {workdir}: {free / 2**20:.1f} MiB free, about "
+      f"{need / 2**20:.1f} MiB needed. Free space or move the run to a larger disk; the last "
+      f"complete checkpoint is {last}."
+    )
 
 
 class _IteratorState:
@@ -121,13 +143,19 @@ def _per_process(value: int) -> list[int]:
   if jax.process_count() == 1:
     return [value]
   from jax.experimental import multihost_utils
+
   return [int(v) for v in multihost_utils.process_allgather(np.int64(value)).reshape(-1)]
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iter, meta: dict, force: bool = False) -> bool:
+def save(
+  manager: ocp.CheckpointManager, step: int, state, data_iter, meta: dict, force: bool = False
+) -> bool:
   """Saves `state`, the iterator's position and `meta` (plus the checksums and shapes that a resume checks)."""
   import grain  # the JAX-only readers of checkpoints (tc.load) need no Grain
-  meta = dict(meta, checksums=checksums(state), shapes=shapes(state), process_count=jax.process_count())
+
+  meta = dict(
+    meta, checksums=checksums(state), shapes=shapes(state), process_count=jax.process_count()
+  )
   args = {"state": ocp.args.StandardSave(state)}
   if data_iter is not None:
     data = json.dumps(data_iter.get_state(), sort_keys=True).encode()
@@ -140,7 +168,10 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iter, meta: dict
 def shapes(tree) -> dict[str, str]:
   """{leaf path: "dtype[shape]"} of a pytree of arrays or jax.ShapeDtypeStructs."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(p, simple=True, separator="/"): f"{x.dtype}{list(x.shape)}" for p, x in flat}
+  return {
+    jax.tree_util.keystr(p, simple=True, separator="/"): f"{x.dtype}{list(x.shape)}"
+    for p, x in flat
+  }
 
 
 def state_differences(meta: dict, abstract_state) -> list[str]:
@@ -167,9 +198,11 @@ class Saver:
 
   def _failed(self, step: int, e: Exception) -> fileio.StorageError:
     last = f"step {self.last_good}" if self.last_good is not None else "none yet"
-    return fileio.StorageError(f"Writing checkpoint {step} to {checkpoint_dir(self.workdir)} failed "
-                               f"({_first_line(e)}); the last complete checkpoint ({last}) is intact: restart to "
-                               "resume once the storage answers.")
+    return fileio.StorageError(
+      f"Writing checkpoint {step} to {checkpoint_dir(self.workdir)} failed "
+      f"({_first_line(e)}); the last complete checkpoint ({last}) is intact: restart to "
+      "resume once the storage answers."
+    )
 
   def wait(self) -> None:
     """Waits for the save in flight, if any."""
@@ -195,7 +228,9 @@ class DamagedCheckpoint(ValueError):
   """A checkpoint whose files are missing, unreadable or differ from their save-time checksums."""
 
 
-_GOLDEN = np.uint32(0x9E3779B1)  # odd: weights position * GOLDEN + 1 are distinct for 2**32 positions
+_GOLDEN = np.uint32(
+  0x9E3779B1
+)  # odd: weights position * GOLDEN + 1 are distinct for 2**32 positions
 
 
 def _leaf_checksum(x):
@@ -207,11 +242,15 @@ def _leaf_checksum(x):
     x = jax.random.key_data(x)
   if x.dtype == jnp.bool_:
     x = x.astype(jnp.uint8)
-  bits = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize])
+  bits = jax.lax.bitcast_convert_type(
+    x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+  )
   pos = jnp.zeros(x.shape, jnp.uint32)
   stride = 1
-  for d in reversed(range(x.ndim)):  # flat position from broadcast iotas: no reshape, so no resharding
-    pos = pos + jax.lax.broadcasted_iota(jnp.uint32, x.shape, d) * jnp.uint32(stride % 2 ** 32)
+  for d in reversed(
+    range(x.ndim)
+  ):  # flat position from broadcast iotas: no reshape, so no resharding
+    pos = pos + jax.lax.broadcasted_iota(jnp.uint32, x.shape, d) * jnp.uint32(stride % 2**32)
     stride *= x.shape[d]
   return jnp.sum(bits.astype(jnp.uint32) * (pos * _GOLDEN + jnp.uint32(1)), dtype=jnp.uint32)
 
@@ -232,8 +271,10 @@ def verify(tree, expected: dict | None, step: int) -> None:
   got = checksums(tree)
   bad = [k for k, v in got.items() if k in expected and expected[k] != v]
   if bad:
-    raise DamagedCheckpoint(f"checkpoint {step}: {len(bad)} array(s) differ from their save-time checksum "
-                            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+    raise DamagedCheckpoint(
+      f"checkpoint {step}: {len(bad)} array(s) differ from their save-time checksum "
+      f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+    )
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
@@ -243,21 +284,33 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
   save-time checksum.
   """
   import grain
+
   holder = _IteratorState()
-  out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                     meta=ocp.args.JsonRestore(),
-                                                     data=grain.checkpoint.CheckpointRestore(holder)))
+  out = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state),
+      meta=ocp.args.JsonRestore(),
+      data=grain.checkpoint.CheckpointRestore(holder),
+    ),
+  )
   state, meta = out["state"], out["meta"]
   verify(state, meta.get("checksums"), step)
   expected = meta.get("data_checksums")
-  if expected and len(expected) == jax.process_count() and zlib.crc32(holder.data) != expected[jax.process_index()]:
-    raise DamagedCheckpoint(f"checkpoint {step}: the data iterator's state (data/process_{jax.process_index()}"
-                            f"-of-{jax.process_count()}.json) differs from its save-time checksum")
+  if (
+    expected
+    and len(expected) == jax.process_count()
+    and zlib.crc32(holder.data) != expected[jax.process_index()]
+  ):
+    raise DamagedCheckpoint(
+      f"checkpoint {step}: the data iterator's state (data/process_{jax.process_index()}"
+      f"-of-{jax.process_count()}.json) differs from its save-time checksum"
+    )
   return state, meta, json.loads(holder.data)
 
 
 def _first_line(e: Exception) -> str:
-  lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+  lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
   return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
 
 
@@ -269,7 +322,9 @@ def set_aside(workdir: str, step: int) -> str:
   return dst
 
 
-def restore_intact(manager: ocp.CheckpointManager, workdir: str, abstract_state, check_meta, log=print):
+def restore_intact(
+  manager: ocp.CheckpointManager, workdir: str, abstract_state, check_meta, log=print
+):
   """(step, state, meta, iterator state) of the newest intact checkpoint, or None if there is none.
 
   `check_meta(meta, step)` runs on each candidate's meta before anything else is read; it raises to refuse
@@ -278,6 +333,7 @@ def restore_intact(manager: ocp.CheckpointManager, workdir: str, abstract_state,
   line and set aside, and the next older one is tried; if every one is damaged, raises DamagedCheckpoint.
   """
   from jax.experimental import multihost_utils
+
   steps = sorted(manager.all_steps(), reverse=True)
   for i, step in enumerate(steps):
     if i:
@@ -297,13 +353,21 @@ def restore_intact(manager: ocp.CheckpointManager, workdir: str, abstract_state,
         why = _first_line(e)
     where = set_aside(workdir, step)
     multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
-    nxt = f"falling back to checkpoint {steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint is left"
-    log(f"Checkpoint {step} in {checkpoint_dir(workdir)} is damaged: {why}; moved it to {where}, {nxt}.")
+    nxt = (
+      f"falling back to checkpoint {steps[i + 1]}"
+      if i + 1 < len(steps)
+      else "no older checkpoint is left"
+    )
+    log(
+      f"Checkpoint {step} in {checkpoint_dir(workdir)} is damaged: {why}; moved it to {where}, {nxt}."
+    )
   manager.reload()
   if steps:
-    raise DamagedCheckpoint(f"Every checkpoint in {checkpoint_dir(workdir)} is damaged (moved to "
-                            f"{fileio.join(fileio.absolute(workdir), 'damaged_checkpoints')}): start a new workdir, "
-                            "or move one back if you know it is usable.")
+    raise DamagedCheckpoint(
+      f"Every checkpoint in {checkpoint_dir(workdir)} is damaged (moved to "
+      f"{fileio.join(fileio.absolute(workdir), 'damaged_checkpoints')}): start a new workdir, "
+      "or move one back if you know it is usable."
+    )
   return None
 
 
@@ -314,11 +378,17 @@ def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
   if step is None:
     step = manager.latest_step()
     if step is None:
-      raise FileNotFoundError(f"{workdir} holds no complete checkpoint (looked in {checkpoint_dir(workdir)}).")
+      raise FileNotFoundError(
+        f"{workdir} holds no complete checkpoint (looked in {checkpoint_dir(workdir)})."
+      )
   elif step not in steps:
-    raise FileNotFoundError(f"{workdir} has no checkpoint at step {step}; it has steps "
-                            f"{', '.join(map(str, sorted(steps))) or 'none'}.")
-  return step, json.loads(fileio.read_bytes(fileio.join(checkpoint_dir(workdir), str(step), "meta", "metadata")))
+    raise FileNotFoundError(
+      f"{workdir} has no checkpoint at step {step}; it has steps "
+      f"{', '.join(map(str, sorted(steps))) or 'none'}."
+    )
+  return step, json.loads(
+    fileio.read_bytes(fileio.join(checkpoint_dir(workdir), str(step), "meta", "metadata"))
+  )
 
 
 def load_params(workdir: str, step: int | None = None):
@@ -331,12 +401,18 @@ def load_params(workdir: str, step: int | None = None):
   manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("state", "data", "meta"))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
-    saved = ocp.StandardCheckpointHandler().metadata(fileio.Path(checkpoint_dir(workdir)) / str(step) / "state")
+    saved = ocp.StandardCheckpointHandler().metadata(
+      fileio.Path(checkpoint_dir(workdir)) / str(step) / "state"
+    )
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )
   except Exception as e:  # noqa: BLE001 - missing or cut files
-    raise DamagedCheckpoint(f"checkpoint {step} in {checkpoint_dir(workdir)} cannot be read ({_first_line(e)}); "
-                            "pass an older --step") from None
+    raise DamagedCheckpoint(
+      f"checkpoint {step} in {checkpoint_dir(workdir)} cannot be read ({_first_line(e)}); "
+      "pass an older --step"
+    ) from None
   try:
     verify(restored["state"], meta.get("checksums"), step)
   except DamagedCheckpoint as e:

@@ -65,6 +65,7 @@ def glob(pattern: str) -> list[str]:
   pattern = os.fspath(pattern)
   if not is_remote(pattern):
     import glob as globlib
+
     return sorted(globlib.glob(pattern))
   fixed = []
   for part in pattern.split("/"):
@@ -72,8 +73,12 @@ def glob(pattern: str) -> list[str]:
       break
     fixed.append(part)
   root = "/".join(fixed)
-  rest = pattern[len(root):].lstrip("/")
-  return sorted(os.fspath(p) for p in Path(root).glob(rest)) if rest else ([root] if exists(root) else [])
+  rest = pattern[len(root) :].lstrip("/")
+  return (
+    sorted(os.fspath(p) for p in Path(root).glob(rest))
+    if rest
+    else ([root] if exists(root) else [])
+  )
 
 
 def getsize(path) -> int:
@@ -90,8 +95,10 @@ def fsspec_fs(path):
   path = os.fspath(path)
   if path.startswith("gs://"):
     from etils.epath import backend
+
     return backend.fsspec_backend.fs(path)
   import fsspec
+
   return fsspec.core.url_to_fs(path)[0]  # epath maps schemes it does not know to the local disk
 
 
@@ -106,7 +113,9 @@ def write_bytes(path, data: bytes) -> None:
   """Writes a whole file: atomically on a local disk (temporary file + rename); one object upload on a bucket."""
   path = os.fspath(path)
   if is_remote(path):
-    fsspec_fs(path).pipe_file(path, data)  # one request, retried by gcsfs (a resumable session is two)
+    fsspec_fs(path).pipe_file(
+      path, data
+    )  # one request, retried by gcsfs (a resumable session is two)
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"
@@ -127,7 +136,9 @@ def upload(local, remote) -> None:
     return
   fs = fsspec_fs(remote)
   if os.path.isdir(local):
-    files = [os.path.relpath(os.path.join(r, f), local) for r, _, fs_ in os.walk(local) for f in fs_]
+    files = [
+      os.path.relpath(os.path.join(r, f), local) for r, _, fs_ in os.walk(local) for f in fs_
+    ]
     # manifest.json files last: their presence says a folder is complete
     for rel in sorted(files, key=lambda f: os.path.basename(f) == "manifest.json"):
       fs.put_file(os.path.join(local, rel), f"{remote.rstrip('/')}/{rel}")
@@ -159,6 +170,8 @@ def move(src, dst) -> None:
   fs = fsspec_fs(src)
   fs.mv(src, dst, recursive=True)
   fs.invalidate_cache()
-  if fs.exists(src):  # what mv leaves: folder placeholder objects ("NAME/"), which keep the folder listed
+  if fs.exists(
+    src
+  ):  # what mv leaves: folder placeholder objects ("NAME/"), which keep the folder listed
     fs.rm(src, recursive=True)
     fs.invalidate_cache()

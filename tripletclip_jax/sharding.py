@@ -29,12 +29,16 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
     raise ValueError(f"Only one mesh axis may be -1, got data={data} fsdp={fsdp}.")
   known = math.prod(s for s in sizes if s != -1)
   if known <= 0 or n % known:
-    raise ValueError(f"Mesh data={data} x fsdp={fsdp} does not divide the {n} devices; "
-                     f"choose axis sizes whose product divides {n}.")
+    raise ValueError(
+      f"Mesh data={data} x fsdp={fsdp} does not divide the {n} devices; "
+      f"choose axis sizes whose product divides {n}."
+    )
   sizes = [n // known if s == -1 else s for s in sizes]
   if math.prod(sizes) != n:
-    raise ValueError(f"Mesh data={sizes[0]} x fsdp={sizes[1]} uses {math.prod(sizes)} of {n} devices; "
-                     "set one axis to -1 to fill.")
+    raise ValueError(
+      f"Mesh data={sizes[0]} x fsdp={sizes[1]} uses {math.prod(sizes)} of {n} devices; "
+      "set one axis to -1 to fill."
+    )
   auto = (jax.sharding.AxisType.Auto,) * 2
   return jax.make_mesh(tuple(sizes), BATCH_AXES, axis_types=auto, devices=devices)
 
@@ -46,11 +50,13 @@ def num_batch_shards(mesh: Mesh) -> int:
 def check_batch_divides(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
   n = num_batch_shards(mesh)
   if batch_size % n:
-    raise ValueError(f"{what}={batch_size} does not divide over the {n} devices of mesh "
-                     f"{dict(mesh.shape)}; use a multiple of {n}.")
+    raise ValueError(
+      f"{what}={batch_size} does not divide over the {n} devices of mesh "
+      f"{dict(mesh.shape)}; use a multiple of {n}."
+    )
 
 
-def param_spec(shape, fsdp_size: int, min_size: int = 2 ** 16) -> P:
+def param_spec(shape, fsdp_size: int, min_size: int = 2**16) -> P:
   """FSDP rule: split the largest dimension divisible by `fsdp_size`; replicate small arrays."""
   if fsdp_size == 1 or math.prod(shape) < min_size:
     return P()
@@ -62,10 +68,12 @@ def param_spec(shape, fsdp_size: int, min_size: int = 2 ** 16) -> P:
   return P()
 
 
-def tree_shardings(shape_tree, mesh: Mesh, min_size: int = 2 ** 16):
+def tree_shardings(shape_tree, mesh: Mesh, min_size: int = 2**16):
   """NamedShardings for every leaf (arrays or ShapeDtypeStructs) by the FSDP rule."""
   fsdp = mesh.shape["fsdp"]
-  return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(x.shape, fsdp, min_size)), shape_tree)
+  return jax.tree.map(
+    lambda x: NamedSharding(mesh, param_spec(x.shape, fsdp, min_size)), shape_tree
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -84,4 +92,6 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
   unchanged on one host and on pods.
   """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }

@@ -19,6 +19,7 @@ SUFFIX = ".array_record"
 
 def _reader(path: str):
   from array_record.python.array_record_module import ArrayRecordReader
+
   # No read-ahead: records are read in shuffled order, one at a time.
   return ArrayRecordReader(path, "readahead_buffer_size:0")
 
@@ -30,8 +31,10 @@ class ArrayRecordSource:
     self.paths = list(paths)
     remote = [p for p in self.paths if fileio.is_remote(p)]
     if remote:
-      raise ValueError(f"{remote[0]}: ArrayRecord files are read from a local or mounted file system; copy them "
-                       "to local disk (or mount the bucket) or use the TFRecord shards.")
+      raise ValueError(
+        f"{remote[0]}: ArrayRecord files are read from a local or mounted file system; copy them "
+        "to local disk (or mount the bucket) or use the TFRecord shards."
+      )
     sizes = []
     for p in self.paths:
       try:
@@ -39,8 +42,10 @@ class ArrayRecordSource:
         sizes.append(r.num_records())
         r.close()
       except Exception as e:  # noqa: BLE001 - the C++ reader raises RuntimeError / ValueError
-        raise ValueError(f"{p} is not a readable ArrayRecord file ({str(e).splitlines()[0][:120]}): convert it "
-                         "again.") from None
+        raise ValueError(
+          f"{p} is not a readable ArrayRecord file ({str(e).splitlines()[0][:120]}): convert it "
+          "again."
+        ) from None
     self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     self._readers, self._pid = {}, None
 
@@ -63,7 +68,9 @@ class ArrayRecordSource:
     try:
       payload = self._readers[s].read([local])[0]
     except Exception as e:  # noqa: BLE001 - a damaged chunk fails its riegeli checksum
-      return SourceItem(shard, None, "corrupt_framing", f"record {local}: {str(e).splitlines()[0][:160]}")
+      return SourceItem(
+        shard, None, "corrupt_framing", f"record {local}: {str(e).splitlines()[0][:160]}"
+      )
     return decoded(shard, local, payload)
 
 
@@ -72,12 +79,15 @@ def convert(tfrecord_pattern: str, output_dir: str) -> list[str]:
   (the same payload bytes, in the same order); returns the paths written. A record that fails its CRC stops
   the conversion with records.RecordError naming the shard (nothing half-written is left as a shard)."""
   from array_record.python.array_record_module import ArrayRecordWriter
+
   os.makedirs(output_dir, exist_ok=True)
   out = []
   for path in records.resolve_shards(tfrecord_pattern):
     name = os.path.basename(path).rsplit(".", 1)[0] + SUFFIX
     target = os.path.join(output_dir, name)
-    writer = ArrayRecordWriter(target + ".tmp", "group_size:1")  # one record per chunk: cheap random reads
+    writer = ArrayRecordWriter(
+      target + ".tmp", "group_size:1"
+    )  # one record per chunk: cheap random reads
     try:
       for payload in records.iter_records(path):
         writer.write(payload)

@@ -15,13 +15,15 @@ from tripletclip_jax.data import array_record, sources
 @dataclasses.dataclass(frozen=True)
 class Format:
   name: str
-  suffix: str                  # files of this format end with it
+  suffix: str  # files of this format end with it
   open: Callable[[list], object]  # paths -> a random-access source of SourceItems
 
 
 FORMATS = (
-    Format("tfrecord", ".tfrecord", sources.ShardSource),  # ours: CRC-framed, with .idx sidecars
-    Format("array_record", array_record.SUFFIX, array_record.ArrayRecordSource),  # Grain's native format
+  Format("tfrecord", ".tfrecord", sources.ShardSource),  # ours: CRC-framed, with .idx sidecars
+  Format(
+    "array_record", array_record.SUFFIX, array_record.ArrayRecordSource
+  ),  # Grain's native format
 )
 
 
@@ -37,17 +39,23 @@ def resolve(pattern: str) -> tuple[Format, list[str]]:
     else:
       found = fileio.glob(part)
     if not found:
-      raise FileNotFoundError(f"No TripletData files match {part!r}: check the path (a directory, a glob such as "
-                              f"data/train-*.tfrecord, or a comma-separated list; formats: "
-                              f"{', '.join(f.suffix for f in FORMATS)}).")
+      raise FileNotFoundError(
+        f"No TripletData files match {part!r}: check the path (a directory, a glob such as "
+        f"data/train-*.tfrecord, or a comma-separated list; formats: "
+        f"{', '.join(f.suffix for f in FORMATS)})."
+      )
     paths.extend(found)
   kinds = {f.name: f for p in paths for f in FORMATS if p.endswith(f.suffix)}
   unknown = [p for p in paths if not any(p.endswith(f.suffix) for f in FORMATS)]
   if unknown:
-    raise ValueError(f"{unknown[0]} is of no known TripletData format; files end with "
-                     f"{', '.join(f.suffix for f in FORMATS)}.")
+    raise ValueError(
+      f"{unknown[0]} is of no known TripletData format; files end with "
+      f"{', '.join(f.suffix for f in FORMATS)}."
+    )
   if len(kinds) > 1:
-    raise ValueError(f"{pattern!r} mixes formats ({', '.join(sorted(kinds))}): point it at one of them.")
+    raise ValueError(
+      f"{pattern!r} mixes formats ({', '.join(sorted(kinds))}): point it at one of them."
+    )
   return next(iter(kinds.values())), paths
 
 

@@ -35,6 +35,7 @@ def load_file(path: str) -> Image.Image:
 
   The bytes come in one read (on a bucket one GET, not a metadata request and then a read)."""
   from tripletclip_jax import fileio
+
   with Image.open(io.BytesIO(fileio.read_bytes(path))) as im:
     im.load()
     return to_rgb(im)
@@ -60,11 +61,14 @@ def map_threads(fn, items: list, threads: int = LOAD_THREADS) -> list:
   if len(items) <= 1 or threads <= 1:
     return [fn(x) for x in items]
   from concurrent.futures import ThreadPoolExecutor
+
   with ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="load-image") as pool:
     return list(pool.map(fn, items))
 
 
-def try_load_all(paths: list[str], threads: int = LOAD_THREADS) -> list[tuple[Image.Image | None, str | None]]:
+def try_load_all(
+  paths: list[str], threads: int = LOAD_THREADS
+) -> list[tuple[Image.Image | None, str | None]]:
   """`try_load` of every path, `threads` at a time, in the order given."""
   return map_threads(try_load, paths, threads)
 
@@ -86,8 +90,9 @@ def normalize(img: Image.Image) -> np.ndarray:
   return x
 
 
-def random_resized_crop_box(w: int, h: int, rng: np.random.Generator, scale=(0.9, 1.0),
-                            ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+  w: int, h: int, rng: np.random.Generator, scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
   """torchvision's RandomResizedCrop box sampling: (left, top, width, height)."""
   area = w * h
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -112,8 +117,9 @@ def _out(img: Image.Image, uint8: bool) -> np.ndarray:
   return np.asarray(img, np.uint8) if uint8 else normalize(img)
 
 
-def train_transform(data: bytes, size: int, rng: np.random.Generator, scale=(0.9, 1.0),
-                    uint8: bool = False) -> np.ndarray:
+def train_transform(
+  data: bytes, size: int, rng: np.random.Generator, scale=(0.9, 1.0), uint8: bool = False
+) -> np.ndarray:
   """Encoded image -> random resized crop, normalised float32 [size, size, 3] (or its uint8 pixels)."""
   img = Image.open(io.BytesIO(data))  # reads the header only
   w0, h0 = img.size

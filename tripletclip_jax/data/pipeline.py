@@ -22,8 +22,15 @@ from tripletclip_jax.data.sources import SourceItem, UnionSource
 from tripletclip_jax.data.tokenizer import tokenize
 
 # New reasons go at the end: checkpoints store the counts in this order.
-BAD_REASONS = ("undecodable_image", "missing_feature", "empty_caption", "crc_mismatch", "truncated",
-               "malformed_feature", "corrupt_framing")
+BAD_REASONS = (
+  "undecodable_image",
+  "missing_feature",
+  "empty_caption",
+  "crc_mismatch",
+  "truncated",
+  "malformed_feature",
+  "corrupt_framing",
+)
 MIN_EVIDENCE = 100  # records seen before the bad fraction so far is held to max_bad_fraction
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 log = logging.getLogger(__name__)
@@ -31,13 +38,17 @@ log = logging.getLogger(__name__)
 
 class BadRecord(NamedTuple):
   """What the pipeline passes on for a record it cannot use: counted by reason, logged once, skipped."""
+
   reason: str  # one of BAD_REASONS
-  where: str   # "shard:key", or the shard alone when the record's bytes could not be read
+  where: str  # "shard:key", or the shard alone when the record's bytes could not be read
   detail: str
 
 
 FIELDS = ("image", "neg_image", "text", "neg_text")
-AUGMENTATIONS = ("random_resized_crop", "center_crop")  # center_crop: the release's training transform
+AUGMENTATIONS = (
+  "random_resized_crop",
+  "center_crop",
+)  # center_crop: the release's training transform
 
 
 class Preprocess:
@@ -48,8 +59,16 @@ class Preprocess:
   images (nor notices an undecodable one).
   """
 
-  def __init__(self, image_size: int, context_length: int, train: bool, crop_scale=(0.9, 1.0), fields=FIELDS,
-               augment: str = "random_resized_crop", uint8: bool = False):
+  def __init__(
+    self,
+    image_size: int,
+    context_length: int,
+    train: bool,
+    crop_scale=(0.9, 1.0),
+    fields=FIELDS,
+    augment: str = "random_resized_crop",
+    uint8: bool = False,
+  ):
     self.image_size, self.context_length, self.uint8 = image_size, context_length, uint8
     self.crop_scale, self.fields = tuple(crop_scale), tuple(fields)
     unknown = set(self.fields) - set(FIELDS)
@@ -69,7 +88,9 @@ class Preprocess:
     missing = [f for f in records.REQUIRED if f not in ex or ex[f] == []]
     if missing:
       return BadRecord("missing_feature", where, f"missing {missing}")
-    problem = records.check_example(ex)  # a wrong type or count must be skipped here, not crash a worker
+    problem = records.check_example(
+      ex
+    )  # a wrong type or count must be skipped here, not crash a worker
     if problem:
       return BadRecord("malformed_feature", where, problem)
     caps = {"text": ex["caption"].decode("utf-8"), "neg_text": ex["neg_caption"].decode("utf-8")}
@@ -80,11 +101,16 @@ class Preprocess:
       if f not in self.fields:
         continue
       try:
-        out[f] = (image_ops.train_transform(ex[f], self.image_size, rng, self.crop_scale, self.uint8)
-                  if self.random_crop else image_ops.eval_transform(ex[f], self.image_size, self.uint8))
+        out[f] = (
+          image_ops.train_transform(ex[f], self.image_size, rng, self.crop_scale, self.uint8)
+          if self.random_crop
+          else image_ops.eval_transform(ex[f], self.image_size, self.uint8)
+        )
       except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt images
         # PIL's messages can hold an object's address: drop it, so one fault logs once.
-        return BadRecord("undecodable_image", where, f"{f}: {type(e).__name__}: {_ADDRESS.sub('', str(e))}")
+        return BadRecord(
+          "undecodable_image", where, f"{f}: {type(e).__name__}: {_ADDRESS.sub('', str(e))}"
+        )
     texts = [f for f in ("text", "neg_text") if f in self.fields]
     if texts:
       out.update(zip(texts, tokenize([caps[f] for f in texts], self.context_length)))
@@ -96,7 +122,9 @@ class TooManyBadRecords(RuntimeError):
 
 
 class _SkipBadBatchIterator(grain.DatasetIterator):
-  def __init__(self, parent, batch_size: int, drop_remainder: bool, max_bad_fraction: float, window: int):
+  def __init__(
+    self, parent, batch_size: int, drop_remainder: bool, max_bad_fraction: float, window: int
+  ):
     super().__init__(parent)
     self._batch_size, self._drop_remainder = batch_size, drop_remainder
     self._max_bad, self._window = max_bad_fraction, collections.deque(maxlen=window)
@@ -138,8 +166,10 @@ class _SkipBadBatchIterator(grain.DatasetIterator):
       what = f"{self._bad_seen} of the first {self._seen} records are bad"
     else:
       return
-    raise TooManyBadRecords(f"{what} (limit max_bad_fraction={self._max_bad}) in shards {sorted(set(bad))}: "
-                            "check or regenerate them, or raise max_bad_fraction.")
+    raise TooManyBadRecords(
+      f"{what} (limit max_bad_fraction={self._max_bad}) in shards {sorted(set(bad))}: "
+      "check or regenerate them, or raise max_bad_fraction."
+    )
 
   def get_state(self):
     return self._parent.get_state()
@@ -151,8 +181,14 @@ class _SkipBadBatchIterator(grain.DatasetIterator):
 class SkipBadBatch(grain.IterDataset):
   """Batches `batch_size` good elements, skipping and counting bad-record markers."""
 
-  def __init__(self, parent, batch_size: int, drop_remainder: bool = True, max_bad_fraction: float = 0.01,
-               window: int = 1000):
+  def __init__(
+    self,
+    parent,
+    batch_size: int,
+    drop_remainder: bool = True,
+    max_bad_fraction: float = 0.01,
+    window: int = 1000,
+  ):
     super().__init__(parent)
     self._args = (batch_size, drop_remainder, max_bad_fraction, window)
 
@@ -160,13 +196,29 @@ class SkipBadBatch(grain.IterDataset):
     return _SkipBadBatchIterator(self._parent.__iter__(), *self._args)
 
 
-def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: int = 77,
-                 train: bool = True, seed: int = 0, num_epochs: int | None = None, shuffle: bool | None = None,
-                 num_workers: int = 0, process_index: int | None = None, process_count: int | None = None,
-                 crop_scale=(0.9, 1.0), max_bad_fraction: float = 0.01, bad_window: int = 1000,
-                 drop_remainder: bool | None = None, read_threads: int = 16, fields=FIELDS,
-                 augment: str = "random_resized_crop", union_negatives: bool = False,
-                 uint8_images: bool = False) -> grain.IterDataset:
+def make_dataset(
+  pattern,
+  *,
+  batch_size: int,
+  image_size: int,
+  context_length: int = 77,
+  train: bool = True,
+  seed: int = 0,
+  num_epochs: int | None = None,
+  shuffle: bool | None = None,
+  num_workers: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  crop_scale=(0.9, 1.0),
+  max_bad_fraction: float = 0.01,
+  bad_window: int = 1000,
+  drop_remainder: bool | None = None,
+  read_threads: int = 16,
+  fields=FIELDS,
+  augment: str = "random_resized_crop",
+  union_negatives: bool = False,
+  uint8_images: bool = False,
+) -> grain.IterDataset:
   """Per-process batches from TripletData shards in any registered format (`data/formats.py`: a glob,
   directory or comma-separated list of TFRecord or ArrayRecord files) or a source such as TFDSSource.
 
@@ -182,9 +234,13 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
   """
   if process_index is None or process_count is None:
     import jax  # only for the process layout; the pipeline itself needs no JAX
+
     process_index, process_count = jax.process_index(), jax.process_count()
-  source = pattern if hasattr(pattern, "__getitem__") and not isinstance(pattern, str) else \
-      formats.open_source(pattern)
+  source = (
+    pattern
+    if hasattr(pattern, "__getitem__") and not isinstance(pattern, str)
+    else formats.open_source(pattern)
+  )
   if len(source) == 0:
     raise ValueError(f"The shards matching {pattern!r} hold no records.")
   if union_negatives:
@@ -202,11 +258,22 @@ def make_dataset(pattern, *, batch_size: int, image_size: int, context_length: i
   ds = ds[process_index::process_count]
   # Threads that decode ahead within each process (Grain's default is 16); use about one per core a
   # process has, or a few per worker process when mp workers split the cores.
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * batch_size))
-  ds = SkipBadBatch(ds, batch_size, train if drop_remainder is None else drop_remainder, max_bad_fraction, bad_window)
+  ds = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4 * batch_size)
+  )
+  ds = SkipBadBatch(
+    ds,
+    batch_size,
+    train if drop_remainder is None else drop_remainder,
+    max_bad_fraction,
+    bad_window,
+  )
   if num_workers > 0:
     from absl import flags
-    if not flags.FLAGS.is_parsed():  # Grain's workers read an absl flag; a library caller has parsed none
+
+    if (
+      not flags.FLAGS.is_parsed()
+    ):  # Grain's workers read an absl flag; a library caller has parsed none
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds
@@ -235,9 +302,14 @@ def iterator_state_for(state: dict, num_workers: int) -> tuple[dict, int]:
   repeated = sum(max(0, c - (first_free - w + n - 1) // n) for w, c in enumerate(consumed))
   if num_workers == 0:
     return {"next_index": first_free}, repeated
-  per_worker = [max(0, (first_free - w + num_workers - 1) // num_workers) for w in range(num_workers)]
-  return {"next_index_in_cycle": 0, "next_index_in_datasets": num_workers,
-          "iterators_in_use_indices": list(range(num_workers)),
-          "iterators_in_use_states": [{"next_index": c} for c in per_worker],
-          "exhausted": [0] * num_workers, "future_states": {}}, repeated
-
+  per_worker = [
+    max(0, (first_free - w + num_workers - 1) // num_workers) for w in range(num_workers)
+  ]
+  return {
+    "next_index_in_cycle": 0,
+    "next_index_in_datasets": num_workers,
+    "iterators_in_use_indices": list(range(num_workers)),
+    "iterators_in_use_states": [{"next_index": c} for c in per_worker],
+    "exhausted": [0] * num_workers,
+    "future_states": {},
+  }, repeated

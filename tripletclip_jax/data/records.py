@@ -39,8 +39,11 @@ class RecordError(Exception):
 
 
 def _build_example_classes():
-  f = descriptor_pb2.FileDescriptorProto(name="tripletclip_jax/example.proto", package="tripletclip_jax", syntax="proto3")
+  f = descriptor_pb2.FileDescriptorProto(
+    name="tripletclip_jax/example.proto", package="tripletclip_jax", syntax="proto3"
+  )
   T = descriptor_pb2.FieldDescriptorProto
+
   def msg(name, fields, nested=(), oneof=None):
     m = f.message_type.add(name=name)
     for n in nested:
@@ -56,18 +59,31 @@ def _build_example_classes():
       if oneof:
         fd.oneof_index = 0
     return m
+
   rep, opt = T.LABEL_REPEATED, T.LABEL_OPTIONAL
   msg("BytesList", [("value", T.TYPE_BYTES, rep, None, False)])
   msg("FloatList", [("value", T.TYPE_FLOAT, rep, None, True)])
   msg("Int64List", [("value", T.TYPE_INT64, rep, None, True)])
-  msg("Feature", [("bytes_list", T.TYPE_MESSAGE, opt, ".tripletclip_jax.BytesList", False),
-                  ("float_list", T.TYPE_MESSAGE, opt, ".tripletclip_jax.FloatList", False),
-                  ("int64_list", T.TYPE_MESSAGE, opt, ".tripletclip_jax.Int64List", False)], oneof="kind")
+  msg(
+    "Feature",
+    [
+      ("bytes_list", T.TYPE_MESSAGE, opt, ".tripletclip_jax.BytesList", False),
+      ("float_list", T.TYPE_MESSAGE, opt, ".tripletclip_jax.FloatList", False),
+      ("int64_list", T.TYPE_MESSAGE, opt, ".tripletclip_jax.Int64List", False),
+    ],
+    oneof="kind",
+  )
   entry = descriptor_pb2.DescriptorProto(name="FeatureEntry")
   entry.field.add(name="key", number=1, type=T.TYPE_STRING, label=opt)
-  entry.field.add(name="value", number=2, type=T.TYPE_MESSAGE, label=opt, type_name=".tripletclip_jax.Feature")
+  entry.field.add(
+    name="value", number=2, type=T.TYPE_MESSAGE, label=opt, type_name=".tripletclip_jax.Feature"
+  )
   entry.options.map_entry = True
-  msg("Features", [("feature", T.TYPE_MESSAGE, rep, ".tripletclip_jax.Features.FeatureEntry", False)], nested=[entry])
+  msg(
+    "Features",
+    [("feature", T.TYPE_MESSAGE, rep, ".tripletclip_jax.Features.FeatureEntry", False)],
+    nested=[entry],
+  )
   msg("Example", [("features", T.TYPE_MESSAGE, opt, ".tripletclip_jax.Features", False)])
   pool = descriptor_pool.DescriptorPool()
   pool.Add(f)
@@ -107,7 +123,16 @@ def decode_example(data: bytes) -> dict:
   return out
 
 
-_BYTES_FIELDS = ("key", "image", "caption", "neg_image", "neg_caption", "neg_type", "neg_source", "source")
+_BYTES_FIELDS = (
+  "key",
+  "image",
+  "caption",
+  "neg_image",
+  "neg_caption",
+  "neg_type",
+  "neg_source",
+  "source",
+)
 _TEXT_FIELDS = ("key", "caption", "neg_caption", "neg_type", "neg_source", "source")
 
 
@@ -141,10 +166,18 @@ def _masked_crc(data: bytes) -> int:
 def frame(payload: bytes) -> bytes:
   """TFRecord framing of one record."""
   length = struct.pack("<Q", len(payload))
-  return length + struct.pack("<I", _masked_crc(length)) + payload + struct.pack("<I", _masked_crc(payload))
+  return (
+    length
+    + struct.pack("<I", _masked_crc(length))
+    + payload
+    + struct.pack("<I", _masked_crc(payload))
+  )
 
 
-TRUNCATED, LOST = -1, -2  # index lengths: a record cut off by the end of the shard; bytes with no valid framing
+TRUNCATED, LOST = (
+  -1,
+  -2,
+)  # index lengths: a record cut off by the end of the shard; bytes with no valid framing
 
 
 def _header(head: bytes) -> int | None:
@@ -181,20 +214,25 @@ class Reader:
       self._fd = None
 
 
-def read_at(reader: Reader, offset: int, path: str = "", verify: bool = True, length: int | None = None) -> bytes:
+def read_at(
+  reader: Reader, offset: int, path: str = "", verify: bool = True, length: int | None = None
+) -> bytes:
   """Reads the framed record at byte `offset` through `reader`; raises RecordError.
 
   `length` is the index's entry: LOST marks bytes that a scan could not frame. A known length reads
   header, payload and CRC in one request (one GET on a bucket).
   """
   if length == LOST:
-    raise RecordError("corrupt_framing", f"{path}: no valid record framing from byte {offset} (a corrupt length "
-                                         "header); the scan resynchronised at the next valid record")
+    raise RecordError(
+      "corrupt_framing",
+      f"{path}: no valid record framing from byte {offset} (a corrupt length "
+      "header); the scan resynchronised at the next valid record",
+    )
   whole = reader.pread(16 + length, offset) if length is not None and length >= 0 else None
   head = whole[:12] if whole is not None else reader.pread(12, offset)
   if len(head) < 12:
     raise RecordError("truncated", f"{path}: truncated record header at byte {offset}")
-  length, = struct.unpack("<Q", head[:8])
+  (length,) = struct.unpack("<Q", head[:8])
   if verify and struct.unpack("<I", head[8:])[0] != _masked_crc(head[:8]):
     raise RecordError("crc_mismatch", f"{path}: length CRC mismatch at byte {offset}")
   if whole is not None and len(whole) >= 16 and struct.unpack("<Q", whole[:8])[0] == length:
@@ -218,7 +256,7 @@ def _resync(f, start: int, size: int) -> int:
     buf = f.read(block + 12)
     for i in range(max(len(buf) - 11, 0)):
       n = struct.unpack_from("<Q", buf, i)[0]
-      if pos + i + 16 + n > size or _header(buf[i:i + 12]) is None:
+      if pos + i + 16 + n > size or _header(buf[i : i + 12]) is None:
         continue  # the length check first: nearly every random position fails it at once
       f.seek(pos + i + 12)
       body = f.read(n + 4)
@@ -254,8 +292,10 @@ def scan(path: str, log=None) -> np.ndarray:
         lost = max(1, round((nxt - offset) / (sum(sizes) / len(sizes)))) if sizes else 1
         rows += [(offset, LOST)] * lost
         if log:
-          log(f"{path}: bytes {offset}-{nxt} have no valid record framing (a corrupt length header); about "
-              f"{lost} record(s) lost, resynchronised at byte {nxt}")
+          log(
+            f"{path}: bytes {offset}-{nxt} have no valid record framing (a corrupt length header); about "
+            f"{lost} record(s) lost, resynchronised at byte {nxt}"
+          )
         offset = nxt
   return np.asarray(rows, np.int64).reshape(-1, 2)
 
@@ -329,11 +369,20 @@ class ShardWriter:
     self.abort() if exc_type else self.close()
 
 
-def write_manifest(directory: str, name: str, shards: list[str], counts: list[int], **how_made) -> str:
+def write_manifest(
+  directory: str, name: str, shards: list[str], counts: list[int], **how_made
+) -> str:
   """Writes `manifest.json`: counts per shard, schema version and how the data was made."""
-  manifest = {"name": name, "schema_version": SCHEMA_VERSION, "num_examples": int(sum(counts)),
-              "shards": [{"file": os.path.basename(s), "num_examples": int(c)} for s, c in zip(shards, counts)],
-              "features": {"required": list(REQUIRED), "optional": list(OPTIONAL)}, "created_by": how_made}
+  manifest = {
+    "name": name,
+    "schema_version": SCHEMA_VERSION,
+    "num_examples": int(sum(counts)),
+    "shards": [
+      {"file": os.path.basename(s), "num_examples": int(c)} for s, c in zip(shards, counts)
+    ],
+    "features": {"required": list(REQUIRED), "optional": list(OPTIONAL)},
+    "created_by": how_made,
+  }
   path = fileio.join(directory, MANIFEST)
   fileio.write_bytes(path, json.dumps(manifest, indent=2).encode())
   return path
@@ -348,8 +397,10 @@ def resolve_shards(pattern: str) -> list[str]:
       part = fileio.join(part, "*.tfrecord")
     found = fileio.glob(part)
     if not found:
-      raise FileNotFoundError(f"No TFRecord shards match {part!r}: check the path (a directory, a glob "
-                              "such as data/train-*.tfrecord, or a comma-separated list).")
+      raise FileNotFoundError(
+        f"No TFRecord shards match {part!r}: check the path (a directory, a glob "
+        "such as data/train-*.tfrecord, or a comma-separated list)."
+      )
     paths.extend(found)
   return paths
 
@@ -394,12 +445,17 @@ def load_index(path: str, log=None) -> np.ndarray:
       raise ValueError(f"an array of {index.dtype} {index.shape}, not int64 [N, 2]")
     why = _stale(path, index)
   except ValueError as e:  # numpy's own message would suggest allow_pickle: name the file instead
-    why = f"it is not a valid index ({str(e).split('. ')[0][:120]})" if "pickle" not in str(e) else \
-        "it holds Python objects, which are never loaded"
+    why = (
+      f"it is not a valid index ({str(e).split('. ')[0][:120]})"
+      if "pickle" not in str(e)
+      else "it holds Python objects, which are never loaded"
+    )
   if why is None:
     return index
   if log:
-    log(f"Ignored the index {side}: {why}; scanned the shard instead (delete or rewrite the index to silence this)")
+    log(
+      f"Ignored the index {side}: {why}; scanned the shard instead (delete or rewrite the index to silence this)"
+    )
   return scan(path, log)
 
 
@@ -417,16 +473,24 @@ def check_manifest(paths: list[str], counts: list[int]) -> None:
     if not fileio.exists(mpath):
       continue
     try:
-      listed = {s["file"]: int(s["num_examples"]) for s in json.loads(fileio.read_bytes(mpath))["shards"]}
+      listed = {
+        s["file"]: int(s["num_examples"]) for s in json.loads(fileio.read_bytes(mpath))["shards"]
+      }
     except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"{mpath} is not a valid manifest ({type(e).__name__}: {e}): fix or delete it.") from None
+      raise ValueError(
+        f"{mpath} is not a valid manifest ({type(e).__name__}: {e}): fix or delete it."
+      ) from None
     present = {os.path.basename(p) for p in fileio.glob(fileio.join(d, "*"))}
     missing = sorted(n for n in listed if n not in present)
     if missing:
-      raise ValueError(f"{mpath} lists {len(missing)} shard(s) missing from {d} (first: {missing[0]}): restore "
-                       "them, or regenerate the manifest if they are gone for good.")
+      raise ValueError(
+        f"{mpath} lists {len(missing)} shard(s) missing from {d} (first: {missing[0]}): restore "
+        "them, or regenerate the manifest if they are gone for good."
+      )
     for i in idx:
       name = os.path.basename(paths[i])
       if name in listed and listed[name] != counts[i]:
-        raise ValueError(f"{paths[i]} has {counts[i]} records but {mpath} says {listed[name]}: the shard was "
-                         "changed or cut short after the manifest was written; regenerate it or its manifest.")
+        raise ValueError(
+          f"{paths[i]} has {counts[i]} records but {mpath} says {listed[name]}: the shard was "
+          "changed or cut short after the manifest was written; regenerate it or its manifest."
+        )

@@ -16,12 +16,14 @@ from tripletclip_jax.data import records
 
 log = logging.getLogger(__name__)
 
+
 class SourceItem(NamedTuple):
   """One record as a source returns it."""
-  shard: str            # the file's name, for messages
+
+  shard: str  # the file's name, for messages
   example: dict | None  # the decoded features, or None when the record could not be read
-  reason: str | None    # why not (a `pipeline.BAD_REASONS` entry), or None
-  detail: str           # what exactly, for the log
+  reason: str | None  # why not (a `pipeline.BAD_REASONS` entry), or None
+  detail: str  # what exactly, for the log
 
 
 def decoded(shard: str, index: int, payload: bytes) -> SourceItem:
@@ -29,7 +31,9 @@ def decoded(shard: str, index: int, payload: bytes) -> SourceItem:
   try:
     return SourceItem(shard, records.decode_example(payload), None, "")
   except Exception as e:  # noqa: BLE001 - a corrupt payload that passed no CRC check
-    return SourceItem(shard, None, "undecodable_image", f"record {index}: unparseable Example ({e})")
+    return SourceItem(
+      shard, None, "undecodable_image", f"record {index}: unparseable Example ({e})"
+    )
 
 
 class ShardSource:
@@ -45,7 +49,9 @@ class ShardSource:
     # Loaded here with warnings, reloaded lazily (and identically) in workers.
     self._indexes = {s: records.load_index(p, log=log.warning) for s, p in enumerate(self.paths)}
     records.check_manifest(self.paths, [len(x) for x in self._indexes.values()])
-    self.starts = np.concatenate([[0], np.cumsum([len(x) for x in self._indexes.values()])]).astype(np.int64)
+    self.starts = np.concatenate([[0], np.cumsum([len(x) for x in self._indexes.values()])]).astype(
+      np.int64
+    )
     self._files: dict[int, Any] = {}
     self._pid = None
 
@@ -75,7 +81,9 @@ class ShardSource:
     try:
       payload = records.read_at(self._files[s], offset, self.paths[s], self.verify_crc, length)
     except records.RecordError as e:  # a lost byte range logs once, not once per record it held
-      return SourceItem(shard, None, e.reason, str(e) if e.reason == "corrupt_framing" else f"record {local}: {e}")
+      return SourceItem(
+        shard, None, e.reason, str(e) if e.reason == "corrupt_framing" else f"record {local}: {e}"
+      )
     return decoded(shard, local, payload)
 
 
@@ -97,8 +105,12 @@ class UnionSource:
     n = len(self.source)
     shard, ex, reason, detail = self.source[int(i) % n]
     if ex is not None and i >= n:
-      ex = dict(ex, image=ex.get("neg_image", []), caption=ex.get("neg_caption", []),
-                key=bytes(ex.get("key", b"?")) + b"#neg")
+      ex = dict(
+        ex,
+        image=ex.get("neg_image", []),
+        caption=ex.get("neg_caption", []),
+        key=bytes(ex.get("key", b"?")) + b"#neg",
+      )
     return SourceItem(shard, ex, reason, detail)
 
 
@@ -113,5 +125,3 @@ class TFDSSource:
 
   def __getitem__(self, i: int):
     return SourceItem(self.name, dict(self.data_source[int(i)]), None, "")
-
-

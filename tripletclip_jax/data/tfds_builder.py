@@ -26,15 +26,27 @@ class TripletData(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put TripletData shards (*.tfrecord, from launch/make_negatives.py or "
-                                  "launch/convert_wds.py) or webdataset tars (*.tar) in the manual_dir.")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+    "Put TripletData shards (*.tfrecord, from launch/make_negatives.py or "
+    "launch/convert_wds.py) or webdataset tars (*.tar) in the manual_dir."
+  )
 
   def _info(self):
-    raw = tfds.features.Tensor(shape=(), dtype=np.object_)  # encoded JPEG/PNG, decoded by the Grain pipeline
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-        "key": tfds.features.Text(), "image": raw, "neg_image": raw,
-        "caption": tfds.features.Text(), "neg_caption": tfds.features.Text(), "neg_type": tfds.features.Text(),
-    }))
+    raw = tfds.features.Tensor(
+      shape=(), dtype=np.object_
+    )  # encoded JPEG/PNG, decoded by the Grain pipeline
+    return self.dataset_info_from_configs(
+      features=tfds.features.FeaturesDict(
+        {
+          "key": tfds.features.Text(),
+          "image": raw,
+          "neg_image": raw,
+          "caption": tfds.features.Text(),
+          "neg_caption": tfds.features.Text(),
+          "neg_type": tfds.features.Text(),
+        }
+      )
+    )
 
   def _split_generators(self, dl_manager):
     root = str(dl_manager.manual_dir)
@@ -50,12 +62,19 @@ class TripletData(tfds.core.GeneratorBasedBuilder):
         yield _row(records.decode_example(payload), os.path.basename(path))
     for path in tars:
       for key, sample in wds.iter_samples(path):
-        yield _row(wds.sample_to_features(key, sample, os.path.basename(path)), os.path.basename(path))
+        yield _row(
+          wds.sample_to_features(key, sample, os.path.basename(path)), os.path.basename(path)
+        )
 
 
 def _row(f: dict, origin: str):
   """(unique key, example) from record features; text may arrive as bytes or str."""
   text = lambda k: f[k].decode("utf-8") if isinstance(f.get(k), bytes) else str(f.get(k, ""))
-  return f"{origin}/{text('key')}", {"key": text("key"), "image": f["image"], "neg_image": f["neg_image"],
-                                     "caption": text("caption"), "neg_caption": text("neg_caption"),
-                                     "neg_type": text("neg_type")}
+  return f"{origin}/{text('key')}", {
+    "key": text("key"),
+    "image": f["image"],
+    "neg_image": f["neg_image"],
+    "caption": text("caption"),
+    "neg_caption": text("neg_caption"),
+    "neg_type": text("neg_type"),
+  }

@@ -16,7 +16,10 @@ import regex
 BPE_PATH = os.path.join(os.path.dirname(__file__), "bpe_simple_vocab_16e6.txt.gz")
 NUM_MERGES = 49152 - 256 - 2
 SOT, EOT = "<start_of_text>", "<end_of_text>"
-SOT_ID, EOT_ID = 49406, 49407  # their ids in this vocabulary (the last two), as in open_clip and transformers
+SOT_ID, EOT_ID = (
+  49406,
+  49407,
+)  # their ids in this vocabulary (the last two), as in open_clip and transformers
 
 
 @functools.lru_cache()
@@ -25,7 +28,11 @@ def bytes_to_unicode() -> dict[int, str]:
 
   Insertion order matters: it is the order of the first 256 vocabulary entries.
   """
-  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+  printable = [
+    *range(ord("!"), ord("~") + 1),
+    *range(ord("¡"), ord("¬") + 1),
+    *range(ord("®"), ord("ÿ") + 1),
+  ]
   out = {b: chr(b) for b in printable}
   others = [b for b in range(256) if b not in out]
   out.update({b: chr(256 + i) for i, b in enumerate(others)})
@@ -43,7 +50,7 @@ class Tokenizer:
 
   def __init__(self, bpe_path: str = BPE_PATH):
     with gzip.open(bpe_path, "rt", encoding="utf-8") as f:
-      lines = f.read().split("\n")[1:NUM_MERGES + 1]
+      lines = f.read().split("\n")[1 : NUM_MERGES + 1]
     self.merges = [tuple(line.split()) for line in lines]
     units = list(bytes_to_unicode().values())
     vocab = units + [u + "</w>" for u in units] + ["".join(m) for m in self.merges] + [SOT, EOT]
@@ -54,7 +61,9 @@ class Tokenizer:
     self.vocab_size = len(vocab)
     self._byte_map = bytes_to_unicode()
     self._pattern = regex.compile(
-        rf"{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+", regex.IGNORECASE)
+      rf"{SOT}|{EOT}|'s|'t|'re|'ve|'m|'ll|'d|[\p{{L}}]+|[\p{{N}}]|[^\s\p{{L}}\p{{N}}]+",
+      regex.IGNORECASE,
+    )
 
   @functools.lru_cache(maxsize=1 << 16)
   def _bpe(self, token: str) -> tuple[str, ...]:
@@ -94,7 +103,7 @@ class Tokenizer:
       if len(ids) > context_length:  # truncate, keeping eot last so pooling still finds it
         ids = ids[:context_length]
         ids[-1] = self.eot_id
-      out[i, :len(ids)] = ids
+      out[i, : len(ids)] = ids
     return out
 
 

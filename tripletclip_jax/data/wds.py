@@ -12,8 +12,15 @@ from typing import Iterator
 from tripletclip_jax import fileio
 from tripletclip_jax.data import records
 
-MEMBERS = {"image": "image", "neg_image": "neg_image", "caption": "caption", "neg_caption": "neg_caption",
-           "neg_type": "neg_type", "clip_score": "clip_score", "source": "source"}
+MEMBERS = {
+  "image": "image",
+  "neg_image": "neg_image",
+  "caption": "caption",
+  "neg_caption": "neg_caption",
+  "neg_type": "neg_type",
+  "clip_score": "clip_score",
+  "source": "source",
+}
 TEXT = ("caption", "neg_caption", "neg_type", "source")
 
 
@@ -33,7 +40,7 @@ def iter_samples(tar_path: str) -> Iterator[tuple[str, dict]]:
         yield key, sample
         sample = {}
       key = k
-      sample[base[dot + 1:]] = tar.extractfile(member).read()
+      sample[base[dot + 1 :]] = tar.extractfile(member).read()
   if sample:
     yield key, sample
 
@@ -65,4 +72,9 @@ def convert_tar(tar_path: str, out_path: str) -> dict:
         w.write(sample_to_features(key, sample, source))
       except (KeyError, ValueError, UnicodeDecodeError) as e:
         skipped.append(f"{key}: {e}")
-  return {"tar": tar_path, "written": w.count, "skipped": len(skipped), "skipped_keys": skipped[:20]}
+  return {
+    "tar": tar_path,
+    "written": w.count,
+    "skipped": len(skipped),
+    "skipped_keys": skipped[:20],
+  }

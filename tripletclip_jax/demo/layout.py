@@ -1,10 +1,10 @@
 """Where the demo world lies on disk and what its benchmarks are called: defined here once.
 
-    ROOT/train/            training TripletData shards (+ manifest.json)
-    ROOT/heldout/          held-out TripletData shards (the `triplet_heldout` evaluator)
-    ROOT/sugarcrepe/       held-out pairings in SugarCrepe's file format (`sugarcrepe_heldout`)
-    ROOT/sugarcrepe_seen/  seen pairings, same format (`sugarcrepe_seen`)
-    ROOT/world.json        the world's parameters and what the generator measured
+ROOT/train/            training TripletData shards (+ manifest.json)
+ROOT/heldout/          held-out TripletData shards (the `triplet_heldout` evaluator)
+ROOT/sugarcrepe/       held-out pairings in SugarCrepe's file format (`sugarcrepe_heldout`)
+ROOT/sugarcrepe_seen/  seen pairings, same format (`sugarcrepe_seen`)
+ROOT/world.json        the world's parameters and what the generator measured
 """
 
 import numpy as np
@@ -12,17 +12,29 @@ import numpy as np
 from tripletclip_jax.evaluate.sugarcrepe import SUBSETS
 from tripletclip_jax.fileio import join
 
-TRAIN, HELDOUT, SUGARCREPE_HELDOUT, SUGARCREPE_SEEN = "train", "heldout", "sugarcrepe", "sugarcrepe_seen"
+TRAIN, HELDOUT, SUGARCREPE_HELDOUT, SUGARCREPE_SEEN = (
+  "train",
+  "heldout",
+  "sugarcrepe",
+  "sugarcrepe_seen",
+)
 WORLD_JSON = "world.json"
-BINDING_SUBSETS = ("replace_att", "replace_rel", "swap_att", "swap_obj")  # the headline mean of the demo table
+BINDING_SUBSETS = (
+  "replace_att",
+  "replace_rel",
+  "swap_att",
+  "swap_obj",
+)  # the headline mean of the demo table
 SPLITS = {"heldout": SUGARCREPE_HELDOUT, "seen": SUGARCREPE_SEEN}  # split name -> benchmark folder
 TRIPLET_SCORES = ("text", "image", "group")
 
 
 def evals(root: str) -> dict:
   """The world's benchmarks as `config.evals` entries (types from `tripletclip_jax.evaluate`)."""
-  out = {f"sugarcrepe_{split}": {"type": "sugarcrepe", "sugarcrepe_dir": join(root, folder)}
-         for split, folder in SPLITS.items()}
+  out = {
+    f"sugarcrepe_{split}": {"type": "sugarcrepe", "sugarcrepe_dir": join(root, folder)}
+    for split, folder in SPLITS.items()
+  }
   out["triplet_heldout"] = {"type": "triplet", "pattern": join(root, HELDOUT)}
   return out
 

@@ -34,10 +34,20 @@ from PIL import Image, ImageDraw
 
 from tripletclip_jax.data import records
 from tripletclip_jax.demo import layout
-from tripletclip_jax.evaluate.sugarcrepe import SUBSETS  # the benchmark format the world is written in
+from tripletclip_jax.evaluate.sugarcrepe import (
+  SUBSETS,
+)  # the benchmark format the world is written in
 
-COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 205, 30),
-          "purple": (150, 60, 190), "orange": (245, 140, 30), "white": (250, 250, 250), "black": (20, 20, 20)}
+COLORS = {
+  "red": (220, 40, 40),
+  "green": (40, 170, 60),
+  "blue": (40, 80, 220),
+  "yellow": (235, 205, 30),
+  "purple": (150, 60, 190),
+  "orange": (245, 140, 30),
+  "white": (250, 250, 250),
+  "black": (20, 20, 20),
+}
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 PREFIXES = ("", "a photo of ", "an image of ", "there is ", "a picture showing ")
 RELATIONS = ("left of", "right of", "above", "below")
@@ -47,30 +57,42 @@ SIZES = ("small", "large")
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
   """Every parameter of the world; `write_demo_data` records it in the manifests."""
+
   colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
   shapes: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond")
-  grid: int = 3               # objects sit in the cells of a grid x grid layout
+  grid: int = 3  # objects sit in the cells of a grid x grid layout
   min_objects: int = 2
   max_objects: int = 3
-  max_named: int = 3          # captions name 2..max_named objects
+  max_named: int = 3  # captions name 2..max_named objects
   relation_prob: float = 0.4  # share of captions stating a relation between two named objects
   size_word_prob: float = 0.25
   # Latin-square symbols (i + j) mod n of colour i and shape j that are held out of training.
   heldout_symbols: tuple[int, ...] = (0, 1)
   # Relative frequency of each edit among the training negatives (the binding edits only), sorted by name.
   edit_weights: tuple[tuple[str, float], ...] = (
-      ("replace_att", 3.0), ("replace_obj", 2.0), ("replace_rel", 1.0), ("swap_att", 3.0), ("swap_obj", 1.0))
-  image_size: int = 48        # 16 px per cell: the "demo" model preset's patch size
+    ("replace_att", 3.0),
+    ("replace_obj", 2.0),
+    ("replace_rel", 1.0),
+    ("swap_att", 3.0),
+    ("swap_obj", 1.0),
+  )
+  image_size: int = 48  # 16 px per cell: the "demo" model preset's patch size
   background: tuple[int, int, int] = (128, 128, 128)
 
   def __post_init__(self):
     if len(self.colors) != len(self.shapes):
-      raise ValueError(f"The held-out split is a Latin square: give as many colours ({len(self.colors)}) as "
-                       f"shapes ({len(self.shapes)}).")
-    unknown = [c for c in self.colors if c not in COLORS] + [s for s in self.shapes if s not in SHAPES]
+      raise ValueError(
+        f"The held-out split is a Latin square: give as many colours ({len(self.colors)}) as "
+        f"shapes ({len(self.shapes)})."
+      )
+    unknown = [c for c in self.colors if c not in COLORS] + [
+      s for s in self.shapes if s not in SHAPES
+    ]
     if unknown:
-      raise ValueError(f"Unknown colours or shapes {unknown}; choose from {sorted(COLORS)} and {SHAPES}.")
-    if not 2 <= self.min_objects <= self.max_objects <= self.grid ** 2 or self.max_named < 2:
+      raise ValueError(
+        f"Unknown colours or shapes {unknown}; choose from {sorted(COLORS)} and {SHAPES}."
+      )
+    if not 2 <= self.min_objects <= self.max_objects <= self.grid**2 or self.max_named < 2:
       raise ValueError("Need 2 <= min_objects <= max_objects <= grid**2 and max_named >= 2.")
     bad = [k for k, _ in self.edit_weights if k not in TRAIN_EDITS]
     if bad or not any(w > 0 for _, w in self.edit_weights):
@@ -98,8 +120,12 @@ class WorldConfig:
   def heldout(self) -> frozenset:
     """Held-out (colour, shape) pairs: each symbol is a transversal, one pairing per colour and per shape."""
     n = len(self.colors)
-    return frozenset((c, s) for i, c in enumerate(self.colors) for j, s in enumerate(self.shapes)
-                     if (i + j) % n in set(self.heldout_symbols))
+    return frozenset(
+      (c, s)
+      for i, c in enumerate(self.colors)
+      for j, s in enumerate(self.shapes)
+      if (i + j) % n in set(self.heldout_symbols)
+    )
 
   def pairings(self, heldout_ok: bool) -> list[tuple[str, str]]:
     held = self.heldout()
@@ -114,7 +140,7 @@ NEEDS_RELATION = ("swap_obj", "replace_rel")
 class Obj:
   color: str
   shape: str
-  size: str   # "small" | "large"
+  size: str  # "small" | "large"
   row: int
   col: int
 
@@ -125,6 +151,7 @@ class Caption:
 
   `refs` are the scene objects the caption was made from; the claim itself (what `holds` checks) ignores them.
   """
+
   objs: list[tuple[str, str, str | None]]
   relation: str | None
   prefix: str
@@ -133,7 +160,12 @@ class Caption:
 
 def relation_holds(rel: str, a: Obj, b: Obj) -> bool:
   """Whether `a rel b` is true on the grid (a diagonal pair satisfies two relations)."""
-  return {"left of": a.col < b.col, "right of": a.col > b.col, "above": a.row < b.row, "below": a.row > b.row}[rel]
+  return {
+    "left of": a.col < b.col,
+    "right of": a.col > b.col,
+    "above": a.row < b.row,
+    "below": a.row > b.row,
+  }[rel]
 
 
 def _matches(desc, o: Obj) -> bool:
@@ -145,7 +177,8 @@ def holds(scene: list[Obj], cap: Caption) -> bool:
   """True iff distinct objects of `scene` fit every object the caption names, and its relation."""
   for pick in itertools.permutations(range(len(scene)), len(cap.objs)):
     if all(_matches(d, scene[i]) for d, i in zip(cap.objs, pick)) and (
-        cap.relation is None or relation_holds(cap.relation, scene[pick[0]], scene[pick[1]])):
+      cap.relation is None or relation_holds(cap.relation, scene[pick[0]], scene[pick[1]])
+    ):
       return True
   return False
 
@@ -179,16 +212,25 @@ def random_scene(cfg: WorldConfig, rng, heldout_ok: bool, must_include=None) -> 
   """min..max_objects objects in distinct grid cells; `must_include` forces one (colour, shape) in."""
   pairings = cfg.pairings(heldout_ok)
   n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-  cells = rng.choice(cfg.grid ** 2, size=n, replace=False)
+  cells = rng.choice(cfg.grid**2, size=n, replace=False)
   scene = []
   for k, cell in enumerate(cells):
-    color, shape = must_include if (k == 0 and must_include) else pairings[rng.integers(len(pairings))]
-    scene.append(Obj(color, shape, SIZES[rng.integers(2)], int(cell) // cfg.grid, int(cell) % cfg.grid))
+    color, shape = (
+      must_include if (k == 0 and must_include) else pairings[rng.integers(len(pairings))]
+    )
+    scene.append(
+      Obj(color, shape, SIZES[rng.integers(2)], int(cell) // cfg.grid, int(cell) % cfg.grid)
+    )
   return scene
 
 
-def random_caption(cfg: WorldConfig, scene: list[Obj], rng, relation: bool | None = None,
-                   must_name: int | None = None) -> Caption:
+def random_caption(
+  cfg: WorldConfig,
+  scene: list[Obj],
+  rng,
+  relation: bool | None = None,
+  must_name: int | None = None,
+) -> Caption:
   """Names 2..max_named objects in random order (`must_name` among the first two); a relation caption
   names two and states a relation that holds. `relation` None draws it with `relation_prob`."""
   order = [int(i) for i in rng.permutation(len(scene))]
@@ -202,14 +244,22 @@ def random_caption(cfg: WorldConfig, scene: list[Obj], rng, relation: bool | Non
   if relation:
     a, b = scene[order[0]], scene[order[1]]
     rels = [r for r in RELATIONS if relation_holds(r, a, b)]
-    return Caption([(a.color, a.shape, sized(a)), (b.color, b.shape, sized(b))], str(rng.choice(rels)), prefix,
-                   order[:2])
+    return Caption(
+      [(a.color, a.shape, sized(a)), (b.color, b.shape, sized(b))],
+      str(rng.choice(rels)),
+      prefix,
+      order[:2],
+    )
   k = int(rng.integers(2, min(len(scene), cfg.max_named) + 1))
-  return Caption([(scene[i].color, scene[i].shape, sized(scene[i])) for i in order[:k]], None, prefix, order[:k])
+  return Caption(
+    [(scene[i].color, scene[i].shape, sized(scene[i])) for i in order[:k]], None, prefix, order[:k]
+  )
 
 
 def _copy(scene, cap):
-  return [dataclasses.replace(o) for o in scene], dataclasses.replace(cap, objs=list(cap.objs), refs=list(cap.refs))
+  return [dataclasses.replace(o) for o in scene], dataclasses.replace(
+    cap, objs=list(cap.objs), refs=list(cap.refs)
+  )
 
 
 def edit(cfg: WorldConfig, scene: list[Obj], cap: Caption, kind: str, rng, heldout_ok: bool):
@@ -237,11 +287,16 @@ def edit(cfg: WorldConfig, scene: list[Obj], cap: Caption, kind: str, rng, heldo
     o.color, o.shape = color, shape
     cap.objs[k] = (color, shape, cap.objs[k][2])
   elif kind == "swap_att":
-    options = [(i, j) for i in named for j in named if i < j
-               and scene[cap.refs[i]].color != scene[cap.refs[j]].color
-               and scene[cap.refs[i]].shape != scene[cap.refs[j]].shape
-               and (scene[cap.refs[j]].color, scene[cap.refs[i]].shape) in allowed
-               and (scene[cap.refs[i]].color, scene[cap.refs[j]].shape) in allowed]
+    options = [
+      (i, j)
+      for i in named
+      for j in named
+      if i < j
+      and scene[cap.refs[i]].color != scene[cap.refs[j]].color
+      and scene[cap.refs[i]].shape != scene[cap.refs[j]].shape
+      and (scene[cap.refs[j]].color, scene[cap.refs[i]].shape) in allowed
+      and (scene[cap.refs[i]].color, scene[cap.refs[j]].shape) in allowed
+    ]
     if not options:
       return None
     i, j = options[rng.integers(len(options))]
@@ -256,7 +311,9 @@ def edit(cfg: WorldConfig, scene: list[Obj], cap: Caption, kind: str, rng, heldo
     a.row, a.col, b.row, b.col = b.row, b.col, a.row, a.col
     cap.objs.reverse()
     cap.refs.reverse()
-  elif kind == "replace_rel":  # "A left of B" -> "A above B", and the image moves A and B to make it so
+  elif (
+    kind == "replace_rel"
+  ):  # "A left of B" -> "A above B", and the image moves A and B to make it so
     if cap.relation is None:
       return None
     a, b = scene[cap.refs[0]], scene[cap.refs[1]]
@@ -267,14 +324,20 @@ def edit(cfg: WorldConfig, scene: list[Obj], cap: Caption, kind: str, rng, heldo
     occupied = {(o.row, o.col) for o in scene if o is not a and o is not b}
     free = [(r, c) for r in range(cfg.grid) for c in range(cfg.grid) if (r, c) not in occupied]
     cell = lambda rc: Obj("", "", "", *rc)  # noqa: E731 - relations depend on the cells alone
-    placements = [(p, q) for p in free for q in free if p != q
-                  and relation_holds(rel, cell(p), cell(q)) and not relation_holds(cap.relation, cell(p), cell(q))]
+    placements = [
+      (p, q)
+      for p in free
+      for q in free
+      if p != q
+      and relation_holds(rel, cell(p), cell(q))
+      and not relation_holds(cap.relation, cell(p), cell(q))
+    ]
     if not placements:
       return None
     (a.row, a.col), (b.row, b.col) = placements[rng.integers(len(placements))]
     cap.relation = rel
   elif kind == "add_obj":  # names one more object, which the image lacks (x' gains it)
-    if cap.relation is not None or len(cap.objs) >= cfg.max_named or len(scene) >= cfg.grid ** 2:
+    if cap.relation is not None or len(cap.objs) >= cfg.max_named or len(scene) >= cfg.grid**2:
       return None
     present = {(o.color, o.shape) for o in scene}
     options = sorted(p for p in allowed if p not in present)
@@ -326,7 +389,9 @@ def render(cfg: WorldConfig, scene: list[Obj]) -> Image.Image:
       q = r * 0.85
       d.rectangle((cx - q, cy - q, cx + q, cy + q), fill=fill)
     elif o.shape == "triangle":
-      d.polygon([(cx, cy - r), (cx + r * 0.95, cy + r * 0.8), (cx - r * 0.95, cy + r * 0.8)], fill=fill)
+      d.polygon(
+        [(cx, cy - r), (cx + r * 0.95, cy + r * 0.8), (cx - r * 0.95, cy + r * 0.8)], fill=fill
+      )
     elif o.shape == "star":
       d.polygon(_star(cx, cy, r), fill=fill)
     elif o.shape == "diamond":
@@ -344,7 +409,9 @@ def png(img: Image.Image) -> bytes:
   return buf.getvalue()
 
 
-def make_triplet(cfg: WorldConfig, rng, kind: str, heldout: bool = False, counts=None, max_tries: int = 1000):
+def make_triplet(
+  cfg: WorldConfig, rng, kind: str, heldout: bool = False, counts=None, max_tries: int = 1000
+):
   """One (x, y, x', y') whose negative is the edit `kind`, as a dict of PIL images and captions.
 
   Held-out triplets name at least one held-out pairing and their negative names as many. Training and
@@ -363,19 +430,32 @@ def make_triplet(cfg: WorldConfig, rng, kind: str, heldout: bool = False, counts
       counts[f"{kind}/infeasible"] += 1
       continue
     n_scene, n_cap = neg
-    ok = (holds(scene, cap) and not holds(scene, n_cap)) if kind.startswith("add_") else \
-        check_triplet(scene, cap, n_scene, n_cap)
+    ok = (
+      (holds(scene, cap) and not holds(scene, n_cap))
+      if kind.startswith("add_")
+      else check_triplet(scene, cap, n_scene, n_cap)
+    )
     if not ok:
       counts[f"{kind}/failed_check"] += 1
       continue
     if heldout and num_heldout(cfg, n_cap) != num_heldout(cfg, cap):
       counts[f"{kind}/unbalanced"] += 1
       continue
-    return {"image": render(cfg, scene), "caption": caption_text(cap), "neg_image": render(cfg, n_scene),
-            "neg_caption": caption_text(n_cap), "neg_type": kind, "scene": scene, "neg_scene": n_scene,
-            "cap": cap, "neg_cap": n_cap}
-  raise ValueError(f"No feasible {kind!r} triplet in {max_tries} tries: the demo world's parameters are too "
-                   "restrictive; allow more objects, pairings or edit kinds.")
+    return {
+      "image": render(cfg, scene),
+      "caption": caption_text(cap),
+      "neg_image": render(cfg, n_scene),
+      "neg_caption": caption_text(n_cap),
+      "neg_type": kind,
+      "scene": scene,
+      "neg_scene": n_scene,
+      "cap": cap,
+      "neg_cap": n_cap,
+    }
+  raise ValueError(
+    f"No feasible {kind!r} triplet in {max_tries} tries: the demo world's parameters are too "
+    "restrictive; allow more objects, pairings or edit kinds."
+  )
 
 
 def sample_edit(cfg: WorldConfig, rng) -> str:
@@ -384,8 +464,14 @@ def sample_edit(cfg: WorldConfig, rng) -> str:
   return str(kinds[rng.choice(len(kinds), p=p / p.sum())])
 
 
-def write_demo_data(output_dir: str, num_train: int = 600, num_eval: int = 1200, seed: int = 0,
-                    cfg: WorldConfig = WorldConfig(), num_shards: int = 4) -> dict:
+def write_demo_data(
+  output_dir: str,
+  num_train: int = 600,
+  num_eval: int = 1200,
+  seed: int = 0,
+  cfg: WorldConfig = WorldConfig(),
+  num_shards: int = 4,
+) -> dict:
   """Writes training shards, held-out / seen SugarCrepe-format benchmarks and held-out triplet shards.
 
   Layout: train/demo-*.tfrecord (+ manifest.json), sugarcrepe/{subset}.json + sugarcrepe/images/,
@@ -393,10 +479,16 @@ def write_demo_data(output_dir: str, num_train: int = 600, num_eval: int = 1200,
   Byte-identical for a seed.
   """
   t0 = time.perf_counter()
-  train_rng, heldout_rng, seen_rng, triplet_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
+  train_rng, heldout_rng, seen_rng, triplet_rng = (
+    np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+  )
   world = {"seed": seed, **cfg.to_dict(), "heldout_pairings": sorted(map(list, cfg.heldout()))}
   how = {"tool": "tripletclip_jax.demo.world", "world": world}
-  rejected = {"train": collections.Counter(), "heldout": collections.Counter(), "seen": collections.Counter()}
+  rejected = {
+    "train": collections.Counter(),
+    "heldout": collections.Counter(),
+    "seen": collections.Counter(),
+  }
   mix = collections.Counter()
 
   def write_shards(subdir, name, n, rng, heldout, counts):
@@ -410,9 +502,18 @@ def write_demo_data(output_dir: str, num_train: int = 600, num_eval: int = 1200,
           t = make_triplet(cfg, rng, sample_edit(cfg, rng), heldout=heldout, counts=counts)
           if not heldout:
             mix[t["neg_type"]] += 1
-          w.write({"key": f"{name}-{i:07d}", "image": png(t["image"]), "caption": t["caption"],
-                   "neg_image": png(t["neg_image"]), "neg_caption": t["neg_caption"],
-                   "neg_type": t["neg_type"], "neg_source": "rule", "source": "demo_world"})
+          w.write(
+            {
+              "key": f"{name}-{i:07d}",
+              "image": png(t["image"]),
+              "caption": t["caption"],
+              "neg_image": png(t["neg_image"]),
+              "neg_caption": t["neg_caption"],
+              "neg_type": t["neg_type"],
+              "neg_source": "rule",
+              "source": "demo_world",
+            }
+          )
           i += 1
       paths.append(path)
       sizes.append(w.count)
@@ -429,17 +530,27 @@ def write_demo_data(output_dir: str, num_train: int = 600, num_eval: int = 1200,
         fname = f"{kind}_{i:06d}.png"
         t["image"].save(os.path.join(directory, "images", fname), format="PNG", compress_level=1)
         # Keys step by 2, so they have gaps as the real files' keys do.
-        entries[str(2 * i)] = {"filename": fname, "caption": t["caption"], "negative_caption": t["neg_caption"]}
+        entries[str(2 * i)] = {
+          "filename": fname,
+          "caption": t["caption"],
+          "negative_caption": t["neg_caption"],
+        }
       with open(os.path.join(directory, f"{kind}.json"), "w") as f:
         json.dump(entries, f, indent=1)
 
   n_train = write_shards(layout.TRAIN, "demo", num_train, train_rng, False, rejected["train"])
   write_sugarcrepe(layout.SUGARCREPE_HELDOUT, heldout_rng, True, rejected["heldout"])
   write_sugarcrepe(layout.SUGARCREPE_SEEN, seen_rng, False, rejected["seen"])
-  n_held = write_shards(layout.HELDOUT, "demo_heldout", num_eval, triplet_rng, True, rejected["heldout"])
-  summary = {"train": n_train, "heldout_triplets": n_held, "sugarcrepe_per_subset": num_eval,
-             "train_edit_mix": dict(sorted(mix.items())),
-             "rejected": {k: dict(sorted(v.items())) for k, v in rejected.items()}}
+  n_held = write_shards(
+    layout.HELDOUT, "demo_heldout", num_eval, triplet_rng, True, rejected["heldout"]
+  )
+  summary = {
+    "train": n_train,
+    "heldout_triplets": n_held,
+    "sugarcrepe_per_subset": num_eval,
+    "train_edit_mix": dict(sorted(mix.items())),
+    "rejected": {k: dict(sorted(v.items())) for k, v in rejected.items()},
+  }
   with open(os.path.join(output_dir, layout.WORLD_JSON), "w") as f:
     json.dump({"world": world, **summary}, f, indent=1)
   return dict(summary, seconds=time.perf_counter() - t0)

@@ -18,7 +18,14 @@ import numpy as np
 
 from tripletclip_jax import fileio
 from tripletclip_jax.data import formats
-from tripletclip_jax.evaluate import hard_retrieval, retrieval, sugarcrepe, triplet, winoground, zeroshot
+from tripletclip_jax.evaluate import (
+  hard_retrieval,
+  retrieval,
+  sugarcrepe,
+  triplet,
+  winoground,
+  zeroshot,
+)
 
 
 class EncoderModel(Protocol):
@@ -28,29 +35,31 @@ class EncoderModel(Protocol):
   slice of a benchmark and gets only its rows back (`evaluate.multihost`), and every process must make the
   same calls.
   """
+
   config: object  # a models.CLIPConfig: `config.text.context_length` is the token length
 
   @property
   def image_size(self) -> int: ...
-  def encode_images(self, images) -> np.ndarray: ...          # PIL images / uint8 [H, W, 3] / bytes
-  def encode_texts(self, texts) -> np.ndarray: ...            # strings
-  def encode_preprocessed(self, pixels) -> np.ndarray: ...    # normalised float32 [N, S, S, 3]
-  def encode_token_ids(self, ids) -> np.ndarray: ...          # int32 [N, context_length]
+  def encode_images(self, images) -> np.ndarray: ...  # PIL images / uint8 [H, W, 3] / bytes
+  def encode_texts(self, texts) -> np.ndarray: ...  # strings
+  def encode_preprocessed(self, pixels) -> np.ndarray: ...  # normalised float32 [N, S, S, 3]
+  def encode_token_ids(self, ids) -> np.ndarray: ...  # int32 [N, context_length]
 
 
 REGISTRY: dict[str, Callable] = {
-    "sugarcrepe": sugarcrepe.evaluate,  # sugarcrepe_dir, image_dir
-    "triplet": triplet.evaluate,        # pattern: held-out TripletData shards
-    "winoground": winoground.evaluate,  # path, image_dir
-    "zeroshot": zeroshot.evaluate,      # dataset, data_dir
-    "retrieval": retrieval.evaluate,    # split_json, image_dir
-    "hard_retrieval": hard_retrieval.evaluate,  # pattern: held-out TripletData, hard negatives in the gallery
+  "sugarcrepe": sugarcrepe.evaluate,  # sugarcrepe_dir, image_dir
+  "triplet": triplet.evaluate,  # pattern: held-out TripletData shards
+  "winoground": winoground.evaluate,  # path, image_dir
+  "zeroshot": zeroshot.evaluate,  # dataset, data_dir
+  "retrieval": retrieval.evaluate,  # split_json, image_dir
+  "hard_retrieval": hard_retrieval.evaluate,  # pattern: held-out TripletData, hard negatives in the gallery
 }
 
 
 @dataclasses.dataclass
 class Evaluator:
   """One configured evaluator: `ev(model)` -> {metric: value}."""
+
   name: str
   type: str
   options: dict
@@ -66,8 +75,10 @@ class Evaluator:
 def _options(fn) -> tuple[list[str], list[str]]:
   """(required, optional) keyword names of an evaluate function after `model`."""
   params = list(inspect.signature(fn).parameters.values())[1:]
-  return ([p.name for p in params if p.default is inspect.Parameter.empty],
-          [p.name for p in params if p.default is not inspect.Parameter.empty])
+  return (
+    [p.name for p in params if p.default is inspect.Parameter.empty],
+    [p.name for p in params if p.default is not inspect.Parameter.empty],
+  )
 
 
 def required_options(kind: str) -> list[str]:
@@ -83,12 +94,16 @@ def option_types(kind: str) -> dict[str, tuple[type | None, object]]:
   out = {}
   for p in list(inspect.signature(fn).parameters.values())[1:]:
     hint = hints.get(p.name)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:  # `str | None` -> str
+    if (
+      isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    ):  # `str | None` -> str
       hint = next((a for a in typing.get_args(hint) if a is not type(None)), None)
     if hint is None and p.default is not inspect.Parameter.empty and p.default is not None:
       hint = type(p.default)
-    out[p.name] = (hint if isinstance(hint, type) else None,
-                   None if p.default is inspect.Parameter.empty else p.default)
+    out[p.name] = (
+      hint if isinstance(hint, type) else None,
+      None if p.default is inspect.Parameter.empty else p.default,
+    )
   return out
 
 
@@ -108,7 +123,9 @@ def _check_paths(name: str, options: dict) -> None:
       except (FileNotFoundError, ValueError) as e:
         raise FileNotFoundError(f"evals.{name}.{k}: {e}") from None
     elif not fileio.exists(v):
-      raise FileNotFoundError(f"evals.{name}.{k}={v!r} does not exist: fix the path, or drop the entry.")
+      raise FileNotFoundError(
+        f"evals.{name}.{k}={v!r} does not exist: fix the path, or drop the entry."
+      )
 
 
 def build(evals, every_steps: int | None = None, log=print) -> list[Evaluator]:
@@ -128,11 +145,15 @@ def build(evals, every_steps: int | None = None, log=print) -> list[Evaluator]:
     required, optional = _options(REGISTRY[kind])
     unknown = sorted(set(spec) - set(required) - set(optional))
     if unknown:
-      raise ValueError(f"evals.{name}: {kind} takes no option {unknown[0]!r}; it takes "
-                       f"{', '.join(required + optional)}.")
+      raise ValueError(
+        f"evals.{name}: {kind} takes no option {unknown[0]!r}; it takes "
+        f"{', '.join(required + optional)}."
+      )
     unset = [k for k in required if spec.get(k) is None]
     if unset:
-      log(f"evals.{name}: {unset[0]} is not set; skipped (set --config.evals.{name}.{unset[0]}=PATH to run it)")
+      log(
+        f"evals.{name}: {unset[0]} is not set; skipped (set --config.evals.{name}.{unset[0]}=PATH to run it)"
+      )
       continue
     options = {k: v for k, v in spec.items() if v is not None}
     _check_paths(name, options)
@@ -140,7 +161,9 @@ def build(evals, every_steps: int | None = None, log=print) -> list[Evaluator]:
   return out
 
 
-def run(model: EncoderModel, evaluators: list[Evaluator], step: int | None = None, last: bool = True) -> dict:
+def run(
+  model: EncoderModel, evaluators: list[Evaluator], step: int | None = None, last: bool = True
+) -> dict:
   """{eval/NAME/METRIC: value} of the evaluators due at `step` (all of them when `last`)."""
   out = {}
   for ev in evaluators:

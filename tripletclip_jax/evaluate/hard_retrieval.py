@@ -15,8 +15,10 @@ def evaluate(model, pattern: str, batch_size: int = 64) -> dict:
   """Held-out TripletData shards -> i2t_R@1, t2i_R@1, i2t_hardneg_top1, t2i_hardneg_top1 (%), n."""
   parts = list(triplet.encoded(model, pattern, batch_size))
   # Every process encodes its slice; the ranking needs the whole gallery, so every process gathers it.
-  x, xn, y, yn = (multihost.gathered(np.concatenate([getattr(p, f) for p in parts]))
-                  for f in ("image", "neg_image", "text", "neg_text"))
+  x, xn, y, yn = (
+    multihost.gathered(np.concatenate([getattr(p, f) for p in parts]))
+    for f in ("image", "neg_image", "text", "neg_text")
+  )
   bad = multihost.summed({"bad": sum(p.bad for p in parts)})["bad"]
   n = len(x)
   if not n:
@@ -25,5 +27,11 @@ def evaluate(model, pattern: str, batch_size: int = 64) -> dict:
   i2t = np.argmax(x @ np.concatenate([y, yn]).T, axis=1)  # [n] winner among 2n captions
   t2i = np.argmax(y @ np.concatenate([x, xn]).T, axis=1)
   pct = lambda hit: 100.0 * float(np.mean(hit))
-  return {"i2t_R@1": pct(i2t == idx), "t2i_R@1": pct(t2i == idx), "i2t_hardneg_top1": pct(i2t == idx + n),
-          "t2i_hardneg_top1": pct(t2i == idx + n), "n": n, "skipped_bad_records": bad}
+  return {
+    "i2t_R@1": pct(i2t == idx),
+    "t2i_R@1": pct(t2i == idx),
+    "i2t_hardneg_top1": pct(i2t == idx + n),
+    "t2i_hardneg_top1": pct(t2i == idx + n),
+    "n": n,
+    "skipped_bad_records": bad,
+  }

@@ -9,7 +9,7 @@ import numpy as np
 
 def local_slice(items: list) -> list:
   """This process's share of a benchmark: every `process_count`-th item from `process_index`."""
-  return items[jax.process_index()::jax.process_count()]
+  return items[jax.process_index() :: jax.process_count()]
 
 
 def summed(counts: dict) -> dict:
@@ -17,9 +17,13 @@ def summed(counts: dict) -> dict:
   if jax.process_count() == 1:
     return dict(counts)
   from jax.experimental import multihost_utils
+
   keys = sorted(counts)
   total = multihost_utils.process_allgather(np.array([counts[k] for k in keys], np.float64)).sum(0)
-  return {k: (int(v) if isinstance(counts[k], (int, np.integer)) else float(v)) for k, v in zip(keys, total)}
+  return {
+    k: (int(v) if isinstance(counts[k], (int, np.integer)) else float(v))
+    for k, v in zip(keys, total)
+  }
 
 
 def any_process(flag: bool) -> bool:
@@ -32,7 +36,10 @@ def gathered(rows: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return rows
   from jax.experimental import multihost_utils
+
   counts = multihost_utils.process_allgather(np.int64(len(rows)))
   pad = np.zeros((int(counts.max()) - len(rows),) + rows.shape[1:], rows.dtype)
-  every = multihost_utils.process_allgather(np.concatenate([rows, pad]))  # [processes, longest, ...]
+  every = multihost_utils.process_allgather(
+    np.concatenate([rows, pad])
+  )  # [processes, longest, ...]
   return np.concatenate([every[p, :n] for p, n in enumerate(counts)])

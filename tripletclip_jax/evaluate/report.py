@@ -13,15 +13,19 @@ def to_markdown(results: dict, model: str) -> str:
   lines = [f"# Evaluation of {model}", ""]
   for task, metrics in results.items():
     lines += [f"## {task}", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    lines += [
+      f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()
+    ]
     lines.append("")
   return "\n".join(lines)
 
 
 def bar_chart(task: str, metrics: dict, path: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   values = _numeric(metrics)
   fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(values) + 1), 3.2))
   bars = ax.bar(list(values), list(values.values()), color="#4878cf")
@@ -41,6 +45,7 @@ def write(results: dict, output: str, model: str) -> list[str]:
   A gs:// `output` is written locally, then uploaded.
   """
   from tripletclip_jax import fileio
+
   if fileio.is_remote(output):
     with tempfile.TemporaryDirectory() as tmp:
       local = write(results, os.path.join(tmp, os.path.basename(output)), model)
@@ -66,13 +71,29 @@ def training_table(results: dict, evaluators) -> str:
   """The trainer's closing summary: SugarCrepe-type results as a markdown table, then one line per other
   evaluator with its percentages."""
   from tripletclip_jax.evaluate.sugarcrepe import SUBSETS
+
   cols = (*SUBSETS, "mean")
-  rows = [f"| {ev.name} | " + " | ".join(f"{results.get(f'eval/{ev.name}/{c}', float('nan')):5.1f}" for c in cols)
-          + " |" for ev in evaluators if ev.type == "sugarcrepe"]
-  lines = ["| benchmark | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1), *rows] if rows else []
+  rows = [
+    f"| {ev.name} | "
+    + " | ".join(f"{results.get(f'eval/{ev.name}/{c}', float('nan')):5.1f}" for c in cols)
+    + " |"
+    for ev in evaluators
+    if ev.type == "sugarcrepe"
+  ]
+  lines = (
+    ["| benchmark | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1), *rows]
+    if rows
+    else []
+  )
   for ev in evaluators:
     if ev.type != "sugarcrepe":
       mine = {k.split("/")[-1]: v for k, v in results.items() if k.startswith(f"eval/{ev.name}/")}
-      lines.append(f"{ev.name}: " + ", ".join(f"{k} {v:.1f}" for k, v in mine.items()
-                                              if isinstance(v, float) and not k.startswith("skipped")))
+      lines.append(
+        f"{ev.name}: "
+        + ", ".join(
+          f"{k} {v:.1f}"
+          for k, v in mine.items()
+          if isinstance(v, float) and not k.startswith("skipped")
+        )
+      )
   return "\n".join(lines)

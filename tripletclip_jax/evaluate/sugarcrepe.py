@@ -13,23 +13,41 @@ from tripletclip_jax import fileio
 from tripletclip_jax.data import image_ops
 from tripletclip_jax.evaluate import multihost
 
-SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+SUBSETS = (
+  "add_att",
+  "add_obj",
+  "replace_att",
+  "replace_obj",
+  "replace_rel",
+  "swap_att",
+  "swap_obj",
+)
 
 
 def load_subset(sugarcrepe_dir: str, subset: str) -> list[dict]:
   path = fileio.join(sugarcrepe_dir, f"{subset}.json")
   if not fileio.exists(path):
-    raise FileNotFoundError(f"SugarCrepe file {path} is missing: --sugarcrepe_dir must hold {subset}.json.")
+    raise FileNotFoundError(
+      f"SugarCrepe file {path} is missing: --sugarcrepe_dir must hold {subset}.json."
+    )
   with fileio.open(path) as f:
     try:
       data = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}).") from None
+      raise ValueError(
+        f"{path}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg})."
+      ) from None
   if not isinstance(data, dict):
-    raise ValueError(f"{path}: expected an object keyed by index, got a JSON {type(data).__name__}.")
+    raise ValueError(
+      f"{path}: expected an object keyed by index, got a JSON {type(data).__name__}."
+    )
   entries = list(data.values())  # keys are string indices with gaps: use the values
   for e in entries:
-    missing = {"filename", "caption", "negative_caption"} - set(e) if isinstance(e, dict) else {"(not an object)"}
+    missing = (
+      {"filename", "caption", "negative_caption"} - set(e)
+      if isinstance(e, dict)
+      else {"(not an object)"}
+    )
     if missing:
       raise ValueError(f"{path}: entry {str(e):.200} lacks {sorted(missing)}.")
   return entries
@@ -43,9 +61,15 @@ def score_subset(model, entries: list[dict], image_dir: str) -> dict:
   """Accuracy (%) over one subset. Entries with a missing or unreadable image, or a null or empty
   caption, are counted and skipped, not scored. Each process scores its own slice of the entries."""
   mine = multihost.local_slice(entries)
-  ok = [e for e in mine if _text_ok(e["caption"]) and _text_ok(e["negative_caption"]) and isinstance(e["filename"], str)]
+  ok = [
+    e
+    for e in mine
+    if _text_ok(e["caption"]) and _text_ok(e["negative_caption"]) and isinstance(e["filename"], str)
+  ]
   images, kept, missing, unreadable, bad = [], [], [], 0, len(mine) - len(ok)
-  for e, (image, why) in zip(ok, image_ops.try_load_all([fileio.join(image_dir, e["filename"]) for e in ok])):
+  for e, (image, why) in zip(
+    ok, image_ops.try_load_all([fileio.join(image_dir, e["filename"]) for e in ok])
+  ):
     if why == "missing":
       missing.append(e["filename"])
     elif why == "unreadable":
@@ -58,14 +82,23 @@ def score_subset(model, entries: list[dict], image_dir: str) -> dict:
   pos = model.encode_texts([e["caption"] for e in kept])
   neg = model.encode_texts([e["negative_caption"] for e in kept])
   correct = np.sum(img * pos, axis=1) > np.sum(img * neg, axis=1)
-  n = multihost.summed({"correct": int(correct.sum()), "n": len(kept), "missing_images": len(missing),
-                     "unreadable_images": unreadable, "bad_entries": bad})
+  n = multihost.summed(
+    {
+      "correct": int(correct.sum()),
+      "n": len(kept),
+      "missing_images": len(missing),
+      "unreadable_images": unreadable,
+      "bad_entries": bad,
+    }
+  )
   if not n["n"]:
-    raise FileNotFoundError(f"None of the {len(entries)} entries has a readable image under {image_dir} and two "
-                            f"captions ({n['missing_images']} images missing, {n['unreadable_images']} unreadable, "
-                            f"{n['bad_entries']} bad entries; first: {entries[0]['filename'] if entries else '-'}); "
-                            "point to COCO val2017 with launch/eval.py --coco_image_dir or "
-                            "the evaluator's image_dir option (--config.evals.NAME.image_dir).")
+    raise FileNotFoundError(
+      f"None of the {len(entries)} entries has a readable image under {image_dir} and two "
+      f"captions ({n['missing_images']} images missing, {n['unreadable_images']} unreadable, "
+      f"{n['bad_entries']} bad entries; first: {entries[0]['filename'] if entries else '-'}); "
+      "point to COCO val2017 with launch/eval.py --coco_image_dir or "
+      "the evaluator's image_dir option (--config.evals.NAME.image_dir)."
+    )
   return {"accuracy": 100.0 * n.pop("correct") / n["n"], **n}
 
 

@@ -19,7 +19,9 @@ from tripletclip_jax.evaluate import multihost
 def load(path: str, image_dir: str | None = None) -> list[dict]:
   """-> [{'image_0': PIL, 'image_1': PIL, 'caption_0': str, 'caption_1': str}]."""
   if not fileio.exists(path):
-    raise FileNotFoundError(f"Winoground data {path} is missing: pass a `datasets` folder or examples.jsonl.")
+    raise FileNotFoundError(
+      f"Winoground data {path} is missing: pass a `datasets` folder or examples.jsonl."
+    )
   if path.endswith(".jsonl"):
     image_dir = image_dir or fileio.join(os.path.dirname(path), "images")
     rows = []
@@ -33,17 +35,22 @@ def load(path: str, image_dir: str | None = None) -> list[dict]:
           raise ValueError(f"{path}: malformed JSON on line {i} ({e.msg}).") from None
         if not isinstance(rows[-1], dict) or not {"image_0", "image_1"} <= set(rows[-1]):
           raise ValueError(f"{path}: line {i} is not an object with image_0 and image_1.")
+
     def img(name):
       for candidate in (name, f"{name}.png", f"{name}.jpg"):
         image, why = image_ops.try_load(fileio.join(image_dir, candidate))
         if why != "missing":
           return image  # None when unreadable: the example is skipped and counted
       raise FileNotFoundError(f"Winoground image {name!r} not found in {image_dir}.")
+
     names = list(dict.fromkeys(r[k] for r in rows for k in ("image_0", "image_1")))
     loaded = dict(zip(names, image_ops.map_threads(img, names)))
     return [dict(r, image_0=loaded[r["image_0"]], image_1=loaded[r["image_1"]]) for r in rows]
   import datasets
-  if os.path.exists(os.path.join(path, "dataset_info.json")) or os.path.exists(os.path.join(path, "dataset_dict.json")):
+
+  if os.path.exists(os.path.join(path, "dataset_info.json")) or os.path.exists(
+    os.path.join(path, "dataset_dict.json")
+  ):
     ds = datasets.load_from_disk(path)
   else:
     files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
@@ -62,7 +69,12 @@ def score_counts(sim: np.ndarray) -> dict:
   """sim [N, 2 images, 2 captions] -> how many examples pass the text / image / group test, and 'n'."""
   text = (sim[:, 0, 0] > sim[:, 0, 1]) & (sim[:, 1, 1] > sim[:, 1, 0])
   image = (sim[:, 0, 0] > sim[:, 1, 0]) & (sim[:, 1, 1] > sim[:, 0, 1])
-  return {"text": int(text.sum()), "image": int(image.sum()), "group": int((text & image).sum()), "n": len(sim)}
+  return {
+    "text": int(text.sum()),
+    "image": int(image.sum()),
+    "group": int((text & image).sum()),
+    "n": len(sim),
+  }
 
 
 def percentages(counts: dict) -> dict:
@@ -78,7 +90,8 @@ def scores(sim: np.ndarray) -> dict:
 
 def _usable(r: dict) -> bool:
   return all(r.get(k) is not None for k in ("image_0", "image_1")) and all(
-      isinstance(r.get(k), str) and r[k].strip() for k in ("caption_0", "caption_1"))
+    isinstance(r.get(k), str) and r[k].strip() for k in ("caption_0", "caption_1")
+  )
 
 
 def evaluate(model, path: str, image_dir: str | None = None) -> dict:
@@ -86,10 +99,21 @@ def evaluate(model, path: str, image_dir: str | None = None) -> dict:
   counted in 'skipped_bad_examples'. Each process scores its own slice of the examples."""
   all_rows = multihost.local_slice(load(path, image_dir))
   rows = [r for r in all_rows if _usable(r)]
-  img = model.encode_images([r[k] for r in rows for k in ("image_0", "image_1")]).reshape(len(rows), 2, -1)
-  txt = model.encode_texts([r[k] for r in rows for k in ("caption_0", "caption_1")]).reshape(len(rows), 2, -1)
-  n = multihost.summed(dict(score_counts(np.einsum("nid,ncd->nic", img, txt)), skipped_bad_examples=len(all_rows) - len(rows)))
+  img = model.encode_images([r[k] for r in rows for k in ("image_0", "image_1")]).reshape(
+    len(rows), 2, -1
+  )
+  txt = model.encode_texts([r[k] for r in rows for k in ("caption_0", "caption_1")]).reshape(
+    len(rows), 2, -1
+  )
+  n = multihost.summed(
+    dict(
+      score_counts(np.einsum("nid,ncd->nic", img, txt)),
+      skipped_bad_examples=len(all_rows) - len(rows),
+    )
+  )
   if not n["n"]:
-    raise ValueError(f"None of the {n['skipped_bad_examples']} Winoground examples in {path} has two images and "
-                     "two captions.")
+    raise ValueError(
+      f"None of the {n['skipped_bad_examples']} Winoground examples in {path} has two images and "
+      "two captions."
+    )
   return dict(percentages(n), skipped_bad_examples=n["skipped_bad_examples"])

@@ -34,19 +34,28 @@ def classifier(model, classnames, templates) -> np.ndarray:
 def accuracy(img: np.ndarray, weights: np.ndarray, labels: np.ndarray) -> dict:
   logits = img @ weights.T
   top5 = np.argsort(-logits, axis=1)[:, :5]
-  return {"top1": 100.0 * float(np.mean(top5[:, 0] == labels)),
-          "top5": 100.0 * float(np.mean(np.any(top5 == labels[:, None], axis=1))), "n": int(len(labels))}
+  return {
+    "top1": 100.0 * float(np.mean(top5[:, 0] == labels)),
+    "top5": 100.0 * float(np.mean(np.any(top5 == labels[:, None], axis=1))),
+    "n": int(len(labels)),
+  }
 
 
 def load_folder(root: str):
   """(PIL images, labels, class names) from ROOT/CLASS/*.jpg; unreadable images are skipped and counted."""
   if not fileio.isdir(root):
-    raise FileNotFoundError(f"Zero-shot image folder {root} is missing: it needs one subfolder per class.")
+    raise FileNotFoundError(
+      f"Zero-shot image folder {root} is missing: it needs one subfolder per class."
+    )
   classes = sorted(d for d in fileio.listdir(root) if fileio.isdir(fileio.join(root, d)))
   if not classes:
     raise FileNotFoundError(f"{root} has no class subfolders.")
-  files = [(i, fileio.join(root, c, name)) for i, c in enumerate(classes)
-           for name in sorted(fileio.listdir(fileio.join(root, c))) if name.lower().endswith(IMAGE_EXTS)]
+  files = [
+    (i, fileio.join(root, c, name))
+    for i, c in enumerate(classes)
+    for name in sorted(fileio.listdir(fileio.join(root, c)))
+    if name.lower().endswith(IMAGE_EXTS)
+  ]
   images, labels, skipped = [], [], 0
   for (i, _), (image, why) in zip(files, image_ops.try_load_all([path for _, path in files])):
     if why:
@@ -60,11 +69,14 @@ def load_folder(root: str):
 def load_tfds(name: str, data_dir: str | None, split: str | None = None):
   """(uint8 images, labels, class names) from a locally prepared TFDS dataset; never downloads."""
   import tensorflow_datasets as tfds
+
   split = split or ("validation" if name == "imagenet2012" else "test")
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
-    raise FileNotFoundError(f"TFDS dataset {name} is not prepared under {builder.data_dir}; prepare it first "
-                            "(tfds build), or pass an image folder with a subfolder per class (launch/eval.py --zeroshot DIR).")
+    raise FileNotFoundError(
+      f"TFDS dataset {name} is not prepared under {builder.data_dir}; prepare it first "
+      "(tfds build), or pass an image folder with a subfolder per class (launch/eval.py --zeroshot DIR)."
+    )
   source = tfds.data_source(name, split=split, data_dir=data_dir)
   images = [source[i]["image"] for i in range(len(source))]
   labels = np.asarray([source[i]["label"] for i in range(len(source))])

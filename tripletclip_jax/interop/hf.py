@@ -20,27 +20,47 @@ from tripletclip_jax.models import CLIPConfig, TextConfig, VisionConfig
 from tripletclip_jax.models.config import OPENAI_MEAN, OPENAI_STD
 
 _LN = {"weight": "scale", "bias": "bias"}
-_BLOCK = {"self_attn.q_proj": "attn/q_proj", "self_attn.k_proj": "attn/k_proj", "self_attn.v_proj": "attn/v_proj",
-          "self_attn.out_proj": "attn/out_proj", "mlp.fc1": "c_fc", "mlp.fc2": "c_proj"}
+_BLOCK = {
+  "self_attn.q_proj": "attn/q_proj",
+  "self_attn.k_proj": "attn/k_proj",
+  "self_attn.v_proj": "attn/v_proj",
+  "self_attn.out_proj": "attn/out_proj",
+  "mlp.fc1": "c_fc",
+  "mlp.fc2": "c_proj",
+}
 _BLOCK_LN = {"layer_norm1": "ln_1", "layer_norm2": "ln_2"}
 
 
 # ----------------------------------------------------------------------------- config
 
+
 def config_from_hf_dict(d: dict) -> CLIPConfig:
   t, v = d["text_config"], d["vision_config"]
   acts = {t.get("hidden_act", "quick_gelu"), v.get("hidden_act", "quick_gelu")}
   if len(acts) != 1 or not acts <= {"quick_gelu", "gelu"}:
-    raise ValueError(f"Unsupported activations {sorted(acts)}: both towers must use quick_gelu or gelu.")
+    raise ValueError(
+      f"Unsupported activations {sorted(acts)}: both towers must use quick_gelu or gelu."
+    )
   return CLIPConfig(
-      embed_dim=d.get("projection_dim", 512),
-      vision=VisionConfig(image_size=v["image_size"], patch_size=v["patch_size"], width=v["hidden_size"],
-                          layers=v["num_hidden_layers"], heads=v["num_attention_heads"],
-                          mlp_ratio=v["intermediate_size"] / v["hidden_size"]),
-      text=TextConfig(vocab_size=t["vocab_size"], context_length=t["max_position_embeddings"], width=t["hidden_size"],
-                      layers=t["num_hidden_layers"], heads=t["num_attention_heads"],
-                      mlp_ratio=t["intermediate_size"] / t["hidden_size"]),
-      act=acts.pop())
+    embed_dim=d.get("projection_dim", 512),
+    vision=VisionConfig(
+      image_size=v["image_size"],
+      patch_size=v["patch_size"],
+      width=v["hidden_size"],
+      layers=v["num_hidden_layers"],
+      heads=v["num_attention_heads"],
+      mlp_ratio=v["intermediate_size"] / v["hidden_size"],
+    ),
+    text=TextConfig(
+      vocab_size=t["vocab_size"],
+      context_length=t["max_position_embeddings"],
+      width=t["hidden_size"],
+      layers=t["num_hidden_layers"],
+      heads=t["num_attention_heads"],
+      mlp_ratio=t["intermediate_size"] / t["hidden_size"],
+    ),
+    act=acts.pop(),
+  )
 
 
 @contextlib.contextmanager
@@ -58,12 +78,17 @@ def local_dir(path: str):
     yield path
     return
   if os.path.exists(path):
-    raise ValueError(f"{path} is a file: pass a Hugging Face CLIP directory (config.json + model.safetensors).")
+    raise ValueError(
+      f"{path} is a file: pass a Hugging Face CLIP directory (config.json + model.safetensors)."
+    )
   from huggingface_hub import snapshot_download
+
   try:
     local = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.txt"])
   except Exception as e:  # noqa: BLE001 - offline, unknown repo, ...: one clear line
-    raise FileNotFoundError(f"{path!r} is neither a local directory nor a reachable Hub id ({type(e).__name__}).") from e
+    raise FileNotFoundError(
+      f"{path!r} is neither a local directory nor a reachable Hub id ({type(e).__name__})."
+    ) from e
   yield local
 
 
@@ -79,53 +104,88 @@ def _config_from_dir(path: str) -> CLIPConfig:
     with open(file) as f:
       d = json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{file}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}).") from None
+    raise ValueError(
+      f"{file}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg})."
+    ) from None
   if not isinstance(d, dict) or d.get("model_type") not in (None, "clip"):
     what = d.get("model_type") if isinstance(d, dict) else type(d).__name__
     raise ValueError(f"{file} has model_type={what!r}; only 'clip' is supported.")
   try:
     return config_from_hf_dict(d)
   except KeyError as e:
-    raise ValueError(f"{file} lacks the key {e.args[0]!r} (under text_config / vision_config where it belongs): "
-                     "it is not a complete transformers CLIPConfig.") from None
+    raise ValueError(
+      f"{file} lacks the key {e.args[0]!r} (under text_config / vision_config where it belongs): "
+      "it is not a complete transformers CLIPConfig."
+    ) from None
 
 
 def config_to_hf(config: CLIPConfig, logit_scale: float):
   """transformers.CLIPConfig for `config`; `logit_scale` (the log temperature) is written as its initial value,
   so a model built from the config alone starts at the exported temperature."""
   import transformers
+
   vc, tc = config.vision, config.text
   return transformers.CLIPConfig(
-      projection_dim=config.embed_dim, logit_scale_init_value=float(logit_scale),
-      text_config=dict(vocab_size=tc.vocab_size, hidden_size=tc.width, intermediate_size=int(tc.width * tc.mlp_ratio),
-                       num_hidden_layers=tc.layers, num_attention_heads=tc.heads, max_position_embeddings=tc.context_length,
-                       hidden_act=config.act, projection_dim=config.embed_dim, bos_token_id=SOT_ID, eos_token_id=EOT_ID,
-                       pad_token_id=EOT_ID),
-      vision_config=dict(hidden_size=vc.width, intermediate_size=int(vc.width * vc.mlp_ratio), num_hidden_layers=vc.layers,
-                         num_attention_heads=vc.heads, image_size=vc.image_size, patch_size=vc.patch_size,
-                         hidden_act=config.act, projection_dim=config.embed_dim))
+    projection_dim=config.embed_dim,
+    logit_scale_init_value=float(logit_scale),
+    text_config=dict(
+      vocab_size=tc.vocab_size,
+      hidden_size=tc.width,
+      intermediate_size=int(tc.width * tc.mlp_ratio),
+      num_hidden_layers=tc.layers,
+      num_attention_heads=tc.heads,
+      max_position_embeddings=tc.context_length,
+      hidden_act=config.act,
+      projection_dim=config.embed_dim,
+      bos_token_id=SOT_ID,
+      eos_token_id=EOT_ID,
+      pad_token_id=EOT_ID,
+    ),
+    vision_config=dict(
+      hidden_size=vc.width,
+      intermediate_size=int(vc.width * vc.mlp_ratio),
+      num_hidden_layers=vc.layers,
+      num_attention_heads=vc.heads,
+      image_size=vc.image_size,
+      patch_size=vc.patch_size,
+      hidden_act=config.act,
+      projection_dim=config.embed_dim,
+    ),
+  )
 
 
 # ----------------------------------------------------------------------------- weights
 
+
 def _pairs(config: CLIPConfig):
   """(hf key, our path, kind) for every tensor; kind says how the layout differs."""
-  out = [("vision_model.embeddings.patch_embedding.weight", "visual/conv1/kernel", "conv"),
-         ("vision_model.embeddings.class_embedding", "visual/class_embedding", "same"),
-         ("vision_model.embeddings.position_embedding.weight", "visual/positional_embedding", "same"),
-         ("visual_projection.weight", "visual/proj", "t"),
-         ("text_model.embeddings.token_embedding.weight", "text/token_embedding/embedding", "same"),
-         ("text_model.embeddings.position_embedding.weight", "text/positional_embedding", "same"),
-         ("text_projection.weight", "text/text_projection", "t"),
-         ("logit_scale", "logit_scale", "scalar")]
-  for hf_ln, ours in (("vision_model.pre_layrnorm", "visual/ln_pre"), ("vision_model.post_layernorm", "visual/ln_post"),
-                      ("text_model.final_layer_norm", "text/ln_final")):
+  out = [
+    ("vision_model.embeddings.patch_embedding.weight", "visual/conv1/kernel", "conv"),
+    ("vision_model.embeddings.class_embedding", "visual/class_embedding", "same"),
+    ("vision_model.embeddings.position_embedding.weight", "visual/positional_embedding", "same"),
+    ("visual_projection.weight", "visual/proj", "t"),
+    ("text_model.embeddings.token_embedding.weight", "text/token_embedding/embedding", "same"),
+    ("text_model.embeddings.position_embedding.weight", "text/positional_embedding", "same"),
+    ("text_projection.weight", "text/text_projection", "t"),
+    ("logit_scale", "logit_scale", "scalar"),
+  ]
+  for hf_ln, ours in (
+    ("vision_model.pre_layrnorm", "visual/ln_pre"),
+    ("vision_model.post_layernorm", "visual/ln_post"),
+    ("text_model.final_layer_norm", "text/ln_final"),
+  ):
     out += [(f"{hf_ln}.{a}", f"{ours}/{b}", "same") for a, b in _LN.items()]
-  for tower, ours, layers in (("vision_model", "visual", config.vision.layers), ("text_model", "text", config.text.layers)):
+  for tower, ours, layers in (
+    ("vision_model", "visual", config.vision.layers),
+    ("text_model", "text", config.text.layers),
+  ):
     for i in range(layers):
       hf_p, our_p = f"{tower}.encoder.layers.{i}", f"{ours}/transformer/resblocks_{i}"
       for a, b in _BLOCK.items():
-        out += [(f"{hf_p}.{a}.weight", f"{our_p}/{b}/kernel", "t"), (f"{hf_p}.{a}.bias", f"{our_p}/{b}/bias", "same")]
+        out += [
+          (f"{hf_p}.{a}.weight", f"{our_p}/{b}/kernel", "t"),
+          (f"{hf_p}.{a}.bias", f"{our_p}/{b}/bias", "same"),
+        ]
       for a, b in _BLOCK_LN.items():
         out += [(f"{hf_p}.{a}.{x}", f"{our_p}/{b}/{y}", "same") for x, y in _LN.items()]
   return out
@@ -152,8 +212,12 @@ def _to_hf(x: np.ndarray, kind: str) -> np.ndarray:
 def _expected_shapes(config: CLIPConfig) -> dict:
   import jax
   from tripletclip_jax.models import init_params
+
   shapes = jax.eval_shape(lambda r: init_params(config, r), jax.random.key(0))
-  out = {"/".join(str(k.key) for k in path): tuple(x.shape) for path, x in jax.tree_util.tree_leaves_with_path(shapes)}
+  out = {
+    "/".join(str(k.key) for k in path): tuple(x.shape)
+    for path, x in jax.tree_util.tree_leaves_with_path(shapes)
+  }
   return dict(out, logit_scale=())  # a CLIP checkpoint carries the temperature, which our loss owns
 
 
@@ -163,11 +227,15 @@ def params_from_hf_state(config: CLIPConfig, state: dict, source: str = "checkpo
   params: dict = {}
   for hf_key, path, kind in _pairs(config):
     if hf_key not in state:
-      raise KeyError(f"{source} lacks tensor {hf_key!r} needed for {path}; is it a CLIPModel checkpoint?")
+      raise KeyError(
+        f"{source} lacks tensor {hf_key!r} needed for {path}; is it a CLIPModel checkpoint?"
+      )
     value = _to_ours(np.asarray(state[hf_key], np.float32), kind)
     if value.shape != expected[path]:
-      raise ValueError(f"{source}: tensor {hf_key!r} has shape {tuple(state[hf_key].shape)}, which does not match "
-                       f"the config (expects {expected[path]} as {path}).")
+      raise ValueError(
+        f"{source}: tensor {hf_key!r} has shape {tuple(state[hf_key].shape)}, which does not match "
+        f"the config (expects {expected[path]} as {path})."
+      )
     node = params
     *parents, leaf = path.split("/")
     for p in parents:
@@ -182,7 +250,9 @@ def params_to_hf_state(config: CLIPConfig, params) -> dict:
     node = params
     for p in path.split("/"):
       node = node[p]
-    out[hf_key] = np.array(_to_hf(np.asarray(node, np.float32), kind), order="C")  # keeps 0-d logit_scale 0-d
+    out[hf_key] = np.array(
+      _to_hf(np.asarray(node, np.float32), kind), order="C"
+    )  # keeps 0-d logit_scale 0-d
   return out
 
 
@@ -197,15 +267,23 @@ def _load_dir(path: str):
   st = os.path.join(path, "model.safetensors")
   if os.path.exists(st):
     from safetensors.numpy import load_file
+
     try:
       state = load_file(st)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged files
-      raise ValueError(f"{st} is not a readable safetensors file ({type(e).__name__}: {str(e)[:120]}): download or "
-                       "export it again.") from None
+      raise ValueError(
+        f"{st} is not a readable safetensors file ({type(e).__name__}: {str(e)[:120]}): download or "
+        "export it again."
+      ) from None
   elif os.path.exists(os.path.join(path, "pytorch_model.bin")):
     import torch
-    state = {k: v.float().numpy() for k, v in torch.load(os.path.join(path, "pytorch_model.bin"),
-                                                          map_location="cpu", weights_only=True).items()}
+
+    state = {
+      k: v.float().numpy()
+      for k, v in torch.load(
+        os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True
+      ).items()
+    }
   else:
     raise FileNotFoundError(f"{path} has no model.safetensors or pytorch_model.bin.")
   return config, params_from_hf_state(config, state, source=path)
@@ -216,45 +294,83 @@ def from_openai_state_dict(state: dict, act: str = "quick_gelu"):
 
   The fused qkv `in_proj` splits into q, k, v along dim 0; sizes come from the shapes.
   """
-  sd = {k: np.asarray(v.float().numpy() if hasattr(v, "float") else v, np.float32) for k, v in state.items()}
+  sd = {
+    k: np.asarray(v.float().numpy() if hasattr(v, "float") else v, np.float32)
+    for k, v in state.items()
+  }
+
   def layers(prefix):
     return len({k.split(".")[3] for k in sd if k.startswith(f"{prefix}transformer.resblocks.")})
+
   vw = sd["visual.conv1.weight"]
-  v_layers, t_layers = layers("visual."), len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+  v_layers, t_layers = (
+    layers("visual."),
+    len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
+  )
   width, patch = vw.shape[0], vw.shape[-1]
   grid = int(round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5))
   t_width = sd["token_embedding.weight"].shape[1]
   config = CLIPConfig(
-      embed_dim=sd["visual.proj"].shape[1],
-      vision=VisionConfig(image_size=grid * patch, patch_size=patch, width=width, layers=v_layers, heads=max(width // 64, 1),
-                          mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width),
-      text=TextConfig(vocab_size=sd["token_embedding.weight"].shape[0], context_length=sd["positional_embedding"].shape[0],
-                      width=t_width, layers=t_layers, heads=max(t_width // 64, 1),
-                      mlp_ratio=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / t_width),
-      act=act)
-  hf = {"vision_model.embeddings.patch_embedding.weight": vw,
-        "vision_model.embeddings.class_embedding": sd["visual.class_embedding"],
-        "vision_model.embeddings.position_embedding.weight": sd["visual.positional_embedding"],
-        "visual_projection.weight": sd["visual.proj"].T, "text_projection.weight": sd["text_projection"].T,
-        "text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
-        "text_model.embeddings.position_embedding.weight": sd["positional_embedding"],
-        "logit_scale": sd["logit_scale"]}
-  for ours, hf_name in (("visual.ln_pre", "vision_model.pre_layrnorm"), ("visual.ln_post", "vision_model.post_layernorm"),
-                        ("ln_final", "text_model.final_layer_norm")):
+    embed_dim=sd["visual.proj"].shape[1],
+    vision=VisionConfig(
+      image_size=grid * patch,
+      patch_size=patch,
+      width=width,
+      layers=v_layers,
+      heads=max(width // 64, 1),
+      mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
+    ),
+    text=TextConfig(
+      vocab_size=sd["token_embedding.weight"].shape[0],
+      context_length=sd["positional_embedding"].shape[0],
+      width=t_width,
+      layers=t_layers,
+      heads=max(t_width // 64, 1),
+      mlp_ratio=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / t_width,
+    ),
+    act=act,
+  )
+  hf = {
+    "vision_model.embeddings.patch_embedding.weight": vw,
+    "vision_model.embeddings.class_embedding": sd["visual.class_embedding"],
+    "vision_model.embeddings.position_embedding.weight": sd["visual.positional_embedding"],
+    "visual_projection.weight": sd["visual.proj"].T,
+    "text_projection.weight": sd["text_projection"].T,
+    "text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
+    "text_model.embeddings.position_embedding.weight": sd["positional_embedding"],
+    "logit_scale": sd["logit_scale"],
+  }
+  for ours, hf_name in (
+    ("visual.ln_pre", "vision_model.pre_layrnorm"),
+    ("visual.ln_post", "vision_model.post_layernorm"),
+    ("ln_final", "text_model.final_layer_norm"),
+  ):
     hf[f"{hf_name}.weight"], hf[f"{hf_name}.bias"] = sd[f"{ours}.weight"], sd[f"{ours}.bias"]
-  for src, dst, n in (("visual.transformer", "vision_model.encoder", v_layers), ("transformer", "text_model.encoder", t_layers)):
+  for src, dst, n in (
+    ("visual.transformer", "vision_model.encoder", v_layers),
+    ("transformer", "text_model.encoder", t_layers),
+  ):
     for i in range(n):
       s, d = f"{src}.resblocks.{i}", f"{dst}.layers.{i}"
-      for w, name in ((sd[f"{s}.attn.in_proj_weight"], "weight"), (sd[f"{s}.attn.in_proj_bias"], "bias")):
+      for w, name in (
+        (sd[f"{s}.attn.in_proj_weight"], "weight"),
+        (sd[f"{s}.attn.in_proj_bias"], "bias"),
+      ):
         for part, proj in zip(np.split(w, 3, axis=0), ("q_proj", "k_proj", "v_proj")):
           hf[f"{d}.self_attn.{proj}.{name}"] = part
-      for a, b in (("attn.out_proj", "self_attn.out_proj"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"),
-                   ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2")):
+      for a, b in (
+        ("attn.out_proj", "self_attn.out_proj"),
+        ("mlp.c_fc", "mlp.fc1"),
+        ("mlp.c_proj", "mlp.fc2"),
+        ("ln_1", "layer_norm1"),
+        ("ln_2", "layer_norm2"),
+      ):
         hf[f"{d}.{b}.weight"], hf[f"{d}.{b}.bias"] = sd[f"{s}.{a}.weight"], sd[f"{s}.{a}.bias"]
   return config, params_from_hf_state(config, hf, source="OpenAI state dict")
 
 
 # ----------------------------------------------------------------------------- export
+
 
 def write_tokenizer(out_dir: str, context_length: int = 77) -> None:
   """vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json of our BPE."""
@@ -265,11 +381,24 @@ def write_tokenizer(out_dir: str, context_length: int = 77) -> None:
     json.dump(vocab, f, ensure_ascii=False)
   with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
     f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in tok.merges) + "\n")
-  special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-             "pad_token": "<|endoftext|>"}
+  special = {
+    "bos_token": "<|startoftext|>",
+    "eos_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+    "pad_token": "<|endoftext|>",
+  }
   with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-    json.dump({"tokenizer_class": "CLIPTokenizer", "model_max_length": context_length, "do_lower_case": True,
-               "clean_up_tokenization_spaces": False, **special}, f, indent=2)
+    json.dump(
+      {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": context_length,
+        "do_lower_case": True,
+        "clean_up_tokenization_spaces": False,
+        **special,
+      },
+      f,
+      indent=2,
+    )
   with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
     json.dump(special, f, indent=2)
 
@@ -277,30 +406,68 @@ def write_tokenizer(out_dir: str, context_length: int = 77) -> None:
 def write_preprocessor(out_dir: str, image_size: int) -> None:
   from transformers import CLIPImageProcessor
   from transformers.utils import logging as hf_logging
+
   hf_logging.set_verbosity_error()  # without torchvision it falls back to its PIL backend, and says so at length
-  CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-                     image_mean=OPENAI_MEAN.tolist(), image_std=OPENAI_STD.tolist(),
-                     resample=3, do_convert_rgb=True).save_pretrained(out_dir)
+  CLIPImageProcessor(
+    size={"shortest_edge": image_size},
+    crop_size={"height": image_size, "width": image_size},
+    image_mean=OPENAI_MEAN.tolist(),
+    image_std=OPENAI_STD.tolist(),
+    resample=3,
+    do_convert_rgb=True,
+  ).save_pretrained(out_dir)
 
 
 def _model_card(config: CLIPConfig, train_config: dict | None, eval_results: dict | None) -> str:
-  lines = ["---", "library_name: transformers", "tags: [clip, tripletclip, tripletclip_jax]", "---", "",
-           "# TripletCLIP checkpoint (tripletclip_jax)", "",
-           "A CLIP model trained with [tripletclip_jax](https://pypi.org/project/tripletclip_jax/) and exported as a "
-           "`transformers.CLIPModel`.", "", "```python", "from transformers import CLIPModel, CLIPProcessor",
-           "model = CLIPModel.from_pretrained(PATH)", "processor = CLIPProcessor.from_pretrained(PATH)", "```", "",
-           "## Model", "", "```json", json.dumps(config.to_dict(), indent=2), "```", ""]
+  lines = [
+    "---",
+    "library_name: transformers",
+    "tags: [clip, tripletclip, tripletclip_jax]",
+    "---",
+    "",
+    "# TripletCLIP checkpoint (tripletclip_jax)",
+    "",
+    "A CLIP model trained with [tripletclip_jax](https://pypi.org/project/tripletclip_jax/) and exported as a "
+    "`transformers.CLIPModel`.",
+    "",
+    "```python",
+    "from transformers import CLIPModel, CLIPProcessor",
+    "model = CLIPModel.from_pretrained(PATH)",
+    "processor = CLIPProcessor.from_pretrained(PATH)",
+    "```",
+    "",
+    "## Model",
+    "",
+    "```json",
+    json.dumps(config.to_dict(), indent=2),
+    "```",
+    "",
+  ]
   if train_config:
-    lines += ["## Training config", "", "```json", json.dumps(train_config, indent=2, default=str), "```", ""]
+    lines += [
+      "## Training config",
+      "",
+      "```json",
+      json.dumps(train_config, indent=2, default=str),
+      "```",
+      "",
+    ]
   if eval_results:
     lines += ["## Latest evaluation (accuracy %)", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in sorted(eval_results.items()) if isinstance(v, (int, float))]
+    lines += [
+      f"| {k} | {v:.2f} |" for k, v in sorted(eval_results.items()) if isinstance(v, (int, float))
+    ]
     lines.append("")
   return "\n".join(lines)
 
 
-def export_hf(config: CLIPConfig, params, out_dir: str, train_config: dict | None = None,
-              eval_results: dict | None = None) -> str:
+def export_hf(
+  config: CLIPConfig,
+  params,
+  out_dir: str,
+  train_config: dict | None = None,
+  eval_results: dict | None = None,
+) -> str:
   """Writes a directory that `CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained` load offline.
 
   A gs:// `out_dir` is written locally, then uploaded. Parameters without a temperature (a loss that owns
@@ -312,12 +479,19 @@ def export_hf(config: CLIPConfig, params, out_dir: str, train_config: dict | Non
       fileio.upload(tmp, out_dir)
     return out_dir
   from safetensors.numpy import save_file
+
   os.makedirs(out_dir, exist_ok=True)
-  if "logit_scale" not in params:  # a loss without a temperature: transformers' CLIPModel needs one anyway
+  if (
+    "logit_scale" not in params
+  ):  # a loss without a temperature: transformers' CLIPModel needs one anyway
     params = dict(params, logit_scale=np.float32(dict(TEMPERATURE)["logit_scale"]))
   config_to_hf(config, np.asarray(params["logit_scale"])).save_pretrained(out_dir)
   state = params_to_hf_state(config, params)
-  save_file(dict(sorted(state.items())), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+  save_file(
+    dict(sorted(state.items())),
+    os.path.join(out_dir, "model.safetensors"),
+    metadata={"format": "pt"},
+  )
   write_tokenizer(out_dir, config.text.context_length)
   write_preprocessor(out_dir, config.vision.image_size)
   with open(os.path.join(out_dir, "README.md"), "w") as f:
@@ -328,6 +502,7 @@ def export_hf(config: CLIPConfig, params, out_dir: str, train_config: dict | Non
 def push_to_hub(out_dir: str, repo_id: str) -> str:
   """Uploads an exported directory with huggingface_hub (needs a token and network)."""
   from huggingface_hub import HfApi
+
   api = HfApi()
   api.create_repo(repo_id, exist_ok=True)
   api.upload_folder(repo_id=repo_id, folder_path=out_dir)

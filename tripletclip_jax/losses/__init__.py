@@ -12,7 +12,9 @@ from typing import Callable
 
 from tripletclip_jax.losses import sigmoid, softmax
 
-TEMPERATURE = (("logit_scale", math.log(1 / 0.07)),)  # CLIP's learnable log temperature, t = ln(1 / 0.07)
+TEMPERATURE = (
+  ("logit_scale", math.log(1 / 0.07)),
+)  # CLIP's learnable log temperature, t = ln(1 / 0.07)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,11 +25,13 @@ class Loss:
   'txt' [N, D] of the global batch, plus 'neg_img' / 'neg_txt' [N, D] when the entry asks for them; `p` holds
   the loss's own parameters as stored (e.g. the log temperature); `mesh` is the device mesh or None.
   """
+
   name: str
   fn: Callable
   neg_images: bool = False  # the batch carries x' and the loss encodes it
-  neg_texts: bool = False   # the batch carries y'
-  union: bool = False       # batches mix (x, y) and (x', y') as ordinary pairs (a data change, not a formula)
+  neg_texts: bool = False  # the batch carries y'
+  # batches mix (x, y) and (x', y') as ordinary pairs (a data change, not a formula)
+  union: bool = False
   params: tuple = TEMPERATURE  # ((name, initial value), ...): scalar parameters outside the towers
 
   def __call__(self, e: dict, p: dict, mesh=None):
@@ -39,9 +43,13 @@ class Loss:
     place a run's temperature starts from (`config.loss_init`). Unknown names raise ValueError."""
     unknown = sorted(set(values) - set(self.param_names))
     if unknown:
-      raise ValueError(f"loss {self.name} has no parameter {unknown[0]!r}; its parameters are "
-                       f"{', '.join(self.param_names)}.")
-    return dataclasses.replace(self, params=tuple((k, float(values.get(k, v))) for k, v in self.params))
+      raise ValueError(
+        f"loss {self.name} has no parameter {unknown[0]!r}; its parameters are "
+        f"{', '.join(self.param_names)}."
+      )
+    return dataclasses.replace(
+      self, params=tuple((k, float(values.get(k, v))) for k, v in self.params)
+    )
 
   @property
   def pairs_per_example(self) -> float:
@@ -55,7 +63,11 @@ class Loss:
 
   @property
   def batch_keys(self) -> tuple[str, ...]:
-    return ("image", "text") + (("neg_image",) if self.neg_images else ()) + (("neg_text",) if self.neg_texts else ())
+    return (
+      ("image", "text")
+      + (("neg_image",) if self.neg_images else ())
+      + (("neg_text",) if self.neg_texts else ())
+    )
 
   @property
   def param_names(self) -> tuple[str, ...]:
@@ -63,16 +75,18 @@ class Loss:
 
 
 _ENTRIES = (
-    Loss("clip", softmax.clip),
-    # The clip loss over real and negative pairs as ordinary pairs (the release's "LaCLIP+HN" control): it
-    # separates the effect of the extra data from that of the loss.
-    Loss("clip_union", softmax.clip, union=True),
-    Loss("negclip", softmax.negclip, neg_texts=True),
-    Loss("negimage", softmax.negimage, neg_images=True),
-    Loss("tripletclip", softmax.tripletclip, neg_images=True, neg_texts=True),
-    Loss("siglip", sigmoid.siglip, params=sigmoid.PARAMS),
-    Loss("negsiglip", sigmoid.negsiglip, neg_texts=True, params=sigmoid.PARAMS),
-    Loss("tripletsiglip", sigmoid.tripletsiglip, neg_images=True, neg_texts=True, params=sigmoid.PARAMS),
+  Loss("clip", softmax.clip),
+  # The clip loss over real and negative pairs as ordinary pairs (the release's "LaCLIP+HN" control): it
+  # separates the effect of the extra data from that of the loss.
+  Loss("clip_union", softmax.clip, union=True),
+  Loss("negclip", softmax.negclip, neg_texts=True),
+  Loss("negimage", softmax.negimage, neg_images=True),
+  Loss("tripletclip", softmax.tripletclip, neg_images=True, neg_texts=True),
+  Loss("siglip", sigmoid.siglip, params=sigmoid.PARAMS),
+  Loss("negsiglip", sigmoid.negsiglip, neg_texts=True, params=sigmoid.PARAMS),
+  Loss(
+    "tripletsiglip", sigmoid.tripletsiglip, neg_images=True, neg_texts=True, params=sigmoid.PARAMS
+  ),
 )
 REGISTRY = {loss.name: loss for loss in _ENTRIES}
 

@@ -17,7 +17,10 @@ from jax.sharding import PartitionSpec as P
 
 from tripletclip_jax import sharding
 
-PARAMS = (("logit_scale", math.log(10.0)), ("logit_bias", -10.0))  # SigLIP's initial t = ln 10, b = -10
+PARAMS = (
+  ("logit_scale", math.log(10.0)),
+  ("logit_bias", -10.0),
+)  # SigLIP's initial t = ln 10, b = -10
 
 
 def _block(x, y, s, b, diagonal_positive):
@@ -40,20 +43,27 @@ def pair_sum(x, y, s, b, diagonal_positive: bool, mesh=None):
   ring = [(i, (i + 1) % n) for i in range(n)]
 
   def local(x, y, s, b):
-    total = _block(x, y, s, b, diagonal_positive)  # own block: the matching pairs sit on its diagonal
+    total = _block(
+      x, y, s, b, diagonal_positive
+    )  # own block: the matching pairs sit on its diagonal
     for _ in range(n - 1):
       y = jax.lax.ppermute(y, axes, ring)
       total = total + _block(x, y, s, b, False)
     return jax.lax.psum(total, axes)
 
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()), out_specs=P())(x, y, s, b)
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()), out_specs=P())(
+    x, y, s, b
+  )
 
 
 def _accuracy(x, y):
   """Top-1 image-to-text and text-to-image accuracy of the matching pairs (metrics only)."""
   sim = jax.lax.stop_gradient(jnp.einsum("nd,md->nm", x.astype(jnp.float32), y.astype(jnp.float32)))
   idx = jnp.arange(sim.shape[0])
-  return {"i2t_acc": jnp.mean(jnp.argmax(sim, 1) == idx), "t2i_acc": jnp.mean(jnp.argmax(sim, 0) == idx)}
+  return {
+    "i2t_acc": jnp.mean(jnp.argmax(sim, 1) == idx),
+    "t2i_acc": jnp.mean(jnp.argmax(sim, 0) == idx),
+  }
 
 
 def negsiglip_loss(x, y, y_neg, s, b, mesh=None):
@@ -69,7 +79,9 @@ def siglip(e, p, mesh=None):
 
 
 def negsiglip(e, p, mesh=None):
-  return negsiglip_loss(e["img"], e["txt"], e["neg_txt"], jnp.exp(p["logit_scale"]), p["logit_bias"], mesh)
+  return negsiglip_loss(
+    e["img"], e["txt"], e["neg_txt"], jnp.exp(p["logit_scale"]), p["logit_bias"], mesh
+  )
 
 
 def tripletsiglip(e, p, mesh=None):

@@ -22,6 +22,7 @@ ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": functools.partial(jax.nn.gelu, 
 
 class Attention(nn.Module):
   """Multi-head self-attention through `jax.nn.dot_product_attention`."""
+
   heads: int
   causal: bool
   dtype: jnp.dtype
@@ -32,13 +33,18 @@ class Attention(nn.Module):
     b, t, w = x.shape
     hd = w // self.heads
     dense = functools.partial(nn.Dense, w, dtype=self.dtype)
-    q, k, v = (dense(name=n)(x).reshape(b, t, self.heads, hd) for n in ("q_proj", "k_proj", "v_proj"))
-    y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.implementation)
+    q, k, v = (
+      dense(name=n)(x).reshape(b, t, self.heads, hd) for n in ("q_proj", "k_proj", "v_proj")
+    )
+    y = jax.nn.dot_product_attention(
+      q, k, v, is_causal=self.causal, implementation=self.implementation
+    )
     return dense(name="out_proj")(y.reshape(b, t, w))
 
 
 class ResidualAttentionBlock(nn.Module):
   """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
   heads: int
   mlp_ratio: float
   causal: bool
@@ -50,7 +56,9 @@ class ResidualAttentionBlock(nn.Module):
   def __call__(self, x):
     w = x.shape[-1]
     ln = functools.partial(nn.LayerNorm, epsilon=1e-5, dtype=self.dtype)
-    x = x + Attention(self.heads, self.causal, self.dtype, self.attention_impl, name="attn")(ln(name="ln_1")(x))
+    x = x + Attention(self.heads, self.causal, self.dtype, self.attention_impl, name="attn")(
+      ln(name="ln_1")(x)
+    )
     h = nn.Dense(int(w * self.mlp_ratio), dtype=self.dtype, name="c_fc")(ln(name="ln_2")(x))
     h = nn.Dense(w, dtype=self.dtype, name="c_proj")(ACTIVATIONS[self.act](h))
     return x + h
@@ -70,8 +78,15 @@ class Transformer(nn.Module):
   def __call__(self, x):
     block_cls = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
     for i in range(self.layers):
-      x = block_cls(self.heads, self.mlp_ratio, self.causal, self.act, self.dtype,
-                    self.attention_impl, name=f"resblocks_{i}")(x)
+      x = block_cls(
+        self.heads,
+        self.mlp_ratio,
+        self.causal,
+        self.act,
+        self.dtype,
+        self.attention_impl,
+        name=f"resblocks_{i}",
+      )(x)
     return x
 
 
@@ -84,18 +99,30 @@ class VisionTransformer(nn.Module):
     cfg, vc = self.config, self.config.vision
     dt = cfg.compute_dtype
     p = vc.patch_size
-    x = nn.Conv(vc.width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
-                dtype=dt, name="conv1")(images.astype(dt))
+    x = nn.Conv(
+      vc.width, (p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=dt, name="conv1"
+    )(images.astype(dt))
     b = x.shape[0]
     x = x.reshape(b, -1, vc.width)
-    scale = vc.width ** -0.5
+    scale = vc.width**-0.5
     cls = self.param("class_embedding", nn.initializers.normal(scale), (vc.width,))
-    pos = self.param("positional_embedding", nn.initializers.normal(scale), (vc.num_tokens, vc.width))
+    pos = self.param(
+      "positional_embedding", nn.initializers.normal(scale), (vc.num_tokens, vc.width)
+    )
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(dt), (b, 1, vc.width)), x], axis=1)
     x = x + pos.astype(dt)
     x = nn.LayerNorm(epsilon=1e-5, dtype=dt, name="ln_pre")(x)
-    x = Transformer(vc.layers, vc.heads, vc.mlp_ratio, False, cfg.act, dt, cfg.remat,
-                    cfg.attention_impl, name="transformer")(x)
+    x = Transformer(
+      vc.layers,
+      vc.heads,
+      vc.mlp_ratio,
+      False,
+      cfg.act,
+      dt,
+      cfg.remat,
+      cfg.attention_impl,
+      name="transformer",
+    )(x)
     x = nn.LayerNorm(epsilon=1e-5, dtype=dt, name="ln_post")(x[:, 0])
     proj = self.param("proj", nn.initializers.normal(scale), (vc.width, cfg.embed_dim))
     return x @ proj.astype(dt)
@@ -109,16 +136,30 @@ class TextTransformer(nn.Module):
     """text: [B, L] int token ids (eot is the largest id) -> [B, embed_dim]."""
     cfg, tc = self.config, self.config.text
     dt = cfg.compute_dtype
-    x = nn.Embed(tc.vocab_size, tc.width, embedding_init=nn.initializers.normal(0.02),
-                 name="token_embedding")(text).astype(dt)
-    pos = self.param("positional_embedding", nn.initializers.normal(0.01), (tc.context_length, tc.width))
+    x = nn.Embed(
+      tc.vocab_size, tc.width, embedding_init=nn.initializers.normal(0.02), name="token_embedding"
+    )(text).astype(dt)
+    pos = self.param(
+      "positional_embedding", nn.initializers.normal(0.01), (tc.context_length, tc.width)
+    )
     x = x + pos[: text.shape[1]].astype(dt)
-    x = Transformer(tc.layers, tc.heads, tc.mlp_ratio, True, cfg.act, dt, cfg.remat,
-                    cfg.attention_impl, name="transformer")(x)
+    x = Transformer(
+      tc.layers,
+      tc.heads,
+      tc.mlp_ratio,
+      True,
+      cfg.act,
+      dt,
+      cfg.remat,
+      cfg.attention_impl,
+      name="transformer",
+    )(x)
     x = nn.LayerNorm(epsilon=1e-5, dtype=dt, name="ln_final")(x)
     # Pool at the first end-of-text token: it has the largest id in the vocabulary.
     x = x[jnp.arange(x.shape[0]), jnp.argmax(text, axis=-1)]
-    proj = self.param("text_projection", nn.initializers.normal(tc.width ** -0.5), (tc.width, cfg.embed_dim))
+    proj = self.param(
+      "text_projection", nn.initializers.normal(tc.width**-0.5), (tc.width, cfg.embed_dim)
+    )
     return x @ proj.astype(dt)
 
 
@@ -132,6 +173,7 @@ class CLIP(nn.Module):
 
   `__call__(images, text)` returns L2-normalised float32 embeddings ([B, D], [B', D]).
   """
+
   config: CLIPConfig
 
   def setup(self):

@@ -50,6 +50,7 @@ class CLIPConfig:
   `act` is "quick_gelu" (OpenAI weights) or "gelu"; `dtype` is the compute
   dtype ("float32" or "bfloat16"); parameters are always float32.
   """
+
   embed_dim: int = 512
   vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
   text: TextConfig = dataclasses.field(default_factory=TextConfig)
@@ -75,31 +76,36 @@ class CLIPConfig:
     text = TextConfig(**d.pop("text", {}))
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-      raise ValueError(f"Unknown model config keys {sorted(unknown)}; valid: "
-                       f"{[f.name for f in dataclasses.fields(cls)]}")
+      raise ValueError(
+        f"Unknown model config keys {sorted(unknown)}; valid: "
+        f"{[f.name for f in dataclasses.fields(cls)]}"
+      )
     return cls(vision=vision, text=text, **d)
 
 
 PRESETS = {
-    # Trains in minutes on 2 CPU cores; used by the tests.
-    "tiny": CLIPConfig(
-        embed_dim=64,
-        vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=2, heads=4),
-        text=TextConfig(context_length=32, width=128, layers=2, heads=4),
-        act="gelu"),
-    # The demo world's model: 48 px images of a 3 x 3 grid, one 16 px patch per cell, and the
-    # world's captions fit 24 tokens. About 3x cheaper per pair than "tiny" on a CPU.
-    "demo": CLIPConfig(
-        embed_dim=64,
-        vision=VisionConfig(image_size=48, patch_size=16, width=128, layers=2, heads=4),
-        text=TextConfig(context_length=24, width=128, layers=2, heads=4),
-        act="gelu"),
-    "vit_b32": CLIPConfig(),
-    "vit_b16": CLIPConfig(vision=VisionConfig(patch_size=16)),
-    "vit_l14": CLIPConfig(
-        embed_dim=768,
-        vision=VisionConfig(patch_size=14, width=1024, layers=24, heads=16),
-        text=TextConfig(width=768, layers=12, heads=12)),
+  # Trains in minutes on 2 CPU cores; used by the tests.
+  "tiny": CLIPConfig(
+    embed_dim=64,
+    vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=2, heads=4),
+    text=TextConfig(context_length=32, width=128, layers=2, heads=4),
+    act="gelu",
+  ),
+  # The demo world's model: 48 px images of a 3 x 3 grid, one 16 px patch per cell, and the
+  # world's captions fit 24 tokens. About 3x cheaper per pair than "tiny" on a CPU.
+  "demo": CLIPConfig(
+    embed_dim=64,
+    vision=VisionConfig(image_size=48, patch_size=16, width=128, layers=2, heads=4),
+    text=TextConfig(context_length=24, width=128, layers=2, heads=4),
+    act="gelu",
+  ),
+  "vit_b32": CLIPConfig(),
+  "vit_b16": CLIPConfig(vision=VisionConfig(patch_size=16)),
+  "vit_l14": CLIPConfig(
+    embed_dim=768,
+    vision=VisionConfig(patch_size=14, width=1024, layers=24, heads=16),
+    text=TextConfig(width=768, layers=12, heads=12),
+  ),
 }
 
 

@@ -13,8 +13,11 @@ def forward_flops(config: CLIPConfig) -> dict:
   """Forward FLOPs for one image and one text: {'image', 'text', 'pair'}."""
   vc, tc, d = config.vision, config.text, config.embed_dim
   patches = (vc.image_size // vc.patch_size) ** 2
-  image = (patches * 3 * vc.patch_size ** 2 * vc.width
-           + _transformer_macs(vc.num_tokens, vc.width, vc.layers, vc.mlp_ratio) + vc.width * d)
+  image = (
+    patches * 3 * vc.patch_size**2 * vc.width
+    + _transformer_macs(vc.num_tokens, vc.width, vc.layers, vc.mlp_ratio)
+    + vc.width * d
+  )
   text = _transformer_macs(tc.context_length, tc.width, tc.layers, tc.mlp_ratio) + tc.width * d
   return {"image": 2 * image, "text": 2 * text, "pair": 2 * (image + text)}
 

@@ -20,7 +20,10 @@ WDS_TEXT_EXTS = ("txt", "caption")
 
 
 def _table_rows(path: str):
-  with fileio.open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as f:
+  with (
+    fileio.open(path, "rb") as raw,
+    io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as f,
+  ):
     if path.endswith(".jsonl"):  # streamed, local or gs://
       for n, line in enumerate(f, 1):
         if line.strip():
@@ -28,7 +31,10 @@ def _table_rows(path: str):
             row = json.loads(line)
           except json.JSONDecodeError as e:
             row = f"bad JSON ({e.msg})"
-          yield n, row if isinstance(row, (dict, str)) else f"not a JSON object ({type(row).__name__})"
+          yield (
+            n,
+            row if isinstance(row, (dict, str)) else f"not a JSON object ({type(row).__name__})",
+          )
       return
     delim = "\t" if path.endswith(".tsv") else ","
     for n, row in enumerate(csv.DictReader(f, delimiter=delim), 2):
@@ -61,7 +67,11 @@ def read_table(path: str):
     if not row.get("key") or not isinstance(caption, str) or not caption.strip() or col is None:
       yield where, f"needs key, caption and one of {IMAGE_COLUMNS}"
       continue
-    image_path = row[col] if os.path.isabs(row[col]) or fileio.is_remote(row[col]) else fileio.join(base, row[col])
+    image_path = (
+      row[col]
+      if os.path.isabs(row[col]) or fileio.is_remote(row[col])
+      else fileio.join(base, row[col])
+    )
     try:
       image = fileio.read_bytes(image_path)
     except OSError as e:
@@ -73,6 +83,7 @@ def read_table(path: str):
 def read_wds(path: str):
   """[(where, item or reason)] from an img2dataset-style tar: KEY.jpg + KEY.txt (+ KEY.json)."""
   from tripletclip_jax.data.wds import iter_samples
+
   for key, sample in iter_samples(path):
     where = f"{os.path.basename(path)}:{key}"
     image = next((sample[e] for e in WDS_IMAGE_EXTS if e in sample), None)
@@ -80,7 +91,10 @@ def read_wds(path: str):
     if image is None or text is None or not text.strip():
       yield where, "needs an image and a caption member"
       continue
-    yield where, _checked(os.path.basename(key), text.decode("utf-8", "replace"), image, "the image member")
+    yield (
+      where,
+      _checked(os.path.basename(key), text.decode("utf-8", "replace"), image, "the image member"),
+    )
 
 
 def read_shards(pattern: str):
@@ -91,7 +105,9 @@ def read_shards(pattern: str):
       for r, (offset, length) in enumerate(records.load_index(shard)):
         where = f"{os.path.basename(shard)}:{r}"
         try:
-          ex = records.decode_example(records.read_at(reader, int(offset), shard, length=int(length)))
+          ex = records.decode_example(
+            records.read_at(reader, int(offset), shard, length=int(length))
+          )
         except Exception as e:  # noqa: BLE001 - RecordError, or a payload that does not parse
           yield where, str(e)
           continue
@@ -109,7 +125,9 @@ def read_inputs(spec: str) -> list:
   entries = []
   for part in [p.strip() for p in spec.split(",") if p.strip()]:
     if not any(ch in part for ch in "*?[") and not fileio.exists(part):
-      raise FileNotFoundError(f"Input {part!r} does not exist: pass a .jsonl/.csv/.tsv table, .tar shards or our shards.")
+      raise FileNotFoundError(
+        f"Input {part!r} does not exist: pass a .jsonl/.csv/.tsv table, .tar shards or our shards."
+      )
     if part.endswith((".jsonl", ".csv", ".tsv")):
       entries += read_table(part)
     elif part.endswith(".tar"):
@@ -120,6 +138,8 @@ def read_inputs(spec: str) -> list:
   for where, it in entries:
     if isinstance(it, dict):
       if it["key"] in seen:
-        raise ValueError(f"Duplicate key {it['key']!r} in the input ({where}): keys must be unique.")
+        raise ValueError(
+          f"Duplicate key {it['key']!r} in the input ({where}): keys must be unique."
+        )
       seen.add(it["key"])
   return entries

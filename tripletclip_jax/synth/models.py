@@ -12,17 +12,29 @@ from tripletclip_jax.synth.validate import clean_output, rejection, rule_negativ
 
 def _check_model(path: str, what: str) -> None:
   if not os.path.isdir(path) and "/" not in path:
-    raise FileNotFoundError(f"{what} {path!r} is neither a local directory nor a Hub id (ORG/NAME).")
+    raise FileNotFoundError(
+      f"{what} {path!r} is neither a local directory nor a Hub id (ORG/NAME)."
+    )
 
 
 class Captioner:
   """Hard negative captions from any transformers causal LM, batched with left padding."""
 
-  def __init__(self, model: str, device: str = "cpu", max_new_tokens: int = 64, do_sample: bool = True,
-               temperature: float = 0.7, top_p: float = 0.95, retries: int = 2, seed: int = 0,
-               trust_remote_code: bool = False):
+  def __init__(
+    self,
+    model: str,
+    device: str = "cpu",
+    max_new_tokens: int = 64,
+    do_sample: bool = True,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    retries: int = 2,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+  ):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     _check_model(model, "LLM")
     self.torch, self.device, self.seed, self.retries = torch, device, seed, retries
     self.tok = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
@@ -30,18 +42,27 @@ class Captioner:
     if self.tok.pad_token is None:
       self.tok.pad_token = self.tok.eos_token
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, use_safetensors=True,
-                                                      trust_remote_code=trust_remote_code).to(device).eval()
-    self.gen = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=self.tok.pad_token_id)
+    self.model = (
+      AutoModelForCausalLM.from_pretrained(
+        model, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+      )
+      .to(device)
+      .eval()
+    )
+    self.gen = dict(
+      max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=self.tok.pad_token_id
+    )
     if do_sample:
       self.gen.update(temperature=temperature, top_p=top_p)
 
   def _generate(self, captions: list[str]) -> list[str]:
     texts = [prompts.render(self.tok, c) for c in captions]
-    enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+    enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+      self.device
+    )
     with self.torch.no_grad():
       out = self.model.generate(**enc, **self.gen)
-    return self.tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return self.tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
   def __call__(self, items: list[dict]) -> list[dict]:
     """items [{key, caption}] -> [{key, neg_caption, neg_source ('llm' | 'rule'), rejected: [reasons]}]."""
@@ -70,15 +91,26 @@ class Captioner:
 class Imager:
   """Hard negative images from any pipeline AutoPipelineForText2Image loads (default: SDXL-Turbo's setting)."""
 
-  def __init__(self, model: str, device: str = "cpu", steps: int = 1, guidance: float = 0.0, size: int = 512,
-               seed: int = 0, jpeg_quality: int = 95, trust_remote_code: bool = False):
+  def __init__(
+    self,
+    model: str,
+    device: str = "cpu",
+    steps: int = 1,
+    guidance: float = 0.0,
+    size: int = 512,
+    seed: int = 0,
+    jpeg_quality: int = 95,
+    trust_remote_code: bool = False,
+  ):
     import torch
     from diffusers import AutoPipelineForText2Image
+
     _check_model(model, "Text-to-image model")
     self.torch, self.device, self.seed = torch, device, seed
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    self.pipe = AutoPipelineForText2Image.from_pretrained(model, torch_dtype=dtype, use_safetensors=True,
-                                                          trust_remote_code=trust_remote_code).to(device)
+    self.pipe = AutoPipelineForText2Image.from_pretrained(
+      model, torch_dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    ).to(device)
     self.pipe.set_progress_bar_config(disable=True)
     self.args = dict(num_inference_steps=steps, guidance_scale=guidance, height=size, width=size)
     self.jpeg_quality = jpeg_quality
@@ -88,7 +120,9 @@ class Imager:
     return self.torch.Generator(device="cpu").manual_seed(zlib.crc32(f"{self.seed}:{key}".encode()))
 
   def __call__(self, keys: list[str], captions: list[str]) -> list[bytes]:
-    images = self.pipe(prompt=captions, generator=[self.generator(k) for k in keys], **self.args).images
+    images = self.pipe(
+      prompt=captions, generator=[self.generator(k) for k in keys], **self.args
+    ).images
     out = []
     for im in images:
       buf = io.BytesIO()
@@ -103,6 +137,7 @@ class Scorer:
   def __init__(self, model: str, device: str = "cpu"):
     import torch
     from transformers import CLIPModel, CLIPProcessor
+
     _check_model(model, "CLIP scorer")
     self.torch, self.device = torch, device
     self.model = CLIPModel.from_pretrained(model, use_safetensors=True).to(device).eval()
@@ -110,12 +145,19 @@ class Scorer:
 
   def _cos(self, images: list[bytes], texts: list[str]) -> np.ndarray:
     from PIL import Image
+
     pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
     with self.torch.no_grad():
-      enc = self.proc(text=texts, images=pil, return_tensors="pt", padding=True, truncation=True).to(self.device)
+      enc = self.proc(
+        text=texts, images=pil, return_tensors="pt", padding=True, truncation=True
+      ).to(self.device)
       i = self.model.get_image_features(pixel_values=enc["pixel_values"])
-      t = self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-    norm = lambda x: self.torch.nn.functional.normalize(getattr(x, "pooler_output", x).float(), dim=-1)
+      t = self.model.get_text_features(
+        input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+      )
+    norm = lambda x: self.torch.nn.functional.normalize(
+      getattr(x, "pooler_output", x).float(), dim=-1
+    )
     return (norm(i) * norm(t)).sum(-1).cpu().numpy()
 
   def __call__(self, images, captions, neg_images, neg_captions) -> np.ndarray:

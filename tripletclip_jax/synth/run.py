@@ -71,7 +71,7 @@ def _read_jsonl(path: str) -> dict:
     data = f.read()
     if data and not data.endswith(b"\n"):
       f.truncate(data.rfind(b"\n") + 1)
-      data = data[:data.rfind(b"\n") + 1]
+      data = data[: data.rfind(b"\n") + 1]
   for line in data.decode("utf-8", "replace").splitlines():
     try:
       rec = json.loads(line)
@@ -83,7 +83,9 @@ def _read_jsonl(path: str) -> dict:
 
 def _remove_stale_tmp(shard_path: str, log) -> None:
   """Temporary files of a writer killed mid-shard. Only this process writes this shard, so any are stale."""
-  for tmp in glob.glob(glob.escape(shard_path) + ".tmp-*") + glob.glob(glob.escape(shard_path + records.INDEX_SUFFIX) + ".tmp-*"):
+  for tmp in glob.glob(glob.escape(shard_path) + ".tmp-*") + glob.glob(
+    glob.escape(shard_path + records.INDEX_SUFFIX) + ".tmp-*"
+  ):
     os.remove(tmp)
     log(f"removed {tmp}, left by a killed run")
 
@@ -101,6 +103,7 @@ def staging_dir(opts: Options) -> str:
 
 def run(opts: Options, log=print) -> dict:
   from tripletclip_jax.synth.inputs import read_inputs
+
   unknown = set(opts.stages) - {"captions", "images", "score"}
   if unknown:
     raise ValueError(f"Unknown stage(s) {sorted(unknown)}; choose from captions, images, score.")
@@ -115,17 +118,21 @@ def run(opts: Options, log=print) -> dict:
   for where, why in skipped[:20]:
     log(f"skipped input {where}: {why}")
   rank, world = process_share(opts)
-  spans = [entries[i:i + opts.chunk_size] for i in range(0, len(entries), opts.chunk_size)]
+  spans = [entries[i : i + opts.chunk_size] for i in range(0, len(entries), opts.chunk_size)]
   chunks = [[it for _, it in span if isinstance(it, dict)] for span in spans]
   mine = [i for i in range(len(chunks)) if i % world == rank]
   work = staging_dir(opts)
   os.makedirs(os.path.join(work, "captions"), exist_ok=True)
   shard = lambda i: fileio.join(opts.output_dir, records.shard_name(opts.name, i, len(chunks)))
   todo = [i for i in mine if not fileio.exists(shard(i))]
-  for i in todo if work == opts.output_dir else ():  # a bucket's shards are staged in a fresh folder each
+  for i in (
+    todo if work == opts.output_dir else ()
+  ):  # a bucket's shards are staged in a fresh folder each
     _remove_stale_tmp(shard(i), log)
-  log(f"{len(entries)} inputs ({len(skipped)} skipped) in {len(chunks)} chunks; process {rank}/{world} has "
-      f"{len(mine)}, {len(mine) - len(todo)} already done")
+  log(
+    f"{len(entries)} inputs ({len(skipped)} skipped) in {len(chunks)} chunks; process {rank}/{world} has "
+    f"{len(mine)}, {len(mine) - len(todo)} already done"
+  )
 
   captioner = imager = scorer = None
   totals = {"records": 0, "llm": 0, "rule": 0, "filtered": 0, "input_skipped": len(skipped)}
@@ -136,45 +143,84 @@ def run(opts: Options, log=print) -> dict:
     t0 = time.perf_counter()
     if missing and "captions" in opts.stages:
       from tripletclip_jax.synth.models import Captioner
-      captioner = captioner or Captioner(opts.llm, opts.device, opts.max_new_tokens, opts.do_sample,
-                                         opts.temperature, opts.top_p, opts.retries, opts.seed, opts.trust_remote_code)
-      with open(cap_path, "a") as f, tqdm(total=len(missing), desc=f"captions {i}", unit="cap") as bar:
+
+      captioner = captioner or Captioner(
+        opts.llm,
+        opts.device,
+        opts.max_new_tokens,
+        opts.do_sample,
+        opts.temperature,
+        opts.top_p,
+        opts.retries,
+        opts.seed,
+        opts.trust_remote_code,
+      )
+      with (
+        open(cap_path, "a") as f,
+        tqdm(total=len(missing), desc=f"captions {i}", unit="cap") as bar,
+      ):
         for b in range(0, len(missing), opts.batch_size):
-          for rec in captioner(missing[b:b + opts.batch_size]):
+          for rec in captioner(missing[b : b + opts.batch_size]):
             f.write(json.dumps(rec) + "\n")
             done[rec["key"]] = rec
           f.flush()
-          bar.update(len(missing[b:b + opts.batch_size]))
+          bar.update(len(missing[b : b + opts.batch_size]))
       missing = []
     t_captions = time.perf_counter() - t0
     if "images" not in opts.stages:
       continue
     if missing:
-      log(f"chunk {i}: {len(missing)} keys have no negative caption yet; run the captions stage first.")
+      log(
+        f"chunk {i}: {len(missing)} keys have no negative caption yet; run the captions stage first."
+      )
       continue
     from tripletclip_jax.synth.models import Imager
-    imager = imager or Imager(opts.t2i, opts.device, opts.steps, opts.guidance, opts.image_size, opts.seed,
-                              trust_remote_code=opts.trust_remote_code)
+
+    imager = imager or Imager(
+      opts.t2i,
+      opts.device,
+      opts.steps,
+      opts.guidance,
+      opts.image_size,
+      opts.seed,
+      trust_remote_code=opts.trust_remote_code,
+    )
     t1 = time.perf_counter()
     neg_images = []
     with tqdm(total=len(chunk), desc=f"images {i}", unit="img") as bar:
       for b in range(0, len(chunk), opts.image_batch_size):
-        part = chunk[b:b + opts.image_batch_size]
-        neg_images += imager([it["key"] for it in part], [done[it["key"]]["neg_caption"] for it in part])
+        part = chunk[b : b + opts.image_batch_size]
+        neg_images += imager(
+          [it["key"] for it in part], [done[it["key"]]["neg_caption"] for it in part]
+        )
         bar.update(len(part))
     t_images = time.perf_counter() - t1
     scores = None
     if "score" in opts.stages:
       from tripletclip_jax.synth.models import Scorer
+
       scorer = scorer or Scorer(opts.clip, opts.device)
       scores = []
       for b in range(0, len(chunk), opts.batch_size):
-        part = chunk[b:b + opts.batch_size]
-        scores += scorer([it["image"] for it in part], [it["caption"] for it in part], neg_images[b:b + len(part)],
-                         [done[it["key"]]["neg_caption"] for it in part]).tolist()
+        part = chunk[b : b + opts.batch_size]
+        scores += scorer(
+          [it["image"] for it in part],
+          [it["caption"] for it in part],
+          neg_images[b : b + len(part)],
+          [done[it["key"]]["neg_caption"] for it in part],
+        ).tolist()
     keep = _keep_mask(scores, len(chunk), opts.min_score, opts.keep_top)
-    summary = {"chunk": i, "inputs": len(spans[i]), "input_skipped": len(spans[i]) - len(chunk), "records": 0, "llm": 0, "rule": 0, "filtered": 0,
-               "rejected_reasons": {}, "seconds": {"captions": round(t_captions, 2), "images": round(t_images, 2)}}
+    summary = {
+      "chunk": i,
+      "inputs": len(spans[i]),
+      "input_skipped": len(spans[i]) - len(chunk),
+      "records": 0,
+      "llm": 0,
+      "rule": 0,
+      "filtered": 0,
+      "rejected_reasons": {},
+      "seconds": {"captions": round(t_captions, 2), "images": round(t_images, 2)},
+    }
     with records.ShardWriter(shard(i)) as w:
       for j, it in enumerate(chunk):
         rec = done[it["key"]]
@@ -183,17 +229,28 @@ def run(opts: Options, log=print) -> dict:
         if not keep[j]:
           summary["filtered"] += 1
           continue
-        w.write({"key": it["key"], "image": it["image"], "caption": it["caption"], "neg_image": neg_images[j],
-                 "neg_caption": rec["neg_caption"], "neg_source": rec["neg_source"],
-                 "neg_type": rec.get("neg_type"), "clip_score": None if scores is None else float(scores[j]),
-                 "source": os.path.basename(opts.input)})
+        w.write(
+          {
+            "key": it["key"],
+            "image": it["image"],
+            "caption": it["caption"],
+            "neg_image": neg_images[j],
+            "neg_caption": rec["neg_caption"],
+            "neg_source": rec["neg_source"],
+            "neg_type": rec.get("neg_type"),
+            "clip_score": None if scores is None else float(scores[j]),
+            "source": os.path.basename(opts.input),
+          }
+        )
         summary[rec["neg_source"]] += 1
     summary["records"] = w.count
     fileio.write_bytes(shard(i) + ".summary.json", json.dumps(summary, indent=1).encode())
     for k in ("records", "llm", "rule", "filtered"):
       totals[k] += summary[k]
-    log(f"wrote {shard(i)}: {summary['records']} records ({summary['rule']} rule fallbacks, "
-        f"{summary['filtered']} filtered)")
+    log(
+      f"wrote {shard(i)}: {summary['records']} records ({summary['rule']} rule fallbacks, "
+      f"{summary['filtered']} filtered)"
+    )
   _maybe_manifest(opts, [shard(i) for i in range(len(chunks))])
   return totals
 
@@ -213,6 +270,18 @@ def _maybe_manifest(opts: Options, shards: list[str]) -> None:
   """Once every shard exists (all processes finished), the manifest describes the dataset."""
   if shards and all(fileio.exists(s) for s in shards):
     counts = [len(records.load_index(s)) for s in shards]
-    records.write_manifest(opts.output_dir, opts.name, shards, counts, tool="launch/make_negatives.py",
-                           llm=opts.llm, t2i=opts.t2i, clip=opts.clip, stages=list(opts.stages), seed=opts.seed,
-                           steps=opts.steps, guidance=opts.guidance, image_size=opts.image_size)
+    records.write_manifest(
+      opts.output_dir,
+      opts.name,
+      shards,
+      counts,
+      tool="launch/make_negatives.py",
+      llm=opts.llm,
+      t2i=opts.t2i,
+      clip=opts.clip,
+      stages=list(opts.stages),
+      seed=opts.seed,
+      steps=opts.steps,
+      guidance=opts.guidance,
+      image_size=opts.image_size,
+    )

@@ -39,13 +39,48 @@ def rejection(caption: str, output: str) -> str | None:
   return None
 
 
-SWAPS = [("left", "right"), ("above", "below"), ("on", "under"), ("inside", "outside"), ("front", "behind"),
-         ("big", "small"), ("large", "small"), ("tall", "short"), ("old", "young"), ("open", "closed"),
-         ("black", "white"), ("red", "blue"), ("green", "yellow"), ("day", "night"), ("man", "woman"),
-         ("men", "women"), ("boy", "girl"), ("dog", "cat"), ("one", "two"), ("two", "three"), ("three", "four"),
-         ("sitting", "standing"), ("up", "down"), ("before", "after"), ("empty", "full"), ("wet", "dry")]
+SWAPS = [
+  ("left", "right"),
+  ("above", "below"),
+  ("on", "under"),
+  ("inside", "outside"),
+  ("front", "behind"),
+  ("big", "small"),
+  ("large", "small"),
+  ("tall", "short"),
+  ("old", "young"),
+  ("open", "closed"),
+  ("black", "white"),
+  ("red", "blue"),
+  ("green", "yellow"),
+  ("day", "night"),
+  ("man", "woman"),
+  ("men", "women"),
+  ("boy", "girl"),
+  ("dog", "cat"),
+  ("one", "two"),
+  ("two", "three"),
+  ("three", "four"),
+  ("sitting", "standing"),
+  ("up", "down"),
+  ("before", "after"),
+  ("empty", "full"),
+  ("wet", "dry"),
+]
 REPLACE = {w: b for a, b in SWAPS for w in [a]} | {b: a for a, b in SWAPS}
-COLORS = ["red", "blue", "green", "yellow", "black", "white", "brown", "pink", "orange", "purple", "gray"]
+COLORS = [
+  "red",
+  "blue",
+  "green",
+  "yellow",
+  "black",
+  "white",
+  "brown",
+  "pink",
+  "orange",
+  "purple",
+  "gray",
+]
 
 
 def rule_negative(caption: str, key: str = "", seed: int = 0) -> tuple[str, str]:

@@ -21,17 +21,24 @@ from tripletclip_jax.train.optim import DECAY_RULES
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.loss = "tripletclip"           # a name in tripletclip_jax/losses REGISTRY (clip, negclip, tripletclip, siglip ...)
-  c.batch_size = 1024              # global positive pairs per step
+  c.loss = "tripletclip"  # a name in tripletclip_jax/losses REGISTRY (clip, negclip, tripletclip, siglip ...)
+  c.batch_size = 1024  # global positive pairs per step
   c.total_steps = 90_000
   c.total_examples = config_dict.placeholder(int)  # alternative to total_steps: positive pairs seen
-  c.compute_matched = False        # scale steps so every loss spends tripletclip's budget ...
-  c.compute_rule = "pairs"         # ... of image-text pairs encoded ("pairs") or of training FLOPs ("flops")
+  c.compute_matched = False  # scale steps so every loss spends tripletclip's budget ...
+  # ... of image-text pairs encoded ("pairs") or of training FLOPs ("flops")
+  c.compute_rule = "pairs"
   # Initial values of the loss's own parameters, outside the towers: unset ones start at the loss's registry
   # value (logit_scale ln(1/0.07) for the softmax losses; ln 10 and -10 for SigLIP's scale and bias).
   c.loss_init = ml_collections.ConfigDict(
-      {name: config_dict.placeholder(float) for loss in losses.REGISTRY.values() for name in loss.param_names})
-  c.clamp_logit_scale = True       # clip the log temperature to [0, ln 100] after each update (open_clip)
+    {
+      name: config_dict.placeholder(float)
+      for loss in losses.REGISTRY.values()
+      for name in loss.param_names
+    }
+  )
+  # clip the log temperature to [0, ln 100] after each update (open_clip)
+  c.clamp_logit_scale = True
   c.seed = 0
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
@@ -41,42 +48,79 @@ def base_config() -> ml_collections.ConfigDict:
   # for storage that cannot serve OCDBT's conditional reads (object generations).
   c.checkpoint_ocdbt = True
   c.allow_schedule_change = False
-  c.allow_model_change = False     # resume even though the network's definition changed
-  c.preempted_exit_code = 0        # exit status after SIGTERM saved a checkpoint; non-zero for restart-on-failure
-  c.stop_after_steps = config_dict.placeholder(int)  # checkpoint and stop after this many steps of this run
+  c.allow_model_change = False  # resume even though the network's definition changed
+  # exit status after SIGTERM saved a checkpoint; non-zero for restart-on-failure
+  c.preempted_exit_code = 0
+  c.stop_after_steps = config_dict.placeholder(
+    int
+  )  # checkpoint and stop after this many steps of this run
   c.init_from = config_dict.placeholder(str)  # "hf:PATH" starts from a Hugging Face CLIP
   c.accum_steps = 1
 
-  c.model = ml_collections.ConfigDict(dict(preset="vit_b32", dtype="bfloat16", remat=False, act="quick_gelu",
-                                           attention_impl=config_dict.placeholder(str)))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=5e-4, warmup_steps=1000, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.5,
+  c.model = ml_collections.ConfigDict(
+    dict(
+      preset="vit_b32",
+      dtype="bfloat16",
+      remat=False,
+      act="quick_gelu",
+      attention_impl=config_dict.placeholder(str),
+    )
+  )
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      learning_rate=5e-4,
+      warmup_steps=1000,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.5,
       grad_clip_norm=config_dict.placeholder(float),
       decay_rule="open_clip",  # or "all": train/optim.py DECAY_RULES
       # Parameter groups by path regex (re.fullmatch on names like "visual/transformer/resblocks_0/attn/q_proj/kernel"):
       no_decay=config_dict.placeholder(str),  # also exempt these from weight decay
-      frozen=config_dict.placeholder(str),    # no update, no optimizer state, no backward pass through them
-      lr_multipliers=(),                      # ((regex, factor), ...): first match scales the learning rate
-  ))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2 ** 16))
-  c.data = ml_collections.ConfigDict(dict(
-      train=config_dict.placeholder(str),   # shard glob / directory of TripletData
-      num_workers=8, read_threads=4, max_bad_fraction=0.01, bad_window=1000,
-      augment="random_resized_crop", crop_scale=(0.9, 1.0),  # augment "center_crop": the release's transform
-      demo_data_dir=config_dict.placeholder(str),  # demo: where to generate the world (default WORKDIR/data)
-      demo_num_train=0, demo_num_eval=0,
+      frozen=config_dict.placeholder(
+        str
+      ),  # no update, no optimizer state, no backward pass through them
+      lr_multipliers=(),  # ((regex, factor), ...): first match scales the learning rate
+    )
+  )
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**16))
+  c.data = ml_collections.ConfigDict(
+    dict(
+      train=config_dict.placeholder(str),  # shard glob / directory of TripletData
+      num_workers=8,
+      read_threads=4,
+      max_bad_fraction=0.01,
+      bad_window=1000,
+      augment="random_resized_crop",
+      crop_scale=(0.9, 1.0),  # augment "center_crop": the release's transform
+      demo_data_dir=config_dict.placeholder(
+        str
+      ),  # demo: where to generate the world (default WORKDIR/data)
+      demo_num_train=0,
+      demo_num_eval=0,
       # Images cross to the device as uint8 and are normalised there (a quarter of the bytes of float32).
       # None: on for TPU and GPU, off on CPU, where there is no transfer to save.
-      uint8_images=config_dict.placeholder(bool)))
+      uint8_images=config_dict.placeholder(bool),
+    )
+  )
   # Named evaluators, big_vision style: {name: {type, every_steps (default eval_every_steps), ...options}}; the
   # types and their options are tripletclip_jax/evaluate REGISTRY. Entries with an unset path are skipped.
   # Empty on the demo world: its own benchmarks.
   c.evals = ml_collections.ConfigDict()
-  c.export_hf_dir = config_dict.placeholder(str)  # export a transformers CLIP directory at the end ("" = off)
-  c.distributed = ml_collections.ConfigDict(dict(
-      coordinator_address=config_dict.placeholder(str), num_processes=config_dict.placeholder(int),
-      process_id=config_dict.placeholder(int)))
-  c.peak_tflops_per_chip = config_dict.placeholder(float)  # for MFU; measured with a matmul when unset
+  c.export_hf_dir = config_dict.placeholder(
+    str
+  )  # export a transformers CLIP directory at the end ("" = off)
+  c.distributed = ml_collections.ConfigDict(
+    dict(
+      coordinator_address=config_dict.placeholder(str),
+      num_processes=config_dict.placeholder(int),
+      process_id=config_dict.placeholder(int),
+    )
+  )
+  c.peak_tflops_per_chip = config_dict.placeholder(
+    float
+  )  # for MFU; measured with a matmul when unset
   c.progress_bar = True
   # (first, last) step to trace with jax.profiler into WORKDIR/profile (TensorBoard's profile plugin,
   # Perfetto); e.g. --config.profile_steps='(10, 15)'. Process 0 only.
@@ -93,6 +137,7 @@ class ConfigError(ValueError):
 
 def validate(config) -> None:
   """Checks the values a typo or a slip makes impossible, before anything is built; raises ConfigError."""
+
   def need(ok, key, what):
     if not ok:
       raise ConfigError(f"config.{key}={config_value(config, key)!r}: {what}.")
@@ -108,14 +153,25 @@ def validate(config) -> None:
     need(config[key] >= 1, key, "must be >= 1")
   need(config.compute_rule in COMPUTE_RULES, "compute_rule", f"choose one of {COMPUTE_RULES}")
   need(config.model.dtype in ("float32", "bfloat16"), "model.dtype", "choose float32 or bfloat16")
-  need(config.optimizer.decay_rule in DECAY_RULES, "optimizer.decay_rule", f"choose one of {DECAY_RULES}")
+  need(
+    config.optimizer.decay_rule in DECAY_RULES,
+    "optimizer.decay_rule",
+    f"choose one of {DECAY_RULES}",
+  )
   need(config.data.augment in AUGMENTATIONS, "data.augment", f"choose one of {AUGMENTATIONS}")
   prof = config.get("profile_steps")
-  need(prof is None or (len(prof) == 2 and all(isinstance(x, int) for x in prof) and 0 <= prof[0] < prof[1]),
-       "profile_steps", "give (first, last) steps with 0 <= first < last, e.g. (10, 15)")
+  need(
+    prof is None
+    or (len(prof) == 2 and all(isinstance(x, int) for x in prof) and 0 <= prof[0] < prof[1]),
+    "profile_steps",
+    "give (first, last) steps with 0 <= first < last, e.g. (10, 15)",
+  )
   scale = tuple(config.data.crop_scale)
-  need(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "data.crop_scale",
-       "give a pair (lo, hi) with 0 < lo <= hi <= 1, e.g. (0.9, 1.0)")
+  need(
+    len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
+    "data.crop_scale",
+    "give a pair (lo, hi) with 0 < lo <= hi <= 1, e.g. (0.9, 1.0)",
+  )
 
 
 def config_value(config, key: str):
@@ -131,16 +187,25 @@ def resolve_total_steps(config, loss: losses.Loss, model_config: CLIPConfig | No
   compute_rule "pairs" equalises image-text pairs encoded; "flops" equalises training FLOPs
   (needs `model_config`, since images and texts cost differently). `loss` is the run's `Loss`.
   """
-  steps = math.ceil(config.total_examples / config.batch_size) if config.total_examples else config.total_steps
+  steps = (
+    math.ceil(config.total_examples / config.batch_size)
+    if config.total_examples
+    else config.total_steps
+  )
   reference = losses.get("tripletclip")  # the budget every loss is matched to
   if config.compute_matched:
     if config.compute_rule == "pairs":
       steps = round(steps * reference.pairs_per_example / loss.pairs_per_example)
     elif config.compute_rule == "flops":
-      steps = round(steps * train_flops_per_example(model_config, reference)
-                    / train_flops_per_example(model_config, loss))
+      steps = round(
+        steps
+        * train_flops_per_example(model_config, reference)
+        / train_flops_per_example(model_config, loss)
+      )
     else:
-      raise ValueError(f"Unknown compute_rule {config.compute_rule!r}; choose one of {COMPUTE_RULES}.")
+      raise ValueError(
+        f"Unknown compute_rule {config.compute_rule!r}; choose one of {COMPUTE_RULES}."
+      )
   return int(steps)
 
 
@@ -161,9 +226,13 @@ def load_config_file(spec: str, arg: str | None = None):
   except SyntaxError as e:
     raise ConfigError(f"{path}:{e.lineno}: syntax error ({e.msg}): fix the config file.") from None
   except Exception as e:  # noqa: BLE001 - an import error or any failure while the file runs
-    raise ConfigError(f"{path} failed to load ({type(e).__name__}: {e}): fix the config file.") from None
+    raise ConfigError(
+      f"{path} failed to load ({type(e).__name__}: {e}): fix the config file."
+    ) from None
   if not callable(getattr(module, "get_config", None)):
-    raise ConfigError(f"{path} defines no get_config(): a config file returns its ConfigDict from get_config().")
+    raise ConfigError(
+      f"{path} defines no get_config(): a config file returns its ConfigDict from get_config()."
+    )
   try:
     config = module.get_config(arg) if arg else module.get_config()
   except TypeError as e:
@@ -171,17 +240,23 @@ def load_config_file(spec: str, arg: str | None = None):
       raise ConfigError(f"{path} takes no ':ARG' (got {arg!r}): drop it.") from None
     raise ConfigError(f"{path}: get_config({arg!r}) failed ({type(e).__name__}: {e}).") from None
   except Exception as e:  # noqa: BLE001 - a bad ARG, usually
-    raise ConfigError(f"{path}: get_config({arg!r}) failed ({type(e).__name__}: {e}): check the ':ARG'.") from None
+    raise ConfigError(
+      f"{path}: get_config({arg!r}) failed ({type(e).__name__}: {e}): check the ':ARG'."
+    ) from None
   if not isinstance(config, (ml_collections.ConfigDict, dict)):
-    raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not a ConfigDict: is a 'return' "
-                      "missing?")
+    raise ConfigError(
+      f"{path}: get_config() returned {type(config).__name__}, not a ConfigDict: is a 'return' "
+      "missing?"
+    )
   return config
 
 
 def sibling_config(this_file: str, name: str, arg: str | None = None):
   """`get_config(arg)` of config file `name` beside `this_file`, unlocked: how one config builds on another
   without putting configs/ on sys.path."""
-  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(this_file)), name), arg).unlock()
+  return load_config_file(
+    os.path.join(os.path.dirname(os.path.abspath(this_file)), name), arg
+  ).unlock()
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
@@ -204,7 +279,11 @@ def flat_keys(config, prefix: str = "") -> list[str]:
   """Every leaf key of a ConfigDict as 'a.b.c'."""
   out = []
   for k, v in config.items():
-    out += flat_keys(v, f"{prefix}{k}.") if isinstance(v, (ml_collections.ConfigDict, dict)) else [f"{prefix}{k}"]
+    out += (
+      flat_keys(v, f"{prefix}{k}.")
+      if isinstance(v, (ml_collections.ConfigDict, dict))
+      else [f"{prefix}{k}"]
+    )
   return out
 
 
@@ -222,7 +301,9 @@ def _typed(raw: str, kind: type, key: str):
     try:
       return kind(ast.literal_eval(raw)) if kind is float else int(raw)
     except (ValueError, SyntaxError, TypeError):
-      raise ConfigError(f"config.{key}={raw!r}: give {'an integer' if kind is int else 'a number'}.") from None
+      raise ConfigError(
+        f"config.{key}={raw!r}: give {'an integer' if kind is int else 'a number'}."
+      ) from None
   if kind is str:  # text as it is; a quoted Python string ('' or "x") is unquoted
     quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
     return ast.literal_eval(raw) if quoted else raw
@@ -245,6 +326,7 @@ def apply_overrides(config, overrides: list[str], flag: str = "--config.") -> No
   nearest known keys).
   """
   import difflib
+
   for item in overrides:
     key, sep, raw = item.partition("=")
     if not sep:
@@ -255,14 +337,20 @@ def apply_overrides(config, overrides: list[str], flag: str = "--config.") -> No
       node = node.get(p) if isinstance(node, (ml_collections.ConfigDict, dict)) else None
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
       close = difflib.get_close_matches(key, flat_keys(config), n=3, cutoff=0.5)
-      raise ConfigError(f"Unknown config key '{key}'" + (f"; did you mean {', '.join(close)}?" if close else
-                                                          "; see the config file."))
+      raise ConfigError(
+        f"Unknown config key '{key}'"
+        + (f"; did you mean {', '.join(close)}?" if close else "; see the config file.")
+      )
     kind = node.get_type(leaf)
-    if issubclass(kind, (ml_collections.ConfigDict, dict)):  # a whole group, as a dict literal (e.g. evals={})
+    if issubclass(
+      kind, (ml_collections.ConfigDict, dict)
+    ):  # a whole group, as a dict literal (e.g. evals={})
       value = _typed(raw, dict, key)
       if not isinstance(value, dict):
-        raise ConfigError(f"config.{key} is a group of keys: set one of them ({flag}{key}.NAME=...) or give a "
-                          f"dict, e.g. {flag}{key}={{}}.")
+        raise ConfigError(
+          f"config.{key} is a group of keys: set one of them ({flag}{key}.NAME=...) or give a "
+          f"dict, e.g. {flag}{key}={{}}."
+        )
     else:
       value = _typed(raw, kind, key)
     try:
@@ -277,7 +365,7 @@ def split_overrides(argv: list[str], flag: str = "--config.") -> tuple[list[str]
   while i < len(argv):
     a = argv[i]
     if a.startswith(flag):
-      body = a[len(flag):]
+      body = a[len(flag) :]
       if "=" not in body:
         if i + 1 >= len(argv):
           raise ConfigError(f"{a}: give a value, {a}=VALUE")

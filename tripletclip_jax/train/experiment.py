@@ -26,13 +26,19 @@ from tripletclip_jax.losses import Loss
 from tripletclip_jax.models import CLIPConfig, get_preset, init_params, train_flops_per_example
 from tripletclip_jax.train.config import ConfigError, resolve_total_steps, validate
 from tripletclip_jax.train.optim import check_groups, make_optimizer
-from tripletclip_jax.train.step import (TrainState, abstract_train_state, create_train_state, make_train_step,
-                                        with_loss_params)
+from tripletclip_jax.train.step import (
+  TrainState,
+  abstract_train_state,
+  create_train_state,
+  make_train_step,
+  with_loss_params,
+)
 
 
 @dataclasses.dataclass
 class Experiment:
   """A built run. `state` is initialised in its shardings (ShapeDtypeStructs when built `abstract`)."""
+
   config: ml_collections.ConfigDict
   workdir: str | None
   mesh: Mesh
@@ -44,7 +50,8 @@ class Experiment:
   state: TrainState
   state_shardings: Any
   train_step: Callable  # (state, batch) -> (state, metrics); `.jitted` for ahead-of-time lowering
-  train_data: Iterator[dict] | None = None  # this process's batches; None when built without a workdir
+  # this process's batches; None when built without a workdir
+  train_data: Iterator[dict] | None = None
   evaluators: list = dataclasses.field(default_factory=list)
   checkpoints: Any = None  # the Orbax CheckpointManager of the workdir
   param_groups: list[str] = dataclasses.field(default_factory=list)  # one line per optimizer group
@@ -52,8 +59,11 @@ class Experiment:
   @property
   def abstract_state(self) -> TrainState:
     """The state's ShapeDtypeStructs with their shardings (the restore target)."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state,
-                        self.state_shardings)
+    return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      self.state,
+      self.state_shardings,
+    )
 
   @property
   def pairs_per_step(self) -> float:
@@ -69,7 +79,11 @@ class Experiment:
     """ShapeDtypeStructs of one global batch of what the loss reads, sharded over the mesh."""
     n, s = batch_size or self.config.batch_size, self.model_config.vision.image_size
     image = ((n, s, s, 3), jnp.uint8 if uint8 else jnp.float32)
-    shapes = {"image": image, "neg_image": image, "text": ((n, self.model_config.text.context_length), jnp.int32)}
+    shapes = {
+      "image": image,
+      "neg_image": image,
+      "text": ((n, self.model_config.text.context_length), jnp.int32),
+    }
     shapes["neg_text"] = shapes["text"]
     bsh = sharding.batch_sharding(self.mesh)
     return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=bsh) for k in self.loss.batch_keys}
@@ -80,9 +94,13 @@ def model_config(config) -> CLIPConfig:
   m = config.model
   if config.init_from:
     from tripletclip_jax.interop import hf
-    return hf.config_from_hf(hf_path(config.init_from)).replace(dtype=m.dtype, remat=m.remat,
-                                                                attention_impl=m.attention_impl)
-  return get_preset(m.preset, dtype=m.dtype, remat=m.remat, act=m.act, attention_impl=m.attention_impl)
+
+    return hf.config_from_hf(hf_path(config.init_from)).replace(
+      dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl
+    )
+  return get_preset(
+    m.preset, dtype=m.dtype, remat=m.remat, act=m.act, attention_impl=m.attention_impl
+  )
 
 
 def hf_path(init_from: str) -> str:
@@ -107,46 +125,83 @@ def check_layout(config, mesh: Mesh) -> None:
   sharding.check_batch_divides(config.batch_size, mesh)
   if config.accum_steps > 1:
     if config.batch_size % config.accum_steps:
-      raise ConfigError(f"batch_size={config.batch_size} does not split into accum_steps={config.accum_steps}.")
-    sharding.check_batch_divides(config.batch_size // config.accum_steps, mesh, "batch_size / accum_steps")
+      raise ConfigError(
+        f"batch_size={config.batch_size} does not split into accum_steps={config.accum_steps}."
+      )
+    sharding.check_batch_divides(
+      config.batch_size // config.accum_steps, mesh, "batch_size / accum_steps"
+    )
   if config.batch_size % jax.process_count():
-    raise ConfigError(f"batch_size={config.batch_size} does not split over {jax.process_count()} processes.")
+    raise ConfigError(
+      f"batch_size={config.batch_size} does not split over {jax.process_count()} processes."
+    )
 
 
 def optimizer(config, total_steps: int):
   """(optax transformation, schedule) from `config.optimizer`."""
   o = config.optimizer
-  return make_optimizer(learning_rate=o.learning_rate, total_steps=total_steps, warmup_steps=o.warmup_steps, b1=o.b1,
-                        b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, grad_clip_norm=o.grad_clip_norm,
-                        decay_rule=o.decay_rule, no_decay=o.no_decay, frozen=o.frozen, lr_multipliers=o.lr_multipliers)
+  return make_optimizer(
+    learning_rate=o.learning_rate,
+    total_steps=total_steps,
+    warmup_steps=o.warmup_steps,
+    b1=o.b1,
+    b2=o.b2,
+    eps=o.eps,
+    weight_decay=o.weight_decay,
+    grad_clip_norm=o.grad_clip_norm,
+    decay_rule=o.decay_rule,
+    no_decay=o.no_decay,
+    frozen=o.frozen,
+    lr_multipliers=o.lr_multipliers,
+  )
 
 
 def training_source(config, workdir: str, log=print) -> tuple[str, dict]:
   """(training data, `config.evals` entries): the configured ones, or the demo world's (written once)."""
   d, evals = config.data, dict(config.evals)
   if d.train is None and d.demo_num_train:
-    world = demo.prepare(d.demo_data_dir or f"{workdir.rstrip('/')}/data", d.demo_num_train, d.demo_num_eval,
-                         d.get("demo_world"), log=log)
+    world = demo.prepare(
+      d.demo_data_dir or f"{workdir.rstrip('/')}/data",
+      d.demo_num_train,
+      d.demo_num_eval,
+      d.get("demo_world"),
+      log=log,
+    )
     return world.train, evals or world.evals
   if d.train is None:
-    raise ConfigError("config.data.train is not set: pass --config.data.train=GLOB_OR_DIR of TripletData shards.")
+    raise ConfigError(
+      "config.data.train is not set: pass --config.data.train=GLOB_OR_DIR of TripletData shards."
+    )
   return d.train, evals
 
 
 def _training_data(config, source, model_cfg: CLIPConfig, loss: Loss):
   """The Grain training iterator for this process's share of the global batch."""
   d = config.data
-  return iter(pipeline.make_dataset(
-      source, batch_size=config.batch_size // jax.process_count(), image_size=model_cfg.vision.image_size,
-      context_length=model_cfg.text.context_length, train=True, seed=config.seed,
-      num_workers=d.num_workers, read_threads=d.read_threads, crop_scale=tuple(d.crop_scale), augment=d.augment,
+  return iter(
+    pipeline.make_dataset(
+      source,
+      batch_size=config.batch_size // jax.process_count(),
+      image_size=model_cfg.vision.image_size,
+      context_length=model_cfg.text.context_length,
+      train=True,
+      seed=config.seed,
+      num_workers=d.num_workers,
+      read_threads=d.read_threads,
+      crop_scale=tuple(d.crop_scale),
+      augment=d.augment,
       union_negatives=loss.union,
       uint8_images=(jax.default_backend() != "cpu" if d.uint8_images is None else d.uint8_images),
-      max_bad_fraction=d.max_bad_fraction, bad_window=d.bad_window,
-      fields=loss.batch_keys))  # decode and transfer only what the loss uses
+      max_bad_fraction=d.max_bad_fraction,
+      bad_window=d.bad_window,
+      fields=loss.batch_keys,
+    )
+  )  # decode and transfer only what the loss uses
 
 
-def build(config, workdir: str | None = None, *, devices=None, abstract: bool = False, log=print) -> Experiment:
+def build(
+  config, workdir: str | None = None, *, devices=None, abstract: bool = False, log=print
+) -> Experiment:
   """Builds and checks everything `config` trains with; nothing trains yet.
 
   With a `workdir`: the training data (the demo world is written first when configured), the evaluators
@@ -166,23 +221,60 @@ def build(config, workdir: str | None = None, *, devices=None, abstract: bool = 
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
   check_layout(config, mesh)
   o = config.optimizer
-  params = jax.eval_shape(lambda r: with_loss_params(init_params(model_cfg, r), loss), jax.random.key(0))
+  params = jax.eval_shape(
+    lambda r: with_loss_params(init_params(model_cfg, r), loss), jax.random.key(0)
+  )
   try:  # before the optimizer labels its groups with the same regexes
-    groups = check_groups(params, learning_rate=o.learning_rate, no_decay=o.no_decay, frozen=o.frozen,
-                          lr_multipliers=o.lr_multipliers, decay_rule=o.decay_rule, pretrained=bool(config.init_from))
+    groups = check_groups(
+      params,
+      learning_rate=o.learning_rate,
+      no_decay=o.no_decay,
+      frozen=o.frozen,
+      lr_multipliers=o.lr_multipliers,
+      decay_rule=o.decay_rule,
+      pretrained=bool(config.init_from),
+    )
   except ValueError as e:
     raise ConfigError(str(e)) from None
   tx, schedule = optimizer(config, total_steps)
   shapes, state_sh = abstract_train_state(model_cfg, tx, mesh, loss, config.mesh.min_fsdp_size)
-  state = shapes if abstract else create_train_state(model_cfg, tx, mesh, jax.random.key(config.seed), loss,
-                                                     config.mesh.min_fsdp_size)[0]
-  step = make_train_step(model_cfg, tx, schedule, loss, mesh, state_sh, config.accum_steps, config.clamp_logit_scale,
-                         o.frozen)
-  exp = Experiment(config=config, workdir=workdir, mesh=mesh, model_config=model_cfg, loss=loss,
-                   total_steps=total_steps, tx=tx, schedule=schedule, state=state, state_shardings=state_sh,
-                   train_step=step, evaluators=evaluators, param_groups=groups)
+  state = (
+    shapes
+    if abstract
+    else create_train_state(
+      model_cfg, tx, mesh, jax.random.key(config.seed), loss, config.mesh.min_fsdp_size
+    )[0]
+  )
+  step = make_train_step(
+    model_cfg,
+    tx,
+    schedule,
+    loss,
+    mesh,
+    state_sh,
+    config.accum_steps,
+    config.clamp_logit_scale,
+    o.frozen,
+  )
+  exp = Experiment(
+    config=config,
+    workdir=workdir,
+    mesh=mesh,
+    model_config=model_cfg,
+    loss=loss,
+    total_steps=total_steps,
+    tx=tx,
+    schedule=schedule,
+    state=state,
+    state_shardings=state_sh,
+    train_step=step,
+    evaluators=evaluators,
+    param_groups=groups,
+  )
   if workdir is not None:
     exp.train_data = _training_data(config, source, model_cfg, loss)
     ckpt.check_reachable(workdir)
-    exp.checkpoints = ckpt.make_manager(workdir, config.keep_checkpoints, use_ocdbt=config.checkpoint_ocdbt)
+    exp.checkpoints = ckpt.make_manager(
+      workdir, config.keep_checkpoints, use_ocdbt=config.checkpoint_ocdbt
+    )
   return exp

@@ -83,9 +83,11 @@ def check_lock(lock, workdir: str, last_good: int | None) -> None:
     lost = bool(multihost_utils.broadcast_one_to_all(np.int32(lost)))
   if lost:
     last = f"step {last_good}" if last_good is not None else "none yet"
-    raise ValueError(f"The lock on {workdir} was taken over by another trainer after this one's heartbeats failed: "
-                     f"stopping without saving, so as not to write over it. The last complete checkpoint ({last}) "
-                     "is intact.")
+    raise ValueError(
+      f"The lock on {workdir} was taken over by another trainer after this one's heartbeats failed: "
+      f"stopping without saving, so as not to write over it. The last complete checkpoint ({last}) "
+      "is intact."
+    )
 
 
 class _Run:
@@ -118,32 +120,49 @@ class _Run:
         self.history.append({"step": self.latest, "key": k, "before": a, "now": b})
       self.start = self.latest
       saved = np.asarray(meta["bad_counts"], np.int64)  # older checkpoints may count fewer reasons
-      self.bad_totals[:len(saved)] = saved
+      self.bad_totals[: len(saved)] = saved
       print(f"Resumed from step {self.latest} in {ckpt.checkpoint_dir(exp.workdir)}")
     elif config.init_from:
       from tripletclip_jax.interop import hf
+
       _, hf_params = hf.load_hf(hf_path(config.init_from))
       hf_params = with_loss_params(hf_params, exp.loss, overwrite=False)  # e.g. SigLIP's bias, new
       params = jax.device_put(hf_params, exp.state_shardings.params)
       state, tx = self.state, exp.tx
-      self.state = jax.jit(lambda p: state.replace(params=p, opt_state=tx.init(p)),
-                           out_shardings=exp.state_shardings)(params)
+      self.state = jax.jit(
+        lambda p: state.replace(params=p, opt_state=tx.init(p)), out_shardings=exp.state_shardings
+      )(params)
 
   def meta(self, step: int) -> dict:
     exp, config = self.exp, self.exp.config
-    schedule = {"total_steps": exp.total_steps, "batch_size": config.batch_size, "loss": exp.loss.name}
-    return {"step": step, "seed": config.seed, "schedule": schedule, "bad_counts": self.bad_totals.tolist(),
-            "model_config": exp.model_config.to_dict(), "config": config.to_dict(), "resume_changes": self.history,
-            "pairs_seen": step * exp.pairs_per_step}
+    schedule = {
+      "total_steps": exp.total_steps,
+      "batch_size": config.batch_size,
+      "loss": exp.loss.name,
+    }
+    return {
+      "step": step,
+      "seed": config.seed,
+      "schedule": schedule,
+      "bad_counts": self.bad_totals.tolist(),
+      "model_config": exp.model_config.to_dict(),
+      "config": config.to_dict(),
+      "resume_changes": self.history,
+      "pairs_seen": step * exp.pairs_per_step,
+    }
 
   def evaluate(self, step: int) -> dict:
     """{eval/NAME/METRIC} of the evaluators due at `step`, on the live, sharded parameters."""
     if self.eval_model is None:
       # One evaluation model for the run: its encoders compile once, and each evaluation hands it the live
       # parameters (no gather of the whole model to every host). The training bar owns the terminal.
-      self.eval_model = Model(self.exp.model_config, self.state.params, progress=False, mesh=self.exp.mesh)
+      self.eval_model = Model(
+        self.exp.model_config, self.state.params, progress=False, mesh=self.exp.mesh
+      )
     self.eval_model.params = self.state.params
-    return evaluate.run(self.eval_model, self.exp.evaluators, step, last=step == self.exp.total_steps)
+    return evaluate.run(
+      self.eval_model, self.exp.evaluators, step, last=step == self.exp.total_steps
+    )
 
   def check_finite(self) -> dict | None:
     """Fetches the pending metrics; the last step's, or FloatingPointError naming the last good checkpoint."""
@@ -151,24 +170,40 @@ class _Run:
     for m in host:
       if not np.isfinite(m["loss"]):
         last_good = self.saver.last_good
-        where = f"step {last_good} in {ckpt.checkpoint_dir(self.exp.workdir)}" if last_good is not None else "none yet"
-        raise FloatingPointError(f"Non-finite loss ({m['loss']}) at step {m['_step']}; last good checkpoint: "
-                                 f"{where}. Lower the learning rate or enable grad_clip_norm, then restart.")
+        where = (
+          f"step {last_good} in {ckpt.checkpoint_dir(self.exp.workdir)}"
+          if last_good is not None
+          else "none yet"
+        )
+        raise FloatingPointError(
+          f"Non-finite loss ({m['loss']}) at step {m['_step']}; last good checkpoint: "
+          f"{where}. Lower the learning rate or enable grad_clip_norm, then restart."
+        )
     return host[-1] if host else None
 
   # ---- The loop: step, log, checkpoint (periodic, preemption, stop_after_steps), evaluate.
   def loop(self) -> dict:
     exp, config = self.exp, self.exp.config
     workdir, total = exp.workdir, exp.total_steps
-    writer = self.writer = MetricWriter(workdir, enabled=self.is_main, echo=tqdm.write)  # above the bar
-    peak = (config.peak_tflops_per_chip * 1e12 if config.peak_tflops_per_chip
-            else measure_matmul_peak(exp.model_config.dtype))
+    writer = self.writer = MetricWriter(
+      workdir, enabled=self.is_main, echo=tqdm.write
+    )  # above the bar
+    peak = (
+      config.peak_tflops_per_chip * 1e12
+      if config.peak_tflops_per_chip
+      else measure_matmul_peak(exp.model_config.dtype)
+    )
     n_chips = jax.device_count()
     self.saver = ckpt.Saver(exp.checkpoints, workdir, self.latest)
     results: dict = {}
     t_data, t_last = 0.0, time.perf_counter()
-    bar = tqdm(total=total, initial=self.start, unit="step", dynamic_ncols=True,
-               disable=not (self.is_main and config.progress_bar and sys.stdout.isatty()))
+    bar = tqdm(
+      total=total,
+      initial=self.start,
+      unit="step",
+      dynamic_ncols=True,
+      disable=not (self.is_main and config.progress_bar and sys.stdout.isatty()),
+    )
     # On a pod each host gets its SIGTERM at a different step; jax.distributed's preemption service (which
     # takes over the signal) agrees on the first step that every host can still reach.
     multi_process = jax.process_count() > 1
@@ -192,24 +227,41 @@ class _Run:
           jax.block_until_ready(self.state)
           jax.profiler.stop_trace()
           tracing = False
-          tqdm.write(f"Wrote a profile of steps {profile[0] + 1}-{s} to {fileio.join(workdir, 'profile')}")
+          tqdm.write(
+            f"Wrote a profile of steps {profile[0] + 1}-{s} to {fileio.join(workdir, 'profile')}"
+          )
         if s % config.log_every_steps == 0 or s == total:
           interval = len(self.pending)
           last = self.check_finite()
           now = time.perf_counter()
           ex_s = interval * config.batch_size / (now - t_last)
-          bad = multihost_utils.process_allgather(self.bad_totals).reshape(-1, len(self.bad_totals)).sum(0) \
-              if multi_process else self.bad_totals
+          bad = (
+            multihost_utils.process_allgather(self.bad_totals)
+            .reshape(-1, len(self.bad_totals))
+            .sum(0)
+            if multi_process
+            else self.bad_totals
+          )
           rec = {k: v for k, v in last.items() if k != "_step"}
-          rec.update({"examples_per_s": ex_s, "examples_per_s_per_chip": ex_s / n_chips,
-                      "mfu": ex_s * exp.flops_per_example / (peak * n_chips),
-                      "data_wait_fraction": t_data / (now - t_last), "pairs_seen": s * exp.pairs_per_step,
-                      **{f"bad_records/{r}": int(c) for r, c in zip(pipeline.BAD_REASONS, bad)}})
+          rec.update(
+            {
+              "examples_per_s": ex_s,
+              "examples_per_s_per_chip": ex_s / n_chips,
+              "mfu": ex_s * exp.flops_per_example / (peak * n_chips),
+              "data_wait_fraction": t_data / (now - t_last),
+              "pairs_seen": s * exp.pairs_per_step,
+              **{f"bad_records/{r}": int(c) for r, c in zip(pipeline.BAD_REASONS, bad)},
+            }
+          )
           writer.write(s, rec)
           bar.set_postfix(loss=f"{rec['loss']:.3f}")
           t_data, t_last = 0.0, time.perf_counter()
         stopping = config.stop_after_steps is not None and s - self.start >= config.stop_after_steps
-        preempt = multihost_utils.reached_preemption_sync_point(s) if multi_process else bool(self.preempted)
+        preempt = (
+          multihost_utils.reached_preemption_sync_point(s)
+          if multi_process
+          else bool(self.preempted)
+        )
         if s % config.checkpoint_every_steps == 0 or s == total or preempt or stopping:
           self.check_finite()
           self.saver.wait()  # the space check measures the previous checkpoint: it must be complete
@@ -218,7 +270,9 @@ class _Run:
           self.saver.save(s, self.state, exp.train_data, self.meta(s))
           if preempt:
             self.saver.wait()
-            raise Preempted(f"SIGTERM: saved checkpoint {s} in {ckpt.checkpoint_dir(workdir)}; restart to resume.")
+            raise Preempted(
+              f"SIGTERM: saved checkpoint {s} in {ckpt.checkpoint_dir(workdir)}; restart to resume."
+            )
         if any(ev.due(s, s == total) for ev in exp.evaluators):
           results = self.evaluate(s)
           writer.write(s, results, echo=False)
@@ -241,14 +295,21 @@ class _Run:
     exp, config = self.exp, self.exp.config
     if exp.evaluators and not results:  # the workdir already held the final checkpoint
       results = self.evaluate(exp.total_steps)
-    params = full_params(self.state)  # every process takes part in the gather; only process 0 writes
+    params = full_params(
+      self.state
+    )  # every process takes part in the gather; only process 0 writes
     if exp.evaluators and self.is_main:
-      print(f"\nHeld-out compositional evaluation ({exp.loss.name}, step {exp.total_steps}), accuracy %:")
+      print(
+        f"\nHeld-out compositional evaluation ({exp.loss.name}, step {exp.total_steps}), accuracy %:"
+      )
       print(report.training_table(results, exp.evaluators))
     if config.export_hf_dir and self.is_main:
       from tripletclip_jax.interop import hf
+
       out = fileio.join(exp.workdir, config.export_hf_dir)
-      hf.export_hf(exp.model_config, params, out, train_config=config.to_dict(), eval_results=results)
+      hf.export_hf(
+        exp.model_config, params, out, train_config=config.to_dict(), eval_results=results
+      )
       print(f"Exported a transformers CLIPModel to {out}")
     scale = {"logit_scale": float(np.exp(params["logit_scale"]))} if "logit_scale" in params else {}
     return {"step": exp.total_steps, **scale, **results}

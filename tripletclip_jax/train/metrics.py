@@ -30,20 +30,31 @@ class MetricWriter:
     # A bucket object cannot be appended to: there the whole file is rewritten at each write (it stays small).
     self._remote = fileio.is_remote(workdir)
     if self._remote:
-      self._lines = _whole_lines(fileio.read_bytes(self._path), self._path) if fileio.exists(self._path) else b""
+      self._lines = (
+        _whole_lines(fileio.read_bytes(self._path), self._path)
+        if fileio.exists(self._path)
+        else b""
+      )
     else:
-      if os.path.exists(self._path):  # a kill can leave a torn last line: appending would glue two records
+      if os.path.exists(
+        self._path
+      ):  # a kill can leave a torn last line: appending would glue two records
         with open(self._path, "rb") as f:
           data = f.read()
         if len(whole := _whole_lines(data, self._path)) < len(data):
           os.truncate(self._path, len(whole))
       self._jsonl = open(self._path, "a")
     from tensorboardX import SummaryWriter
+
     # On a bucket the events are written to a local folder and each file is uploaded whole after every write:
     # tensorboardX's own bucket writer rewrites its object under a generation precondition and dies when a
     # retry of a write whose answer was lost meets that precondition (docs/storage.md, retries).
     self._tb_remote = fileio.join(workdir, "tensorboard") if self._remote else None
-    self._tb_local = tempfile.mkdtemp(prefix="tripletclip-tb-") if self._remote else fileio.join(workdir, "tensorboard")
+    self._tb_local = (
+      tempfile.mkdtemp(prefix="tripletclip-tb-")
+      if self._remote
+      else fileio.join(workdir, "tensorboard")
+    )
     self._tb = SummaryWriter(self._tb_local)
 
   def write(self, step: int, metrics: dict, echo: bool = True) -> None:
@@ -64,8 +75,11 @@ class MetricWriter:
     if self._tb_remote:
       fileio.upload(self._tb_local, self._tb_remote)
     if echo and self.echo:
-      shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in clean.items()
-                       if not (k.startswith("bad_records/") and v == 0))  # quiet while the data is clean
+      shown = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in clean.items()
+        if not (k.startswith("bad_records/") and v == 0)
+      )  # quiet while the data is clean
       self.echo(f"[step {step}] {shown}")
 
   def close(self) -> None:
@@ -80,10 +94,13 @@ class MetricWriter:
 
 def _whole_lines(data: bytes, path: str) -> bytes:
   """`data` up to its last newline; says so when a torn last line is dropped."""
-  whole = data[:data.rfind(b"\n") + 1]
+  whole = data[: data.rfind(b"\n") + 1]
   if len(whole) < len(data):
-    logging.warning("Dropped a torn last line of %s (%d bytes, from a killed run) before appending.", path,
-                    len(data) - len(whole))
+    logging.warning(
+      "Dropped a torn last line of %s (%d bytes, from a killed run) before appending.",
+      path,
+      len(data) - len(whole),
+    )
   return whole
 
 
@@ -100,7 +117,9 @@ def read_metrics(workdir: str) -> dict[int, dict]:
         rec = json.loads(line)
         step = int(rec["step"])
       except (ValueError, KeyError, TypeError) as e:
-        logging.warning("Skipped line %d of %s: not a metrics record (%s).", i, path, type(e).__name__)
+        logging.warning(
+          "Skipped line %d of %s: not a metrics record (%s).", i, path, type(e).__name__
+        )
         continue
       out.setdefault(step, {}).update(rec)
   return out
@@ -110,6 +129,7 @@ def measure_matmul_peak(dtype="float32") -> float:
   """FLOP/s of a square matmul on the default device: the MFU denominator when no peak is given."""
   import jax
   import jax.numpy as jnp
+
   n = 2048 if jax.default_backend() == "cpu" else 8192
   a = jnp.ones((n, n), dtype)
   f = jax.jit(lambda a: a @ a)
@@ -119,4 +139,4 @@ def measure_matmul_peak(dtype="float32") -> float:
     t = time.perf_counter()
     f(a).block_until_ready()
     best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best
+  return 2 * n**3 / best

@@ -22,7 +22,9 @@ FROZEN = "frozen"
 
 def path_tree(params):
   """The pytree of `params` with each leaf replaced by its '/'-joined path."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: jax.tree_util.keystr(p, simple=True, separator="/"), params)
+  return jax.tree_util.tree_map_with_path(
+    lambda p, _: jax.tree_util.keystr(p, simple=True, separator="/"), params
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,7 +35,9 @@ def _compiled(regex: str):
     return re2.compile(regex, options=options)
   except re2.error as e:
     detail = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
-    raise ValueError(f"optimizer regex {regex!r} is not an RE2 regular expression ({detail}).") from None
+    raise ValueError(
+      f"optimizer regex {regex!r} is not an RE2 regular expression ({detail})."
+    ) from None
 
 
 def _matches(regex: str | None, key: str):
@@ -48,8 +52,12 @@ def frozen_mask(params, frozen: str | None):
 def decay_mask(params, rule: str = "open_clip", no_decay: str | None = None):
   """Pytree of bools, True where weight decay applies: by `rule` (DECAY_RULES), minus paths matching `no_decay`."""
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: (rule == "all" or x.ndim >= 2)
-      and not _matches(no_decay, jax.tree_util.keystr(p, simple=True, separator="/")), params)
+    lambda p, x: (
+      (rule == "all" or x.ndim >= 2)
+      and not _matches(no_decay, jax.tree_util.keystr(p, simple=True, separator="/"))
+    ),
+    params,
+  )
 
 
 def group_labels(params, frozen: str | None = None, lr_multipliers=()):
@@ -62,11 +70,20 @@ def group_labels(params, frozen: str | None = None, lr_multipliers=()):
     if _matches(frozen, k):
       return FROZEN
     return next((f"lr{i}" for i, (r, _) in enumerate(lr_multipliers) if _matches(r, k)), "base")
+
   return jax.tree.map(label, path_tree(params))
 
 
-def check_groups(params, *, learning_rate: float, no_decay: str | None = None, frozen: str | None = None,
-                 lr_multipliers=(), decay_rule: str = "open_clip", pretrained: bool = False) -> list[str]:
+def check_groups(
+  params,
+  *,
+  learning_rate: float,
+  no_decay: str | None = None,
+  frozen: str | None = None,
+  lr_multipliers=(),
+  decay_rule: str = "open_clip",
+  pretrained: bool = False,
+) -> list[str]:
   """Checks the parameter groups against the parameters (a pytree of arrays or ShapeDtypeStructs); returns
   one line per group with its parameter count, for the run's log.
 
@@ -79,13 +96,18 @@ def check_groups(params, *, learning_rate: float, no_decay: str | None = None, f
   sizes = dict(zip(keys, (math.prod(x.shape) for _, x in leaves)))
   examples = f"paths look like {keys[1]!r}, {keys[-1]!r}"
   if learning_rate <= 0:
-    raise ValueError(f"optimizer.learning_rate={learning_rate}: must be positive (a negative rate ascends the loss).")
+    raise ValueError(
+      f"optimizer.learning_rate={learning_rate}: must be positive (a negative rate ascends the loss)."
+    )
   for i, (regex, factor) in enumerate(lr_multipliers):
     if float(factor) <= 0:
-      raise ValueError(f"optimizer.lr_multipliers[{i}]=({regex!r}, {factor}): a factor must be positive "
-                       "(0 trains nothing, use optimizer.frozen; a negative one ascends the loss).")
+      raise ValueError(
+        f"optimizer.lr_multipliers[{i}]=({regex!r}, {factor}): a factor must be positive "
+        "(0 trains nothing, use optimizer.frozen; a negative one ascends the loss)."
+      )
   for what, regex in [("optimizer.frozen", frozen), ("optimizer.no_decay", no_decay)] + [
-      (f"optimizer.lr_multipliers[{i}]", r) for i, (r, _) in enumerate(lr_multipliers)]:
+    (f"optimizer.lr_multipliers[{i}]", r) for i, (r, _) in enumerate(lr_multipliers)
+  ]:
     if regex is not None and not any(_matches(regex, k) for k in keys):
       raise ValueError(f"{what}={regex!r} matches no parameter; {examples}.")
   labels = dict(zip(keys, jax.tree.leaves(group_labels(params, frozen, lr_multipliers))))
@@ -93,16 +115,22 @@ def check_groups(params, *, learning_rate: float, no_decay: str | None = None, f
   if not any(labels[k] != FROZEN for k in keys):
     raise ValueError(f"optimizer.frozen={frozen!r} freezes every parameter: nothing would train.")
   if count(FROZEN) and not pretrained:
-    raise ValueError(f"optimizer.frozen={frozen!r} freezes {count(FROZEN):,} parameters that would keep their "
-                     "random initialisation: set config.init_from=hf:PATH to start from trained weights.")
+    raise ValueError(
+      f"optimizer.frozen={frozen!r} freezes {count(FROZEN):,} parameters that would keep their "
+      "random initialisation: set config.init_from=hf:PATH to start from trained weights."
+    )
   lines = [f"base: {count('base'):,} parameters at the scheduled learning rate"]
-  lines += [f"lr{i} {r!r}: {count(f'lr{i}'):,} parameters at {float(f):g} x the rate"
-            for i, (r, f) in enumerate(lr_multipliers)]
+  lines += [
+    f"lr{i} {r!r}: {count(f'lr{i}'):,} parameters at {float(f):g} x the rate"
+    for i, (r, f) in enumerate(lr_multipliers)
+  ]
   if frozen is not None:
     lines.append(f"frozen {frozen!r}: {count(FROZEN):,} parameters, no update")
   decayed = jax.tree.leaves(decay_mask(params, decay_rule, no_decay))
-  lines.append(f"weight decay ({decay_rule}{', no_decay ' + repr(no_decay) if no_decay else ''}): on "
-               f"{sum(sizes[k] for k, d in zip(keys, decayed) if d and labels[k] != FROZEN):,} parameters")
+  lines.append(
+    f"weight decay ({decay_rule}{', no_decay ' + repr(no_decay) if no_decay else ''}): on "
+    f"{sum(sizes[k] for k, d in zip(keys, decayed) if d and labels[k] != FROZEN):,} parameters"
+  )
   return lines
 
 
@@ -113,10 +141,21 @@ def make_schedule(learning_rate: float, total_steps: int, warmup_steps: int, end
   return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, total_steps, end_lr)
 
 
-def make_optimizer(*, learning_rate: float, total_steps: int, warmup_steps: int,
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   weight_decay: float = 0.2, grad_clip_norm: float | None = None, decay_rule: str = "open_clip",
-                   no_decay: str | None = None, frozen: str | None = None, lr_multipliers=()):
+def make_optimizer(
+  *,
+  learning_rate: float,
+  total_steps: int,
+  warmup_steps: int,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.2,
+  grad_clip_norm: float | None = None,
+  decay_rule: str = "open_clip",
+  no_decay: str | None = None,
+  frozen: str | None = None,
+  lr_multipliers=(),
+):
   """Returns (optax.GradientTransformation, schedule of the base learning rate).
 
   `frozen` parameters get no update and no optimizer state (optax.multi_transform with set_to_zero); each
@@ -129,13 +168,27 @@ def make_optimizer(*, learning_rate: float, total_steps: int, warmup_steps: int,
 
   def adamw(factor):
     lr = schedule if factor == 1.0 else (lambda step: factor * schedule(step))
-    return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                       mask=lambda p: decay_mask(p, decay_rule, no_decay))
+    return optax.adamw(
+      lr,
+      b1=b1,
+      b2=b2,
+      eps=eps,
+      weight_decay=weight_decay,
+      mask=lambda p: decay_mask(p, decay_rule, no_decay),
+    )
+
   if frozen is None and not lr_multipliers:
-    tx = adamw(1.0)  # one group: the plain optimizer state, as in checkpoints written before groups existed
+    tx = adamw(
+      1.0
+    )  # one group: the plain optimizer state, as in checkpoints written before groups existed
   else:
-    groups = {"base": adamw(1.0), FROZEN: optax.set_to_zero(),
-              **{f"lr{i}": adamw(f) for i, (_, f) in enumerate(lr_multipliers)}}
+    groups = {
+      "base": adamw(1.0),
+      FROZEN: optax.set_to_zero(),
+      **{f"lr{i}": adamw(f) for i, (_, f) in enumerate(lr_multipliers)},
+    }
     tx = optax.multi_transform(groups, lambda p: group_labels(p, frozen, lr_multipliers))
   # Frozen gradients are exact zeros (the step stops them), so clipping by the global norm sees the rest.
-  return (optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx) if grad_clip_norm else tx), schedule
+  return (
+    optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx) if grad_clip_norm else tx
+  ), schedule

@@ -19,10 +19,25 @@ SCHEDULE_KEYS = ("total_steps", "batch_size", "loss")
 _COMPUTE_OPTIONS = ("dtype", "remat", "attention_impl")
 # Config keys that change how a run is driven, logged or evaluated, never its train state: left out when a
 # refusal lists what changed, since they cannot be the reason.
-STATE_NEUTRAL = ("stop_after_steps", "progress_bar", "profile_steps", "preempted_exit_code", "keep_checkpoints",
-                 "allow_schedule_change", "allow_model_change", "log_every_steps", "checkpoint_every_steps",
-                 "eval_every_steps", "evals", "export_hf_dir", "peak_tflops_per_chip", "data.num_workers",
-                 "data.read_threads", "data.demo_data_dir", "distributed")
+STATE_NEUTRAL = (
+  "stop_after_steps",
+  "progress_bar",
+  "profile_steps",
+  "preempted_exit_code",
+  "keep_checkpoints",
+  "allow_schedule_change",
+  "allow_model_change",
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "eval_every_steps",
+  "evals",
+  "export_hf_dir",
+  "peak_tflops_per_chip",
+  "data.num_workers",
+  "data.read_threads",
+  "data.demo_data_dir",
+  "distributed",
+)
 
 
 def _flat(d, prefix=""):
@@ -35,57 +50,93 @@ def _flat(d, prefix=""):
 
 def changed_keys(meta: dict, config) -> list[str]:
   """'key before -> now' for the config keys that changed since the checkpoint and may change the state."""
+
   def norm(v):
     return json.loads(json.dumps(v))  # tuples and lists compare equal, as the meta stores them
+
   saved, now = dict(_flat(meta.get("config", {}))), dict(_flat(config.to_dict()))
   neutral = lambda k: any(k == n or k.startswith(n + ".") for n in STATE_NEUTRAL)
-  return [f"{k} {saved.get(k)} -> {now.get(k)}" for k in sorted(set(saved) | set(now))
-          if not neutral(k) and norm(saved.get(k)) != norm(now.get(k))]
+  return [
+    f"{k} {saved.get(k)} -> {now.get(k)}"
+    for k in sorted(set(saved) | set(now))
+    if not neutral(k) and norm(saved.get(k)) != norm(now.get(k))
+  ]
 
 
 def _refuse(workdir: str, step: int, what: str, how: str) -> ConfigError:
-  return ConfigError(f"Refusing to resume {workdir} from checkpoint {step}: {what}. Nothing was changed; {how}")
+  return ConfigError(
+    f"Refusing to resume {workdir} from checkpoint {step}: {what}. Nothing was changed; {how}"
+  )
 
 
 def check_schedule(meta: dict, config, total_steps: int, workdir: str, step: int) -> None:
   now = {"total_steps": total_steps, "batch_size": config.batch_size, "loss": config.loss}
-  changed = {k: (meta["schedule"][k], now[k]) for k in SCHEDULE_KEYS if meta["schedule"][k] != now[k]}
+  changed = {
+    k: (meta["schedule"][k], now[k]) for k in SCHEDULE_KEYS if meta["schedule"][k] != now[k]
+  }
   what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
   if changed and not config.allow_schedule_change:
-    raise _refuse(workdir, step, f"the schedule changed ({what})", "rerun with the old values, use a new workdir, "
-                  "or pass --config.allow_schedule_change=true to continue anyway.")
+    raise _refuse(
+      workdir,
+      step,
+      f"the schedule changed ({what})",
+      "rerun with the old values, use a new workdir, "
+      "or pass --config.allow_schedule_change=true to continue anyway.",
+    )
   if "loss" in changed and losses.get(changed["loss"][0]).union != losses.get(config.loss).union:
-    raise _refuse(workdir, step, f"loss {changed['loss'][0]} -> {config.loss} changes what the data stream is "
-                  "(pairs vs. the union of pairs and negatives), so its saved position means nothing now",
-                  "rerun with the old loss or use a new workdir.")
+    raise _refuse(
+      workdir,
+      step,
+      f"loss {changed['loss'][0]} -> {config.loss} changes what the data stream is "
+      "(pairs vs. the union of pairs and negatives), so its saved position means nothing now",
+      "rerun with the old loss or use a new workdir.",
+    )
 
 
 def check_model(meta: dict, model_cfg, config, workdir: str, step: int) -> None:
   """Refuses a resume whose network differs from the checkpoint's (preset, activation, widths ...)."""
+
   def network(d):
     return {k: v for k, v in _flat(d) if k.rsplit(".", 1)[-1] not in _COMPUTE_OPTIONS + LEGACY_KEYS}
+
   saved, now = network(meta["model_config"]), network(model_cfg.to_dict())
-  changed = [f"{k} {saved.get(k)} -> {now.get(k)}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+  changed = [
+    f"{k} {saved.get(k)} -> {now.get(k)}"
+    for k in sorted(set(saved) | set(now))
+    if saved.get(k) != now.get(k)
+  ]
   if changed and not config.allow_model_change:
-    raise _refuse(workdir, step, f"the model changed ({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''})",
-                  "rerun with the old model, use a new workdir, or pass --config.allow_model_change=true if the "
-                  "checkpoint's shapes still fit.")
+    raise _refuse(
+      workdir,
+      step,
+      f"the model changed ({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''})",
+      "rerun with the old model, use a new workdir, or pass --config.allow_model_change=true if the "
+      "checkpoint's shapes still fit.",
+    )
 
 
 def check_state(meta: dict, abstract_state, config, workdir: str, step: int) -> None:
   """Refuses, naming the changed config keys, when the checkpoint's state does not fit this config's."""
   saved_processes = meta.get("process_count", jax.process_count())
   if saved_processes != jax.process_count():
-    raise _refuse(workdir, step, f"it was written by {saved_processes} processes and this run has "
-                  f"{jax.process_count()}, and each process's data position is its own",
-                  f"resume on {saved_processes} processes (tc.load and the exporters read it anywhere).")
+    raise _refuse(
+      workdir,
+      step,
+      f"it was written by {saved_processes} processes and this run has "
+      f"{jax.process_count()}, and each process's data position is its own",
+      f"resume on {saved_processes} processes (tc.load and the exporters read it anywhere).",
+    )
   diff = ckpt.state_differences(meta, abstract_state)
   if diff:
     keys = changed_keys(meta, config)
-    raise _refuse(workdir, step, f"its train state does not fit this config ({len(diff)} leaves differ: "
-                  f"{'; '.join(diff[:2])}{'; ...' if len(diff) > 2 else ''}); changed since it was written: "
-                  f"{', '.join(keys) if keys else 'nothing in the config (a code change?)'}",
-                  "revert those keys to resume, or use a new workdir.")
+    raise _refuse(
+      workdir,
+      step,
+      f"its train state does not fit this config ({len(diff)} leaves differ: "
+      f"{'; '.join(diff[:2])}{'; ...' if len(diff) > 2 else ''}); changed since it was written: "
+      f"{', '.join(keys) if keys else 'nothing in the config (a code change?)'}",
+      "revert those keys to resume, or use a new workdir.",
+    )
 
 
 def check_resume(meta: dict, step: int, exp) -> None:
@@ -99,9 +150,16 @@ def check_resume(meta: dict, step: int, exp) -> None:
 def data_changes(meta: dict, config) -> dict:
   """{key: (before, now)} for what may change across a resume but is worth saying: data.train, seed, workers."""
   before = meta.get("config", {})
-  now = {"data.train": config.data.train, "seed": config.seed, "data.num_workers": config.data.num_workers}
-  old = {"data.train": before.get("data", {}).get("train"), "seed": before.get("seed"),
-         "data.num_workers": before.get("data", {}).get("num_workers", config.data.num_workers)}
+  now = {
+    "data.train": config.data.train,
+    "seed": config.seed,
+    "data.num_workers": config.data.num_workers,
+  }
+  old = {
+    "data.train": before.get("data", {}).get("train"),
+    "seed": before.get("seed"),
+    "data.num_workers": before.get("data", {}).get("num_workers", config.data.num_workers),
+  }
   return {k: (old[k], now[k]) for k in now if old[k] != now[k]}
 
 
@@ -109,6 +167,8 @@ def restore_iterator(data_iter, state: dict, num_workers: int, log=print) -> Non
   """Sets the training iterator to a saved state, moved to `num_workers` workers if that changed."""
   state, repeated = pipeline.iterator_state_for(state, num_workers)
   if repeated:
-    log(f"data.num_workers changed at a step that is not a multiple of the old worker count: {repeated} "
-        "examples of this process are read a second time.")
+    log(
+      f"data.num_workers changed at a step that is not a multiple of the old worker count: {repeated} "
+      "examples of this process are read a second time."
+    )
   data_iter.set_state(state)

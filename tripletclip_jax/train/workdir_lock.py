@@ -48,14 +48,24 @@ def _holder() -> dict:
       boot = f.read().strip()
   except OSError:
     boot = ""
-  return {"host": socket.gethostname(), "pid": os.getpid(), "boot": boot,
-          "started": datetime.datetime.now().isoformat(timespec="seconds")}
+  return {
+    "host": socket.gethostname(),
+    "pid": os.getpid(),
+    "boot": boot,
+    "started": datetime.datetime.now().isoformat(timespec="seconds"),
+  }
 
 
 def _busy(workdir: str, h: dict) -> WorkdirBusy:
-  who = f"pid {h.get('pid')} on {h.get('host')}, since {h.get('started')}" if h else "an unknown process"
-  return WorkdirBusy(f"{workdir} is in use by another trainer ({who}): wait for it or stop it, or choose "
-                     "another --workdir.")
+  who = (
+    f"pid {h.get('pid')} on {h.get('host')}, since {h.get('started')}"
+    if h
+    else "an unknown process"
+  )
+  return WorkdirBusy(
+    f"{workdir} is in use by another trainer ({who}): wait for it or stop it, or choose "
+    "another --workdir."
+  )
 
 
 def WorkdirLock(workdir: str):  # noqa: N802 - a class-like factory
@@ -75,8 +85,10 @@ class FileLock:
       os.makedirs(os.path.dirname(self.path), exist_ok=True)
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-      raise ValueError(f"Cannot write to the workdir {os.path.dirname(self.path)} ({e.strerror}): choose a "
-                       "writable --workdir.") from None
+      raise ValueError(
+        f"Cannot write to the workdir {os.path.dirname(self.path)} ({e.strerror}): choose a "
+        "writable --workdir."
+      ) from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -103,6 +115,7 @@ def _retry():
   """google-cloud-storage's retry (transient errors, backoff) bounded by one heartbeat interval, so that a bucket
   that is gone cannot hold a heartbeat (or a start) for the library's default 120 s."""
   from google.cloud.storage.retry import DEFAULT_RETRY
+
   return DEFAULT_RETRY.with_timeout(HEARTBEAT_S)
 
 
@@ -117,8 +130,11 @@ class BucketLock:
     self._client = None
 
   def _blob(self):
-    from google.cloud import storage  # gcsfs's dependency; it reads STORAGE_EMULATOR_HOST like gcsfs does
-    bucket, _, name = self.path[len("gs://"):].partition("/")
+    from google.cloud import (
+      storage,
+    )  # gcsfs's dependency; it reads STORAGE_EMULATOR_HOST like gcsfs does
+
+    bucket, _, name = self.path[len("gs://") :].partition("/")
     if self._client is None:
       self._client = storage.Client(project=None)  # no project is needed to read and write objects
     return self._client.bucket(bucket).blob(name)
@@ -126,6 +142,7 @@ class BucketLock:
   def _read(self) -> tuple[dict | None, int]:
     """(holder, generation) of the lock object; (None, 0) when there is none."""
     from google.api_core import exceptions
+
     blob = self._blob()
     try:
       data = blob.download_as_bytes(retry=_retry(), timeout=HEARTBEAT_S)
@@ -156,14 +173,22 @@ class BucketLock:
   def _write(self, if_generation: int) -> bool:
     """Writes our holder record if the object is at `if_generation` (0: absent); False if it is not."""
     from google.api_core import exceptions
+
     blob = self._blob()
     data = json.dumps(dict(self._info, heartbeat=time.time())).encode()
     try:
-      blob.upload_from_string(data, content_type="application/json", if_generation_match=if_generation,
-                              retry=_retry(), timeout=HEARTBEAT_S)
+      blob.upload_from_string(
+        data,
+        content_type="application/json",
+        if_generation_match=if_generation,
+        retry=_retry(),
+        timeout=HEARTBEAT_S,
+      )
       self._generation = blob.generation
     except exceptions.PreconditionFailed:
-      h, gen = self._read()  # a retried write whose first try went through fails its own precondition
+      h, gen = (
+        self._read()
+      )  # a retried write whose first try went through fails its own precondition
       if not h or h.get("token") != self._info["token"]:
         return False
       self._generation = gen
@@ -171,6 +196,7 @@ class BucketLock:
 
   def __enter__(self):
     from google.api_core import exceptions
+
     try:
       h, gen = self._read()
       if h is not None and not self._stale(h):
@@ -178,8 +204,10 @@ class BucketLock:
       self._info = dict(_holder(), token=uuid.uuid4().hex)
       won = self._write(gen)
     except exceptions.GoogleAPIError as e:
-      raise ValueError(f"Cannot write to the workdir {self.workdir} ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:200]}): check the bucket and its permissions.") from None
+      raise ValueError(
+        f"Cannot write to the workdir {self.workdir} ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200]}): check the bucket and its permissions."
+      ) from None
     if not won:
       raise _busy(self.workdir, self._read()[0] or {})
     self._thread = threading.Thread(target=self._beat, daemon=True)
@@ -191,11 +219,20 @@ class BucketLock:
       try:
         if not self._write(self._generation):
           self.lost = self._read()[0] or {}
-          log.error("%s", _busy(self.workdir, self.lost).args[0].replace("is in use by another trainer",
-                                                                        "was taken over by another trainer"))
+          log.error(
+            "%s",
+            _busy(self.workdir, self.lost)
+            .args[0]
+            .replace("is in use by another trainer", "was taken over by another trainer"),
+          )
           return
       except Exception as e:  # noqa: BLE001 - retried at the next beat; stale only after STALE_S without one
-        log.warning("Heartbeat of %s failed (%s); retrying in %.0f s.", self.path, type(e).__name__, HEARTBEAT_S)
+        log.warning(
+          "Heartbeat of %s failed (%s); retrying in %.0f s.",
+          self.path,
+          type(e).__name__,
+          HEARTBEAT_S,
+        )
 
   def __exit__(self, *_):
     self._stop.set()
@@ -203,7 +240,10 @@ class BucketLock:
       self._thread.join()
       if self.lost is None:
         from google.api_core import exceptions
+
         try:
-          self._blob().delete(if_generation_match=self._generation, retry=_retry(), timeout=HEARTBEAT_S)
+          self._blob().delete(
+            if_generation_match=self._generation, retry=_retry(), timeout=HEARTBEAT_S
+          )
         except (exceptions.NotFound, exceptions.PreconditionFailed):
           pass  # taken over meanwhile: the new holder's lock stays
