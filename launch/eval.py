@@ -91,7 +91,7 @@ def main(argv=None):
   unknown = [t for t in tasks if t not in REGISTRY]
   if unknown:
     p.error(f"unknown task {unknown[0]!r}; choose from {', '.join(REGISTRY)}")
-  # The built-in tasks' options as flags; any registered task also takes --option TASK.KEY=VALUE.
+  # The built-in tasks' options as flags; every option of every task is also --config.evals.TASK.KEY=VALUE.
   flags = {
     "sugarcrepe": dict(sugarcrepe_dir="sugarcrepe_dir", image_dir="coco_image_dir"),
     "winoground": dict(path="winoground", image_dir="winoground_image_dir"),
@@ -119,7 +119,7 @@ def main(argv=None):
         p.error(
           f"task {t} needs --{flags[t][k]}"
           if k in flags.get(t, {})
-          else f"task {t} needs --option {t}.{k}=..."
+          else f"task {t} needs --config.evals.{t}.{k}=..."
         )
   from tripletclip_jax import fileio
 

@@ -1,5 +1,5 @@
-"""gs:// at scale, clean and through the fault proxy (5% of requests fail): the data tools read from and write to the bucket,
-and a simulated pod is preempted and resumed there. (A module of its own so that `make test`'s two workers share
+"""gs:// at scale, through the fault proxy (5% of requests fail; the data tools also clean): the data tools read
+from and write to the bucket, and a simulated pod is preempted and resumed there. (A module of its own so that `make test`'s two workers share
 the bucket tests.)"""
 
 import json
@@ -118,11 +118,13 @@ def one_process(data_dir, tmp_path_factory):
   return one
 
 
-@pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
+# Through the fault proxy only: its assertions are the clean run's, and the clean path to the server is covered
+# by the single-process bucket run (test_gcs.py); a clean pod run would add two minutes to `make test`.
+@pytest.mark.parametrize("faults", [True], ids=["faults"])
 def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(
   faults, data_dir, one_process, request
 ):
-  """Clean and through the fault proxy (5% of requests fail), 4 processes x 2 devices share a workdir and read
+  """Through the fault proxy (5% of requests fail), 4 processes x 2 devices share a workdir and read
   their slices of the data, both in the bucket: SIGTERM to every process (each at its own moment) leaves one
   checkpoint at a step they agreed on; the restart finishes the run, whose losses and evaluation (each process
   scores its slice) equal one process with the same 8 devices up to the collectives' summation order."""

@@ -211,7 +211,7 @@ def build(
   """
   validate(config)
   loss = loss_from_config(config)
-  # Data first: a wrong path fails before the model exists.
+  # The data's paths first: a wrong one fails before anything is built.
   source, evaluators = None, []
   if workdir is not None:
     source, eval_specs = training_source(config, workdir, log=log)
@@ -236,6 +236,8 @@ def build(
     )
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  # The data before the model: a wrong path or a damaged manifest fails before parameters are allocated.
+  train_data = _training_data(config, source, model_cfg, loss) if workdir is not None else None
   tx, schedule = optimizer(config, total_steps)
   shapes, state_sh = abstract_train_state(model_cfg, tx, mesh, loss, config.mesh.min_fsdp_size)
   state = (
@@ -268,11 +270,11 @@ def build(
     state=state,
     state_shardings=state_sh,
     train_step=step,
+    train_data=train_data,
     evaluators=evaluators,
     param_groups=groups,
   )
   if workdir is not None:
-    exp.train_data = _training_data(config, source, model_cfg, loss)
     ckpt.check_reachable(workdir)
     exp.checkpoints = ckpt.make_manager(
       workdir, config.keep_checkpoints, use_ocdbt=config.checkpoint_ocdbt
