@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 from tripletclip_jax.data import tokenize  # noqa: E402
 from tripletclip_jax.data.tokenizer import clean  # noqa: E402
 from tripletclip_jax.inference import Model, load  # noqa: E402
-from tripletclip_jax.interop import hf  # noqa: E402
+from tripletclip_jax.interop import hf, openclip  # noqa: E402
 from tripletclip_jax.models import get_preset  # noqa: E402
 from tiny_models import clip_params  # noqa: E402
 
@@ -141,7 +141,7 @@ def test_openai_state_dict_import_matches_open_clip():
     text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=2),
     quick_gelu=True,
   ).eval()
-  cfg, params = hf.from_openai_state_dict(m.state_dict())
+  cfg, params = openclip.from_state_dict(m.state_dict())
   cfg = cfg.replace(
     vision=cfg.vision.__class__(**{**cfg.vision.__dict__, "heads": 2})
   )  # head count is not in the weights

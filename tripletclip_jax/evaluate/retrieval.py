@@ -19,12 +19,8 @@ def load(split_json: str, image_dir: str, split: str = "test"):
     entries = [e for e in json.load(f)["images"] if e.get("split") == split]
   if not entries:
     raise ValueError(f"{split_json} has no images in split {split!r}.")
-  images, captions, owner, missing = (
-    [],
-    [],
-    [],
-    [],
-  )  # missing: absent or unreadable, skipped and counted
+  images, captions, owner = [], [], []
+  missing = []  # absent or unreadable: skipped and counted
   paths = [fileio.join(image_dir, e.get("filepath", ""), e["filename"]) for e in entries]
   for e, (image, why) in zip(entries, image_ops.try_load_all(paths)):
     if why:
