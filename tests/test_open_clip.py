@@ -86,7 +86,10 @@ def bench(tmp_path_factory):
   for i, (name, c) in enumerate(list(colours.items()) * 2):
     image(c, (80, 64 + i)).save(root / f"{i}.png")
     # Every caption distinct: a duplicate would tie, and the two harnesses break ties differently (docs).
-    sentences = [{"raw": f"a {name} square, {i}"}, {"raw": f"a photo that is mostly {name}, number {i}"}]
+    sentences = [
+      {"raw": f"a {name} square, {i}"},
+      {"raw": f"a photo that is mostly {name}, number {i}"},
+    ]
     entries.append({"split": "test", "filename": f"{i}.png", "sentences": sentences})
   json.dump({"images": entries}, open(root / "karpathy.json", "w"))
   world.write_demo_data(str(root / "world"), num_train=8, num_eval=6, seed=0, num_shards=1)

@@ -16,6 +16,7 @@ from tripletclip_jax import losses
 from tripletclip_jax.data.pipeline import AUGMENTATIONS
 from tripletclip_jax.models.flops import train_flops_per_example
 from tripletclip_jax.models.config import CLIPConfig
+from tripletclip_jax.train.metrics import WRITERS
 from tripletclip_jax.train.optim import DECAY_RULES
 
 
@@ -122,6 +123,14 @@ def base_config() -> ml_collections.ConfigDict:
     float
   )  # for MFU; measured with a matmul when unset
   c.progress_bar = True
+  # Where metrics go besides metrics.jsonl and stdout: "tensorboard", "wandb", or both ("tensorboard,wandb").
+  # W&B needs `pip install -e '.[wandb]'`; a resumed run continues the same W&B run.
+  c.writers = "tensorboard"
+  c.wandb = ml_collections.ConfigDict(
+    dict(
+      project="tripletclip", entity=config_dict.placeholder(str), name=config_dict.placeholder(str)
+    )
+  )
   # (first, last) step to trace with jax.profiler into WORKDIR/profile (TensorBoard's profile plugin,
   # Perfetto); e.g. --config.profile_steps='(10, 15)'. Process 0 only.
   c.profile_steps = config_dict.placeholder(tuple)
@@ -152,6 +161,11 @@ def validate(config) -> None:
   for key in ("log_every_steps", "checkpoint_every_steps", "eval_every_steps", "keep_checkpoints"):
     need(config[key] >= 1, key, "must be >= 1")
   need(config.compute_rule in COMPUTE_RULES, "compute_rule", f"choose one of {COMPUTE_RULES}")
+  need(
+    set(writers(config)) <= set(WRITERS),
+    "writers",
+    f"a comma-separated list of {', '.join(WRITERS)}",
+  )
   need(config.model.dtype in ("float32", "bfloat16"), "model.dtype", "choose float32 or bfloat16")
   need(
     config.optimizer.decay_rule in DECAY_RULES,
@@ -172,6 +186,11 @@ def validate(config) -> None:
     "data.crop_scale",
     "give a pair (lo, hi) with 0 < lo <= hi <= 1, e.g. (0.9, 1.0)",
   )
+
+
+def writers(config) -> tuple[str, ...]:
+  """The metric writers `config.writers` names (a comma-separated string)."""
+  return tuple(w.strip() for w in config.get("writers", "tensorboard").split(",") if w.strip())
 
 
 def config_value(config, key: str):

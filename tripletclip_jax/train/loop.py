@@ -24,7 +24,7 @@ from tripletclip_jax.data import pipeline
 from tripletclip_jax.evaluate import report
 from tripletclip_jax.inference import Model
 from tripletclip_jax.train import resume
-from tripletclip_jax.train.config import validate
+from tripletclip_jax.train.config import validate, writers
 from tripletclip_jax.train.experiment import Experiment, build, hf_path
 from tripletclip_jax.train.metrics import MetricWriter, measure_matmul_peak
 from tripletclip_jax.train.step import with_loss_params
@@ -186,8 +186,13 @@ class _Run:
     exp, config = self.exp, self.exp.config
     workdir, total = exp.workdir, exp.total_steps
     writer = self.writer = MetricWriter(
-      workdir, enabled=self.is_main, echo=tqdm.write
-    )  # above the bar
+      workdir,
+      enabled=self.is_main,
+      echo=tqdm.write,  # prints above the progress bar
+      writers=writers(config),
+      wandb=config.wandb.to_dict(),
+      config=config.to_dict(),
+    )
     peak = (
       config.peak_tflops_per_chip * 1e12
       if config.peak_tflops_per_chip
@@ -276,6 +281,8 @@ class _Run:
         if any(ev.due(s, s == total) for ev in exp.evaluators):
           results = self.evaluate(s)
           writer.write(s, results, echo=False)
+          if s == total:
+            writer.table(s, "eval/table", results)
           t_last = time.perf_counter()  # evaluation time is not training throughput
         if stopping and s < total:
           print(f"Stopped after {config.stop_after_steps} steps at step {s}; restart to resume.")

@@ -1,4 +1,5 @@
-"""Metric sinks: stdout, TensorBoard event files and WORKDIR/metrics.jsonl (process 0 only)."""
+"""Metric sinks: stdout, WORKDIR/metrics.jsonl and the configured writers, TensorBoard event files and
+Weights & Biases (process 0 only)."""
 
 import json
 import logging
@@ -19,13 +20,82 @@ def _scalar(v):
   return int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
 
 
-class MetricWriter:
-  """`write(step, {name: scalar})` to every sink; a no-op on processes other than 0."""
+WRITERS = ("tensorboard", "wandb")
+RUN_ID_FILE = "wandb_run_id"  # in the workdir: a resumed run continues the same W&B run
 
-  def __init__(self, workdir: str, enabled: bool = True, echo=print):
+
+class WandbWriter:
+  """One Weights & Biases run per workdir (its id kept in WORKDIR/wandb_run_id, so a resume continues it).
+
+  `settings` holds project, entity and name (None: W&B's defaults); `config` is logged as the run's config.
+  WANDB_MODE=offline keeps the run in WORKDIR/wandb for `wandb sync`.
+  """
+
+  def __init__(self, workdir: str, settings: dict, config: dict | None = None):
+    try:
+      import wandb
+    except ImportError:
+      raise ValueError(
+        "config.writers includes wandb, but the wandb package is not installed: pip install -e '.[wandb]'."
+      ) from None
+    self._wandb = wandb
+    id_path = fileio.join(workdir, RUN_ID_FILE)
+    run_id = fileio.read_bytes(id_path).decode().strip() if fileio.exists(id_path) else None
+    self._local = (
+      tempfile.mkdtemp(prefix="tripletclip-wandb-") if fileio.is_remote(workdir) else workdir
+    )
+    self.run = wandb.init(
+      project=settings.get("project"),
+      entity=settings.get("entity"),
+      name=settings.get("name"),
+      id=run_id,  # None: W&B makes one, kept below
+      resume="allow",
+      dir=self._local,
+      config=config,
+    )
+    if run_id is None:
+      fileio.write_bytes(id_path, self.run.id.encode())
+
+  def log(self, step: int, metrics: dict) -> None:
+    self.run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+  def table(self, step: int, name: str, columns: list[str], rows: list[list]) -> None:
+    self.run.log({name: self._wandb.Table(columns=columns, data=rows)}, step=step)
+
+  def image(self, step: int, name: str, path: str) -> None:
+    self.run.log({name: self._wandb.Image(path)}, step=step)
+
+  def close(self) -> None:
+    self.run.finish()
+
+
+class MetricWriter:
+  """`write(step, {name: scalar})` to every sink; a no-op on processes other than 0.
+
+  `writers` are names from WRITERS; `wandb` the W&B settings (project, entity, name) and `config` the run's
+  config, logged with it.
+  """
+
+  def __init__(
+    self,
+    workdir: str,
+    enabled: bool = True,
+    echo=print,
+    writers=("tensorboard",),
+    wandb: dict | None = None,
+    config: dict | None = None,
+  ):
     self.enabled, self.echo = enabled, echo
+    self._tb = self._wandb = None
     if not enabled:
       return
+    unknown = sorted(set(writers) - set(WRITERS))
+    if unknown:
+      raise ValueError(
+        f"config.writers: unknown writer {unknown[0]!r}; choose from {', '.join(WRITERS)}."
+      )
+    if "wandb" in writers:
+      self._wandb = WandbWriter(workdir, dict(wandb or {}), config)
     self._path = fileio.join(workdir, "metrics.jsonl")
     # A bucket object cannot be appended to: there the whole file is rewritten at each write (it stays small).
     self._remote = fileio.is_remote(workdir)
@@ -36,14 +106,15 @@ class MetricWriter:
         else b""
       )
     else:
-      if os.path.exists(
-        self._path
-      ):  # a kill can leave a torn last line: appending would glue two records
+      # A kill can leave a torn last line: appending would glue two records.
+      if os.path.exists(self._path):
         with open(self._path, "rb") as f:
           data = f.read()
         if len(whole := _whole_lines(data, self._path)) < len(data):
           os.truncate(self._path, len(whole))
       self._jsonl = open(self._path, "a")
+    if "tensorboard" not in writers:
+      return
     from tensorboardX import SummaryWriter
 
     # On a bucket the events are written to a local folder and each file is uploaded whole after every write:
@@ -68,12 +139,15 @@ class MetricWriter:
     else:
       self._jsonl.write(line)
       self._jsonl.flush()
-    for k, v in clean.items():
-      if isinstance(v, float):
-        self._tb.add_scalar(k, v, step)
-    self._tb.flush()
-    if self._tb_remote:
-      fileio.upload(self._tb_local, self._tb_remote)
+    if self._tb is not None:
+      for k, v in clean.items():
+        if isinstance(v, float):
+          self._tb.add_scalar(k, v, step)
+      self._tb.flush()
+      if self._tb_remote:
+        fileio.upload(self._tb_local, self._tb_remote)
+    if self._wandb is not None:
+      self._wandb.log(step, clean)
     if echo and self.echo:
       shown = " ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -82,14 +156,23 @@ class MetricWriter:
       )  # quiet while the data is clean
       self.echo(f"[step {step}] {shown}")
 
+  def table(self, step: int, name: str, results: dict) -> None:
+    """An evaluation's {eval/EVALUATOR/METRIC: value} as one table (W&B; the scalars went to every sink)."""
+    if self.enabled and self._wandb is not None:
+      rows = [[*k.split("/", 2)[1:], float(v)] for k, v in results.items() if k.startswith("eval/")]
+      self._wandb.table(step, name, ["evaluator", "metric", "value"], rows)
+
   def close(self) -> None:
     if self.enabled:
       if not self._remote:
         self._jsonl.close()
-      self._tb.close()
-      if self._tb_remote:
-        fileio.upload(self._tb_local, self._tb_remote)
-        shutil.rmtree(self._tb_local, ignore_errors=True)
+      if self._tb is not None:
+        self._tb.close()
+        if self._tb_remote:
+          fileio.upload(self._tb_local, self._tb_remote)
+          shutil.rmtree(self._tb_local, ignore_errors=True)
+      if self._wandb is not None:
+        self._wandb.close()
 
 
 def _whole_lines(data: bytes, path: str) -> bytes:

@@ -37,6 +37,8 @@ STATE_NEUTRAL = (
   "data.read_threads",
   "data.demo_data_dir",
   "distributed",
+  "writers",
+  "wandb",
 )
 
 
