@@ -332,6 +332,23 @@ def test_demo_config_end_to_end(tmp_path):
   cfg = json.load(open(os.path.join(w, "hf", "config.json")))
   assert cfg["model_type"] == "clip"
   assert os.path.exists(os.path.join(w, "tensorboard"))
+  # The workdir's checkpoint for open_clip, through the exporter's command line; it reads back bit for bit.
+  sys.path.insert(0, os.path.join(ROOT, "launch"))
+  import export_hf
+
+  from tripletclip_jax.interop import openclip
+
+  oc = str(tmp_path / "oc")
+  export_hf.main(["--workdir", w, "--output_dir", oc, "--format", "open_clip", "--name", "demo-tc"])
+  want_cfg, want = checkpoint.load_params(w)
+  got_cfg, got = openclip.load(os.path.join(oc, "demo-tc.json"), os.path.join(oc, openclip.WEIGHTS))
+  assert (
+    got_cfg.vision == want_cfg.vision
+    and got_cfg.text == want_cfg.text
+    and got_cfg.act == want_cfg.act
+  )
+  for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_init_from_hugging_face(data_dir, tmp_path):

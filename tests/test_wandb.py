@@ -82,7 +82,8 @@ def test_wandb_run_holds_the_metrics_and_config_and_a_resume_continues_it(
         assert history[step][k] == pytest.approx(v), (step, k)
   # The final evaluation as a wandb.Table: a row per (evaluator, metric).
   evals = [k for k in ours[8] if k.startswith("eval/")]
-  assert history[8]["eval/table/_type"] == "table-file" and history[8]["eval/table/nrows"] == len(evals)
+  assert history[8]["eval/table/_type"] == "table-file"
+  assert history[8]["eval/table/nrows"] == len(evals)
   config = _config(runs[0])
   assert (
     config["loss"] == "tripletclip"
