@@ -14,8 +14,10 @@ matched: every run encodes as many image-text pairs as TripletCLIP
 `--config.KEY=VALUE` overrides the config of every run, typed and checked as
 launch/main.py does (`--set KEY=VALUE` is an alias); the loss, the seed and
 the world's folder are this script's to set.
-Finished runs (DIR/runs/LOSS-seedS/result.json) are skipped, so a killed
-reproduction resumes; an unfinished run resumes from its checkpoint.
+A finished run (DIR/runs/LOSS-seedS/result.json, which records the settings it
+trained with) is reused when those equal the requested ones, so a killed
+reproduction resumes; otherwise the script stops naming the keys that differ.
+An unfinished run resumes from its checkpoint.
 
 Writes DIR/results.json, DIR/results.md (the paper's table layout, mean +- std
 over seeds) and DIR/results.png (bars with the std as error bars), and prints
@@ -56,6 +58,46 @@ COLUMNS = (
 
 # Set by this script for each run: an override would train every run alike and mislabel the table.
 OWN_KEYS = ("loss", "seed", "data.demo_data_dir")
+
+
+# Settings that say how a run was driven, never what it trained or how it was scored.
+DRIVING = (
+  "progress_bar",
+  "data.demo_data_dir",
+  "data.num_workers",
+  "data.read_threads",
+  "distributed",
+  "writers",
+  "wandb",
+  "peak_tflops_per_chip",
+  "keep_checkpoints",
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "profile_steps",
+  "preempted_exit_code",
+)
+
+
+def settings_differ(saved: dict | None, now: dict) -> list[str]:
+  """'key saved -> now' for every setting of a finished run that differs from the requested one (all of
+  them, when the run recorded none)."""
+  if saved is None:
+    return ["the run recorded no settings (an older reproduce.py)"]
+
+  def flat(d, prefix=""):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        yield from flat(v, f"{prefix}{k}.")
+      else:
+        yield f"{prefix}{k}", json.loads(json.dumps(v))  # tuples and lists alike
+
+  a, b = dict(flat(saved)), dict(flat(now))
+  driving = lambda k: any(k == d or k.startswith(d + ".") for d in DRIVING)  # noqa: E731
+  return [
+    f"{k} {a.get(k)} -> {b.get(k)}"
+    for k in sorted(set(a) | set(b))
+    if not driving(k) and a.get(k) != b.get(k)
+  ]
 
 
 def run_record(loss: str, seed: int, config, out: dict) -> dict:
@@ -268,13 +310,21 @@ def main(argv=None):
       done = os.path.join(workdir, "result.json")
       if os.path.exists(done):
         with open(done) as f:
-          runs.append(json.load(f))
-        print(f"[reproduce] {loss} seed {seed}: finished earlier, skipped")
+          rec = json.load(f)
+        differ = settings_differ(rec.get("config"), config.to_dict())
+        if differ:
+          raise SystemExit(
+            f"error: {done} was trained with other settings ({'; '.join(differ[:3])}"
+            f"{'; ...' if len(differ) > 3 else ''}): rerun with those, or use a new --output_dir."
+          )
+        runs.append(rec)
+        print(f"[reproduce] {loss} seed {seed}: finished earlier with these settings, reused")
         continue
       t_run = time.perf_counter()
       print(f"[reproduce] {loss} seed {seed}: training in {workdir}", flush=True)
       rec = run_record(loss, seed, config, train_and_evaluate(config, workdir))
       rec["wall_s"] = round(time.perf_counter() - t_run, 1)
+      rec["config"] = config.to_dict()  # the full settings it trained with
       with open(done + ".tmp", "w") as f:
         json.dump(rec, f, indent=1)
       os.replace(done + ".tmp", done)

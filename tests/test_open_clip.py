@@ -142,8 +142,7 @@ def test_zero_shot_and_retrieval_agree_with_clip_benchmark(bench):
   theirs = {"acc1": float((logits.argmax(1) == target).float().mean())}
   entries = json.load(open(bench / "karpathy.json"))["images"]
   pairs = [
-    (preprocess(Image_open(bench / e["filename"])), [s["raw"] for s in e["sentences"]])
-    for e in entries
+    (preprocess(_rgb(bench / e["filename"])), [s["raw"] for s in e["sentences"]]) for e in entries
   ]
   loader = DataLoader(pairs, batch_size=4, collate_fn=image_captions_collate_fn)
   theirs_ret = zeroshot_retrieval.evaluate(
@@ -169,7 +168,7 @@ def test_zero_shot_and_retrieval_agree_with_clip_benchmark(bench):
   assert ours["retrieval"]["t2i_R@1"] == pytest.approx(100 * theirs_ret["image_retrieval_recall@1"])
 
 
-def Image_open(path):
+def _rgb(path):
   from PIL import Image
 
   with Image.open(path) as im:

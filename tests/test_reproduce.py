@@ -67,7 +67,21 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
     "--reference",
     f"{out}/results.json",
   )
-  assert log.count("finished earlier, skipped") == 2 and "Reference" in log
+  assert log.count("finished earlier with these settings, reused") == 2 and "Reference" in log
+  # Other settings than a finished run trained with: stop, naming them (the table would mislabel the run).
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  p = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "launch/reproduce.py"), "--output_dir", out, "--losses", "clip",
+     "--seeds", "0", *SMALL, "--config.total_steps=10", "--config.progress_bar=True"],
+    capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+  )  # fmt: skip
+  err = p.stderr.strip().splitlines()
+  assert (
+    p.returncode != 0
+    and len(err) == 1
+    and "clip-seed0/result.json was trained with other settings" in err[0]
+  )
+  assert "total_steps 4 -> 10" in err[0] and "progress_bar" not in err[0], err
   _run(out, "--losses", "tripletclip", "--seeds", "0,1", *SMALL)
   res = json.load(open(f"{out}/results.json"))
   assert sorted((r["loss"], r["seed"]) for r in res["runs"]) == [

@@ -166,6 +166,11 @@ def validate(config) -> None:
     "writers",
     f"a comma-separated list of {', '.join(WRITERS)}",
   )
+  need(
+    "wandb" not in writers(config) or importlib.util.find_spec("wandb") is not None,
+    "writers",
+    "the wandb package is not installed: pip install -e '.[wandb]'",
+  )
   need(config.model.dtype in ("float32", "bfloat16"), "model.dtype", "choose float32 or bfloat16")
   need(
     config.optimizer.decay_rule in DECAY_RULES,

@@ -1,7 +1,8 @@
 """`build(config, workdir) -> Experiment`: everything a run needs, built and checked once, before any step.
 
     exp = build(config, "runs/demo")     # data, evaluators, model, optimizer, step, checkpoints
-    state, metrics = exp.train_step(exp.state, sharding.put_batch(next(exp.train_data), exp.mesh))
+    batch = {k: v for k, v in next(exp.train_data).items() if k in exp.loss.batch_keys}
+    state, metrics = exp.train_step(exp.state, sharding.put_batch(batch, exp.mesh))
 
     exp = build(config, devices=tpu_devices, abstract=True)  # no data, no workdir, nothing allocated:
     exp.train_step.jitted.lower(exp.state, exp.batch_spec())  # an ahead-of-time compile (tpu_plan.py)
@@ -50,7 +51,7 @@ class Experiment:
   state: TrainState
   state_shardings: Any
   train_step: Callable  # (state, batch) -> (state, metrics); `.jitted` for ahead-of-time lowering
-  # this process's batches; None when built without a workdir
+  # This process's batches (numpy, plus 'key' and 'bad_counts'); None when built without a workdir.
   train_data: Iterator[dict] | None = None
   evaluators: list = dataclasses.field(default_factory=list)
   checkpoints: Any = None  # the Orbax CheckpointManager of the workdir
