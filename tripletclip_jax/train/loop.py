@@ -67,11 +67,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # Process 0 speaks for the run; the lock is also the first write, so an unwritable workdir fails here.
     with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext() as lock:
       exp = build(config, workdir, log=log)
-      log("Parameter groups: " + "; ".join(exp.param_groups))
-      run = _Run(exp, preempted, lock)
-      run.restore()
-      results = run.loop()
-      return results if results.get("stopped") else run.finish(results)
+      try:
+        log("Parameter groups: " + "; ".join(exp.param_groups))
+        run = _Run(exp, preempted, lock)
+        run.restore()
+        results = run.loop()
+        return results if results.get("stopped") else run.finish(results)
+      finally:  # the data's worker processes, also when a resume is refused (closing twice is harmless)
+        if hasattr(exp.train_data, "close"):
+          exp.train_data.close()
   finally:
     signal.signal(signal.SIGTERM, previous)
 
@@ -292,7 +296,7 @@ class _Run:
         jax.profiler.stop_trace()
       bar.close()
       self.saver.wait()
-      if hasattr(exp.train_data, "close"):
+      if hasattr(exp.train_data, "close"):  # the workers are not needed for the final evaluation
         exp.train_data.close()
       writer.close()
     return results
