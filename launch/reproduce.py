@@ -81,23 +81,11 @@ DRIVING = (
 def settings_differ(saved: dict | None, now: dict) -> list[str]:
   """'key saved -> now' for every setting of a finished run that differs from the requested one (all of
   them, when the run recorded none)."""
+  from tripletclip_jax.train.config import config_changes
+
   if saved is None:
     return ["the run recorded no settings (an older reproduce.py)"]
-
-  def flat(d, prefix=""):
-    for k, v in d.items():
-      if isinstance(v, dict):
-        yield from flat(v, f"{prefix}{k}.")
-      else:
-        yield f"{prefix}{k}", json.loads(json.dumps(v))  # tuples and lists alike
-
-  a, b = dict(flat(saved)), dict(flat(now))
-  driving = lambda k: any(k == d or k.startswith(d + ".") for d in DRIVING)  # noqa: E731
-  return [
-    f"{k} {a.get(k)} -> {b.get(k)}"
-    for k in sorted(set(a) | set(b))
-    if not driving(k) and a.get(k) != b.get(k)
-  ]
+  return config_changes(saved, now, DRIVING)
 
 
 def run_record(loss: str, seed: int, config, out: dict) -> dict:

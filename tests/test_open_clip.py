@@ -4,6 +4,7 @@ bit. Then our evaluators against LAION's CLIP_benchmark on the export, on small 
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -47,15 +48,10 @@ def test_export_loads_in_open_clip_with_our_embeddings_and_imports_back_bit_for_
 
   got_cfg, got = openclip.load(cfg_path, weights)
   assert got_cfg == cfg.replace(dtype="float32", remat=False, attention_impl=None)
-  flat = lambda t, p="": {  # noqa: E731
-    k2: v2
-    for k, v in t.items()
-    for k2, v2 in (flat(v, f"{p}{k}/") if isinstance(v, dict) else {f"{p}{k}": v}).items()
-  }
-  a, b = flat(params), flat(got)
-  assert sorted(a) == sorted(b)
-  for k in a:
-    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+  (a, tree_a), (b, tree_b) = (jax.tree_util.tree_flatten_with_path(t) for t in (params, got))
+  assert tree_a == tree_b  # the same parameter names
+  for (path, x), (_, y) in zip(a, b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
   assert (
     json.load(open(cfg_path))["vision_cfg"]["head_width"] == cfg.vision.width // cfg.vision.heads
   )

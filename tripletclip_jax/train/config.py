@@ -6,6 +6,7 @@ global), loss, seed, log_every_steps, checkpoint_every_steps, eval_every_steps.
 
 import ast
 import importlib.util
+import json
 import math
 import os
 
@@ -299,16 +300,34 @@ def parse_arg(arg: str | None, **defaults) -> dict:
   return out
 
 
-def flat_keys(config, prefix: str = "") -> list[str]:
-  """Every leaf key of a ConfigDict as 'a.b.c'."""
-  out = []
+def flat_items(config, prefix: str = ""):
+  """Yields ('a.b.c', value) for every leaf of a ConfigDict or a nested dict."""
   for k, v in config.items():
-    out += (
-      flat_keys(v, f"{prefix}{k}.")
-      if isinstance(v, (ml_collections.ConfigDict, dict))
-      else [f"{prefix}{k}"]
-    )
-  return out
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      yield from flat_items(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+def flat_keys(config) -> list[str]:
+  """Every leaf key of a ConfigDict as 'a.b.c'."""
+  return [k for k, _ in flat_items(config)]
+
+
+def config_changes(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+  """'key saved -> now' for every leaf that differs between two config dicts, except the keys in `ignore`
+  (and those below them). Tuples and lists compare equal, as JSON stores both as lists."""
+
+  def norm(v):
+    return json.loads(json.dumps(v))
+
+  a, b = dict(flat_items(saved)), dict(flat_items(now))
+  ignored = lambda k: any(k == n or k.startswith(n + ".") for n in ignore)  # noqa: E731
+  return [
+    f"{k} {a.get(k)} -> {b.get(k)}"
+    for k in sorted(set(a) | set(b))
+    if not ignored(k) and norm(a.get(k)) != norm(b.get(k))
+  ]
 
 
 def _typed(raw: str, kind: type, key: str):

@@ -4,15 +4,13 @@ A refusal touches nothing: the checkpoints stay where they are, and rerunning wi
 written with resumes. Settings that do not change the train state (`STATE_NEUTRAL`) always resume.
 """
 
-import json
-
 import jax
 
 from tripletclip_jax import checkpoint as ckpt
 from tripletclip_jax import losses
 from tripletclip_jax.data import pipeline
 from tripletclip_jax.models.config import LEGACY_KEYS
-from tripletclip_jax.train.config import ConfigError
+from tripletclip_jax.train.config import ConfigError, config_changes, flat_items
 
 SCHEDULE_KEYS = ("total_steps", "batch_size", "loss")
 # Compute options may change across a resume; everything else in the model config defines the network.
@@ -42,27 +40,9 @@ STATE_NEUTRAL = (
 )
 
 
-def _flat(d, prefix=""):
-  for k, v in d.items():
-    if isinstance(v, dict):
-      yield from _flat(v, f"{prefix}{k}.")
-    else:
-      yield f"{prefix}{k}", v
-
-
 def changed_keys(meta: dict, config) -> list[str]:
   """'key before -> now' for the config keys that changed since the checkpoint and may change the state."""
-
-  def norm(v):
-    return json.loads(json.dumps(v))  # tuples and lists compare equal, as the meta stores them
-
-  saved, now = dict(_flat(meta.get("config", {}))), dict(_flat(config.to_dict()))
-  neutral = lambda k: any(k == n or k.startswith(n + ".") for n in STATE_NEUTRAL)
-  return [
-    f"{k} {saved.get(k)} -> {now.get(k)}"
-    for k in sorted(set(saved) | set(now))
-    if not neutral(k) and norm(saved.get(k)) != norm(now.get(k))
-  ]
+  return config_changes(meta.get("config", {}), config.to_dict(), STATE_NEUTRAL)
 
 
 def _refuse(workdir: str, step: int, what: str, how: str) -> ConfigError:
@@ -99,7 +79,9 @@ def check_model(meta: dict, model_cfg, config, workdir: str, step: int) -> None:
   """Refuses a resume whose network differs from the checkpoint's (preset, activation, widths ...)."""
 
   def network(d):
-    return {k: v for k, v in _flat(d) if k.rsplit(".", 1)[-1] not in _COMPUTE_OPTIONS + LEGACY_KEYS}
+    return {
+      k: v for k, v in flat_items(d) if k.rsplit(".", 1)[-1] not in _COMPUTE_OPTIONS + LEGACY_KEYS
+    }
 
   saved, now = network(meta["model_config"]), network(model_cfg.to_dict())
   changed = [
