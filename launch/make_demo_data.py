@@ -1,6 +1,6 @@
 """Writes the demo world: training shards plus held-out SugarCrepe-format benchmarks.
 
-  python launch/make_demo_data.py --output_dir data/demo [--num_train 600] [--num_eval 1200] [--seed 0]
+  python launch/make_demo_data.py --output_dir data/demo [--num_train 250] [--num_eval 1200] [--seed 0]
 
 The world's parameters are WorldConfig's defaults, which are configs/demo.py's (docs/demo_world.md).
 """
@@ -16,7 +16,7 @@ def main(argv=None):
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   p.add_argument("--output_dir", required=True)
-  p.add_argument("--num_train", type=int, default=600, help="size of the finite base set")
+  p.add_argument("--num_train", type=int, default=250, help="size of the finite base set")
   p.add_argument("--num_eval", type=int, default=1200, help="examples per SugarCrepe subset")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--image_size", type=int, default=48)

@@ -33,10 +33,30 @@ import numpy as np
 
 from tripletclip_jax.demo import BINDING_SUBSETS, scores
 
-DEFAULT_LOSSES = ("clip", "clip_union", "negclip", "negimage", "tripletclip")
+DEFAULT_ARMS = (
+  "clip",
+  "clip_union",
+  "clip_union_steps",
+  "negclip",
+  "negimage",
+  "tripletclip",
+  "tripletclip_shuffled",
+)
+# An arm is a loss and what the arm changes of the config. Every registered loss is an arm of itself.
+# clip_union_steps: TripletCLIP's step count, with a batch of 2B union pairs (equal steps and pairs);
+# tripletclip_shuffled: every x' and y' from another item (the extra data, without the pairing).
+ARMS = {
+  "clip_union_steps": (
+    "clip_union",
+    {"batch_size": lambda c: 2 * c.batch_size, "compute_matched": lambda c: False},
+  ),
+  "tripletclip_shuffled": ("tripletclip", {"data.partners": lambda c: "shuffled"}),
+}
 LABELS = {
   "clip": "CLIP",
   "clip_union": "CLIP on real + negatives",
+  "clip_union_steps": "CLIP on real + negatives, equal steps",
+  "tripletclip_shuffled": "TripletCLIP, shuffled partners",
   "negclip": "NegCLIP",
   "negimage": "NegImage",
   "siglip": "SigLIP",
@@ -57,7 +77,7 @@ COLUMNS = (
 
 
 # Set by this script for each run: an override would train every run alike and mislabel the table.
-OWN_KEYS = ("loss", "seed", "data.demo_data_dir")
+OWN_KEYS = ("loss", "seed", "data.demo_data_dir", "data.demo_world_seed", "data.partners")
 
 
 # Settings that say how a run was driven, never what it trained or how it was scored.
@@ -88,29 +108,57 @@ def settings_differ(saved: dict | None, now: dict) -> list[str]:
   return config_changes(saved, now, DRIVING)
 
 
-def run_record(loss: str, seed: int, config, out: dict) -> dict:
+def cpu_model() -> str:
+  """This machine's CPU model name (Linux), else the platform's processor string."""
+  import platform
+
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def arm_config(arm: str, config_file: str, seed: int, data_dir: str, overrides: list[str]):
+  """The config an arm trains with for `seed`: the loss's config, the user's overrides, then the arm's."""
+  from tripletclip_jax.train.config import apply_overrides, load_config_file
+
+  loss, changes = ARMS.get(arm, (arm, {}))
+  config = load_config_file(config_file, loss)
+  apply_overrides(
+    config, [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False", *overrides]
+  )
+  apply_overrides(config, [f"{k}={fn(config)}" for k, fn in changes.items()])
+  return config
+
+
+def run_record(arm: str, seed: int, config, out: dict) -> dict:
   """One row of results.json from `train_and_evaluate`'s result."""
   from tripletclip_jax import losses
 
   rec = {
-    "loss": loss,
+    "arm": arm,
+    "loss": config.loss,
     "seed": seed,
     "steps": int(out["step"]),
-    "pairs_seen": int(out["step"] * config.batch_size * losses.get(loss).pairs_per_example),
+    "pairs_seen": int(out["step"] * config.batch_size * losses.get(config.loss).pairs_per_example),
   }
   return dict(rec, **scores(out))
 
 
 def summarize(runs: list[dict]) -> dict:
-  """{loss: {split: {key: [mean, std, n]}}} over seeds (std with ddof=1; 0 for one seed)."""
+  """{arm: {split: {key: [mean, std, n]}}} over seeds (std with ddof=1; 0 for one seed)."""
   out = {}
-  for loss in dict.fromkeys(r["loss"] for r in runs):
-    rs = [r for r in runs if r["loss"] == loss]
-    out[loss] = {}
+  for arm in dict.fromkeys(r["arm"] for r in runs):
+    rs = [r for r in runs if r["arm"] == arm]
+    out[arm] = {}
     for split in ("heldout", "seen", "triplet_heldout"):
       keys = rs[0][split].keys()
       vals = {k: np.asarray([r[split][k] for r in rs]) for k in keys}
-      out[loss][split] = {
+      out[arm][split] = {
         k: [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)]
         for k, v in vals.items()
       }
@@ -118,9 +166,9 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def paired_differences(runs: list[dict], a: str = "tripletclip", b: str = "clip") -> list[dict]:
-  """Per seed, a - b on the held-out binding mean, the held-out mean and the seen mean."""
-  by = {(r["loss"], r["seed"]): r for r in runs}
-  seeds = sorted(s for (loss, s) in by if loss == a and (b, s) in by)
+  """Per seed, arm a - arm b on the held-out binding mean, the held-out mean and the seen mean."""
+  by = {(r["arm"], r["seed"]): r for r in runs}
+  seeds = sorted(s for (arm, s) in by if arm == a and (b, s) in by)
   return [
     {
       "seed": s,
@@ -137,7 +185,63 @@ def paired_differences(runs: list[dict], a: str = "tripletclip", b: str = "clip"
   ]
 
 
-def markdown(summary: dict, diffs: list[dict], rule: str) -> str:
+def t_interval(values, level: float = 0.95) -> dict:
+  """Mean, std and the two-sided Student t interval of the mean (ddof 1); no interval for n < 2."""
+  from scipy import stats
+
+  v = np.asarray(values, np.float64)
+  out = {"n": len(v), "mean": float(v.mean()) if len(v) else float("nan")}
+  if len(v) > 1:
+    sd = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1)) * sd / np.sqrt(len(v))
+    out.update(std=sd, low=out["mean"] - half, high=out["mean"] + half)
+  return out
+
+
+# The pre-registered contrasts (docs/results/preregistration.md): arm a - arm b, paired over seeds.
+CONTRASTS = (
+  ("tripletclip", "clip_union_steps", "primary"),
+  ("tripletclip", "clip", "secondary"),
+  ("tripletclip", "tripletclip_shuffled", "secondary"),
+)
+RELATION_SUBSETS = ("replace_rel", "swap_obj")
+
+
+def verdict(interval: dict, margin: float = 2.0) -> str:
+  """The pre-registered rule: supported if the 95% interval lies above 0, refuted if it lies entirely
+  below +margin, otherwise inconclusive."""
+  if "low" not in interval:
+    return "no interval (fewer than 2 seeds)"
+  if interval["low"] > 0:
+    return "supported"
+  if interval["high"] < margin:
+    return "refuted"
+  return "inconclusive"
+
+
+def analysis(runs: list[dict]) -> dict:
+  """The pre-registered endpoints: each contrast's paired differences on the held-out binding mean with
+  its 95% t-interval and verdict, and each arm's relation subsets against chance (50)."""
+  arms = set(r["arm"] for r in runs)
+  out = {"contrasts": [], "relations": {}}
+  for a, b, role in CONTRASTS:
+    if a in arms and b in arms:
+      diffs = paired_differences(runs, a, b)
+      iv = t_interval([d["heldout_binding"] for d in diffs])
+      out["contrasts"].append(
+        {"a": a, "b": b, "role": role, "per_seed": diffs, **iv, "verdict": verdict(iv)}
+      )
+  for arm in sorted(arms):
+    rs = [r for r in runs if r["arm"] == arm]
+    out["relations"][arm] = {
+      f"{split}/{k}": t_interval([r[split][k] - 50.0 for r in rs])
+      for split in ("heldout", "seen")
+      for k in RELATION_SUBSETS
+    }
+  return out
+
+
+def markdown(summary: dict, stats: dict, rule: str) -> str:
   cell = lambda m: f"{m[0]:.1f} ± {m[1]:.1f}" if m[2] > 1 else f"{m[0]:.1f}"  # noqa: E731
   lines = []
   for split, title in (("heldout", "Held-out colour-shape pairings"), ("seen", "Seen pairings")):
@@ -162,24 +266,46 @@ def markdown(summary: dict, diffs: list[dict], rule: str) -> str:
     "| Loss | Text | Image | Group |",
     "|---|---|---|---|",
   ]
-  for loss, s in summary.items():
+  for arm, s in summary.items():
     lines.append(
-      f"| {LABELS.get(loss, loss)} | "
+      f"| {LABELS.get(arm, arm)} | "
       + " | ".join(cell(s["triplet_heldout"][k]) for k in ("text", "image", "group"))
       + " |"
     )
   lines += ["", f"Binding mean: {', '.join(BINDING_SUBSETS)}. Comparability rule: {rule}.", ""]
-  if diffs:
+  name = lambda arm: LABELS.get(arm, arm)  # noqa: E731
+  if stats["contrasts"]:
     lines += [
-      "Paired per-seed difference TripletCLIP − CLIP (points):",
+      "Paired differences on the held-out binding mean (points; 95% t-interval over seeds; rule: "
+      "supported if the interval lies above 0, refuted if it lies entirely below +2, else "
+      "inconclusive):",
       "",
-      "| Seed | Held-out binding mean | Held-out mean | Seen mean |",
-      "|---|---|---|---|",
+      "| Contrast | Endpoint | Seeds | Mean ± std | 95% interval | Verdict | Per seed |",
+      "|---|---|---|---|---|---|---|",
     ]
-    lines += [
-      f"| {d['seed']} | {d['heldout_binding']:+.1f} | {d['heldout_mean']:+.1f} | {d['seen_mean']:+.1f} |"
-      for d in diffs
+    for c in stats["contrasts"]:
+      iv = f"[{c['low']:+.1f}, {c['high']:+.1f}]" if "low" in c else "-"
+      lines.append(
+        f"| {name(c['a'])} − {name(c['b'])} | {c['role']} | {c['n']} | {c['mean']:+.1f} ± "
+        f"{c.get('std', 0.0):.1f} | {iv} | {c['verdict']} | "
+        + ", ".join(f"{d['heldout_binding']:+.1f}" for d in c["per_seed"])
+        + " |"
+      )
+    lines.append("")
+  lines += [
+    "Relations against chance (accuracy − 50, points; mean and 95% t-interval over seeds):",
+    "",
+    "| Arm | "
+    + " | ".join(f"{k} ({split})" for split in ("heldout", "seen") for k in RELATION_SUBSETS)
+    + " |",
+    "|---|" + "---|" * (2 * len(RELATION_SUBSETS)),
+  ]
+  for arm, rel in stats["relations"].items():
+    cells = [
+      f"{v['mean']:+.1f} [{v['low']:+.1f}, {v['high']:+.1f}]" if "low" in v else f"{v['mean']:+.1f}"
+      for v in rel.values()
     ]
+    lines.append(f"| {name(arm)} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -209,7 +335,7 @@ def bar_chart(summary: dict, path: str) -> None:
     ax.set_ylabel("accuracy %")
     ax.set_title(f"Demo world, SugarCrepe-style, {title} (mean ± std over seeds)")
   axes[1].set_xticks(np.arange(len(keys)), names, rotation=20)
-  axes[0].legend(ncol=len(summary), fontsize=8, loc="upper left")
+  axes[0].legend(ncol=min(len(summary), 4), fontsize=8, loc="upper left")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -220,7 +346,13 @@ def main(argv=None):
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   p.add_argument("--output_dir", required=True)
-  p.add_argument("--losses", default=",".join(DEFAULT_LOSSES))
+  p.add_argument(
+    "--arms",
+    "--losses",
+    dest="arms",
+    default=",".join(DEFAULT_ARMS),
+    help=f"comma-separated arms: any registered loss, or {', '.join(ARMS)}",
+  )
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument(
     "--config",
@@ -249,15 +381,15 @@ def main(argv=None):
   if own:
     raise SystemExit(
       f"error: --config.{own[0]}: {', '.join(OWN_KEYS)} are set by this script for each run; "
-      "use --losses, --seeds or --output_dir."
+      "use --arms, --seeds or --output_dir."
     )
   from tripletclip_jax import losses as loss_lib
 
-  names = [s.strip() for s in args.losses.split(",") if s.strip()]
-  unknown = [n for n in names if n not in loss_lib.REGISTRY]
+  names = [s.strip() for s in args.arms.split(",") if s.strip()]
+  unknown = [n for n in names if n not in loss_lib.REGISTRY and n not in ARMS]
   if unknown:
     raise SystemExit(
-      f"error: unknown loss {unknown[0]!r} in --losses; choose from {', '.join(loss_lib.REGISTRY)}."
+      f"error: unknown arm {unknown[0]!r} in --arms; choose from {', '.join([*loss_lib.REGISTRY, *ARMS])}."
     )
   try:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -268,33 +400,35 @@ def main(argv=None):
   if not os.path.exists(args.config):
     raise SystemExit(f"error: --config {args.config} does not exist.")
 
+  import jax
   from absl import flags, logging
 
   flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; this script parses its own arguments
   logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every file operation at INFO
-  from tripletclip_jax.train.config import apply_overrides, load_config_file, writers
+  from tripletclip_jax.train.config import writers
   from tripletclip_jax.train.loop import train_and_evaluate
 
   out_dir = os.path.abspath(args.output_dir)
-  data_dir = os.path.join(out_dir, "data")
+  # Runs of one shape compile once: later runs (and later invocations) load the executables.
+  jax.config.update("jax_compilation_cache_dir", os.path.join(out_dir, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   t0 = time.perf_counter()
-  runs, rule = [], ""
-  for loss in names:
-    for seed in seeds:
-      config = load_config_file(args.config, loss)
+  runs, config = [], None
+  base = arm_config("tripletclip", args.config, 0, "", overrides)
+  rule = (
+    f"equal {'training FLOPs' if base.compute_rule == 'flops' else 'image-text pairs encoded'} "
+    f"(compute_matched={base.compute_matched}, batch {base.batch_size}, TripletCLIP "
+    f"{base.total_steps} steps; clip_union_steps: TripletCLIP's steps at batch "
+    f"{2 * base.batch_size}); the world is drawn from the run's seed"
+  )
+  for seed in seeds:  # seed-major: each seed's world is drawn once and shared by its arms
+    data_dir = os.path.join(out_dir, "data", f"seed{seed}")
+    for arm in names:
       try:
-        apply_overrides(
-          config,
-          [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False", *overrides],
-        )
+        config = arm_config(arm, args.config, seed, data_dir, overrides)
       except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
-      rule = (
-        f"equal {'training FLOPs' if config.compute_rule == 'flops' else 'image-text pairs encoded'} "
-        f"(compute_matched={config.compute_matched}, batch {config.batch_size}, TripletCLIP "
-        f"{config.total_steps} steps)"
-      )
-      workdir = os.path.join(out_dir, "runs", f"{loss}-seed{seed}")
+      workdir = os.path.join(out_dir, "runs", f"{arm}-seed{seed}")
       done = os.path.join(workdir, "result.json")
       if os.path.exists(done):
         with open(done) as f:
@@ -306,12 +440,13 @@ def main(argv=None):
             f"{'; ...' if len(differ) > 3 else ''}): rerun with those, or use a new --output_dir."
           )
         runs.append(rec)
-        print(f"[reproduce] {loss} seed {seed}: finished earlier with these settings, reused")
+        print(f"[reproduce] {arm} seed {seed}: finished earlier with these settings, reused")
         continue
       t_run = time.perf_counter()
-      print(f"[reproduce] {loss} seed {seed}: training in {workdir}", flush=True)
-      rec = run_record(loss, seed, config, train_and_evaluate(config, workdir))
+      print(f"[reproduce] {arm} seed {seed}: training in {workdir}", flush=True)
+      rec = run_record(arm, seed, config, train_and_evaluate(config, workdir))
       rec["wall_s"] = round(time.perf_counter() - t_run, 1)
+      rec["cpu"] = cpu_model()  # XLA's CPU numerics differ across CPU models: pair runs within one
       rec["config"] = config.to_dict()  # the full settings it trained with
       with open(done + ".tmp", "w") as f:
         json.dump(rec, f, indent=1)
@@ -320,20 +455,40 @@ def main(argv=None):
 
   from tripletclip_jax.demo import layout
 
-  with open(os.path.join(data_dir, layout.WORLD_JSON)) as f:
-    world = json.load(f)
-  summary, diffs = summarize(runs), paired_differences(runs)
+  worlds = {}
+  for seed in seeds:
+    with open(os.path.join(out_dir, "data", f"seed{seed}", layout.WORLD_JSON)) as f:
+      w = json.load(f)
+    worlds[seed] = {
+      "accidental_hard_negatives_per_image": w["accidental_hard_negatives_per_image"],
+      "failed_negatives": w["failed_negatives"]["count"] / w["train"],
+    }
+  world = dict(
+    {k: v for k, v in w["world"].items() if k != "seed"},
+    accidental_hard_negatives_per_image=float(
+      np.mean([v["accidental_hard_negatives_per_image"] for v in worlds.values()])
+    ),
+    q=w["world"]["failed_negatives"],
+    per_seed=worlds,
+  )
+  summary, stats = summarize(runs), analysis(runs)
+  cpus = {s: sorted({str(r.get("cpu")) for r in runs if r["seed"] == s}) for s in seeds}
+  mixed = [s for s, c in cpus.items() if len(c) > 1]
+  if mixed:  # the pairing assumes a seed's arms ran alike; rerun such a seed on one machine type
+    print(f"[reproduce] warning: seeds {mixed} have arms run on different CPU models: {cpus}")
   results = {
     "runs": runs,
-    "world": world["world"],
+    "world": world,
     "rule": rule,
     "summary": summary,
-    "tripletclip_minus_clip": diffs,
+    "analysis": stats,
+    "cpu_models": cpus,
+    "tripletclip_minus_clip": paired_differences(runs),
     "wall_s_this_invocation": round(time.perf_counter() - t0, 1),
   }
   with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
-  table = markdown(summary, diffs, rule)
+  table = markdown(summary, stats, rule)
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(table)
   bar_chart(summary, os.path.join(out_dir, "results.png"))
@@ -343,12 +498,12 @@ def main(argv=None):
     study = WandbWriter(
       out_dir,
       dict(config.wandb.to_dict(), name=config.wandb.name or "reproduce"),
-      {"losses": names, "seeds": seeds, "rule": rule},
+      {"arms": names, "seeds": seeds, "rule": rule},
     )
     study.image(0, "results", os.path.join(out_dir, "results.png"))
     rows = [
-      [loss, split, *s[split][k][:2]]
-      for loss, s in summary.items()
+      [arm, split, *s[split][k][:2]]
+      for arm, s in summary.items()
       for split in ("heldout", "seen")
       for k in ("binding_mean", "mean")
     ]
@@ -359,18 +514,19 @@ def main(argv=None):
     with open(args.reference) as f:
       ref = json.load(f)
     print(f"Reference ({args.reference}), over seeds {sorted({r['seed'] for r in ref['runs']})}:")
-    for loss, s in ref["summary"].items():
-      if loss in summary:
+    for arm, s in ref["summary"].items():
+      if arm in summary:
         b, m = s["heldout"]["binding_mean"], s["heldout"]["mean"]
         print(
-          f"  {LABELS.get(loss, loss)}: held-out binding mean {b[0]:.1f} ± {b[1]:.1f}, "
+          f"  {LABELS.get(arm, arm)}: held-out binding mean {b[0]:.1f} ± {b[1]:.1f}, "
           f"held-out mean {m[0]:.1f} ± {m[1]:.1f}"
         )
-    d = np.asarray([x["heldout_binding"] for x in ref["tripletclip_minus_clip"]])
-    if len(d):
+    for c in ref.get("analysis", {}).get("contrasts", []):
       print(
-        f"  TripletCLIP − CLIP, held-out binding mean: {d.mean():+.1f} ± {d.std(ddof=1) if len(d) > 1 else 0:.1f}"
-        f" (per seed: {', '.join(f'{x:+.1f}' for x in d)})"
+        f"  {LABELS.get(c['a'], c['a'])} − {LABELS.get(c['b'], c['b'])}, held-out binding mean: "
+        f"{c['mean']:+.1f} ± {c.get('std', 0):.1f} (per seed: "
+        + ", ".join(f"{d['heldout_binding']:+.1f}" for d in c["per_seed"])
+        + f"); {c['verdict']}"
       )
   print(
     f"Wrote {out_dir}/results.json, results.md and results.png "

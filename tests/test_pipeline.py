@@ -374,3 +374,41 @@ def test_a_damaged_array_record_file_is_one_line(tmp_path):
   with pytest.raises(ValueError, match=r"mixes formats \(array_record, tfrecord\)"):
     (tmp_path / "y.tfrecord").write_bytes(b"")
     formats.resolve(str(tmp_path))
+
+
+def test_in_memory_serves_the_same_batches_and_resumes(demo_dir):
+  kw = dict(augment="center_crop", union_negatives=False)
+  stream, memory = iter(_ds(demo_dir, **kw)), iter(_ds(demo_dir, in_memory=True, **kw))
+  for _ in range(14):  # past an epoch of 96 records at batch 16
+    a, b = next(stream), next(memory)
+    assert set(a) == set(b)
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  state = memory.get_state()
+  after = [next(memory)["key"].tolist() for _ in range(3)]
+  again = iter(_ds(demo_dir, in_memory=True, **kw))
+  again.set_state(state)
+  assert [next(again)["key"].tolist() for _ in range(3)] == after
+  with pytest.raises(ValueError, match="random_resized_crop draws a new crop"):
+    _ds(demo_dir, in_memory=True, augment="random_resized_crop")
+
+
+def test_shuffled_partners_keep_x_neg_with_y_neg_but_not_with_x(demo_dir):
+  from tripletclip_jax.data import formats
+  from tripletclip_jax.data.sources import ShuffledPartners
+
+  source = formats.open_source(f"{demo_dir}/train")
+  shuffled = ShuffledPartners(source, seed=0)
+  partners = set()
+  for i in range(len(source)):
+    own, got = source[i].example, shuffled[i].example
+    assert got["image"] == own["image"] and got["caption"] == own["caption"]
+    j = int(shuffled.partner[i])
+    assert j != i  # nobody keeps its own negative
+    other = source[j].example
+    # x' and y' travel together: the partner's pair, still a valid (x', y') positive.
+    assert (got["neg_image"], got["neg_caption"]) == (other["neg_image"], other["neg_caption"])
+    partners.add(j)
+  assert partners == set(range(len(source)))  # a permutation: every negative is used once
+  batch = next(iter(_ds(demo_dir, partners="shuffled")))
+  assert batch["neg_image"].shape == batch["image"].shape

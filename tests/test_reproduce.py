@@ -37,29 +37,51 @@ def _run(out, *args):
 
 def test_reproduce_writes_the_table_and_resumes(tmp_path):
   out = str(tmp_path / "r")
-  log = _run(out, "--losses", "clip,tripletclip", "--seeds", "0", *SMALL)
+  arms = "clip,clip_union_steps,tripletclip,tripletclip_shuffled"
+  log = _run(out, "--arms", arms, "--seeds", "0,1", *SMALL)
   res = json.load(open(f"{out}/results.json"))
-  runs = {r["loss"]: r for r in res["runs"]}
-  assert set(runs) == {"clip", "tripletclip"}
-  # Equal image-text pairs encoded: the CLIP run takes twice TripletCLIP's steps.
-  assert runs["tripletclip"]["steps"] == 4 and runs["clip"]["steps"] == 8
+  runs = {(r["arm"], r["seed"]): r for r in res["runs"]}
+  assert set(runs) == {(a, s) for a in arms.split(",") for s in (0, 1)}
+  # Equal image-text pairs encoded: CLIP takes twice TripletCLIP's steps; the equal-steps union control
+  # takes TripletCLIP's steps at twice the batch.
+  steps = {a: runs[(a, 0)]["steps"] for a in arms.split(",")}
+  assert steps == {"clip": 8, "clip_union_steps": 4, "tripletclip": 4, "tripletclip_shuffled": 4}
+  assert runs[("clip_union_steps", 0)]["config"]["batch_size"] == 16
+  assert runs[("tripletclip_shuffled", 0)]["config"]["data"]["partners"] == "shuffled"
+  assert runs[("tripletclip", 0)]["config"]["data"]["partners"] == "paired"
   assert len({r["pairs_seen"] for r in runs.values()}) == 1
-  for r in runs.values():
-    assert r["seed"] == 0
+  for (arm, seed), r in runs.items():
+    assert r["seed"] == seed and r["config"]["seed"] == seed
     for split in ("heldout", "seen"):
       assert set(r[split]) == {*SUBSETS, "mean", "binding_mean"}
       assert all(0 <= v <= 100 for v in r[split].values())
+  # The world is drawn from the run's seed: one world per seed, shared by that seed's arms.
+  worlds = [json.load(open(f"{out}/data/seed{s}/world.json")) for s in (0, 1)]
+  assert [w["world"]["seed"] for w in worlds] == [0, 1]
+  assert res["world"]["q"] == 0.2 and "accidental_hard_negatives_per_image" in res["world"]
   assert res["world"]["heldout_symbols"] == [0, 1] and "image-text pairs" in res["rule"]
-  assert [d["seed"] for d in res["tripletclip_minus_clip"]] == [0]
+  # The pre-registered analysis: paired contrasts with 95% t-intervals and a verdict, relations vs chance.
+  contrasts = {(c["a"], c["b"]): c for c in res["analysis"]["contrasts"]}
+  primary = contrasts[("tripletclip", "clip_union_steps")]
+  assert primary["role"] == "primary" and primary["n"] == 2 and primary["low"] < primary["high"]
+  assert primary["verdict"] in ("supported", "refuted", "inconclusive")
+  assert ("tripletclip", "tripletclip_shuffled") in contrasts and (
+    "tripletclip",
+    "clip",
+  ) in contrasts
+  assert set(res["analysis"]["relations"]["tripletclip"]) == {
+    f"{split}/{k}" for split in ("heldout", "seen") for k in ("replace_rel", "swap_obj")
+  }
   table = open(f"{out}/results.md").read()
-  assert "| TripletCLIP | 1 |" in table and "Replace rel" in table and "TripletCLIP − CLIP" in table
+  assert "| TripletCLIP | 2 |" in table and "Replace rel" in table and "equal steps" in table
+  assert "Relations against chance" in table and "| primary | 2 |" in table
   assert os.path.getsize(f"{out}/results.png") > 10_000
-  assert "TripletCLIP − CLIP" in log
+  assert "Paired differences" in log
 
   # A second invocation skips finished runs; a new seed trains only that seed.
   log = _run(
     out,
-    "--losses",
+    "--arms",
     "clip,tripletclip",
     "--seeds",
     "0",
@@ -82,23 +104,26 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
     and "clip-seed0/result.json was trained with other settings" in err[0]
   )
   assert "total_steps 4 -> 10" in err[0] and "progress_bar" not in err[0], err
-  _run(out, "--losses", "tripletclip", "--seeds", "0,1", *SMALL)
+  log = _run(
+    out, "--losses", "tripletclip", "--seeds", "0,1,2", *SMALL
+  )  # --losses: an alias of --arms
   res = json.load(open(f"{out}/results.json"))
-  assert sorted((r["loss"], r["seed"]) for r in res["runs"]) == [
-    ("tripletclip", 0),
-    ("tripletclip", 1),
+  assert log.count("reused") == 2
+  assert sorted((r["arm"], r["seed"]) for r in res["runs"]) == [
+    ("tripletclip", s) for s in (0, 1, 2)
   ]
-  assert res["summary"]["tripletclip"]["heldout"]["mean"][2] == 2
+  assert res["summary"]["tripletclip"]["heldout"]["mean"][2] == 3
 
 
 def test_reproduce_rejects_bad_arguments(tmp_path):
   for args, msg in (
-    (["--losses", "clip,bogus"], "unknown loss 'bogus'"),
+    (["--arms", "clip,bogus"], "unknown arm 'bogus'"),
     (["--seeds", "a"], "--seeds"),
     (["--set", "nope=1"], "Unknown config key 'nope'"),
     (["--config.batch_sise=8"], "Unknown config key 'batch_sise'; did you mean batch_size?"),
     (["--config.batch_size=eight"], "config.batch_size='eight': give an integer"),
-    (["--config.seed=7"], "--config.seed=7: loss, seed, data.demo_data_dir are set by this script"),
+    (["--config.seed=7"], "--config.seed=7: loss, seed, data.demo_data_dir, data.demo_world_seed"),
+    (["--config.data.partners=shuffled"], "are set by this script for each run"),
   ):
     p = subprocess.run(
       [

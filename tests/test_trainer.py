@@ -40,6 +40,8 @@ def small_config(data_dir, **overrides):
     c.batch_size, c.total_steps, c.compute_matched = 16, 8, False
     c.log_every_steps, c.checkpoint_every_steps, c.eval_every_steps = 2, 4, 8
     c.data.demo_data_dir = data_dir
+    # The fixture's world: every run (whatever its seed) reads it, as written.
+    c.data.demo_num_train, c.data.demo_num_eval, c.data.demo_world_seed = 96, 6, 0
     c.export_hf_dir = None
     c.progress_bar = False
     for k, v in overrides.items():
@@ -60,6 +62,9 @@ def _cli_overrides(data_dir, **extra):
     "checkpoint_every_steps": 4,
     "eval_every_steps": 100,
     "data.demo_data_dir": data_dir,
+    "data.demo_num_train": 96,
+    "data.demo_num_eval": 6,
+    "data.demo_world_seed": 0,
     "progress_bar": False,
     **extra,
   }

@@ -18,7 +18,7 @@ import grain
 import numpy as np
 
 from tripletclip_jax.data import formats, image_ops, records
-from tripletclip_jax.data.sources import SourceItem, UnionSource
+from tripletclip_jax.data.sources import ShuffledPartners, SourceItem, UnionSource
 from tripletclip_jax.data.tokenizer import tokenize
 
 # New reasons go at the end: checkpoints store the counts in this order.
@@ -45,6 +45,7 @@ class BadRecord(NamedTuple):
 
 
 FIELDS = ("image", "neg_image", "text", "neg_text")
+PARTNERS = ("paired", "shuffled")  # whose negative pair a record carries: its own, or another's
 AUGMENTATIONS = (
   "random_resized_crop",
   "center_crop",
@@ -218,6 +219,8 @@ def make_dataset(
   augment: str = "random_resized_crop",
   union_negatives: bool = False,
   uint8_images: bool = False,
+  partners: str = "paired",
+  in_memory: bool = False,
 ) -> grain.IterDataset:
   """Per-process batches from TripletData shards in any registered format (`data/formats.py`: a glob,
   directory or comma-separated list of TFRecord or ArrayRecord files) or a source such as TFDSSource.
@@ -230,7 +233,10 @@ def make_dataset(
   limits what is decoded (features and captions are still checked on every record). `augment` is
   the training transform (AUGMENTATIONS). `union_negatives` turns every record into two ordinary
   pairs, (image, caption) and (neg_image, neg_caption), shuffled independently (UnionSource).
-  `uint8_images` yields uint8 pixels, for the model to normalise on the device.
+  `uint8_images` yields uint8 pixels, for the model to normalise on the device. `partners="shuffled"`
+  gives every record another record's negative pair (ShuffledPartners, a control). `in_memory` decodes
+  every record once, before the first batch, and serves the arrays from memory after: for a set that
+  fits in RAM and a deterministic transform (`augment="center_crop"`); the batches are the same.
   """
   if process_index is None or process_count is None:
     import jax  # only for the process layout; the pipeline itself needs no JAX
@@ -243,18 +249,28 @@ def make_dataset(
   )
   if len(source) == 0:
     raise ValueError(f"The shards matching {pattern!r} hold no records.")
+  if partners not in PARTNERS:
+    raise ValueError(f"Unknown partners {partners!r}; choose one of {PARTNERS}.")
+  if partners == "shuffled":
+    source = ShuffledPartners(source, seed)
   if union_negatives:
     source = UnionSource(source)
   shuffle = train if shuffle is None else shuffle
+  prep = Preprocess(image_size, context_length, train, crop_scale, fields, augment, uint8_images)
+  if in_memory:
+    return _in_memory_batches(
+      source, prep, batch_size, seed, shuffle, train, num_epochs, process_index, process_count,
+      drop_remainder, read_threads, max_bad_fraction,
+    )  # fmt: skip
   ds = grain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)
   if train or num_epochs:
     ds = ds.repeat(num_epochs)  # None: forever, reshuffled every epoch
-  prep = Preprocess(image_size, context_length, train, crop_scale, fields, augment, uint8_images)
-  # Augmentation randomness is keyed by the global position (before the per-process slice), so
-  # an example is cropped the same way whatever the number of processes.
-  ds = ds.random_map(prep, seed=seed) if train else ds.map(prep)
+  if not in_memory:
+    # Augmentation randomness is keyed by the global position (before the per-process slice), so
+    # an example is cropped the same way whatever the number of processes.
+    ds = ds.random_map(prep, seed=seed) if train else ds.map(prep)
   ds = ds[process_index::process_count]
   # Threads that decode ahead within each process (Grain's default is 16); use about one per core a
   # process has, or a few per worker process when mp workers split the cores.
@@ -277,6 +293,55 @@ def make_dataset(
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds
+
+
+class _Gather:
+  """A batch of row indices -> the batch, from the decoded table."""
+
+  def __init__(self, table: dict, bad_reasons: int):
+    self.table, self.zeros = table, np.zeros(bad_reasons, np.int64)
+
+  def __call__(self, rows):
+    return dict({k: v[rows] for k, v in self.table.items()}, bad_counts=self.zeros)
+
+
+def _in_memory_batches(
+  source, prep, batch_size, seed, shuffle, train, num_epochs, process_index, process_count,
+  drop_remainder, read_threads, max_bad_fraction,
+) -> grain.IterDataset:  # fmt: skip
+  """`make_dataset(in_memory=True)`: every record decoded once into one table, batches gathered from it
+  by row (the same order as the streaming path when no record is bad)."""
+  if prep.random_crop:
+    raise ValueError(
+      "in_memory serves each record decoded once, but random_resized_crop draws a new crop every "
+      "epoch: set augment='center_crop' or in_memory=False."
+    )
+  items = [prep(source[i]) for i in range(len(source))]
+  good = [it for it in items if not isinstance(it, BadRecord)]
+  bad = collections.Counter(it.reason for it in items if isinstance(it, BadRecord))
+  for it in items:
+    if isinstance(it, BadRecord):
+      log.warning("Skipped bad record (%s) %s: %s", it.reason, it.where, it.detail)
+  if bad:
+    log.warning("Skipped %d of %d records at load: %s", sum(bad.values()), len(items), dict(bad))
+  if not good or sum(bad.values()) > max_bad_fraction * len(items):
+    raise TooManyBadRecords(
+      f"{sum(bad.values())} of {len(items)} records are bad ({dict(bad)}; limit "
+      f"max_bad_fraction={max_bad_fraction}): check or regenerate them, or raise max_bad_fraction."
+    )
+  table = {k: np.stack([g[k] for g in good]) for k in good[0]}
+  ds = grain.MapDataset.range(len(good))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  if train or num_epochs:
+    ds = ds.repeat(num_epochs)
+  ds = ds[process_index::process_count].batch(
+    batch_size, drop_remainder=train if drop_remainder is None else drop_remainder
+  )
+  ds = ds.map(_Gather(table, len(BAD_REASONS)))
+  return ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(4, read_threads))
+  )
 
 
 def iterator_state_for(state: dict, num_workers: int) -> tuple[dict, int]:

@@ -114,6 +114,38 @@ class UnionSource:
     return SourceItem(shard, ex, reason, detail)
 
 
+class ShuffledPartners:
+  """Every record with another record's negative pair (neg_image, neg_caption, neg_type): the negatives'
+  data and loss terms without their pairing, a control for TripletCLIP.
+
+  The partners form one random cycle over the records (from `seed`), so no record keeps its own.
+  """
+
+  def __init__(self, source, seed: int):
+    n = len(source)
+    if n < 2:
+      raise ValueError("Shuffled partners need at least 2 records.")
+    order = np.random.default_rng(seed).permutation(n)
+    self.partner = np.empty(n, np.int64)
+    self.partner[order] = np.roll(order, -1)
+    self.source = source
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int):
+    item = self.source[int(i)]
+    if item.example is None:
+      return item
+    other = self.source[int(self.partner[int(i)])]
+    if other.example is None:  # the partner's fault makes this pair unusable too: counted as its
+      return other
+    neg = {
+      k: other.example[k] for k in ("neg_image", "neg_caption", "neg_type") if k in other.example
+    }
+    return item._replace(example=dict(item.example, **neg))
+
+
 class TFDSSource:
   """Adapts `tfds.data_source(...)` of the TripletData builder to the same item layout."""
 

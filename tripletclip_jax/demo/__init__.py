@@ -9,6 +9,7 @@ The generator is `demo/world.py`; the folder layout and benchmark names are `dem
 """
 
 import dataclasses
+import json
 import tempfile
 
 from tripletclip_jax import fileio
@@ -26,9 +27,15 @@ class DemoWorld:
 
 
 def prepare(
-  root: str, num_train: int, num_eval: int, world: dict | None = None, log=print
+  root: str,
+  num_train: int,
+  num_eval: int,
+  world: dict | None = None,
+  seed: int = 0,
+  log=print,
 ) -> DemoWorld:
-  """Writes the world (seed 0, parameters `world`: `world.WorldConfig` fields) into `root` unless it is there.
+  """Writes the world (parameters `world`: `world.WorldConfig` fields, drawn from `seed`) into `root`
+  unless it is there; a world already there must have been drawn with the same settings.
 
   On several processes process 0 writes and every process waits for it. A gs:// root gets the finished
   world, its manifests last, so a half-written world is never taken for a whole one.
@@ -36,13 +43,29 @@ def prepare(
   import jax
   from jax.experimental import multihost_utils
 
-  if jax.process_index() == 0 and not fileio.exists(
-    fileio.join(root, layout.TRAIN, "manifest.json")
-  ):
-    cfg = world_lib.WorldConfig.from_dict(world or {})
+  cfg = world_lib.WorldConfig.from_dict(world or {})
+  # As world.json records them (JSON: tuples as lists), to tell a world drawn otherwise.
+  want = json.loads(
+    json.dumps(
+      {"train": num_train, "sugarcrepe_per_subset": num_eval, "seed": seed, **cfg.to_dict()}
+    )
+  )
+  written = fileio.join(root, layout.WORLD_JSON)
+  if fileio.exists(fileio.join(root, layout.TRAIN, "manifest.json")) and fileio.exists(written):
+    have = json.loads(fileio.read_bytes(written))
+    have = dict(
+      have["world"], train=have["train"], sugarcrepe_per_subset=have["sugarcrepe_per_subset"]
+    )
+    differ = [f"{k} {have.get(k)!r} -> {v!r}" for k, v in want.items() if have.get(k) != v]
+    if differ:
+      raise ValueError(
+        f"{root} holds a demo world drawn with other settings ({'; '.join(differ[:3])}): use another "
+        "data directory (data.demo_data_dir), or delete it."
+      )
+  elif jax.process_index() == 0:
     with tempfile.TemporaryDirectory() as tmp:
       local = tmp if fileio.is_remote(root) else root
-      out = world_lib.write_demo_data(local, num_train, num_eval, seed=0, cfg=cfg)
+      out = world_lib.write_demo_data(local, num_train, num_eval, seed=seed, cfg=cfg)
       if local != root:
         fileio.upload(local, root)
     log(

@@ -1,28 +1,35 @@
-"""The demo world: procedural scenes in which compositional binding is the whole task.
+"""The demo world (v3): procedural scenes in which compositional binding is the whole task.
 
 TripletCLIP maps onto it one to one: a rule that edits the scene graph plays
-the LLM, a renderer plays the text-to-image model. docs/demo_world.md gives
-the reasons for every choice below; in short:
+the LLM, a renderer with a domain shift plays the text-to-image model.
+docs/demo_world.md gives the reasons for every choice below; in short:
 
-- Scenes hold 2-3 objects (colour, shape, size) in the cells of a small grid,
-  so that spatial relations are legible at 64 px.
+- Scenes hold 2-3 objects (colour, shape, texture, size) near the cells of a
+  3 x 3 grid, their centres jittered by a few pixels so that an object spans
+  several 8 px patches at varying offsets (what lets a ViT see relations).
+- Colours and shapes are drawn with long-tailed (Zipf) frequencies from a
+  large vocabulary, as in web captions, so that a random in-batch caption is
+  rarely a hard negative; the generator measures that rate (`world.json`).
 - Captions name at least two objects, in any order and not always all of
   them, sometimes as a relation ("a red circle left of a blue square").
-- Training negatives come from a weighted mix of the edits that need binding:
-  swap_att, swap_obj, replace_rel, and replace_att / replace_obj whose new
-  colour or shape already appears in the scene. Every training triplet is
-  checked against its scene graph: y true of x, y' false of x, y' true of x',
-  y false of x'. Edits that fail are never written, and are counted.
+- Training negatives come from the edits that need binding: swap_att,
+  swap_obj, replace_rel, and replace_att / replace_obj whose new colour or
+  shape already appears in the scene. Every training triplet is checked
+  against its scene graph: y true of x, y' false of x, y' true of x', y false
+  of x'. y' is written in another template style than y.
+- x' is drawn the way a text-to-image model would: another background,
+  brightness, blur and noise; and a fixed fraction q of the x' do not show
+  the edit (they show x's scene), kept as real data keeps them.
 - Held-out colour-shape pairings are whole symbols of a Latin square, so every
-  colour and every shape is seen in training equally often. A held-out
-  benchmark item names at least one held-out pairing, and its negative names
-  exactly as many, so that familiarity favours neither caption.
+  colour and every shape is held out equally. A held-out benchmark item names
+  at least one held-out pairing, and its negative names exactly as many.
 - The benchmarks are written in SugarCrepe's exact file format, seen and
-  held-out, all seven subsets.
+  held-out, all seven subsets, in the clean (real-image) domain.
 """
 
 import collections
 import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -30,7 +37,7 @@ import os
 import time
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from tripletclip_jax.data import records
 from tripletclip_jax.demo import layout
@@ -38,6 +45,7 @@ from tripletclip_jax.evaluate.sugarcrepe import (
   SUBSETS,
 )  # the benchmark format the world is written in
 
+# Hues far apart at 48 px, and from every background below.
 COLORS = {
   "red": (220, 40, 40),
   "green": (40, 170, 60),
@@ -47,36 +55,67 @@ COLORS = {
   "orange": (245, 140, 30),
   "white": (250, 250, 250),
   "black": (20, 20, 20),
+  "pink": (250, 130, 190),
+  "cyan": (40, 210, 220),
+  "brown": (125, 75, 35),
+  "lime": (170, 240, 60),
 }
-SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
+SHAPES = (
+  "circle",
+  "square",
+  "triangle",
+  "star",
+  "diamond",
+  "cross",
+  "ring",
+  "crescent",
+  "heart",
+  "arrow",
+  "bar",
+  "semicircle",
+)
+TEXTURES = ("plain", "striped", "spotted", "checkered")
 PREFIXES = ("", "a photo of ", "an image of ", "there is ", "a picture showing ")
+# The captioning LLM's own phrasing: y' never uses y's templates.
+NEG_PREFIXES = ("a rendering of ", "an illustration of ", "a scene with ", "generated: ")
 RELATIONS = ("left of", "right of", "above", "below")
 SIZES = ("small", "large")
+# The text-to-image model's domain: other backgrounds than the real images' grey.
+SHIFT_BACKGROUNDS = ((196, 186, 160), (84, 96, 112), (150, 172, 150), (176, 160, 190))
 
 
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
-  """Every parameter of the world; `write_demo_data` records it in the manifests."""
+  """Every parameter of the world; `write_demo_data` records it in `world.json`."""
 
-  colors: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
-  shapes: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond")
-  grid: int = 3  # objects sit in the cells of a grid x grid layout
+  colors: tuple[str, ...] = tuple(COLORS)
+  shapes: tuple[str, ...] = SHAPES
+  textures: tuple[str, ...] = TEXTURES
+  # The k-th colour (and shape) in the order above is drawn with weight 1 / (k + 1) ** zipf: web
+  # captions' long tail. 0 draws them uniformly.
+  zipf: float = 0.8
+  grid: int = 3  # objects sit near the centres of the cells of a grid x grid layout
+  jitter: int = 2  # px: each centre moves by up to this much, so objects straddle patch borders
   min_objects: int = 2
   max_objects: int = 3
   max_named: int = 3  # captions name 2..max_named objects
   relation_prob: float = 0.4  # share of captions stating a relation between two named objects
   size_word_prob: float = 0.25
+  texture_word_prob: float = 0.8
   # Latin-square symbols (i + j) mod n of colour i and shape j that are held out of training.
   heldout_symbols: tuple[int, ...] = (0, 1)
   # Relative frequency of each edit among the training negatives (the binding edits only), sorted by name.
   edit_weights: tuple[tuple[str, float], ...] = (
-    ("replace_att", 3.0),
-    ("replace_obj", 2.0),
+    ("replace_att", 1.0),
+    ("replace_obj", 1.0),
     ("replace_rel", 1.0),
-    ("swap_att", 3.0),
+    ("swap_att", 1.0),
     ("swap_obj", 1.0),
   )
-  image_size: int = 48  # 16 px per cell: the "demo" model preset's patch size
+  # Share of training x' that do not show the edit (they show x's scene in the negatives' domain).
+  failed_negatives: float = 0.2
+  negative_shift: bool = True  # draw training x' with the text-to-image domain shift
+  image_size: int = 48  # 16 px per cell, 2 x 2 of the "demo" preset's 8 px patches
   background: tuple[int, int, int] = (128, 128, 128)
 
   def __post_init__(self):
@@ -85,12 +124,13 @@ class WorldConfig:
         f"The held-out split is a Latin square: give as many colours ({len(self.colors)}) as "
         f"shapes ({len(self.shapes)})."
       )
-    unknown = [c for c in self.colors if c not in COLORS] + [
-      s for s in self.shapes if s not in SHAPES
-    ]
+    unknown = [c for c in self.colors if c not in COLORS]
+    unknown += [s for s in self.shapes if s not in SHAPES]
+    unknown += [t for t in self.textures if t not in TEXTURES]
     if unknown:
       raise ValueError(
-        f"Unknown colours or shapes {unknown}; choose from {sorted(COLORS)} and {SHAPES}."
+        f"Unknown colours, shapes or textures {unknown}; choose from {sorted(COLORS)}, {SHAPES} "
+        f"and {TEXTURES}."
       )
     if not 2 <= self.min_objects <= self.max_objects <= self.grid**2 or self.max_named < 2:
       raise ValueError("Need 2 <= min_objects <= max_objects <= grid**2 and max_named >= 2.")
@@ -99,6 +139,10 @@ class WorldConfig:
       raise ValueError(f"edit_weights must weight some of {TRAIN_EDITS}; got {self.edit_weights}.")
     if len(set(self.heldout_symbols)) >= len(self.colors):
       raise ValueError("heldout_symbols would hold out every pairing of some colour.")
+    if not 0 <= self.failed_negatives < 1:
+      raise ValueError(f"failed_negatives must lie in [0, 1); got {self.failed_negatives}.")
+    if self.jitter > self.image_size / self.grid / 8:
+      raise ValueError("jitter must stay within an eighth of a cell, or relations turn ambiguous.")
 
   @classmethod
   def from_dict(cls, d) -> "WorldConfig":
@@ -117,6 +161,7 @@ class WorldConfig:
     d["edit_weights"] = dict(self.edit_weights)
     return d
 
+  @functools.cache
   def heldout(self) -> frozenset:
     """Held-out (colour, shape) pairs: each symbol is a transversal, one pairing per colour and per shape."""
     n = len(self.colors)
@@ -127,9 +172,19 @@ class WorldConfig:
       if (i + j) % n in set(self.heldout_symbols)
     )
 
-  def pairings(self, heldout_ok: bool) -> list[tuple[str, str]]:
+  @functools.cache
+  def pairings(self, heldout_ok: bool) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """The (colour, shape) pairings a scene may hold, and their Zipf probabilities."""
     held = self.heldout()
-    return [(c, s) for c in self.colors for s in self.shapes if heldout_ok or (c, s) not in held]
+    rank = lambda k: 1.0 / (k + 1) ** self.zipf  # noqa: E731
+    pairs = [
+      ((c, s), rank(i) * rank(j))
+      for i, c in enumerate(self.colors)
+      for j, s in enumerate(self.shapes)
+      if heldout_ok or (c, s) not in held
+    ]
+    p = np.asarray([w for _, w in pairs])
+    return [pair for pair, _ in pairs], p / p.sum()
 
 
 TRAIN_EDITS = ("swap_att", "swap_obj", "replace_rel", "replace_att", "replace_obj")
@@ -143,19 +198,24 @@ class Obj:
   size: str  # "small" | "large"
   row: int
   col: int
+  texture: str = "plain"
+  dx: int = (
+    0  # px offset of the centre from its cell's centre (rendering only; relations use cells)
+  )
+  dy: int = 0
 
 
 @dataclasses.dataclass
 class Caption:
-  """A claim about a scene: objects (colour, shape, size or None), an optional relation of the first two.
+  """A claim about a scene: objects (colour, shape, size or None, texture or None), an optional
+  relation of the first two. `refs` are the scene objects the caption was made from; the claim itself
+  (what `holds` checks) ignores them, and `prefix` and `style` only change the wording."""
 
-  `refs` are the scene objects the caption was made from; the claim itself (what `holds` checks) ignores them.
-  """
-
-  objs: list[tuple[str, str, str | None]]
+  objs: list[tuple[str, str, str | None, str | None]]
   relation: str | None
   prefix: str
   refs: list[int]
+  style: str = "real"  # "real" (y) | "negative" (y', the LLM's phrasing)
 
 
 def relation_holds(rel: str, a: Obj, b: Obj) -> bool:
@@ -169,8 +229,13 @@ def relation_holds(rel: str, a: Obj, b: Obj) -> bool:
 
 
 def _matches(desc, o: Obj) -> bool:
-  color, shape, size = desc
-  return o.color == color and o.shape == shape and (size is None or o.size == size)
+  color, shape, size, texture = desc
+  return (
+    o.color == color
+    and o.shape == shape
+    and (size is None or o.size == size)
+    and (texture is None or o.texture == texture)
+  )
 
 
 def holds(scene: list[Obj], cap: Caption) -> bool:
@@ -188,38 +253,87 @@ def check_triplet(x, y, x_neg, y_neg) -> bool:
   return holds(x, y) and not holds(x, y_neg) and holds(x_neg, y_neg) and not holds(x_neg, y)
 
 
+def scene_words(scene: list[Obj]) -> frozenset:
+  """Every word that describes something in the scene: its attribute values and the relations that hold
+  between some two of its objects."""
+  words = {w for o in scene for w in (o.color, o.shape, o.size, o.texture)}
+  words |= {
+    r for a, b in itertools.permutations(scene, 2) for r in RELATIONS if relation_holds(r, a, b)
+  }
+  return frozenset(words)
+
+
+def caption_words(cap: Caption) -> frozenset:
+  return frozenset(w for d in cap.objs for w in d if w) | (
+    {cap.relation} if cap.relation else set()
+  )
+
+
+def accidental_hard_negatives(
+  scenes, captions, rng, batch_size: int = 64, batches: int = 200
+) -> float:
+  """In random batches, the mean number per image of other captions whose every word describes
+  something in it, yet which are false of it: the hard negatives a random batch already holds."""
+  n = len(scenes)
+  words = [scene_words(s) for s in scenes]
+  cwords = [caption_words(c) for c in captions]
+  found, images = 0, 0
+  for _ in range(batches):
+    idx = rng.choice(n, size=min(batch_size, n), replace=False)
+    for i in idx:
+      found += sum(
+        1 for j in idx if j != i and cwords[j] <= words[i] and not holds(scenes[i], captions[j])
+      )
+    images += len(idx)
+  return found / images
+
+
 def num_heldout(cfg: WorldConfig, cap: Caption) -> int:
   held = cfg.heldout()
-  return sum((c, s) in held for c, s, _ in cap.objs)
+  return sum((d[0], d[1]) in held for d in cap.objs)
 
 
 def _describe(desc) -> str:
-  color, shape, size = desc
-  words = f"{size} {color} {shape}" if size else f"{color} {shape}"
+  color, shape, size, texture = desc
+  words = " ".join(w for w in (size, texture, color, shape) if w)
   return ("an " if words[0] in "aeiou" else "a ") + words
 
 
 def caption_text(cap: Caption) -> str:
+  """y style: "a photo of a red circle, a blue square and a star"; y' style (the LLM's): "a scene with
+  a blue circle plus a red square", "... a red circle, placed left of a blue square"."""
   parts = [_describe(d) for d in cap.objs]
+  neg = cap.style == "negative"
   if cap.relation:
-    body = f"{parts[0]} {cap.relation} {parts[1]}"
+    body = f"{parts[0]}{', placed' if neg else ''} {cap.relation} {parts[1]}"
   else:
-    body = ", ".join(parts[:-1]) + " and " + parts[-1]
+    body = ", ".join(parts[:-1]) + (" plus " if neg else " and ") + parts[-1]
   return cap.prefix + body
 
 
+def _draw(rng, probs) -> int:
+  return int(rng.choice(len(probs), p=probs))
+
+
 def random_scene(cfg: WorldConfig, rng, heldout_ok: bool, must_include=None) -> list[Obj]:
-  """min..max_objects objects in distinct grid cells; `must_include` forces one (colour, shape) in."""
-  pairings = cfg.pairings(heldout_ok)
+  """min..max_objects objects in distinct grid cells, (colour, shape) drawn by Zipf frequency;
+  `must_include` forces one (colour, shape) in."""
+  pairings, p = cfg.pairings(heldout_ok)
   n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
   cells = rng.choice(cfg.grid**2, size=n, replace=False)
   scene = []
   for k, cell in enumerate(cells):
-    color, shape = (
-      must_include if (k == 0 and must_include) else pairings[rng.integers(len(pairings))]
-    )
+    color, shape = must_include if (k == 0 and must_include) else pairings[_draw(rng, p)]
     scene.append(
-      Obj(color, shape, SIZES[rng.integers(2)], int(cell) // cfg.grid, int(cell) % cfg.grid)
+      Obj(
+        color,
+        shape,
+        SIZES[rng.integers(2)],
+        int(cell) // cfg.grid,
+        int(cell) % cfg.grid,
+        cfg.textures[rng.integers(len(cfg.textures))],
+        *(int(v) for v in rng.integers(-cfg.jitter, cfg.jitter + 1, size=2)),
+      )
     )
   return scene
 
@@ -240,20 +354,18 @@ def random_caption(
   if relation is None:
     relation = bool(rng.uniform() < cfg.relation_prob)
   prefix = str(rng.choice(PREFIXES))
-  sized = lambda o: o.size if rng.uniform() < cfg.size_word_prob else None  # noqa: E731
+
+  def desc(o: Obj):
+    size = o.size if rng.uniform() < cfg.size_word_prob else None
+    texture = o.texture if rng.uniform() < cfg.texture_word_prob else None
+    return (o.color, o.shape, size, texture)
+
   if relation:
     a, b = scene[order[0]], scene[order[1]]
     rels = [r for r in RELATIONS if relation_holds(r, a, b)]
-    return Caption(
-      [(a.color, a.shape, sized(a)), (b.color, b.shape, sized(b))],
-      str(rng.choice(rels)),
-      prefix,
-      order[:2],
-    )
+    return Caption([desc(a), desc(b)], str(rng.choice(rels)), prefix, order[:2])
   k = int(rng.integers(2, min(len(scene), cfg.max_named) + 1))
-  return Caption(
-    [(scene[i].color, scene[i].shape, sized(scene[i])) for i in order[:k]], None, prefix, order[:k]
-  )
+  return Caption([desc(scene[i]) for i in order[:k]], None, prefix, order[:k])
 
 
 def _copy(scene, cap):
@@ -269,7 +381,8 @@ def edit(cfg: WorldConfig, scene: list[Obj], cap: Caption, kind: str, rng, heldo
   scene, so that only binding tells the two captions apart.
   """
   scene, cap = _copy(scene, cap)
-  allowed = set(cfg.pairings(heldout_ok))
+  allowed_list, allowed_p = cfg.pairings(heldout_ok)
+  allowed = set(allowed_list)
   named = list(range(len(cap.objs)))
   if kind in ("replace_att", "replace_obj"):
     att = 0 if kind == "replace_att" else 1
@@ -285,7 +398,7 @@ def edit(cfg: WorldConfig, scene: list[Obj], cap: Caption, kind: str, rng, heldo
     k, (color, shape) = options[rng.integers(len(options))]
     o = scene[cap.refs[k]]
     o.color, o.shape = color, shape
-    cap.objs[k] = (color, shape, cap.objs[k][2])
+    cap.objs[k] = (color, shape, *cap.objs[k][2:])
   elif kind == "swap_att":
     options = [
       (i, j)
@@ -302,8 +415,8 @@ def edit(cfg: WorldConfig, scene: list[Obj], cap: Caption, kind: str, rng, heldo
     i, j = options[rng.integers(len(options))]
     a, b = scene[cap.refs[i]], scene[cap.refs[j]]
     a.color, b.color = b.color, a.color
-    cap.objs[i] = (a.color, a.shape, cap.objs[i][2])
-    cap.objs[j] = (b.color, b.shape, cap.objs[j][2])
+    cap.objs[i] = (a.color, *cap.objs[i][1:])
+    cap.objs[j] = (b.color, *cap.objs[j][1:])
   elif kind == "swap_obj":  # "A left of B" -> "B left of A", and the image shows B left of A
     if cap.relation is None:
       return None
@@ -340,16 +453,26 @@ def edit(cfg: WorldConfig, scene: list[Obj], cap: Caption, kind: str, rng, heldo
     if cap.relation is not None or len(cap.objs) >= cfg.max_named or len(scene) >= cfg.grid**2:
       return None
     present = {(o.color, o.shape) for o in scene}
-    options = sorted(p for p in allowed if p not in present)
+    options = [k for k, pair in enumerate(allowed_list) if pair not in present]
     if not options:
       return None
-    color, shape = options[rng.integers(len(options))]
+    p = allowed_p[options] / allowed_p[options].sum()
+    color, shape = allowed_list[options[_draw(rng, p)]]
     occupied = {(o.row, o.col) for o in scene}
     free = [(r, c) for r in range(cfg.grid) for c in range(cfg.grid) if (r, c) not in occupied]
     row, col = free[rng.integers(len(free))]
-    scene.append(Obj(color, shape, SIZES[rng.integers(2)], row, col))
+    scene.append(
+      Obj(
+        color,
+        shape,
+        SIZES[rng.integers(2)],
+        row,
+        col,
+        cfg.textures[rng.integers(len(cfg.textures))],
+      )
+    )
     pos = int(rng.integers(0, len(cap.objs) + 1))
-    cap.objs.insert(pos, (color, shape, None))
+    cap.objs.insert(pos, (color, shape, None, None))
     cap.refs.insert(pos, len(scene) - 1)
   elif kind == "add_att":  # gives a named object a size word, the wrong one (x' flips the size)
     bare = [k for k in named if cap.objs[k][2] is None]
@@ -358,7 +481,7 @@ def edit(cfg: WorldConfig, scene: list[Obj], cap: Caption, kind: str, rng, heldo
     k = int(rng.choice(bare))
     o = scene[cap.refs[k]]
     o.size = "small" if o.size == "large" else "large"
-    cap.objs[k] = (o.color, o.shape, o.size)
+    cap.objs[k] = (o.color, o.shape, o.size, cap.objs[k][3])
   else:
     raise ValueError(f"Unknown edit {kind!r}; choose one of {SUBSETS}.")
   return scene, cap
@@ -373,34 +496,109 @@ def _star(cx, cy, r):
   return pts
 
 
-def render(cfg: WorldConfig, scene: list[Obj]) -> Image.Image:
-  """Scene -> RGB image, each object centred in its grid cell (drawn at 2x, then box-downsampled)."""
+def _shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
+  """(size, size) bool: the silhouette of `shape` of radius r px centred at (cx, cy)."""
+  m = Image.new("L", (size, size), 0)
+  d = ImageDraw.Draw(m)
+  box = lambda x, y, rr: (x - rr, y - rr, x + rr, y + rr)  # noqa: E731
+  if shape == "circle":
+    d.ellipse(box(cx, cy, r), fill=255)
+  elif shape == "square":
+    d.rectangle(box(cx, cy, r * 0.85), fill=255)
+  elif shape == "triangle":
+    d.polygon(
+      [(cx, cy - r), (cx + r * 0.95, cy + r * 0.8), (cx - r * 0.95, cy + r * 0.8)], fill=255
+    )
+  elif shape == "star":
+    d.polygon(_star(cx, cy, r), fill=255)
+  elif shape == "diamond":
+    d.polygon([(cx, cy - r), (cx + r * 0.75, cy), (cx, cy + r), (cx - r * 0.75, cy)], fill=255)
+  elif shape == "cross":
+    w = r * 0.35
+    d.rectangle((cx - r, cy - w, cx + r, cy + w), fill=255)
+    d.rectangle((cx - w, cy - r, cx + w, cy + r), fill=255)
+  elif shape == "ring":
+    d.ellipse(box(cx, cy, r), fill=255)
+    d.ellipse(box(cx, cy, r * 0.5), fill=0)
+  elif shape == "crescent":
+    d.ellipse(box(cx, cy, r), fill=255)
+    d.ellipse(box(cx + r * 0.55, cy - r * 0.15, r * 0.8), fill=0)
+  elif shape == "heart":
+    d.ellipse(box(cx - r * 0.45, cy - r * 0.3, r * 0.52), fill=255)
+    d.ellipse(box(cx + r * 0.45, cy - r * 0.3, r * 0.52), fill=255)
+    d.polygon(
+      [(cx - r * 0.95, cy - r * 0.15), (cx + r * 0.95, cy - r * 0.15), (cx, cy + r)], fill=255
+    )
+  elif shape == "bar":
+    d.rectangle((cx - r, cy - r * 0.5, cx + r, cy + r * 0.5), fill=255)
+  elif shape == "semicircle":  # flat side down
+    d.pieslice(box(cx, cy + r * 0.45, r), 180, 360, fill=255)
+  elif shape == "arrow":  # points up
+    d.polygon([(cx, cy - r), (cx + r * 0.85, cy), (cx - r * 0.85, cy)], fill=255)
+    d.rectangle((cx - r * 0.3, cy, cx + r * 0.3, cy + r), fill=255)
+  else:
+    raise ValueError(f"Unknown shape {shape!r}; choose from {SHAPES}.")
+  return np.asarray(m) >= 128
+
+
+@functools.cache
+def _texture_mask(texture: str, size: int) -> np.ndarray | None:
+  """Where a texture shows its second tone, at the 2x drawing scale: 2 px stripes / 1 px spots every
+  4 px of the final image."""
+  yy, xx = np.mgrid[0:size, 0:size]
+  if texture == "striped":
+    return (yy // 4) % 2 == 1
+  if texture == "checkered":
+    return (yy // 4 + xx // 4) % 2 == 1
+  if texture == "spotted":
+    return ((xx % 8) - 3.5) ** 2 + ((yy % 8) - 3.5) ** 2 <= 4.5
+  return None
+
+
+def _second_tone(rgb) -> np.ndarray:
+  rgb = np.asarray(rgb, np.float32)
+  lum = rgb @ np.asarray([0.299, 0.587, 0.114], np.float32)
+  return rgb * 0.45 if lum > 90 else rgb + (255 - rgb) * 0.55  # darker, or lighter for dark colours
+
+
+def draw_shift(rng) -> dict:
+  """The text-to-image model's domain for one x': another background, brightness and contrast, blur and
+  sensor-like noise."""
+  return {
+    "background": SHIFT_BACKGROUNDS[int(rng.integers(len(SHIFT_BACKGROUNDS)))],
+    "contrast": float(rng.uniform(0.8, 1.1)),
+    "brightness": float(rng.uniform(-12, 12)),
+    "blur": float(rng.uniform(0.3, 0.8)),
+    "noise": 6.0,
+    "noise_seed": int(rng.integers(2**31)),
+  }
+
+
+def render(cfg: WorldConfig, scene: list[Obj], shift: dict | None = None) -> Image.Image:
+  """Scene -> RGB image (drawn at 2x, then box-downsampled); `shift` (from `draw_shift`) renders it in the
+  text-to-image model's domain instead of the real images' one."""
   s = cfg.image_size * 2
   cell = s / cfg.grid
-  img = Image.new("RGB", (s, s), cfg.background)
-  d = ImageDraw.Draw(img)
+  img = np.empty((s, s, 3), np.float32)
+  img[:] = shift["background"] if shift else cfg.background
   for o in scene:
-    cx, cy = (o.col + 0.5) * cell, (o.row + 0.5) * cell
-    r = cell * (0.45 if o.size == "large" else 0.3)
-    fill = COLORS[o.color]
-    if o.shape == "circle":
-      d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif o.shape == "square":
-      q = r * 0.85
-      d.rectangle((cx - q, cy - q, cx + q, cy + q), fill=fill)
-    elif o.shape == "triangle":
-      d.polygon(
-        [(cx, cy - r), (cx + r * 0.95, cy + r * 0.8), (cx - r * 0.95, cy + r * 0.8)], fill=fill
-      )
-    elif o.shape == "star":
-      d.polygon(_star(cx, cy, r), fill=fill)
-    elif o.shape == "diamond":
-      d.polygon([(cx, cy - r), (cx + r * 0.75, cy), (cx, cy + r), (cx - r * 0.75, cy)], fill=fill)
-    elif o.shape == "cross":
-      w = r * 0.35
-      d.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fill)
-      d.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
-  return img.reduce(2)
+    cx, cy = (o.col + 0.5) * cell + 2 * o.dx, (o.row + 0.5) * cell + 2 * o.dy
+    mask = _shape_mask(o.shape, cx, cy, cell * (0.42 if o.size == "large" else 0.3), s)
+    img[mask] = COLORS[o.color]
+    tex = _texture_mask(o.texture, s)
+    if tex is not None:
+      img[mask & tex] = _second_tone(COLORS[o.color])
+  img = img.reshape(s // 2, 2, s // 2, 2, 3).mean((1, 3))
+  if shift:
+    img = (img - 128.0) * shift["contrast"] + 128.0 + shift["brightness"]
+    img = np.asarray(
+      Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(shift["blur"])
+      ),
+      np.float32,
+    )
+    img += np.random.default_rng(shift["noise_seed"]).normal(0, shift["noise"], img.shape)
+  return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8))
 
 
 def png(img: Image.Image) -> bytes:
@@ -410,13 +608,22 @@ def png(img: Image.Image) -> bytes:
 
 
 def make_triplet(
-  cfg: WorldConfig, rng, kind: str, heldout: bool = False, counts=None, max_tries: int = 1000
+  cfg: WorldConfig,
+  rng,
+  kind: str,
+  heldout: bool = False,
+  counts=None,
+  max_tries: int = 1000,
+  training: bool = False,
+  failed: bool = False,
 ):
   """One (x, y, x', y') whose negative is the edit `kind`, as a dict of PIL images and captions.
 
   Held-out triplets name at least one held-out pairing and their negative names as many. Training and
   binding edits must pass `check_triplet`; add edits (evaluation only) make y still true of x', so they
   are held to SugarCrepe's rule alone: y true of x, y' false of x. `counts` (a Counter) tallies rejections.
+  `training` writes y' in the LLM's style and x' in the text-to-image domain (if `negative_shift`);
+  `failed` draws an x' that does not show the edit (x's scene, `neg_scene` is what x' shows).
   """
   counts = collections.Counter() if counts is None else counts
   held = sorted(cfg.heldout())
@@ -441,10 +648,15 @@ def make_triplet(
     if heldout and num_heldout(cfg, n_cap) != num_heldout(cfg, cap):
       counts[f"{kind}/unbalanced"] += 1
       continue
+    if training:
+      n_cap.prefix, n_cap.style = str(rng.choice(NEG_PREFIXES)), "negative"
+    if failed:
+      n_scene = [dataclasses.replace(o) for o in scene]
+    shift = draw_shift(rng) if training and cfg.negative_shift else None
     return {
       "image": render(cfg, scene),
       "caption": caption_text(cap),
-      "neg_image": render(cfg, n_scene),
+      "neg_image": render(cfg, n_scene, shift),
       "neg_caption": caption_text(n_cap),
       "neg_type": kind,
       "scene": scene,
@@ -466,7 +678,7 @@ def sample_edit(cfg: WorldConfig, rng) -> str:
 
 def write_demo_data(
   output_dir: str,
-  num_train: int = 600,
+  num_train: int = 250,
   num_eval: int = 1200,
   seed: int = 0,
   cfg: WorldConfig = WorldConfig(),
@@ -475,12 +687,13 @@ def write_demo_data(
   """Writes training shards, held-out / seen SugarCrepe-format benchmarks and held-out triplet shards.
 
   Layout: train/demo-*.tfrecord (+ manifest.json), sugarcrepe/{subset}.json + sugarcrepe/images/,
-  sugarcrepe_seen/..., heldout/demo_heldout-*.tfrecord, world.json (parameters and rejection counts).
+  sugarcrepe_seen/..., heldout/demo_heldout-*.tfrecord, world.json (parameters and what was measured:
+  rejections, the realised edit mix, failed negatives, the accidental hard-negative rate).
   Byte-identical for a seed.
   """
   t0 = time.perf_counter()
-  train_rng, heldout_rng, seen_rng, triplet_rng = (
-    np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+  train_rng, heldout_rng, seen_rng, triplet_rng, measure_rng = (
+    np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
   )
   world = {"seed": seed, **cfg.to_dict(), "heldout_pairings": sorted(map(list, cfg.heldout()))}
   how = {"tool": "tripletclip_jax.demo.world", "world": world}
@@ -490,21 +703,33 @@ def write_demo_data(
     "seen": collections.Counter(),
   }
   mix = collections.Counter()
+  train_scenes, train_caps, failed_keys = [], [], []
+  n_failed = int(round(cfg.failed_negatives * num_train))
+  fails = set(train_rng.permutation(num_train)[:n_failed].tolist())
 
   def write_shards(subdir, name, n, rng, heldout, counts):
     directory = os.path.join(output_dir, subdir)
     paths, sizes, i = [], [], 0
     per = -(-n // num_shards)
+    training = subdir == layout.TRAIN
     for s in range(num_shards):
       path = os.path.join(directory, records.shard_name(name, s, num_shards))
       with records.ShardWriter(path) as w:
         while w.count < per and i < n:
-          t = make_triplet(cfg, rng, sample_edit(cfg, rng), heldout=heldout, counts=counts)
-          if not heldout:
+          fail = training and i in fails
+          t = make_triplet(
+            cfg, rng, sample_edit(cfg, rng), heldout, counts, training=training, failed=fail
+          )
+          key = f"{name}-{i:07d}"
+          if training:
             mix[t["neg_type"]] += 1
+            train_scenes.append(t["scene"])
+            train_caps.append(t["cap"])
+            if fail:
+              failed_keys.append(key)
           w.write(
             {
-              "key": f"{name}-{i:07d}",
+              "key": key,
               "image": png(t["image"]),
               "caption": t["caption"],
               "neg_image": png(t["neg_image"]),
@@ -550,6 +775,11 @@ def write_demo_data(
     "sugarcrepe_per_subset": num_eval,
     "train_edit_mix": dict(sorted(mix.items())),
     "rejected": {k: dict(sorted(v.items())) for k, v in rejected.items()},
+    # y true of x', y' false of x': kept, as a text-to-image model's failures are in real data.
+    "failed_negatives": {"q": cfg.failed_negatives, "count": len(failed_keys), "keys": failed_keys},
+    "accidental_hard_negatives_per_image": round(
+      accidental_hard_negatives(train_scenes, train_caps, measure_rng), 4
+    ),
   }
   with open(os.path.join(output_dir, layout.WORLD_JSON), "w") as f:
     json.dump({"world": world, **summary}, f, indent=1)

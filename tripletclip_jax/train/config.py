@@ -14,7 +14,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from tripletclip_jax import losses
-from tripletclip_jax.data.pipeline import AUGMENTATIONS
+from tripletclip_jax.data.pipeline import AUGMENTATIONS, PARTNERS
 from tripletclip_jax.models.flops import train_flops_per_example
 from tripletclip_jax.models.config import CLIPConfig
 from tripletclip_jax.train.metrics import WRITERS
@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
       remat=False,
       act="quick_gelu",
       attention_impl=config_dict.placeholder(str),
+      patch_size=config_dict.placeholder(int),  # None: the preset's
     )
   )
   c.optimizer = ml_collections.ConfigDict(
@@ -101,6 +102,12 @@ def base_config() -> ml_collections.ConfigDict:
       ),  # demo: where to generate the world (default WORKDIR/data)
       demo_num_train=0,
       demo_num_eval=0,
+      demo_world_seed=config_dict.placeholder(int),  # None: the run's seed draws the world too
+      # "shuffled": every record carries another record's (x', y'), a control (data/sources.py).
+      partners="paired",
+      # Decode the training set once into memory (needs augment="center_crop"); same batches, no decode
+      # per step. For sets that fit in RAM, such as the demo world.
+      in_memory=False,
       # Images cross to the device as uint8 and are normalised there (a quarter of the bytes of float32).
       # None: on for TPU and GPU, off on CPU, where there is no transfer to save.
       uint8_images=config_dict.placeholder(bool),
@@ -179,6 +186,17 @@ def validate(config) -> None:
     f"choose one of {DECAY_RULES}",
   )
   need(config.data.augment in AUGMENTATIONS, "data.augment", f"choose one of {AUGMENTATIONS}")
+  need(config.data.partners in PARTNERS, "data.partners", f"choose one of {PARTNERS}")
+  need(
+    not (config.data.in_memory and config.data.augment != "center_crop"),
+    "data.in_memory",
+    "a decoded-once set cannot draw a new random crop each epoch; set data.augment=center_crop",
+  )
+  need(
+    not (config.data.in_memory and config.data.num_workers),
+    "data.in_memory",
+    "the decoded set is served from this process; set data.num_workers=0",
+  )
   prof = config.get("profile_steps")
   need(
     prof is None

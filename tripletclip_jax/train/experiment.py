@@ -99,9 +99,17 @@ def model_config(config) -> CLIPConfig:
     return hf.config_from_hf(hf_path(config.init_from)).replace(
       dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl
     )
-  return get_preset(
+  cfg = get_preset(
     m.preset, dtype=m.dtype, remat=m.remat, act=m.act, attention_impl=m.attention_impl
   )
+  if m.patch_size is not None:  # an ablation of the preset's patch size
+    if m.patch_size <= 0 or cfg.vision.image_size % m.patch_size:
+      raise ConfigError(
+        f"config.model.patch_size={m.patch_size}: must divide the preset's image size "
+        f"{cfg.vision.image_size}."
+      )
+    cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, patch_size=m.patch_size))
+  return cfg
 
 
 def hf_path(init_from: str) -> str:
@@ -166,6 +174,7 @@ def training_source(config, workdir: str, log=print) -> tuple[str, dict]:
       d.demo_num_train,
       d.demo_num_eval,
       d.get("demo_world"),
+      seed=config.seed if d.demo_world_seed is None else d.demo_world_seed,
       log=log,
     )
     return world.train, evals or world.evals
@@ -196,6 +205,8 @@ def _training_data(config, source, model_cfg: CLIPConfig, loss: Loss):
       max_bad_fraction=d.max_bad_fraction,
       bad_window=d.bad_window,
       fields=loss.batch_keys,
+      partners=d.partners,
+      in_memory=d.in_memory,
     )
   )  # decode and transfer only what the loss uses
 
