@@ -7,7 +7,7 @@
   python launch/main.py --config configs/finetune.py:loss=tripletclip,freeze_blocks=6 ...
   # on the demo world, from `make demo`'s CLIP export and world:
   python launch/main.py --config configs/finetune.py:world=demo --workdir runs/ft_demo \
-      --config.init_from=hf:runs/demo/runs/clip-seed0/hf --config.data.demo_data_dir=runs/demo/data
+      --config.init_from=hf:runs/demo/runs/clip-seed0/hf --config.data.demo_data_dir=runs/demo/data/seed0
 
 The architecture (sizes, patch, activation) comes from the checkpoint's config.json. The pretrained towers
 learn at `tower_lr` x the learning rate, the projections and temperature at the full rate (new layers on

@@ -4,7 +4,7 @@
       --config.init_from=hf:/models/clip-vit-base-patch32 --config.data.train='/data/tripletdata/train-*.tfrecord'
   # on the demo world, from `make demo`'s CLIP export and world:
   python launch/main.py --config configs/lit.py:loss=tripletclip,world=demo --workdir runs/lit_demo \
-      --config.init_from=hf:runs/demo/runs/clip-seed0/hf --config.data.demo_data_dir=runs/demo/data
+      --config.init_from=hf:runs/demo/runs/clip-seed0/hf --config.data.demo_data_dir=runs/demo/data/seed0
 
 The image tower (every `visual/...` parameter) gets no update, no optimizer state and no backward pass;
 the text tower starts from the checkpoint too (LiT's "Lu" setting) and, with the projections and the

@@ -1,7 +1,7 @@
 """Copies TripletData TFRecord shards into Grain's native ArrayRecord format, record for record.
 
-  python launch/convert_array_record.py --input 'runs/demo/data/train/*.tfrecord' --output_dir runs/demo/data/train_ar
-  python launch/main.py --config configs/demo.py --workdir runs/ar --config.data.train=runs/demo/data/train_ar
+  python launch/convert_array_record.py --input 'runs/demo/data/seed0/train/*.tfrecord' --output_dir runs/demo/data/seed0/train_ar
+  python launch/main.py --config configs/demo.py --workdir runs/ar --config.data.train=runs/demo/data/seed0/train_ar
 
 Each `NAME.tfrecord` becomes `NAME.array_record` (the same tf.train.Example bytes in the same order), so
 training from the copy sees the same records in the same order as training from the shards. ArrayRecord

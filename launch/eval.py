@@ -1,7 +1,7 @@
 """Evaluates a training workdir or a Hugging Face CLIP directory.
 
   python launch/eval.py --model runs/demo --tasks sugarcrepe,triplet \
-      --sugarcrepe_dir runs/demo/data/sugarcrepe --triplet_data runs/demo/data/heldout --output results.json
+      --sugarcrepe_dir runs/demo/data/seed0/sugarcrepe --triplet_data runs/demo/data/seed0/heldout --output results.json
   python launch/eval.py --model /models/clip-vit-base-patch32 --tasks sugarcrepe,winoground,zeroshot,retrieval \
       --sugarcrepe_dir /data/sugarcrepe --coco_image_dir /data/coco/val2017 \
       --winoground /data/winoground --zeroshot tfds:imagenet2012 --tfds_data_dir /data/tfds \

@@ -1,27 +1,31 @@
-"""The paper's SugarCrepe comparison in miniature: every loss x seeds on the demo world, in one command.
+"""The paper's SugarCrepe comparison in miniature: every arm x seeds on the demo world, in one command.
 
-  python launch/reproduce.py --output_dir runs/reproduce                  # 5 losses x seeds 0,1,2
-  python launch/reproduce.py --output_dir runs/demo --losses clip,tripletclip --seeds 0 \
-      --reference docs/results/reproduce.json                              # `make demo`
+  python launch/reproduce.py --output_dir runs/study_v3 --seeds 0,1,2,3,4,5,6,7   # the pre-registered study
+  python launch/reproduce.py --output_dir runs/demo --arms clip,tripletclip --seeds 0   # `make demo`
   python launch/reproduce.py --output_dir runs/big --seeds 0,1,2,3,4 --config.model.preset=tiny \
       --config.total_steps=2000 --config.data.demo_num_train=5000          # scaled up
 
-Every run trains configs/demo.py (or --config) with one loss and one seed on
-the same world, which is generated once into DIR/data. Seeds change the model's
-initialisation and the data order, never the world. Baselines are compute
-matched: every run encodes as many image-text pairs as TripletCLIP
+An arm is a registered loss, or one of the controls in ARMS: `clip_union_steps`
+(CLIP on real + negative pairs at TripletCLIP's step count, batch 2B) and
+`tripletclip_shuffled` (every x', y' from another item). Every run trains
+configs/demo.py (or --config) with one arm and one seed. The world is drawn
+from the seed, once per seed, into DIR/data/seed{S}, and shared by that seed's
+arms, so a spread over seeds includes the draw of the world. Baselines are
+compute matched: every run encodes as many image-text pairs as TripletCLIP
 (compute_rule=pairs; `--config.compute_rule=flops` matches training FLOPs).
 `--config.KEY=VALUE` overrides the config of every run, typed and checked as
-launch/main.py does (`--set KEY=VALUE` is an alias); the loss, the seed and
-the world's folder are this script's to set.
-A finished run (DIR/runs/LOSS-seedS/result.json, which records the settings it
-trained with) is reused when those equal the requested ones, so a killed
-reproduction resumes; otherwise the script stops naming the keys that differ.
-An unfinished run resumes from its checkpoint.
+launch/main.py does (`--set KEY=VALUE` is an alias); the loss, the seed, the
+world's folder and seed, and the partners are this script's to set.
+A finished run (DIR/runs/ARM-seedS/result.json, which records the settings it
+trained with and its CPU model) is reused when those equal the requested ones,
+so a killed study resumes; otherwise the script stops naming the keys that
+differ. An unfinished run resumes from its checkpoint. Runs of one shape share
+compiled executables through JAX's persistent cache in DIR/jax_cache.
 
 Writes DIR/results.json, DIR/results.md (the paper's table layout, mean +- std
-over seeds) and DIR/results.png (bars with the std as error bars), and prints
-the paired per-seed difference TripletCLIP - CLIP.
+over seeds, then the pre-registered contrasts: paired differences with 95%
+t-intervals and their verdicts, and the relation subsets against chance) and
+DIR/results.png (bars with the std as error bars).
 """
 
 import argparse
@@ -414,7 +418,10 @@ def main(argv=None):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   t0 = time.perf_counter()
   runs, config = [], None
-  base = arm_config("tripletclip", args.config, 0, "", overrides)
+  try:
+    base = arm_config("tripletclip", args.config, 0, "", overrides)
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
   rule = (
     f"equal {'training FLOPs' if base.compute_rule == 'flops' else 'image-text pairs encoded'} "
     f"(compute_matched={base.compute_matched}, batch {base.batch_size}, TripletCLIP "

@@ -42,6 +42,7 @@ def small_config(data_dir, **overrides):
     c.data.demo_data_dir = data_dir
     # The fixture's world: every run (whatever its seed) reads it, as written.
     c.data.demo_num_train, c.data.demo_num_eval, c.data.demo_world_seed = 96, 6, 0
+    c.data.in_memory = False  # the streaming pipeline, which every real dataset takes
     c.export_hf_dir = None
     c.progress_bar = False
     for k, v in overrides.items():
@@ -400,6 +401,9 @@ def test_lit_config_locks_the_pretrained_image_tower(data_dir, tmp_path):
       "log_every_steps=1",
       "checkpoint_every_steps=3",
       f"data.demo_data_dir={data_dir}",
+      "data.demo_num_train=96",
+      "data.demo_num_eval=6",
+      "data.demo_world_seed=0",
       "progress_bar=False",
       "export_hf_dir=None",
       f"init_from=hf:{tmp_path / 'hf_src'}",

@@ -1,7 +1,7 @@
 """The demo world as its own layer, above `data` and `evaluate`: it writes the world once and hands the
 trainer what any dataset gives it, a training source and evaluator entries.
 
-    world = demo.prepare("runs/demo/data", num_train=600, num_eval=1200, world={"grid": 3})
+    world = demo.prepare("runs/demo/data/seed0", num_train=250, num_eval=1200, seed=0)
     world.train   # -> the training shards' folder
     world.evals   # -> {"sugarcrepe_heldout": {...}, "sugarcrepe_seen": {...}, "triplet_heldout": {...}}
 
