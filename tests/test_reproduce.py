@@ -120,7 +120,7 @@ def test_reproduce_rejects_bad_arguments(tmp_path):
     (["--arms", "clip,bogus"], "unknown arm 'bogus'"),
     (["--seeds", "a"], "--seeds"),
     (["--set", "nope=1"], "Unknown config key 'nope'"),
-    (["--config.batch_sise=8"], "Unknown config key 'batch_sise'; did you mean batch_size?"),
+    (["--config.batch_sise=8"], "Unknown config key 'batch_sise'; did you mean batch_size"),
     (["--config.batch_size=eight"], "config.batch_size='eight': give an integer"),
     (["--config.seed=7"], "--config.seed=7: loss, seed, data.demo_data_dir, data.demo_world_seed"),
     (["--config.data.partners=shuffled"], "are set by this script for each run"),
