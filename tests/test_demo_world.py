@@ -268,3 +268,16 @@ def test_every_attribute_value_renders_differently():
     for i in range(len(values)):
       for j in range(i):
         assert np.abs(renders[i] - renders[j]).mean() > 0.5, (field, values[i], values[j])
+
+
+def test_prepare_refuses_a_world_drawn_otherwise(tmp_path):
+  from tripletclip_jax import demo
+
+  root = str(tmp_path / "w")
+  first = demo.prepare(root, num_train=20, num_eval=2, seed=3, log=lambda *_: None)
+  again = demo.prepare(root, num_train=20, num_eval=2, seed=3, log=lambda *_: None)  # reused
+  assert again == first and json.load(open(f"{root}/world.json"))["world"]["seed"] == 3
+  with pytest.raises(ValueError, match=r"drawn with other settings \(seed 3 -> 4\)"):
+    demo.prepare(root, num_train=20, num_eval=2, seed=4)
+  with pytest.raises(ValueError, match="zipf 0.8 -> 0.5"):
+    demo.prepare(root, num_train=20, num_eval=2, world={"zipf": 0.5}, seed=3)

@@ -267,10 +267,9 @@ def make_dataset(
     ds = ds.shuffle(seed=seed)
   if train or num_epochs:
     ds = ds.repeat(num_epochs)  # None: forever, reshuffled every epoch
-  if not in_memory:
-    # Augmentation randomness is keyed by the global position (before the per-process slice), so
-    # an example is cropped the same way whatever the number of processes.
-    ds = ds.random_map(prep, seed=seed) if train else ds.map(prep)
+  # Augmentation randomness is keyed by the global position (before the per-process slice), so
+  # an example is cropped the same way whatever the number of processes.
+  ds = ds.random_map(prep, seed=seed) if train else ds.map(prep)
   ds = ds[process_index::process_count]
   # Threads that decode ahead within each process (Grain's default is 16); use about one per core a
   # process has, or a few per worker process when mp workers split the cores.

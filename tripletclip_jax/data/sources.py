@@ -138,7 +138,7 @@ class ShuffledPartners:
     if item.example is None:
       return item
     other = self.source[int(self.partner[int(i)])]
-    if other.example is None:  # the partner's fault makes this pair unusable too: counted as its
+    if other.example is None:  # without its partner's pair the record is unusable: counted as bad
       return other
     neg = {
       k: other.example[k] for k in ("neg_image", "neg_caption", "neg_type") if k in other.example
