@@ -22,9 +22,11 @@ $(VENV)/.test: setup.py $(VENV)/.core
 install: $(VENV)/.core
 install-test: $(VENV)/.test
 
-# TripletCLIP and its compute-matched CLIP baseline on demo world v3 (seed 0), side by side.
+# TripletCLIP and its compute-matched CLIP baseline on demo world v3 (seed 0), side by side, next to
+# the seed spread of the pre-registered study (docs/results/v3/results.json).
 demo: $(VENV)/.core
-	$(PY) launch/reproduce.py --output_dir $(WORKDIR) --arms clip,tripletclip --seeds 0
+	$(PY) launch/reproduce.py --output_dir $(WORKDIR) --arms clip,tripletclip --seeds 0 \
+	    --reference docs/results/v3/results.json
 
 # Formatting and lint first (ruff.toml; `.venv/bin/ruff format .` fixes the formatting), then two test
 # workers, a test module each at a time (module fixtures such as the storage server are built once).
