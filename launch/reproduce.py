@@ -451,7 +451,11 @@ def main(argv=None):
         continue
       t_run = time.perf_counter()
       print(f"[reproduce] {arm} seed {seed}: training in {workdir}", flush=True)
-      rec = run_record(arm, seed, config, train_and_evaluate(config, workdir))
+      try:
+        out = train_and_evaluate(config, workdir)
+      except (ValueError, FileNotFoundError) as e:  # e.g. DIR/data holds a world drawn otherwise
+        raise SystemExit(f"error: {arm} seed {seed}: {e}") from None
+      rec = run_record(arm, seed, config, out)
       rec["wall_s"] = round(time.perf_counter() - t_run, 1)
       rec["cpu"] = cpu_model()  # XLA's CPU numerics differ across CPU models: pair runs within one
       rec["config"] = config.to_dict()  # the full settings it trained with

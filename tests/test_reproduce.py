@@ -104,6 +104,15 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
     and "clip-seed0/result.json was trained with other settings" in err[0]
   )
   assert "total_steps 4 -> 10" in err[0] and "progress_bar" not in err[0], err
+  # A new arm on a seed whose world was drawn with other settings: one line, nothing trained.
+  p = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "launch/reproduce.py"), "--output_dir", out, "--arms", "negclip",
+     "--seeds", "0", *SMALL, "--config.data.demo_num_eval=6"],
+    capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+  )  # fmt: skip
+  err = p.stderr.strip().splitlines()
+  assert p.returncode != 0 and len(err) == 1, p.stderr[-2000:]
+  assert "negclip seed 0:" in err[0] and "(sugarcrepe_per_subset 4 -> 6)" in err[0], err
   log = _run(
     out, "--losses", "tripletclip", "--seeds", "0,1,2", *SMALL
   )  # --losses: an alias of --arms
