@@ -80,8 +80,9 @@ def main():
           flush=True,
         )
   med = {n: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for n, rs in out.items()}
-  with open("/proc/cpuinfo") as f:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+  from tripletclip_jax.train.metrics import cpu_model
+
+  cpu = cpu_model()
   print(
     f"cpu={cpu.replace(' ', '_')} loss={args.loss} steps={args.steps} rounds={args.rounds} "
     f"a_wall_s={med['A']['wall_s']:.1f} b_wall_s={med['B']['wall_s']:.1f} "

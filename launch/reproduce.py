@@ -112,20 +112,6 @@ def settings_differ(saved: dict | None, now: dict) -> list[str]:
   return config_changes(saved, now, DRIVING)
 
 
-def cpu_model() -> str:
-  """This machine's CPU model name (Linux), else the platform's processor string."""
-  import platform
-
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def arm_config(arm: str, config_file: str, seed: int, data_dir: str, overrides: list[str]):
   """The config an arm trains with for `seed`: the loss's config, the user's overrides, then the arm's."""
   from tripletclip_jax.train.config import apply_overrides, load_config_file
@@ -411,6 +397,7 @@ def main(argv=None):
   logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every file operation at INFO
   from tripletclip_jax.train.config import writers
   from tripletclip_jax.train.loop import train_and_evaluate
+  from tripletclip_jax.train.metrics import cpu_model
 
   out_dir = os.path.abspath(args.output_dir)
   # Runs of one shape compile once: later runs (and later invocations) load the executables.

@@ -225,9 +225,32 @@ def test_random_negatives_are_easy_as_on_web_data(tmp_path):
 
 
 def test_failed_negatives_are_kept_at_rate_q(tmp_path):
-  out = dw.write_demo_data(str(tmp_path), num_train=50, num_eval=2, seed=1)
+  out = dw.write_demo_data(str(tmp_path / "q"), num_train=50, num_eval=2, seed=1)
   assert out["failed_negatives"]["count"] == 10 and out["failed_negatives"]["q"] == 0.2
-  assert len(set(out["failed_negatives"]["keys"])) == 10
+  failed = set(out["failed_negatives"]["keys"])
+  assert len(failed) == 10
+  # The same world drawn with q = 0: the same triplets, except that exactly the listed x' now differ.
+  dw.write_demo_data(
+    str(tmp_path / "q0"), num_train=50, num_eval=2, seed=1, cfg=dw.WorldConfig(failed_negatives=0.0)
+  )
+
+  def train_records(d):
+    return {
+      ex["key"].decode(): ex
+      for p in records.resolve_shards(str(d / "train"))
+      for ex in map(records.decode_example, records.iter_records(p))
+    }
+
+  with_q, without = train_records(tmp_path / "q"), train_records(tmp_path / "q0")
+  assert set(with_q) == set(without) and len(with_q) == 50
+  for key, ex in with_q.items():
+    other = without[key]
+    assert (ex["image"], ex["caption"], ex["neg_caption"]) == (
+      other["image"],
+      other["caption"],
+      other["neg_caption"],
+    )
+    assert (ex["neg_image"] != other["neg_image"]) == (key in failed), key
   rng = np.random.default_rng(4)
   for kind in dw.TRAIN_EDITS:
     t = dw.make_triplet(CFG, rng, kind, training=True, failed=True)

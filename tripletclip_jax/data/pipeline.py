@@ -257,16 +257,20 @@ def make_dataset(
     source = UnionSource(source)
   shuffle = train if shuffle is None else shuffle
   prep = Preprocess(image_size, context_length, train, crop_scale, fields, augment, uint8_images)
-  if in_memory:
-    return _in_memory_batches(
-      source, prep, batch_size, seed, shuffle, train, num_epochs, process_index, process_count,
-      drop_remainder, read_threads, max_bad_fraction,
-    )  # fmt: skip
-  ds = grain.MapDataset.source(source)
+  # In memory, the dataset runs over the rows of the decoded table (same order, no decode per step).
+  table = _decode_all(source, prep, max_bad_fraction) if in_memory else None
+  ds = grain.MapDataset.range(len(table["key"])) if in_memory else grain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)
   if train or num_epochs:
     ds = ds.repeat(num_epochs)  # None: forever, reshuffled every epoch
+  if in_memory:
+    ds = ds[process_index::process_count].batch(
+      batch_size, drop_remainder=train if drop_remainder is None else drop_remainder
+    )
+    return ds.map(_Gather(table, len(BAD_REASONS))).to_iter_dataset(
+      grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(4, read_threads))
+    )
   # Augmentation randomness is keyed by the global position (before the per-process slice), so
   # an example is cropped the same way whatever the number of processes.
   ds = ds.random_map(prep, seed=seed) if train else ds.map(prep)
@@ -304,12 +308,9 @@ class _Gather:
     return dict({k: v[rows] for k, v in self.table.items()}, bad_counts=self.zeros)
 
 
-def _in_memory_batches(
-  source, prep, batch_size, seed, shuffle, train, num_epochs, process_index, process_count,
-  drop_remainder, read_threads, max_bad_fraction,
-) -> grain.IterDataset:  # fmt: skip
-  """`make_dataset(in_memory=True)`: every record decoded once into one table, batches gathered from it
-  by row (the same order as the streaming path when no record is bad)."""
+def _decode_all(source, prep, max_bad_fraction: float) -> dict:
+  """Every record of `source` through `prep`, stacked into one table {field: [n, ...]}; bad records are
+  logged, counted and left out (TooManyBadRecords past `max_bad_fraction`)."""
   if prep.random_crop:
     raise ValueError(
       "in_memory serves each record decoded once, but random_resized_crop draws a new crop every "
@@ -328,19 +329,7 @@ def _in_memory_batches(
       f"{sum(bad.values())} of {len(items)} records are bad ({dict(bad)}; limit "
       f"max_bad_fraction={max_bad_fraction}): check or regenerate them, or raise max_bad_fraction."
     )
-  table = {k: np.stack([g[k] for g in good]) for k in good[0]}
-  ds = grain.MapDataset.range(len(good))
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  if train or num_epochs:
-    ds = ds.repeat(num_epochs)
-  ds = ds[process_index::process_count].batch(
-    batch_size, drop_remainder=train if drop_remainder is None else drop_remainder
-  )
-  ds = ds.map(_Gather(table, len(BAD_REASONS)))
-  return ds.to_iter_dataset(
-    grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(4, read_threads))
-  )
+  return {k: np.stack([g[k] for g in good]) for k in good[0]}
 
 
 def iterator_state_for(state: dict, num_workers: int) -> tuple[dict, int]:

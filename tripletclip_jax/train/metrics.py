@@ -4,6 +4,7 @@ Weights & Biases (process 0 only)."""
 import json
 import logging
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -206,6 +207,18 @@ def read_metrics(workdir: str) -> dict[int, dict]:
         continue
       out.setdefault(step, {}).update(rec)
   return out
+
+
+def cpu_model() -> str:
+  """This machine's CPU model name (Linux), else the platform's processor string."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def measure_matmul_peak(dtype="float32") -> float:
