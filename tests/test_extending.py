@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from tripletclip_jax import evaluate, losses
+from tripletclip_jax import evaluate, losses, sharding
 from tripletclip_jax.data import formats, pipeline, records
 from tripletclip_jax.data.sources import SourceItem, decoded
 from tripletclip_jax.inference import Model
@@ -23,19 +23,27 @@ from test_trainer import data_dir, small_config  # noqa: E402, F401 - the shared
 
 
 # ---- A loss: the module, and its registry line.
-def margin(e, p, mesh=None):
+def margin(e, p, rows):
   import jax.numpy as jnp
 
   pos = jnp.sum(e["img"] * e["txt"], axis=1)
   neg = jnp.sum(e["img"] * e["neg_txt"], axis=1)
-  loss = jnp.mean(jnp.maximum(0.0, 0.2 - pos + neg))
-  return loss, {"i2t_acc": jnp.mean(pos > neg), "t2i_acc": jnp.mean(pos > neg)}
+  n = rows.global_size  # this device's share: sums over its rows, divided by the global batch size
+  loss = jnp.sum(jnp.maximum(0.0, 0.2 - pos + neg)) / n
+  return loss, {"i2t_acc": jnp.sum(pos > neg) / n, "t2i_acc": jnp.sum(pos > neg) / n}
 
 
 def test_a_loss(monkeypatch, data_dir, tmp_path):
   monkeypatch.setitem(
     losses.REGISTRY, "margin", losses.Loss("margin", margin, neg_texts=True, params=())
   )
+  # The shares of 8 devices sum to the one-device value.
+  e = {k: np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32) for k in ("img", "txt")}
+  e["neg_txt"] = e["txt"][::-1].copy()
+  one = losses.get("margin")(e, {})
+  split = losses.get("margin")(e, {}, sharding.make_mesh(-1, 1))
+  for a, b in zip(jax.tree.leaves(split), jax.tree.leaves(one)):
+    assert float(a) == pytest.approx(float(b), rel=1e-6)
   config = small_config(data_dir, loss="margin", total_steps=2, compute_matched=True)
   exp = build(config)
   assert (

@@ -6,6 +6,7 @@ over both axes; a weight is split over `fsdp` on its largest dimension that
 divides, and small weights are replicated.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -83,6 +84,37 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+  """This device's rows of a global batch, inside `jax.shard_map` over the batch axes (or all of it on one device).
+
+  The `global_size` rows are split in order over `shards` devices along the mesh `axes` (`BATCH_AXES`), so every
+  device holds global_size / shards of them. Losses score their own rows against every device's columns
+  (`gather`) and return their share; the shares sum to the loss (`losses.Loss`).
+  """
+
+  global_size: int
+  axes: tuple[str, ...] = ()
+  shards: int = 1
+
+  @property
+  def size(self) -> int:
+    return self.global_size // self.shards
+
+  def gather(self, x):
+    """[n, ...] -> [N, ...]: every device's rows in batch order (an all-gather; its gradient a reduce-scatter)."""
+    return x if self.shards == 1 else jax.lax.all_gather(x, self.axes, tiled=True)
+
+  def offset(self):
+    """Global index of this device's first row (0 on one device)."""
+    return 0 if self.shards == 1 else jax.lax.axis_index(self.axes) * self.size
+
+  def pass_on(self, x):
+    """x from this device to the next one round the ring of the batch axes (a collective-permute)."""
+    ring = [(i, (i + 1) % self.shards) for i in range(self.shards)]
+    return jax.lax.ppermute(x, self.axes, ring)
 
 
 def put_batch(batch: dict, mesh: Mesh) -> dict:

@@ -10,6 +10,10 @@ import dataclasses
 import math
 from typing import Callable
 
+import jax
+from jax.sharding import PartitionSpec as P
+
+from tripletclip_jax import sharding
 from tripletclip_jax.losses import sigmoid, softmax
 
 TEMPERATURE = (
@@ -21,9 +25,13 @@ TEMPERATURE = (
 class Loss:
   """A registered loss.
 
-  fn(e, p, mesh) -> (scalar loss, {metric: scalar}): `e` holds L2-normalised float32 embeddings 'img' and
-  'txt' [N, D] of the global batch, plus 'neg_img' / 'neg_txt' [N, D] when the entry asks for them; `p` holds
-  the loss's own parameters as stored (e.g. the log temperature); `mesh` is the device mesh or None.
+  fn(e, p, rows) -> this device's shares of (scalar loss, {metric: scalar}): `e` holds L2-normalised float32
+  embeddings 'img' and 'txt' [n, D] of this device's rows of the global batch, plus 'neg_img' / 'neg_txt' [n, D]
+  when the entry asks for them; `p` holds the loss's own parameters as stored (e.g. the log temperature); `rows`
+  (`sharding.Rows`) says which rows these are, gathers every device's (`rows.gather`) and passes blocks round the
+  ring (`rows.pass_on`). The shares of all devices sum to the loss and metrics; on one device `e` is the whole
+  batch and the share is the value. The train step runs `fn` inside `jax.shard_map` and differentiates each
+  device's share, so the gradient of a gathered embedding returns to its device as a reduce-scatter.
   """
 
   name: str
@@ -35,8 +43,16 @@ class Loss:
   params: tuple = TEMPERATURE  # ((name, initial value), ...): scalar parameters outside the towers
 
   def __call__(self, e: dict, p: dict, mesh=None):
-    """(loss, metrics) on embeddings `e` with the loss's parameters `p` (see above)."""
-    return self.fn(e, p, mesh)
+    """(loss, metrics) of the global batch `e` [N, D] (global arrays; on `mesh`, split over its batch axes)."""
+    n = e["img"].shape[0]
+    if mesh is None or sharding.num_batch_shards(mesh) == 1:
+      return self.fn(e, p, sharding.Rows(n))
+    rows = sharding.Rows(n, sharding.BATCH_AXES, sharding.num_batch_shards(mesh))
+
+    def local(e, p):
+      return jax.lax.psum(self.fn(e, p, rows), rows.axes)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(rows.axes), P()), out_specs=P())(e, p)
 
   def with_init(self, **values) -> "Loss":
     """This loss with other initial values for its own parameters, e.g. `with_init(logit_scale=2.3)`: the one

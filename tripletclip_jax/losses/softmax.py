@@ -1,75 +1,90 @@
 """The softmax (InfoNCE) losses: clip, negclip, negimage, tripletclip (formulas: docs/recipe.md).
 
-All arguments are L2-normalised embeddings [N, D] and `logit_scale`, the
-multiplier s = exp(t). Under `jax.jit` with sharded inputs the similarity
-matrices span every device, so each loss is the global-batch loss. Each
-function returns (loss, metrics) with image-to-text and text-to-image top-1
-accuracy computed from the same logits.
+All arguments are L2-normalised embeddings [n, D] and `logit_scale`, the multiplier s = exp(t). Each function
+scores the rows it is given against every device's columns (`rows.gather`) and returns its share of the
+global-batch loss and metrics (sums over its rows divided by the global batch size N); the shares of all devices
+sum to the loss. With `rows` None the arrays are the whole batch and the share is the loss itself. So no device
+holds more than its rows' [n, N] block of a similarity matrix, and the gradient of the gathered columns returns to
+their devices as a reduce-scatter (open_clip's `local_loss`).
 """
 
 import jax
 import jax.numpy as jnp
+
+from tripletclip_jax.sharding import Rows
 
 
 def _sim(a, b, logit_scale):
   return logit_scale * jnp.einsum("nd,md->nm", a.astype(jnp.float32), b.astype(jnp.float32))
 
 
-def _ce_diag(logits):
-  """Mean cross-entropy of the rows of `logits` [N, M>=N] with target = row index; and accuracy."""
-  n = logits.shape[0]
+def _ce_rows(logits, rows: Rows):
+  """Shares of the cross-entropy and top-1 accuracy of `logits` [n, M] whose target is the row's global index."""
+  target = rows.offset() + jnp.arange(logits.shape[0])
   logp = jax.nn.log_softmax(logits, axis=-1)
-  idx = jnp.arange(n)
-  loss = -jnp.mean(logp[idx, idx])
-  acc = jnp.mean(jnp.argmax(logits, axis=-1) == idx)
-  return loss, acc
+  loss = -jnp.sum(jnp.take_along_axis(logp, target[:, None], axis=1))
+  correct = jnp.sum(jnp.argmax(logits, axis=-1) == target)
+  return loss / rows.global_size, correct / rows.global_size
 
 
-def clip_loss(img, txt, logit_scale):
+def _rows(rows, x):
+  return Rows(x.shape[0]) if rows is None else rows
+
+
+def clip_loss(img, txt, logit_scale, rows: Rows | None = None):
   """clip(X, Y) = 1/2 [CE(S(X,Y)) + CE(S(Y,X))]."""
-  l_i2t, a_i2t = _ce_diag(_sim(img, txt, logit_scale))
-  l_t2i, a_t2i = _ce_diag(_sim(txt, img, logit_scale))
+  rows = _rows(rows, img)
+  l_i2t, a_i2t = _ce_rows(_sim(img, rows.gather(txt), logit_scale), rows)
+  l_t2i, a_t2i = _ce_rows(_sim(txt, rows.gather(img), logit_scale), rows)
   return 0.5 * (l_i2t + l_t2i), {"i2t_acc": a_i2t, "t2i_acc": a_t2i}
 
 
-def negclip_loss(img, txt, neg_txt, logit_scale):
+def negclip_loss(img, txt, neg_txt, logit_scale, rows: Rows | None = None):
   """negclip(X, Y, Y') = 1/2 [CE([S(X,Y) | S(X,Y')]) + CE(S(Y,X))]."""
-  i2t = jnp.concatenate([_sim(img, txt, logit_scale), _sim(img, neg_txt, logit_scale)], axis=1)
-  l_i2t, a_i2t = _ce_diag(i2t)
-  l_t2i, a_t2i = _ce_diag(_sim(txt, img, logit_scale))
+  rows = _rows(rows, img)
+  i2t = jnp.concatenate(
+    [_sim(img, rows.gather(txt), logit_scale), _sim(img, rows.gather(neg_txt), logit_scale)], axis=1
+  )
+  l_i2t, a_i2t = _ce_rows(i2t, rows)
+  l_t2i, a_t2i = _ce_rows(_sim(txt, rows.gather(img), logit_scale), rows)
   return 0.5 * (l_i2t + l_t2i), {"i2t_acc": a_i2t, "t2i_acc": a_t2i}
 
 
-def negimage_loss(img, txt, neg_img, logit_scale):
+def negimage_loss(img, txt, neg_img, logit_scale, rows: Rows | None = None):
   """negimage(X, Y, X') = 1/2 [CE([S(Y,X) | S(Y,X')]) + CE(S(X,Y))]."""
-  t2i = jnp.concatenate([_sim(txt, img, logit_scale), _sim(txt, neg_img, logit_scale)], axis=1)
-  l_t2i, a_t2i = _ce_diag(t2i)
-  l_i2t, a_i2t = _ce_diag(_sim(img, txt, logit_scale))
+  rows = _rows(rows, img)
+  t2i = jnp.concatenate(
+    [_sim(txt, rows.gather(img), logit_scale), _sim(txt, rows.gather(neg_img), logit_scale)], axis=1
+  )
+  l_t2i, a_t2i = _ce_rows(t2i, rows)
+  l_i2t, a_i2t = _ce_rows(_sim(img, rows.gather(txt), logit_scale), rows)
   return 0.5 * (l_i2t + l_t2i), {"i2t_acc": a_i2t, "t2i_acc": a_t2i}
 
 
-def tripletclip_loss(img, txt, neg_img, neg_txt, logit_scale):
+def tripletclip_loss(img, txt, neg_img, neg_txt, logit_scale, rows: Rows | None = None):
   """negclip(X, Y, Y') + negclip(X', Y', Y): summed, not averaged.
 
   Metrics are the means over the two terms.
   """
-  l1, m1 = negclip_loss(img, txt, neg_txt, logit_scale)
-  l2, m2 = negclip_loss(neg_img, neg_txt, txt, logit_scale)
+  l1, m1 = negclip_loss(img, txt, neg_txt, logit_scale, rows)
+  l2, m2 = negclip_loss(neg_img, neg_txt, txt, logit_scale, rows)
   return l1 + l2, {k: 0.5 * (m1[k] + m2[k]) for k in m1}
 
 
-# Registry adapters: (embeddings, loss parameters as stored, mesh) -> (loss, metrics).
-def clip(e, p, mesh=None):
-  return clip_loss(e["img"], e["txt"], jnp.exp(p["logit_scale"]))
+# Registry adapters: (this device's embeddings, loss parameters as stored, Rows) -> shares of (loss, metrics).
+def clip(e, p, rows=None):
+  return clip_loss(e["img"], e["txt"], jnp.exp(p["logit_scale"]), rows)
 
 
-def negclip(e, p, mesh=None):
-  return negclip_loss(e["img"], e["txt"], e["neg_txt"], jnp.exp(p["logit_scale"]))
+def negclip(e, p, rows=None):
+  return negclip_loss(e["img"], e["txt"], e["neg_txt"], jnp.exp(p["logit_scale"]), rows)
 
 
-def negimage(e, p, mesh=None):
-  return negimage_loss(e["img"], e["txt"], e["neg_img"], jnp.exp(p["logit_scale"]))
+def negimage(e, p, rows=None):
+  return negimage_loss(e["img"], e["txt"], e["neg_img"], jnp.exp(p["logit_scale"]), rows)
 
 
-def tripletclip(e, p, mesh=None):
-  return tripletclip_loss(e["img"], e["txt"], e["neg_img"], e["neg_txt"], jnp.exp(p["logit_scale"]))
+def tripletclip(e, p, rows=None):
+  return tripletclip_loss(
+    e["img"], e["txt"], e["neg_img"], e["neg_txt"], jnp.exp(p["logit_scale"]), rows
+  )

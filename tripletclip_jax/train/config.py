@@ -87,7 +87,11 @@ def base_config() -> ml_collections.ConfigDict:
       lr_multipliers=(),  # ((regex, factor), ...): first match scales the learning rate
     )
   )
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**16))
+  # grad_reduce_dtype: the dtype gradients are summed over devices in ("bfloat16" halves those bytes; open_clip
+  # sums float32, as the default here does).
+  c.mesh = ml_collections.ConfigDict(
+    dict(data=-1, fsdp=1, min_fsdp_size=2**16, grad_reduce_dtype="float32")
+  )
   c.data = ml_collections.ConfigDict(
     dict(
       train=config_dict.placeholder(str),  # shard glob / directory of TripletData
@@ -180,6 +184,11 @@ def validate(config) -> None:
     "the wandb package is not installed: pip install -e '.[wandb]'",
   )
   need(config.model.dtype in ("float32", "bfloat16"), "model.dtype", "choose float32 or bfloat16")
+  need(
+    config.mesh.grad_reduce_dtype in ("float32", "bfloat16"),
+    "mesh.grad_reduce_dtype",
+    "choose float32 or bfloat16",
+  )
   need(
     config.optimizer.decay_rule in DECAY_RULES,
     "optimizer.decay_rule",

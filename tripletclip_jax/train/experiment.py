@@ -269,6 +269,7 @@ def build(
     config.accum_steps,
     config.clamp_logit_scale,
     o.frozen,
+    config.mesh.grad_reduce_dtype,
   )
   exp = Experiment(
     config=config,

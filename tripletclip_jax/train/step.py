@@ -1,6 +1,8 @@
 """Train state and the jitted, sharded, donated train step.
 
-Gradient accumulation keeps the contrastive loss exact (open_clip's
+The gradient is computed per device (`jax.shard_map`) and summed over devices explicitly, in float32 by default:
+a reduce-scatter for the weights FSDP splits, an all-reduce for the replicated ones (`loss_and_grads`); the
+optimizer update runs on the sharded state. Gradient accumulation keeps the contrastive loss exact (open_clip's
 `--accum-freq`): every micro-batch is first encoded without gradient, then
 each micro-batch is re-encoded with gradient and scored against the full set
 of embeddings. A naive split would shrink the set of negatives.
@@ -12,7 +14,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from tripletclip_jax import sharding
 from tripletclip_jax.losses import Loss
@@ -75,54 +77,29 @@ def create_train_state(
   return state, shardings
 
 
-def encode_batch(model: CLIP, params, batch: dict, loss: Loss, shards: int = 1) -> dict:
-  """Encodes what `loss` needs; positives and negatives share one forward pass per tower.
+def encode_batch(model: CLIP, params, batch: dict, loss: Loss) -> dict:
+  """Encodes what `loss` needs; positives and negatives share one forward pass per tower ([x; x'], [y; y']).
 
-  `shards` is how many devices split the batch dimension. Each device's positives and negatives are
-  concatenated where they lie ([x_d; x'_d] per device d; on one device simply [x; x']): a global
-  concatenation would move half of every device's images to another (an all-to-all of uint8 images, 147 MiB
-  per v4 chip per step in the cc3m plan).
-  Returns L2-normalised float32 embeddings {'img', 'txt', 'neg_img', 'neg_txt'} [N, D]
-  (the negatives are None when unused).
+  Called on each device's own rows (inside the step's `shard_map`), so the concatenation moves nothing between
+  devices. Returns L2-normalised float32 embeddings {'img', 'txt', 'neg_img', 'neg_txt'} [n, D] (the negatives
+  are None when unused).
   """
-  if batch["image"].shape[0] % shards:
-    shards = 1  # a micro-batch smaller than the mesh is not split evenly anyway
-
-  def with_negatives(pos, neg):  # [N, ...] x 2 -> [2N, ...]
-    split = lambda x: x.reshape((shards, -1) + x.shape[1:])
-    return jnp.stack([split(pos), split(neg)], axis=1).reshape((-1,) + pos.shape[1:])
-
-  def apart(e):  # [2N, D] -> [N, D], [N, D]
-    e = e.reshape((shards, 2, -1) + e.shape[1:])
-    return e[:, 0].reshape((-1,) + e.shape[3:]), e[:, 1].reshape((-1,) + e.shape[3:])
-
   out = {"neg_img": None, "neg_txt": None}
   for tower, key, neg, method in (
     ("img", "image", loss.neg_images, CLIP.encode_image),
     ("txt", "text", loss.neg_texts, CLIP.encode_text),
   ):
-    x = with_negatives(batch[key], batch[f"neg_{key}"]) if neg else batch[key]
+    x = jnp.concatenate([batch[key], batch[f"neg_{key}"]]) if neg else batch[key]
     e = model.apply({"params": params}, x, method=method)
-    out[tower], out[f"neg_{tower}"] = apart(e) if neg else (e, None)
+    out[tower], out[f"neg_{tower}"] = jnp.split(e, 2) if neg else (e, None)
   return out
 
 
-def loss_and_grads(
-  model: CLIP,
-  params,
-  batch: dict,
-  loss: Loss,
-  accum_steps: int = 1,
-  mesh: Mesh | None = None,
-  frozen: str | None = None,
-):
-  """(loss, metrics), grads for one global batch; exact under accumulation.
-
-  Parameters whose path matches `frozen` are constants: their gradients are zeros and no backward pass runs
-  through them.
+def _shares_and_grads(model, params, batch, loss, rows, accum_steps, mask):
+  """This device's shares of (loss, metrics) and its unreduced gradient: d(sum of every device's shares) /
+  d(this device's copy of `params`). Summed over devices it is the gradient of the loss. Exact under accumulation.
   """
   owned = loss.param_names  # the loss's parameters outside the towers (temperature, bias)
-  mask = frozen_mask(params, frozen) if frozen is not None else None
   owned_mask = None if mask is None else {k: mask[k] for k in owned}
 
   def freeze(
@@ -131,10 +108,9 @@ def loss_and_grads(
     return p if m is None else jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, m)
 
   def loss_of(e, p):
-    return loss(e, {k: p[k] for k in owned}, mesh)
+    return loss.fn(e, {k: p[k] for k in owned}, rows)
 
-  shards = 1 if mesh is None else sharding.num_batch_shards(mesh)
-  encode = lambda p, b: encode_batch(model, p, b, loss, shards)
+  encode = lambda p, b: encode_batch(model, p, b, loss)
 
   if accum_steps == 1:
 
@@ -146,19 +122,18 @@ def loss_and_grads(
 
   n = batch["image"].shape[0]
   if n % accum_steps:
-    raise ValueError(f"batch_size={n} does not split into accum_steps={accum_steps} micro-batches.")
+    raise ValueError(
+      f"{n} examples per device do not split into accum_steps={accum_steps} micro-batches; make "
+      "batch_size / accum_steps a multiple of the device count."
+    )
   m = n // accum_steps
 
-  # Micro-batch j takes examples j, j+A, j+2A, ...: each micro-batch stays spread over all
-  # devices. Every array is permuted the same way, and the losses are invariant to that.
-  def to_micro(x):
-    x = jnp.swapaxes(x.reshape((m, accum_steps) + x.shape[1:]), 0, 1)
-    if mesh is not None:
-      x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
-    return x
-
-  micro = {k: to_micro(batch[k]) for k in loss.batch_keys}
-
+  # Micro-batch j takes this device's examples j, j+A, j+2A, ...; every array is permuted the same way, and the
+  # losses are invariant to that.
+  micro = {
+    k: jnp.swapaxes(batch[k].reshape((m, accum_steps) + batch[k].shape[1:]), 0, 1)
+    for k in loss.batch_keys
+  }
   constant = jax.lax.stop_gradient(params)
   all_e = jax.lax.map(lambda mb: encode(constant, mb), micro)  # each [A, m, D]
   flat = lambda e: jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), e)
@@ -179,11 +154,85 @@ def loss_and_grads(
       return loss_of(flat(e), fixed)[0]
 
     g = jax.grad(f)(params)
-    return jax.tree.map(jnp.add, acc, g), None
+    return jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, g), None
 
-  zeros = jax.tree.map(jnp.zeros_like, params)
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)  # local sums in float32
   grads, _ = jax.lax.scan(micro_grad, zeros, jnp.arange(accum_steps))
   return (total, metrics), dict(grads, **g_owned)
+
+
+def _fsdp_dim(spec: P) -> int | None:
+  return next((i for i, a in enumerate(spec) if a == "fsdp"), None)
+
+
+def loss_and_grads(
+  model: CLIP,
+  params,
+  batch: dict,
+  loss: Loss,
+  accum_steps: int = 1,
+  mesh: Mesh | None = None,
+  frozen: str | None = None,
+  grad_reduce_dtype=jnp.float32,
+  param_specs=None,
+):
+  """(loss, metrics), grads (float32, in the parameters' shardings) for one global batch.
+
+  On a mesh the step is explicit, per device (`jax.shard_map`): each device gathers the weights that FSDP splits
+  (one all-gather each, in the model's compute dtype), encodes its own rows, scores them against every device's
+  embeddings (`losses.Loss`), and differentiates its share. Its gradient is then summed over devices once, in
+  `grad_reduce_dtype`: a reduce-scatter over `fsdp` for a split weight (each device keeps its slice), then an
+  all-reduce of that slice over `data`; an all-reduce over both axes for a replicated one. `param_specs` are the
+  parameters' PartitionSpecs (default: the FSDP rule of `sharding.param_spec`). Parameters whose path matches
+  `frozen` are constants: their gradients are zeros and no backward pass runs through them.
+  """
+  mask = frozen_mask(params, frozen) if frozen is not None else None
+  n = batch["image"].shape[0]
+  if mesh is None or sharding.num_batch_shards(mesh) == 1:
+    return _shares_and_grads(model, params, batch, loss, sharding.Rows(n), accum_steps, mask)
+
+  axes = sharding.BATCH_AXES
+  rows = sharding.Rows(n, axes, sharding.num_batch_shards(mesh))
+  if param_specs is None:
+    param_specs = jax.tree.map(lambda x: sharding.param_spec(x.shape, mesh.shape["fsdp"]), params)
+  compute = model.config.compute_dtype
+  reduce_dtype = jnp.dtype(grad_reduce_dtype)
+  data_axes = tuple(a for a in axes if a != "fsdp" and mesh.shape[a] > 1)
+  all_axes = tuple(a for a in axes if mesh.shape[a] > 1)
+
+  def gather(
+    x, spec
+  ):  # this device's slice -> the whole weight, in the dtype the model computes in
+    d = _fsdp_dim(spec)
+    return x if d is None else jax.lax.all_gather(x.astype(compute), "fsdp", axis=d, tiled=True)
+
+  def reduce(
+    g, x, spec, frozen_leaf
+  ):  # this device's whole-weight gradient -> the summed slice x it keeps
+    if frozen_leaf:  # a constant: nothing to sum
+      return jnp.zeros(x.shape, jnp.float32)
+    d = _fsdp_dim(spec)
+    g = g.astype(reduce_dtype)
+    if d is not None:
+      g = jax.lax.psum_scatter(g, "fsdp", scatter_dimension=d, tiled=True)
+    if data_axes if d is not None else all_axes:
+      g = jax.lax.psum(g, data_axes if d is not None else all_axes)
+    return g.astype(jnp.float32)
+
+  def per_device(p, b):
+    full = jax.tree.map(gather, p, param_specs)
+    (share, metrics), g = _shares_and_grads(model, full, b, loss, rows, accum_steps, mask)
+    flags = mask if mask is not None else jax.tree.map(lambda _: False, g)
+    g = jax.tree.map(reduce, g, p, param_specs, flags)
+    return jax.lax.psum((share, metrics), axes), g
+
+  return jax.shard_map(
+    per_device,
+    mesh=mesh,
+    in_specs=(param_specs, P(axes)),
+    out_specs=(P(), param_specs),
+    check_vma=False,  # every collective is explicit; each device differentiates its own share
+  )(params, batch)
 
 
 def make_train_step(
@@ -196,19 +245,22 @@ def make_train_step(
   accum_steps: int = 1,
   clamp_logit_scale: bool = True,
   frozen: str | None = None,
+  grad_reduce_dtype: str = "float32",
 ) -> Callable:
   """Returns `step(state, batch) -> (state, metrics)`, jitted, with `state` donated.
 
   `batch` holds global arrays split over the mesh: image/neg_image [N, H, W, 3]
   float32, text/neg_text [N, L] int32. With `clamp_logit_scale` the log temperature
   is clipped to [0, ln 100] after each update (open_clip); without, it is left free.
-  `frozen` (a path regex, as the optimizer's) names parameters that get no gradient.
+  `frozen` (a path regex, as the optimizer's) names parameters that get no gradient. Gradients are summed over
+  devices in `grad_reduce_dtype` ("float32", or "bfloat16" for half the bytes; see `loss_and_grads`).
   """
   model = CLIP(config)
+  param_specs = jax.tree.map(lambda s: s.spec, state_shardings.params)
 
   def step(state: TrainState, batch: dict):
     (value, metrics), grads = loss_and_grads(
-      model, state.params, batch, loss, accum_steps, mesh, frozen
+      model, state.params, batch, loss, accum_steps, mesh, frozen, grad_reduce_dtype, param_specs
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
