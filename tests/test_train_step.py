@@ -188,3 +188,93 @@ def test_a_frozen_tower_is_untouched_holds_no_state_and_costs_less():
   assert (
     compiled.memory_analysis().temp_size_in_bytes < 0.7 * full.memory_analysis().temp_size_in_bytes
   )
+
+
+def _collectives(hlo: str) -> list[tuple[str, list[tuple[str, tuple]]]]:
+  """[(kind, [(dtype, shape) of each array in its result])] of the all-reduces and reduce-scatters in `hlo`."""
+  import re
+
+  out = []
+  for shape, kind in re.findall(r"= (.*?) (all-reduce|reduce-scatter)(?:-start)?\(", hlo):
+    arrays = [
+      (dt, tuple(int(d) for d in dims.split(",") if d))
+      for dt, dims in re.findall(r"\b(bf16|f32|f64|s32)\[([\d,]*)\]", shape)
+    ]
+    out.append((kind, arrays))
+  return out
+
+
+@pytest.mark.parametrize("reduce_dtype", ["float32", "bfloat16"])
+def test_fsdp_gradients_are_reduce_scattered_in_the_chosen_dtype(reduce_dtype):
+  """A bfloat16 model with FSDP over 8 devices: every weight FSDP splits has its gradient summed by a
+  reduce-scatter to its slice, never all-reduced at full size, and every gradient sum runs in the chosen dtype
+  (float32 by default: the bf16 weight gradients are cast before they are summed)."""
+  cfg = CFG.replace(dtype="bfloat16")
+  mesh = sharding.make_mesh(1, 8)
+  tx, schedule = make_optimizer(learning_rate=LR, total_steps=10, warmup_steps=0)
+  loss = loss_lib.get("tripletclip")
+  state, sh = create_train_state(cfg, tx, mesh, jax.random.key(0), loss, min_fsdp_size=2**12)
+  step = make_train_step(cfg, tx, schedule, loss, mesh, sh, grad_reduce_dtype=reduce_dtype)
+  lowered = step.jitted.lower(state, sharding.put_batch(_batch(16), mesh))
+  hlo = lowered.compile().as_text()
+  split = [
+    (x.shape, s.spec)
+    for x, s in zip(jax.tree.leaves(state.params), jax.tree.leaves(sh.params))
+    if "fsdp" in s.spec
+  ]
+  assert len(split) >= 20  # the attention and MLP kernels, the embeddings
+  full_shapes = {shape for shape, _ in split}
+  slice_shapes = {
+    tuple(d // 8 if a == "fsdp" else d for d, a in zip(shape, spec)) for shape, spec in split
+  }
+  colls = _collectives(hlo)
+  all_reduced = {shape for kind, arrays in colls if kind == "all-reduce" for _, shape in arrays}
+  assert not full_shapes & all_reduced  # (the replicated leaves are all smaller than min_fsdp_size)
+  scattered = {shape for kind, arrays in colls if kind == "reduce-scatter" for _, shape in arrays}
+  assert slice_shapes <= scattered, slice_shapes - scattered
+  # The dtype of each sum as the step asks for it (XLA's CPU backend then runs bf16 collectives in float32, so
+  # the compiled CPU module cannot show it): the weights' gradients in the chosen dtype, and nothing else in
+  # bfloat16 (the loss's embeddings and metrics are float32).
+  dtype = {"float32": "f32", "bfloat16": "bf16"}[reduce_dtype]
+  asked = _collectives(lowered.as_text(dialect="hlo"))
+  summed = {(dt, shape) for _, arrays in asked for dt, shape in arrays}
+  assert {(dtype, shape) for shape in slice_shapes} <= summed
+  assert {dt for dt, shape in summed if shape in slice_shapes} == {dtype}
+  assert ("bf16" in {dt for dt, _ in summed}) == (reduce_dtype == "bfloat16")
+
+
+def test_float32_gradient_sums_are_closer_to_float64_than_bfloat16_sums():
+  """8 devices, a float32 model: the gradients summed across devices in float32 and in bfloat16 against a float64
+  reference of the same step on one device (relative error of the whole gradient)."""
+  mesh = sharding.make_mesh(2, 4)
+  loss = loss_lib.get("tripletclip")
+  tx, _ = make_optimizer(learning_rate=LR, total_steps=10, warmup_steps=0)
+  state, _ = create_train_state(CFG, tx, mesh, jax.random.key(0), loss, min_fsdp_size=2**12)
+  batch = _batch(32, seed=4)
+  params = jax.device_get(state.params)
+
+  with jax.enable_x64(True):
+    p64 = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+    b64 = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in batch.items()}
+    (_, _), ref = jax.jit(
+      lambda p, b: loss_and_grads(CLIP(CFG.replace(dtype="float64")), p, b, loss)
+    )(p64, b64)
+    ref = np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(ref))])
+
+  errors = {}
+  for dtype in ("float32", "bfloat16"):
+    specs = jax.tree.map(lambda x: x.sharding.spec, state.params)
+    f = jax.jit(
+      lambda p, b: loss_and_grads(
+        CLIP(CFG), p, b, loss, mesh=mesh, grad_reduce_dtype=dtype, param_specs=specs
+      )
+    )
+    _, g = f(state.params, sharding.put_batch(batch, mesh))
+    g = np.concatenate(
+      [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(jax.device_get(g))]
+    )
+    errors[dtype] = np.linalg.norm(g - ref) / np.linalg.norm(ref)
+  print(f"relative gradient error against float64, 8 devices: {errors}")
+  assert errors["float32"] < 1e-5
+  assert 1e-4 < errors["bfloat16"] < 2e-2
+  assert errors["bfloat16"] > 50 * errors["float32"]

@@ -25,7 +25,9 @@ PARAMS = (
 
 def _block(x, y, s, b, diagonal_positive):
   """-sum log sigmoid(label * (s x y^T + b)) over one block [n, m]; label +1 on the diagonal if asked."""
-  z = s * jnp.einsum("nd,md->nm", x.astype(jnp.float32), y.astype(jnp.float32)) + b
+  z = (
+    s * jnp.einsum("nd,md->nm", x, y, preferred_element_type=jnp.result_type(x, y, jnp.float32)) + b
+  )
   label = -jnp.ones_like(z)
   if diagonal_positive:
     label = label + 2 * jnp.eye(z.shape[0], z.shape[1], dtype=z.dtype)
@@ -48,7 +50,7 @@ def _accuracy(x, y, rows: Rows):
   target = rows.offset() + jnp.arange(x.shape[0])
 
   def hits(a, b):
-    sim = jnp.einsum("nd,md->nm", a.astype(jnp.float32), rows.gather(b).astype(jnp.float32))
+    sim = jnp.einsum("nd,md->nm", a, rows.gather(b), preferred_element_type=jnp.float32)
     return jnp.sum(jnp.argmax(sim, 1) == target) / rows.global_size
 
   return {"i2t_acc": hits(x, y), "t2i_acc": hits(y, x)}

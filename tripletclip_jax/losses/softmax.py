@@ -15,7 +15,9 @@ from tripletclip_jax.sharding import Rows
 
 
 def _sim(a, b, logit_scale):
-  return logit_scale * jnp.einsum("nd,md->nm", a.astype(jnp.float32), b.astype(jnp.float32))
+  return logit_scale * jnp.einsum(
+    "nd,md->nm", a, b, preferred_element_type=jnp.result_type(a, b, jnp.float32)
+  )
 
 
 def _ce_rows(logits, rows: Rows):

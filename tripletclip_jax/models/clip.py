@@ -164,7 +164,7 @@ class TextTransformer(nn.Module):
 
 
 def l2_normalize(x, eps=1e-12):
-  x = x.astype(jnp.float32)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32, or float64 for a reference
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
