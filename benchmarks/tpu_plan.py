@@ -9,11 +9,11 @@
 libtpu's compile-only client (`jax.experimental.topologies.get_topology_desc`) gives the devices of
 the named topology; the trainer's own step (`make_train_step`, same mesh and sharding rules, same
 config) is lowered for them and compiled by the TPU compiler. Printed: per-device memory (arguments,
-outputs, temporaries) against the chip's HBM, collective bytes per step (summed from the compiled
-HLO), FLOPs, the compiler's estimated step time and the MFU it implies (when libtpu reports one), an
-HBM-traffic estimate from the compiled HLO with the ops that dominate it, the roofline it implies,
-and with --max_batch the largest global batch that fits, with and without remat. Ends with one
-`key=value` line.
+outputs, temporaries) against the chip's HBM; the collectives by kind (result bytes, and bytes each chip sends)
+against the floor of the mesh's parallelism; FLOPs executed and of the model; the compiler's estimated step time
+and the MFU it implies, with the ops it expects to take the cycles; an HBM-traffic estimate from the compiled HLO
+with the ops that dominate it; the roofline of compute, HBM and ICI; and with --max_batch the largest global batch
+that fits, with and without remat. Ends with one `key=value` line.
 """
 
 import argparse
@@ -36,12 +36,13 @@ from tripletclip_jax.train.config import (
 )  # noqa: E402
 from tripletclip_jax.train.experiment import build  # noqa: E402
 
-# Per chip: bf16 peak FLOP/s, HBM bytes and HBM bytes/s (Google Cloud's published figures).
+# Per chip: bf16 peak FLOP/s, HBM bytes, HBM bytes/s and ICI bytes/s (Google Cloud's published figures; the ICI
+# figure is the "interchip interconnect bandwidth" of each generation's page: 2400, 1600, 4800, 3584 Gbps).
 CHIPS = {
-  "v4": (275e12, 32 * 2**30, 1.2e12),
-  "v5e": (197e12, 16 * 2**30, 0.82e12),
-  "v5p": (459e12, 95 * 2**30, 2.76e12),
-  "v6e": (918e12, 32 * 2**30, 1.64e12),
+  "v4": (275e12, 32 * 2**30, 1.2e12, 300e9),
+  "v5e": (197e12, 16 * 2**30, 0.82e12, 200e9),
+  "v5p": (459e12, 95 * 2**30, 2.76e12, 600e9),
+  "v6e": (918e12, 32 * 2**30, 1.64e12, 448e9),
 }
 # A collective anywhere in the module (the TPU compiler moves many into fusions and async wrappers); its
 # result shape may be a tuple (combined all-reduces), so everything up to the opcode is the shape.
@@ -79,25 +80,85 @@ def _arrays(text: str) -> list[tuple[int, bool]]:
   return out
 
 
-def collective_bytes(hlo: str) -> dict[str, int]:
-  """{collective kind: result bytes per device per step}, summed over every computation of the compiled HLO.
+def _group_size(attrs: str, devices: int) -> int:
+  """Devices per replica group of a collective, from its attributes: {{0,1,..},..} or the iota form [g,n]<=[..]."""
+  m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", attrs)
+  if m:
+    return int(m.group(2))
+  m = re.search(r"replica_groups=\{\{([\d,]*)\}", attrs)
+  return len(m.group(1).split(",")) if m else devices
 
-  The TPU compiler splits one collective into a chain of async fusions that each print the whole op with the
-  same channel_id: a channel counts once.
+
+def collectives(hlo: str, devices: int) -> dict[str, tuple[int, int]]:
+  """{collective kind: (result bytes, bytes each device sends)} per device per step, over every computation of the
+  compiled HLO.
+
+  Bytes sent are those of the bandwidth-optimal (ring) algorithms in a group of n devices: all-gather and
+  all-to-all send (n-1)/n of their result, reduce-scatter n-1 times its result (the slice), all-reduce twice
+  (n-1)/n of it, collective-permute all of it. The TPU compiler splits one collective into a chain of async
+  fusions that each print the whole op with the same channel_id: a channel counts once.
   """
-  seen: dict[str, tuple[str, int]] = {}
+  seen: dict[str, tuple[str, int, int]] = {}
   for i, m in enumerate(_COLLECTIVE.finditer(hlo)):
     shape, kind, start = m.groups()
     arrays = [n for n, _ in _arrays(shape) if n > 4]  # drop the async context scalars
     if start and kind != "all-reduce":  # (operands..., results...): the results only
       arrays = arrays[len(arrays) // 2 :]
-    channel = re.match(r"[^\n]*?channel_id=(\d+)", hlo[m.end() :])
+    attrs = hlo[m.end() : hlo.find("\n", m.end())]
+    channel = re.search(r"channel_id=(\d+)", attrs)
     key = channel.group(1) if channel else f"#{i}"
-    seen[key] = (kind, max(sum(arrays), seen.get(key, ("", 0))[1]))
-  out: dict[str, int] = {}
-  for kind, n in seen.values():
-    out[kind] = out.get(kind, 0) + n
+    result = max(sum(arrays), seen.get(key, ("", 0, 0))[1])
+    n = _group_size(attrs, devices)
+    sent = {
+      "all-gather": result * (n - 1) / n,
+      "all-to-all": result * (n - 1) / n,
+      "reduce-scatter": result * (n - 1),
+      "all-reduce": 2 * result * (n - 1) / n,
+      "collective-permute": result,
+    }[kind]
+    seen[key] = (kind, result, int(sent))
+  out: dict[str, tuple[int, int]] = {}
+  for kind, result, sent in seen.values():
+    r, t = out.get(kind, (0, 0))
+    out[kind] = (r + result, t + sent)
   return out
+
+
+def step_estimate(cost: dict, hlo: str) -> tuple[float | None, int]:
+  """(the compiler's step-time estimate in seconds, or None; the ops it could not cost).
+
+  libtpu's cost model adds -1 s for each op it has no model for, and the memory-space assignment's sliced
+  prefetches (custom-call "ConcatBitcast", which reassembles a large array prefetched in slices) are such ops:
+  one makes `optimal_seconds` negative. Each is counted as free here (an asynchronous prefetch, overlapped with
+  compute); the same step compiled with --xla_tpu_sliced_prefetch_max_slices=1, which has none, gets an
+  estimate within 10% of this one (benchmarks/RESULTS.md).
+  """
+  uncosted = hlo.count('custom_call_target="ConcatBitcast"')
+  seconds = float(cost.get("optimal_seconds", -1.0)) + uncosted
+  return (seconds if seconds > 0 else None), uncosted
+
+
+def collective_floor(exp, devices: int) -> int:
+  """The fewest bytes each device must send per step for this mesh's parallelism: every weight FSDP splits
+  all-gathered once in the compute dtype and its gradient reduce-scattered once in the reduction dtype (then
+  all-reduced over `data`), every replicated weight's gradient all-reduced once, the loss's embeddings gathered
+  once each and their gradients reduce-scattered once (ring algorithms, as `collectives` counts)."""
+  import jax.numpy as jnp
+
+  mesh = exp.mesh
+  fsdp, data = mesh.shape["fsdp"], mesh.shape["data"]
+  compute = jnp.dtype(exp.model_config.dtype).itemsize
+  reduce = jnp.dtype(exp.config.mesh.grad_reduce_dtype).itemsize
+  ring = lambda n: (n - 1) / n
+  total = 0.0
+  for x, s in zip(jax.tree.leaves(exp.state.params), jax.tree.leaves(exp.state_shardings.params)):
+    if "fsdp" in s.spec:
+      total += x.size * (compute + reduce) * ring(fsdp) + 2 * x.size / fsdp * reduce * ring(data)
+    else:
+      total += 2 * x.size * reduce * ring(devices)
+  embeddings = 2 + exp.loss.neg_images + exp.loss.neg_texts
+  total += 2 * embeddings * exp.config.batch_size * exp.model_config.embed_dim * 4 * ring(devices)
+  return int(total)
 
 
 def hbm_bytes_by_op(hlo: str) -> dict[str, int]:
@@ -131,6 +192,23 @@ def hbm_bytes_by_op(hlo: str) -> dict[str, int]:
       else f"(compiler's {op})"
     )
     out[name] = out.get(name, 0) + traffic
+  return out
+
+
+def cycles_by_op(hlo: str) -> dict[str, int]:
+  """{JAX op: the TPU compiler's own estimated cycles} over the entry computation's fusions and ops (the
+  `estimated_cycles` of each instruction's backend config): which ops the compiler expects to take the time."""
+  entry = hlo[hlo.index("\nENTRY") :]
+  entry = entry[: entry.index("\n}")]
+  out: dict[str, int] = {}
+  for line in entry.splitlines()[1:]:
+    cycles = re.search(r'"estimated_cycles":"(\d+)"', line)
+    if cycles:
+      name = re.search(r'op_name="([^"]*)"', line)
+      name = (
+        re.sub(r"\.?\d+", "", name.group(1)).replace("jit(step)/", "") if name else "(compiler's)"
+      )
+      out[name] = out.get(name, 0) + int(cycles.group(1))
   return out
 
 
@@ -220,7 +298,7 @@ def main():
   chip = a.topology.split(":")[0]
   if chip not in CHIPS:
     raise SystemExit(f"error: unknown chip {chip!r} in --topology; choose one of {sorted(CHIPS)}")
-  peak, hbm, bandwidth = CHIPS[chip]
+  peak, hbm, bandwidth, ici = CHIPS[chip]
   # v4 and v5p chips have two TensorCores that JAX drives as one device ("megacore"), as on a real VM.
   kw = {"chip_config_name": "megacore"} if chip in ("v4", "v5p") else {}
   devices = topologies.get_topology_desc(platform="tpu", topology_name=a.topology, **kw).devices
@@ -244,71 +322,103 @@ def main():
   mem = memory(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops, seconds = float(cost.get("flops", 0.0)), float(cost.get("optimal_seconds", -1.0))
+  flops = float(
+    cost.get("flops", 0.0)
+  )  # what the compiled step executes (remat's recompute included)
   hlo = compiled.as_text()
   if a.save_hlo:
     with open(a.save_hlo, "w") as f:
       f.write(hlo)
+  n = len(devices)
+  seconds, uncosted = step_estimate(cost, hlo)
+  # The model's FLOPs (analytic: forward and backward of every encoded image and text, no recompute) per chip.
+  model_flops = exp.flops_per_example * config.batch_size / n
   by_op = hbm_bytes_by_op(hlo)
   hbm_bytes = sum(by_op.values())
-  # A roofline: compute at peak or HBM traffic at full bandwidth, whichever is slower. The compiler's
-  # `bytes accessed` counts every memory space (on-chip reads too), so HBM traffic is estimated from the HLO.
-  compute_s, hbm_s = flops / peak, hbm_bytes / bandwidth
-  roofline = max(compute_s, hbm_s)
-  coll = collective_bytes(hlo)
-  n = len(devices)
+  coll = collectives(hlo, n)
+  sent = sum(t for _, t in coll.values())
+  floor = collective_floor(exp, n)
+  # A roofline: the slowest of compute at peak, HBM traffic at full bandwidth and the bytes each chip sends at its
+  # ICI bandwidth (a lower bound: every link busy, nothing overlapped). The compiler's `bytes accessed` counts
+  # every memory space (on-chip reads too), so HBM traffic is estimated from the HLO.
+  parts = {"compute": flops / peak, "HBM": hbm_bytes / bandwidth, "ICI": sent / ici}
+  bound = max(parts, key=parts.get)
+  roofline = parts[bound]
   steps = exp.total_steps
   print(
     f"{a.topology}: {n} chips, {config.model.preset}, loss {config.loss}, global batch {config.batch_size}, "
-    f"mesh data={config.mesh.data} fsdp={config.mesh.fsdp}, dtype {config.model.dtype}, remat {config.model.remat}"
+    f"mesh data={config.mesh.data} fsdp={config.mesh.fsdp}, dtype {config.model.dtype}, remat "
+    f"{config.model.remat}, gradient sums in {config.mesh.grad_reduce_dtype}"
   )
-  gib = 2**30
+  gib, mib = 2**30, 2**20
   print(
     "per-device memory: "
     + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in mem.items())
     + f" (HBM {hbm / gib:.0f} GiB: {100 * mem['total'] / hbm:.0f}%)"
   )
   print(
-    "collectives per device per step: "
-    + (", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in coll.items()) or "none")
-  )
-  mfu = flops / seconds / peak if seconds > 0 else float("nan")
-  estimate = (
-    f"{seconds * 1e3:.1f} ms/step -> MFU {100 * mfu:.1f}%"
-    if seconds > 0
-    else "none (this libtpu reports no optimal_seconds)"
+    "collectives per device per step (result; sent): "
+    + (", ".join(f"{k} {r / mib:.1f}; {t / mib:.1f} MiB" for k, (r, t) in coll.items()) or "none")
+    + f"; sent in all {sent / mib:.1f} MiB, {sent / max(floor, 1):.2f}x the floor of this parallelism "
+    f"({floor / mib:.1f} MiB)"
   )
   print(
-    f"per device per step: {flops / 1e12:.2f} TFLOP ({compute_s * 1e3:.1f} ms at peak); HBM traffic "
-    f"{hbm_bytes / gib:.1f} GiB ({hbm_s * 1e3:.1f} ms at full bandwidth; the compiler's bytes accessed, all "
-    f"memory spaces: {float(cost.get('bytes accessed', 0.0)) / gib:.1f} GiB) -> "
-    f"{'compute' if compute_s >= hbm_s else 'HBM'}-bound, roofline {roofline * 1e3:.1f} ms/step, "
-    f"MFU at most {100 * compute_s / roofline:.0f}%"
+    f"per device per step: {flops / 1e12:.2f} TFLOP executed, {model_flops / 1e12:.2f} of the model "
+    f"({parts['compute'] * 1e3:.1f} ms at peak); HBM traffic {hbm_bytes / gib:.1f} GiB "
+    f"({parts['HBM'] * 1e3:.1f} ms at full bandwidth; the compiler's bytes accessed, all memory spaces: "
+    f"{float(cost.get('bytes accessed', 0.0)) / gib:.1f} GiB); ICI {sent / mib:.0f} MiB sent "
+    f"({parts['ICI'] * 1e3:.1f} ms at {ici / 1e9:.0f} GB/s) -> {bound}-bound, roofline {roofline * 1e3:.1f} "
+    f"ms/step"
   )
-  print(f"compiler step estimate: {estimate}; compiled in {compile_s:.0f} s")
-  print(
-    f"the run: {steps} steps x {roofline * 1e3:.1f} ms = at least {steps * roofline / 3600:.1f} h on {n} chips"
-  )
-  print(
-    "HBM traffic by op: "
-    + "; ".join(
-      f"{100 * v / hbm_bytes:.0f}% {k}" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:5]
+  mfu = model_flops / seconds / peak if seconds else float("nan")
+  if seconds:
+    print(
+      f"compiler step estimate: {seconds * 1e3:.1f} ms/step -> MFU {100 * mfu:.1f}% (model FLOPs; "
+      f"{100 * flops / seconds / peak:.1f}% of the executed ones), {uncosted} sliced prefetches counted as "
+      f"free; compiled in {compile_s:.0f} s"
     )
+  else:
+    print(
+      f"compiler step estimate: none (optimal_seconds {cost.get('optimal_seconds')}); compiled in {compile_s:.0f} s"
+    )
+  run_s = seconds or roofline
+  print(
+    f"the run: {steps} steps x {run_s * 1e3:.1f} ms = {steps * run_s / 3600:.1f} h on {n} chips "
+    f"({'the compiler' if seconds else 'the roofline, a lower bound'})"
   )
+  for title, table in (
+    ("compiler's estimated cycles by op", cycles_by_op(hlo)),
+    ("HBM traffic by op", by_op),
+  ):
+    total = sum(table.values()) or 1
+    print(
+      f"{title}: "
+      + "; ".join(
+        f"{100 * v / total:.0f}% {k}" for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:5]
+      )
+    )
   fields = {
     "topology": a.topology,
     "chips": n,
     "preset": config.model.preset,
     "batch": config.batch_size,
+    "fsdp": exp.mesh.shape["fsdp"],
+    "grad_reduce": config.mesh.grad_reduce_dtype,
     "mem_gib": round(mem["total"] / gib, 3),
     "hbm_frac": round(mem["total"] / hbm, 3),
     "tflop_per_device": round(flops / 1e12, 3),
+    "model_tflop_per_device": round(model_flops / 1e12, 3),
     "hbm_gib": round(hbm_bytes / gib, 2),
-    "est_ms": round(seconds * 1e3, 2) if seconds > 0 else "none",
+    "est_ms": round(seconds * 1e3, 2) if seconds else "none",
     "mfu": round(mfu, 3),
+    "compute_ms": round(parts["compute"] * 1e3, 2),
+    "hbm_ms": round(parts["HBM"] * 1e3, 2),
+    "ici_ms": round(parts["ICI"] * 1e3, 2),
     "roofline_ms": round(roofline * 1e3, 2),
-    "run_h": round(steps * roofline / 3600, 1),
-    "collective_mib": round(sum(coll.values()) / 2**20, 1),
+    "run_h": round(steps * run_s / 3600, 1),
+    **{f"{k}_mib".replace("-", "_"): round(r / mib, 1) for k, (r, _) in coll.items()},
+    "sent_mib": round(sent / mib, 1),
+    "floor_mib": round(floor / mib, 1),
   }
   if a.max_batch:
     for remat in (False, True):
