@@ -47,7 +47,7 @@ CHIPS = {
 # A collective anywhere in the module (the TPU compiler moves many into fusions and async wrappers); its
 # result shape may be a tuple (combined all-reduces), so everything up to the opcode is the shape.
 _COLLECTIVE = re.compile(
-  r"^\s*(?:ROOT )?%\S+ = (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
+  r"^\s*(?:ROOT )?%?\S+ = (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
   r"collective-permute)(-start)?\(",
   re.M,
 )
@@ -90,25 +90,24 @@ def _group_size(attrs: str, devices: int) -> int:
 
 
 def collectives(hlo: str, devices: int) -> dict[str, tuple[int, int]]:
-  """{collective kind: (result bytes, bytes each device sends)} per device per step, over every computation of the
-  compiled HLO.
+  """{collective kind: (result bytes, bytes each device sends)} per device per step, over every computation of
+  `hlo`: the lowered step, whose collectives are the ones it asks for, one op each (the step's are explicit, in
+  `jax.shard_map`; the partitioner adds only the scalar all-reduces of the gradient norm). The compiled TPU
+  program is no place to count them: the compiler splits each into a chain of async fusions that each print the
+  whole op, with nothing in the text to tell one chain from another.
 
   Bytes sent are those of the bandwidth-optimal (ring) algorithms in a group of n devices: all-gather and
   all-to-all send (n-1)/n of their result, reduce-scatter n-1 times its result (the slice), all-reduce twice
-  (n-1)/n of it, collective-permute all of it. The TPU compiler splits one collective into a chain of async
-  fusions that each print the whole op with the same channel_id: a channel counts once.
+  (n-1)/n of it, collective-permute all of it.
   """
-  seen: dict[str, tuple[str, int, int]] = {}
-  for i, m in enumerate(_COLLECTIVE.finditer(hlo)):
+  out: dict[str, tuple[int, int]] = {}
+  for m in _COLLECTIVE.finditer(hlo):
     shape, kind, start = m.groups()
-    arrays = [n for n, _ in _arrays(shape) if n > 4]  # drop the async context scalars
+    arrays = [n for n, _ in _arrays(shape)]
     if start and kind != "all-reduce":  # (operands..., results...): the results only
       arrays = arrays[len(arrays) // 2 :]
-    attrs = hlo[m.end() : hlo.find("\n", m.end())]
-    channel = re.search(r"channel_id=(\d+)", attrs)
-    key = channel.group(1) if channel else f"#{i}"
-    result = max(sum(arrays), seen.get(key, ("", 0, 0))[1])
-    n = _group_size(attrs, devices)
+    result = sum(arrays)
+    n = _group_size(hlo[m.end() : hlo.find("\n", m.end())], devices)
     sent = {
       "all-gather": result * (n - 1) / n,
       "all-to-all": result * (n - 1) / n,
@@ -116,11 +115,8 @@ def collectives(hlo: str, devices: int) -> dict[str, tuple[int, int]]:
       "all-reduce": 2 * result * (n - 1) / n,
       "collective-permute": result,
     }[kind]
-    seen[key] = (kind, result, int(sent))
-  out: dict[str, tuple[int, int]] = {}
-  for kind, result, sent in seen.values():
     r, t = out.get(kind, (0, 0))
-    out[kind] = (r + result, t + sent)
+    out[kind] = (r + result, t + int(sent))
   return out
 
 
@@ -214,14 +210,15 @@ def cycles_by_op(hlo: str) -> dict[str, int]:
 
 def compile_step(config, devices, batch_size: int, remat: bool | None = None):
   """The trainer's step, compiled for `devices` at `batch_size` (and `remat`, if given); returns (compiled,
-  experiment). `config` itself is not changed."""
+  experiment, the lowered program's HLO text). `config` itself is not changed."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.batch_size = batch_size
     if remat is not None:
       config.model.remat = remat
   exp = build(config, devices=devices, abstract=True)  # the trainer's own build, allocating nothing
-  return exp.train_step.jitted.lower(exp.state, exp.batch_spec()).compile(), exp
+  lowered = exp.train_step.jitted.lower(exp.state, exp.batch_spec())
+  return lowered.compile(), exp, lowered.as_text(dialect="hlo")
 
 
 def memory(compiled) -> dict:
@@ -309,7 +306,7 @@ def main():
     raise SystemExit(f"error: {e}") from None
   t = time.perf_counter()
   try:
-    compiled, exp = compile_step(config, devices, config.batch_size)
+    compiled, exp, asked = compile_step(config, devices, config.batch_size)
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -335,7 +332,7 @@ def main():
   model_flops = exp.flops_per_example * config.batch_size / n
   by_op = hbm_bytes_by_op(hlo)
   hbm_bytes = sum(by_op.values())
-  coll = collectives(hlo, n)
+  coll = collectives(asked, n)
   sent = sum(t for _, t in coll.values())
   floor = collective_floor(exp, n)
   # A roofline: the slowest of compute at peak, HBM traffic at full bandwidth and the bytes each chip sends at its

@@ -3,7 +3,9 @@
 The mesh has two axes: `data` (pure data parallelism) and `fsdp` (data
 parallelism whose devices also split each large weight). The batch is split
 over both axes; a weight is split over `fsdp` on its largest dimension that
-divides, and small weights are replicated.
+divides, and small weights are replicated. Inside the train step each device
+sees its own rows of the batch (`Rows`); `train/step.py` gathers the split
+weights and sums the gradients explicitly.
 """
 
 import dataclasses
