@@ -126,8 +126,8 @@ def step_estimate(cost: dict, hlo: str) -> tuple[float | None, int]:
   libtpu's cost model adds -1 s for each op it has no model for, and the memory-space assignment's sliced
   prefetches (custom-call "ConcatBitcast", which reassembles a large array prefetched in slices) are such ops:
   one makes `optimal_seconds` negative. Each is counted as free here (an asynchronous prefetch, overlapped with
-  compute); the same step compiled with --xla_tpu_sliced_prefetch_max_slices=1, which has none, gets an
-  estimate within 10% of this one (benchmarks/RESULTS.md).
+  compute). The same step compiled with LIBTPU_INIT_ARGS=--xla_tpu_sliced_prefetch_max_slices=1 has none and
+  gets an estimate without correction, for a slightly different program (benchmarks/RESULTS.md compares them).
   """
   uncosted = hlo.count('custom_call_target="ConcatBitcast"')
   seconds = float(cost.get("optimal_seconds", -1.0)) + uncosted
@@ -371,8 +371,9 @@ def main():
   if seconds:
     print(
       f"compiler step estimate: {seconds * 1e3:.1f} ms/step -> MFU {100 * mfu:.1f}% (model FLOPs; "
-      f"{100 * flops / seconds / peak:.1f}% of the executed ones), {uncosted} sliced prefetches counted as "
-      f"free; compiled in {compile_s:.0f} s"
+      f"{100 * flops / seconds / peak:.1f}% of the executed ones); libtpu's optimal_seconds "
+      f"{float(cost['optimal_seconds']):.4f} + 1 s for each of {uncosted} sliced prefetches; compiled in "
+      f"{compile_s:.0f} s"
     )
   else:
     print(

@@ -41,15 +41,21 @@ def clip_loss(img, txt, logit_scale, rows: Rows | None = None):
   return 0.5 * (l_i2t + l_t2i), {"i2t_acc": a_i2t, "t2i_acc": a_t2i}
 
 
+def _negclip(img, txt, neg_txt, cols, logit_scale, rows: Rows):
+  """negclip with every device's columns already gathered: `cols` maps img, txt and neg_txt to [N, D]."""
+  i2t = jnp.concatenate(
+    [_sim(img, cols["txt"], logit_scale), _sim(img, cols["neg_txt"], logit_scale)], axis=1
+  )
+  l_i2t, a_i2t = _ce_rows(i2t, rows)
+  l_t2i, a_t2i = _ce_rows(_sim(txt, cols["img"], logit_scale), rows)
+  return 0.5 * (l_i2t + l_t2i), {"i2t_acc": a_i2t, "t2i_acc": a_t2i}
+
+
 def negclip_loss(img, txt, neg_txt, logit_scale, rows: Rows | None = None):
   """negclip(X, Y, Y') = 1/2 [CE([S(X,Y) | S(X,Y')]) + CE(S(Y,X))]."""
   rows = _rows(rows, img)
-  i2t = jnp.concatenate(
-    [_sim(img, rows.gather(txt), logit_scale), _sim(img, rows.gather(neg_txt), logit_scale)], axis=1
-  )
-  l_i2t, a_i2t = _ce_rows(i2t, rows)
-  l_t2i, a_t2i = _ce_rows(_sim(txt, rows.gather(img), logit_scale), rows)
-  return 0.5 * (l_i2t + l_t2i), {"i2t_acc": a_i2t, "t2i_acc": a_t2i}
+  cols = {"img": rows.gather(img), "txt": rows.gather(txt), "neg_txt": rows.gather(neg_txt)}
+  return _negclip(img, txt, neg_txt, cols, logit_scale, rows)
 
 
 def negimage_loss(img, txt, neg_img, logit_scale, rows: Rows | None = None):
@@ -64,12 +70,18 @@ def negimage_loss(img, txt, neg_img, logit_scale, rows: Rows | None = None):
 
 
 def tripletclip_loss(img, txt, neg_img, neg_txt, logit_scale, rows: Rows | None = None):
-  """negclip(X, Y, Y') + negclip(X', Y', Y): summed, not averaged.
+  """negclip(X, Y, Y') + negclip(X', Y', Y): summed, not averaged. Each embedding is gathered once.
 
   Metrics are the means over the two terms.
   """
-  l1, m1 = negclip_loss(img, txt, neg_txt, logit_scale, rows)
-  l2, m2 = negclip_loss(neg_img, neg_txt, txt, logit_scale, rows)
+  rows = _rows(rows, img)
+  g = {k: rows.gather(v) for k, v in (("img", img), ("txt", txt), ("x'", neg_img), ("y'", neg_txt))}
+  l1, m1 = _negclip(
+    img, txt, neg_txt, {"img": g["img"], "txt": g["txt"], "neg_txt": g["y'"]}, logit_scale, rows
+  )
+  l2, m2 = _negclip(
+    neg_img, neg_txt, txt, {"img": g["x'"], "txt": g["y'"], "neg_txt": g["txt"]}, logit_scale, rows
+  )
   return l1 + l2, {k: 0.5 * (m1[k] + m2[k]) for k in m1}
 
 
