@@ -102,9 +102,8 @@ def _shares_and_grads(model, params, batch, loss, rows, accum_steps, mask):
   owned = loss.param_names  # the loss's parameters outside the towers (temperature, bias)
   owned_mask = None if mask is None else {k: mask[k] for k in owned}
 
-  def freeze(
-    p, m
-  ):  # inside the differentiated function, where stop_gradient cuts the backward pass
+  # Called inside the differentiated function, where stop_gradient cuts the backward pass.
+  def freeze(p, m):
     return p if m is None else jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, m)
 
   def loss_of(e, p):
@@ -200,24 +199,21 @@ def loss_and_grads(
   data_axes = tuple(a for a in axes if a != "fsdp" and mesh.shape[a] > 1)
   all_axes = tuple(a for a in axes if mesh.shape[a] > 1)
 
-  def gather(
-    x, spec
-  ):  # this device's slice -> the whole weight, in the dtype the model computes in
+  def gather(x, spec):
+    """This device's slice -> the whole weight, in the dtype the model computes in."""
     d = _fsdp_dim(spec)
     return x if d is None else jax.lax.all_gather(x.astype(compute), "fsdp", axis=d, tiled=True)
 
-  def reduce(
-    g, x, spec, frozen_leaf
-  ):  # this device's whole-weight gradient -> the summed slice x it keeps
+  def reduce(g, x, spec, frozen_leaf):
+    """This device's gradient of the whole weight -> the sum over devices of the slice `x` it keeps."""
     if frozen_leaf:  # a constant: nothing to sum
       return jnp.zeros(x.shape, jnp.float32)
     d = _fsdp_dim(spec)
     g = g.astype(reduce_dtype)
-    if d is not None:
+    if d is not None:  # summed over fsdp by the reduce-scatter; what is left is data
       g = jax.lax.psum_scatter(g, "fsdp", scatter_dimension=d, tiled=True)
-    if data_axes if d is not None else all_axes:
-      g = jax.lax.psum(g, data_axes if d is not None else all_axes)
-    return g.astype(jnp.float32)
+    rest = all_axes if d is None else data_axes
+    return (jax.lax.psum(g, rest) if rest else g).astype(jnp.float32)
 
   def per_device(p, b):
     full = jax.tree.map(gather, p, param_specs)
