@@ -99,12 +99,12 @@ def test_accumulation_gives_the_full_batch_gradient(loss):
   tx, _ = make_optimizer(learning_rate=1e-3, total_steps=10, warmup_steps=0)
   state, _ = create_train_state(CFG, tx, mesh, jax.random.key(3), loss_lib.get(loss))
   assert ("logit_bias" in state.params) == (loss == "tripletsiglip")
-  batch = sharding.put_batch(_batch(32, seed=1), mesh)  # 4 per device: one per micro-batch
+  batch = sharding.put_batch(_batch(16, seed=1), mesh)  # 2 per device: one per micro-batch
   f = jax.jit(
     lambda p, b, a: loss_and_grads(CLIP(CFG), p, b, loss_lib.get(loss), a, mesh), static_argnums=2
   )
   (full, _), g_full = f(state.params, batch, 1)
-  (acc, _), g_acc = f(state.params, batch, 4)
+  (acc, _), g_acc = f(state.params, batch, 2)
   np.testing.assert_allclose(acc, full, rtol=1e-5)
   # Per leaf, relative to its norm: float32 sums in another order differ by up to ~2e-6 of the norm (1e-8 absolute
   # on the key biases, whose true gradient is 0), while a micro-batch counted twice or missed is off by ~1/4. (Elementwise, one cancelling entry in 6.3M, the end-of-text token's
@@ -204,8 +204,7 @@ def _collectives(hlo: str) -> list[tuple[str, list[tuple[str, tuple]]]]:
   return out
 
 
-@pytest.mark.parametrize("reduce_dtype", ["float32", "bfloat16"])
-def test_fsdp_gradients_are_reduce_scattered_in_the_chosen_dtype(reduce_dtype):
+def test_fsdp_gradients_are_reduce_scattered_in_the_chosen_dtype():
   """A bfloat16 model with FSDP over 8 devices: every weight FSDP splits has its gradient summed by a
   reduce-scatter to its slice, never all-reduced at full size, and every gradient sum runs in the chosen dtype
   (float32 by default: the bf16 weight gradients are cast before they are summed)."""
@@ -214,9 +213,11 @@ def test_fsdp_gradients_are_reduce_scattered_in_the_chosen_dtype(reduce_dtype):
   tx, schedule = make_optimizer(learning_rate=LR, total_steps=10, warmup_steps=0)
   loss = loss_lib.get("tripletclip")
   state, sh = create_train_state(cfg, tx, mesh, jax.random.key(0), loss, min_fsdp_size=2**12)
-  step = make_train_step(cfg, tx, schedule, loss, mesh, sh, grad_reduce_dtype=reduce_dtype)
-  lowered = step.jitted.lower(state, sharding.put_batch(_batch(16), mesh))
-  hlo = lowered.compile().as_text()
+  batch = sharding.put_batch(_batch(16), mesh)
+  lower = lambda dtype: make_train_step(
+    cfg, tx, schedule, loss, mesh, sh, grad_reduce_dtype=dtype
+  ).jitted.lower(state, batch)
+  lowered = {dtype: lower(dtype) for dtype in ("float32", "bfloat16")}
   split = [
     (x.shape, s.spec)
     for x, s in zip(jax.tree.leaves(state.params), jax.tree.leaves(sh.params))
@@ -227,7 +228,7 @@ def test_fsdp_gradients_are_reduce_scattered_in_the_chosen_dtype(reduce_dtype):
   slice_shapes = {
     tuple(d // 8 if a == "fsdp" else d for d, a in zip(shape, spec)) for shape, spec in split
   }
-  colls = _collectives(hlo)
+  colls = _collectives(lowered["float32"].compile().as_text())
   all_reduced = {shape for kind, arrays in colls if kind == "all-reduce" for _, shape in arrays}
   assert not full_shapes & all_reduced  # (the replicated leaves are all smaller than min_fsdp_size)
   scattered = {shape for kind, arrays in colls if kind == "reduce-scatter" for _, shape in arrays}
@@ -235,12 +236,12 @@ def test_fsdp_gradients_are_reduce_scattered_in_the_chosen_dtype(reduce_dtype):
   # The dtype of each sum as the step asks for it (XLA's CPU backend then runs bf16 collectives in float32, so
   # the compiled CPU module cannot show it): the weights' gradients in the chosen dtype, and nothing else in
   # bfloat16 (the loss's embeddings and metrics are float32).
-  dtype = {"float32": "f32", "bfloat16": "bf16"}[reduce_dtype]
-  asked = _collectives(lowered.as_text(dialect="hlo"))
-  summed = {(dt, shape) for _, arrays in asked for dt, shape in arrays}
-  assert {(dtype, shape) for shape in slice_shapes} <= summed
-  assert {dt for dt, shape in summed if shape in slice_shapes} == {dtype}
-  assert ("bf16" in {dt for dt, _ in summed}) == (reduce_dtype == "bfloat16")
+  for reduce_dtype, dtype in (("float32", "f32"), ("bfloat16", "bf16")):
+    asked = _collectives(lowered[reduce_dtype].as_text(dialect="hlo"))
+    summed = {(dt, shape) for _, arrays in asked for dt, shape in arrays}
+    assert {(dtype, shape) for shape in slice_shapes} <= summed
+    assert {dt for dt, shape in summed if shape in slice_shapes} == {dtype}
+    assert ("bf16" in {dt for dt, _ in summed}) == (reduce_dtype == "bfloat16")
 
 
 def test_float32_gradient_sums_are_closer_to_float64_than_bfloat16_sums():
@@ -250,7 +251,7 @@ def test_float32_gradient_sums_are_closer_to_float64_than_bfloat16_sums():
   loss = loss_lib.get("tripletclip")
   tx, _ = make_optimizer(learning_rate=LR, total_steps=10, warmup_steps=0)
   state, _ = create_train_state(CFG, tx, mesh, jax.random.key(0), loss, min_fsdp_size=2**12)
-  batch = _batch(32, seed=4)
+  batch = _batch(16, seed=4)
   params = jax.device_get(state.params)
 
   with jax.enable_x64(True):

@@ -213,8 +213,8 @@ def loss_and_grads(
     if not split_sum:
       return jax.lax.psum(xs, over)
     flat, unravel = ravel_pytree(xs)
-    n = math.prod(mesh.shape[a] for a in over)
-    padded = jnp.pad(flat, (0, -flat.size % n))
+    devices = math.prod(mesh.shape[a] for a in over)
+    padded = jnp.pad(flat, (0, -flat.size % devices))
     summed = jax.lax.all_gather(jax.lax.psum_scatter(padded, over, tiled=True), over, tiled=True)
     return unravel(summed[: flat.size])
 
@@ -232,12 +232,12 @@ def loss_and_grads(
     leaves, treedef = jax.tree.flatten(grads)
     specs = treedef.flatten_up_to(param_specs)
     local = treedef.flatten_up_to(p)
-    frozen = treedef.flatten_up_to(mask) if mask is not None else [False] * len(leaves)
+    constant = treedef.flatten_up_to(mask) if mask is not None else [False] * len(leaves)
     out = [jnp.zeros(x.shape, jnp.float32) for x in local]
     replicated, split = [], []
     for i, (g, spec) in enumerate(zip(leaves, specs)):
       d = _fsdp_dim(spec)
-      if frozen[i]:
+      if constant[i]:
         continue
       if d is None:
         replicated.append(i)
