@@ -44,11 +44,10 @@ CHIPS = {
   "v5p": (459e12, 95 * 2**30, 2.76e12, 600e9),
   "v6e": (918e12, 32 * 2**30, 1.64e12, 448e9),
 }
-# A collective anywhere in the module (the TPU compiler moves many into fusions and async wrappers); its
-# result shape may be a tuple (combined all-reduces), so everything up to the opcode is the shape.
+# A collective in the lowered step's HLO text (names with or without %); its result shape may be a tuple (several
+# arrays summed at once), so everything up to the opcode is the shape.
 _COLLECTIVE = re.compile(
-  r"^\s*(?:ROOT )?%?\S+ = (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
-  r"collective-permute)(-start)?\(",
+  r"^\s*(?:ROOT )?%?\S+ = (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)\(",
   re.M,
 )
 # An array in the HLO text: dtype[dims] and, when printed, its layout {...}; "S(1)" in a layout is TPU on-chip memory.
@@ -102,11 +101,8 @@ def collectives(hlo: str, devices: int) -> dict[str, tuple[int, int]]:
   """
   out: dict[str, tuple[int, int]] = {}
   for m in _COLLECTIVE.finditer(hlo):
-    shape, kind, start = m.groups()
-    arrays = [n for n, _ in _arrays(shape)]
-    if start and kind != "all-reduce":  # (operands..., results...): the results only
-      arrays = arrays[len(arrays) // 2 :]
-    result = sum(arrays)
+    shape, kind = m.groups()
+    result = sum(n for n, _ in _arrays(shape))
     n = _group_size(hlo[m.end() : hlo.find("\n", m.end())], devices)
     sent = {
       "all-gather": result * (n - 1) / n,
