@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from tripletclip_jax.demo import BINDING_SUBSETS, scores
+from tripletclip_jax.demo import study
 
 DEFAULT_ARMS = (
   "clip",
@@ -56,32 +56,16 @@ ARMS = {
   ),
   "tripletclip_shuffled": ("tripletclip", {"data.partners": lambda c: "shuffled"}),
 }
-LABELS = {
-  "clip": "CLIP",
-  "clip_union": "CLIP on real + negatives",
-  "clip_union_steps": "CLIP on real + negatives, equal steps",
-  "tripletclip_shuffled": "TripletCLIP, shuffled partners",
-  "negclip": "NegCLIP",
-  "negimage": "NegImage",
-  "siglip": "SigLIP",
-  "negsiglip": "NegSigLIP",
-  "tripletsiglip": "TripletSigLIP",
-  "tripletclip": "TripletCLIP",
-}
-# The paper's SugarCrepe column order: replace, swap, add.
-COLUMNS = (
-  ("replace_obj", "Replace obj"),
-  ("replace_att", "Replace att"),
-  ("replace_rel", "Replace rel"),
-  ("swap_obj", "Swap obj"),
-  ("swap_att", "Swap att"),
-  ("add_obj", "Add obj"),
-  ("add_att", "Add att"),
-)
-
-
 # Set by this script for each run: an override would train every run alike and mislabel the table.
-OWN_KEYS = ("loss", "seed", "data.demo_data_dir", "data.demo_world_seed", "data.partners")
+OWN_KEYS = (
+  "loss",
+  "seed",
+  "init_from",
+  "data.demo_data_dir",
+  "data.demo_world_seed",
+  "data.demo_train_set",
+  "data.partners",
+)
 
 
 # Settings that say how a run was driven, never what it trained or how it was scored.
@@ -99,6 +83,7 @@ DRIVING = (
   "checkpoint_every_steps",
   "profile_steps",
   "preempted_exit_code",
+  "export_hf_dir",
 )
 
 
@@ -112,226 +97,92 @@ def settings_differ(saved: dict | None, now: dict) -> list[str]:
   return config_changes(saved, now, DRIVING)
 
 
-def arm_config(arm: str, config_file: str, seed: int, data_dir: str, overrides: list[str]):
-  """The config an arm trains with for `seed`: the loss's config, the user's overrides, then the arm's."""
+def arm_config(
+  arm: str,
+  config_file: str,
+  seed: int,
+  data_dir: str,
+  overrides: list[str],
+  base: str | None = None,
+):
+  """The config an arm trains with for `seed`: the loss's config, the user's overrides, then the arm's,
+  starting from the seed's base (a Hugging Face directory) if given."""
   from tripletclip_jax.train.config import apply_overrides, load_config_file
 
   loss, changes = ARMS.get(arm, (arm, {}))
   config = load_config_file(config_file, loss)
-  apply_overrides(
-    config, [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False", *overrides]
-  )
+  own = [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False"]
+  apply_overrides(config, own + [*overrides] + ([f"init_from=hf:{base}"] if base else []))
   apply_overrides(config, [f"{k}={fn(config)}" for k, fn in changes.items()])
   return config
 
 
-def run_record(arm: str, seed: int, config, out: dict) -> dict:
-  """One row of results.json from `train_and_evaluate`'s result."""
-  from tripletclip_jax import losses
+def base_config(config_file: str, seed: int, data_dir: str, overrides: list[str], base_overrides):
+  """The config of the seed's CLIP base: the config file's `:base` stage, the user's overrides (model
+  and world alike for every run), then the base's own (`--base.KEY=VALUE`). It always exports its
+  weights, which the arms start from."""
+  from tripletclip_jax.train.config import apply_overrides, load_config_file
 
-  rec = {
-    "arm": arm,
-    "loss": config.loss,
-    "seed": seed,
-    "steps": int(out["step"]),
-    "pairs_seen": int(out["step"] * config.batch_size * losses.get(config.loss).pairs_per_example),
-  }
-  return dict(rec, **scores(out))
-
-
-def summarize(runs: list[dict]) -> dict:
-  """{arm: {split: {key: [mean, std, n]}}} over seeds (std with ddof=1; 0 for one seed)."""
-  out = {}
-  for arm in dict.fromkeys(r["arm"] for r in runs):
-    rs = [r for r in runs if r["arm"] == arm]
-    out[arm] = {}
-    for split in ("heldout", "seen", "triplet_heldout"):
-      keys = rs[0][split].keys()
-      vals = {k: np.asarray([r[split][k] for r in rs]) for k in keys}
-      out[arm][split] = {
-        k: [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)]
-        for k, v in vals.items()
-      }
-  return out
+  config = load_config_file(config_file, "base")
+  own = [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False"]
+  apply_overrides(config, own + [*overrides])
+  apply_overrides(config, [*base_overrides, "export_hf_dir=hf"], flag="--base.")
+  return config
 
 
-def paired_differences(runs: list[dict], a: str = "tripletclip", b: str = "clip") -> list[dict]:
-  """Per seed, arm a - arm b on the held-out binding mean, the held-out mean and the seen mean."""
-  by = {(r["arm"], r["seed"]): r for r in runs}
-  seeds = sorted(s for (arm, s) in by if arm == a and (b, s) in by)
-  return [
-    {
-      "seed": s,
-      **{
-        k: by[(a, s)][split][key] - by[(b, s)][split][key]
-        for k, split, key in (
-          ("heldout_binding", "heldout", "binding_mean"),
-          ("heldout_mean", "heldout", "mean"),
-          ("seen_mean", "seen", "mean"),
-        )
-      },
-    }
-    for s in seeds
-  ]
+def checksum(hf_dir: str) -> str:
+  """sha256 of a Hugging Face directory's weights: what every arm of a seed records it started from."""
+  import hashlib
+
+  h = hashlib.sha256()
+  with open(os.path.join(hf_dir, "model.safetensors"), "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
 
 
-def t_interval(values, level: float = 0.95) -> dict:
-  """Mean, std and the two-sided Student t interval of the mean (ddof 1); no interval for n < 2."""
-  from scipy import stats
+def train_or_reuse(label: str, workdir: str, config, record) -> dict:
+  """A run's result.json: reused when it trained with `config`'s settings (else one line naming the keys
+  that differ), or trained now and written. `record(out)` makes the row from the trainer's result."""
+  from tripletclip_jax.train.config import ConfigError
+  from tripletclip_jax.train.loop import train_and_evaluate
+  from tripletclip_jax.train.metrics import cpu_model
 
-  v = np.asarray(values, np.float64)
-  out = {"n": len(v), "mean": float(v.mean()) if len(v) else float("nan")}
-  if len(v) > 1:
-    sd = float(v.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1)) * sd / np.sqrt(len(v))
-    out.update(std=sd, low=out["mean"] - half, high=out["mean"] + half)
-  return out
-
-
-# The pre-registered contrasts (docs/results/preregistration.md): arm a - arm b, paired over seeds.
-CONTRASTS = (
-  ("tripletclip", "clip_union_steps", "primary"),
-  ("tripletclip", "clip", "secondary"),
-  ("tripletclip", "tripletclip_shuffled", "secondary"),
-)
-RELATION_SUBSETS = ("replace_rel", "swap_obj")
-
-
-def verdict(interval: dict, margin: float = 2.0) -> str:
-  """The pre-registered rule: supported if the 95% interval lies above 0, refuted if it lies entirely
-  below +margin, otherwise inconclusive."""
-  if "low" not in interval:
-    return "no interval (fewer than 2 seeds)"
-  if interval["low"] > 0:
-    return "supported"
-  if interval["high"] < margin:
-    return "refuted"
-  return "inconclusive"
-
-
-def analysis(runs: list[dict]) -> dict:
-  """The pre-registered endpoints: each contrast's paired differences on the held-out binding mean with
-  its 95% t-interval and verdict, and each arm's relation subsets against chance (50)."""
-  arms = set(r["arm"] for r in runs)
-  out = {"contrasts": [], "relations": {}}
-  for a, b, role in CONTRASTS:
-    if a in arms and b in arms:
-      diffs = paired_differences(runs, a, b)
-      iv = t_interval([d["heldout_binding"] for d in diffs])
-      out["contrasts"].append(
-        {"a": a, "b": b, "role": role, "per_seed": diffs, **iv, "verdict": verdict(iv)}
+  done = os.path.join(workdir, "result.json")
+  if os.path.exists(done):
+    with open(done) as f:
+      rec = json.load(f)
+    differ = settings_differ(rec.get("config"), config.to_dict())
+    if differ:
+      raise SystemExit(
+        f"error: {done} was trained with other settings ({'; '.join(differ[:3])}"
+        f"{'; ...' if len(differ) > 3 else ''}): rerun with those, or use a new --output_dir."
       )
-  for arm in sorted(arms):
-    rs = [r for r in runs if r["arm"] == arm]
-    out["relations"][arm] = {
-      f"{split}/{k}": t_interval([r[split][k] - 50.0 for r in rs])
-      for split in ("heldout", "seen")
-      for k in RELATION_SUBSETS
-    }
-  return out
+    print(f"[reproduce] {label}: finished earlier with these settings, reused")
+    return rec
+  t_run = time.perf_counter()
+  print(f"[reproduce] {label}: training in {workdir}", flush=True)
+  try:
+    out = train_and_evaluate(config, workdir)
+  except (ConfigError, ValueError, FileNotFoundError) as e:  # e.g. DIR/data holds another world
+    raise SystemExit(f"error: {label}: {e}") from None
+  rec = record(out)
+  rec["wall_s"] = round(time.perf_counter() - t_run, 1)
+  rec["cpu"] = cpu_model()  # XLA's CPU numerics differ across CPU models: pair runs within one
+  rec["config"] = config.to_dict()  # the full settings it trained with
+  with open(done + ".tmp", "w") as f:
+    json.dump(rec, f, indent=1)
+  os.replace(done + ".tmp", done)
+  return rec
 
 
-def markdown(summary: dict, stats: dict, rule: str) -> str:
-  cell = lambda m: f"{m[0]:.1f} ± {m[1]:.1f}" if m[2] > 1 else f"{m[0]:.1f}"  # noqa: E731
-  lines = []
-  for split, title in (("heldout", "Held-out colour-shape pairings"), ("seen", "Seen pairings")):
-    lines += [
-      f"**{title}**, accuracy % (mean ± std over seeds; chance 50):",
-      "",
-      "| Loss | seeds | " + " | ".join(name for _, name in COLUMNS) + " | Binding mean | Mean |",
-      "|---|---|" + "---|" * (len(COLUMNS) + 2),
-    ]
-    for loss, s in summary.items():
-      row = [cell(s[split][k]) for k, _ in COLUMNS] + [
-        cell(s[split]["binding_mean"]),
-        cell(s[split]["mean"]),
-      ]
-      lines.append(
-        f"| {LABELS.get(loss, loss)} | {s[split]['mean'][2]} | " + " | ".join(row) + " |"
-      )
-    lines.append("")
-  lines += [
-    "**Held-out triplets** (x, y, x', y'): text / image / group score %:",
-    "",
-    "| Loss | Text | Image | Group |",
-    "|---|---|---|---|",
-  ]
-  for arm, s in summary.items():
-    lines.append(
-      f"| {LABELS.get(arm, arm)} | "
-      + " | ".join(cell(s["triplet_heldout"][k]) for k in ("text", "image", "group"))
-      + " |"
-    )
-  lines += ["", f"Binding mean: {', '.join(BINDING_SUBSETS)}. Comparability rule: {rule}.", ""]
-  name = lambda arm: LABELS.get(arm, arm)  # noqa: E731
-  if stats["contrasts"]:
-    lines += [
-      "Paired differences on the held-out binding mean (points; 95% t-interval over seeds; rule: "
-      "supported if the interval lies above 0, refuted if it lies entirely below +2, else "
-      "inconclusive):",
-      "",
-      "| Contrast | Endpoint | Seeds | Mean ± std | 95% interval | Verdict | Per seed |",
-      "|---|---|---|---|---|---|---|",
-    ]
-    for c in stats["contrasts"]:
-      iv = f"[{c['low']:+.1f}, {c['high']:+.1f}]" if "low" in c else "-"
-      lines.append(
-        f"| {name(c['a'])} − {name(c['b'])} | {c['role']} | {c['n']} | {c['mean']:+.1f} ± "
-        f"{c.get('std', 0.0):.1f} | {iv} | {c['verdict']} | "
-        + ", ".join(f"{d['heldout_binding']:+.1f}" for d in c["per_seed"])
-        + " |"
-      )
-    lines.append("")
-  lines += [
-    "Relations against chance (accuracy − 50, points; mean and 95% t-interval over seeds):",
-    "",
-    "| Arm | "
-    + " | ".join(f"{k} ({split})" for split in ("heldout", "seen") for k in RELATION_SUBSETS)
-    + " |",
-    "|---|" + "---|" * (2 * len(RELATION_SUBSETS)),
-  ]
-  for arm, rel in stats["relations"].items():
-    cells = [
-      f"{v['mean']:+.1f} [{v['low']:+.1f}, {v['high']:+.1f}]" if "low" in v else f"{v['mean']:+.1f}"
-      for v in rel.values()
-    ]
-    lines.append(f"| {name(arm)} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
+def parse_args(argv):
+  """(args, overrides for every run, overrides for the bases), each checked; one line for a bad one."""
+  import sys
 
+  from tripletclip_jax import losses as loss_lib
+  from tripletclip_jax.train.config import ConfigError, split_overrides
 
-def bar_chart(summary: dict, path: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  keys = [k for k, _ in COLUMNS] + ["binding_mean", "mean"]
-  names = [n for _, n in COLUMNS] + ["Binding mean", "Mean"]
-  fig, axes = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
-  width = 0.8 / max(len(summary), 1)
-  for ax, split, title in zip(axes, ("heldout", "seen"), ("held-out pairings", "seen pairings")):
-    for i, (loss, s) in enumerate(summary.items()):
-      x = np.arange(len(keys)) + (i - (len(summary) - 1) / 2) * width
-      ax.bar(
-        x,
-        [s[split][k][0] for k in keys],
-        width,
-        yerr=[s[split][k][1] for k in keys],
-        capsize=2,
-        label=LABELS.get(loss, loss),
-      )
-    ax.axhline(50, color="grey", lw=0.8, ls="--")
-    ax.set_ylim(40, 100)
-    ax.set_ylabel("accuracy %")
-    ax.set_title(f"Demo world, SugarCrepe-style, {title} (mean ± std over seeds)")
-  axes[1].set_xticks(np.arange(len(keys)), names, rotation=20)
-  axes[0].legend(ncol=min(len(summary), 4), fontsize=8, loc="upper left")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def main(argv=None):
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
@@ -356,176 +207,230 @@ def main(argv=None):
     help="alias of --config.KEY=VALUE, repeatable",
   )
   p.add_argument(
+    "--no_base",
+    action="store_true",
+    help="train every arm from scratch instead of from the seed's single-object CLIP base",
+  )
+  p.add_argument(
     "--reference", help="an earlier results.json whose seed spread is printed beside this one"
   )
-  import sys
-  from tripletclip_jax.train.config import ConfigError, split_overrides
-
   try:
-    argv, overrides = split_overrides(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    argv, base_overrides = split_overrides(argv, flag="--base.")
+    argv, overrides = split_overrides(argv)
   except ConfigError as e:
     raise SystemExit(f"error: {e}") from None
   args = p.parse_args(argv)
   overrides += args.set
-  own = [o for o in overrides if o.partition("=")[0] in OWN_KEYS]
+  own = [o for o in overrides + base_overrides if o.partition("=")[0] in OWN_KEYS]
   if own:
     raise SystemExit(
       f"error: --config.{own[0]}: {', '.join(OWN_KEYS)} are set by this script for each run; "
       "use --arms, --seeds or --output_dir."
     )
-  from tripletclip_jax import losses as loss_lib
-
-  names = [s.strip() for s in args.arms.split(",") if s.strip()]
-  unknown = [n for n in names if n not in loss_lib.REGISTRY and n not in ARMS]
-  if unknown:
+  args.arms = [s.strip() for s in args.arms.split(",") if s.strip()]
+  unknown = [n for n in args.arms if n not in loss_lib.REGISTRY and n not in ARMS]
+  if unknown or not args.arms:
     raise SystemExit(
-      f"error: unknown arm {unknown[0]!r} in --arms; choose from {', '.join([*loss_lib.REGISTRY, *ARMS])}."
+      f"error: --arms {unknown[0] if unknown else ''!r}: unknown arm; choose from "
+      f"{', '.join([*loss_lib.REGISTRY, *ARMS])}."
     )
   try:
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   except ValueError:
+    args.seeds = []
+  if not args.seeds or min(args.seeds) < 0:
     raise SystemExit(
-      f"error: --seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2."
-    ) from None
+      f"error: --seeds {','.join(map(str, args.seeds)) or 'empty'}: give comma-separated "
+      "non-negative integers, e.g. 0,1,2."
+    )
   if not os.path.exists(args.config):
     raise SystemExit(f"error: --config {args.config} does not exist.")
+  return args, overrides, base_overrides
 
+
+def run_seed(args, seed: int, out_dir: str, overrides, base_overrides) -> tuple[dict | None, list]:
+  """Seed `seed`'s world, its CLIP base (unless --no_base) and its arms: (the base's row, the arms'
+  rows). The base is trained once and shared by the seed's arms; each arm records its checksum."""
+  from tripletclip_jax import losses as loss_lib
+  from tripletclip_jax.train.config import ConfigError
+
+  data_dir = os.path.join(out_dir, "data", f"seed{seed}")
+  base = None
+  try:
+    if not args.no_base:
+      config = base_config(args.config, seed, data_dir, overrides, base_overrides)
+      workdir = os.path.join(out_dir, "base", f"seed{seed}")
+      hf = os.path.join(workdir, "hf")
+      base = train_or_reuse(
+        f"base seed {seed}",
+        workdir,
+        config,
+        lambda out: dict(
+          study.run_record("base", seed, config, out, 1), checksum=checksum(hf), hf=hf
+        ),
+      )
+    runs = []
+    for arm in args.arms:
+      config = arm_config(arm, args.config, seed, data_dir, overrides, base and base["hf"])
+      pairs = loss_lib.get(config.loss).pairs_per_example
+      rec = train_or_reuse(
+        f"{arm} seed {seed}",
+        os.path.join(out_dir, "runs", f"{arm}-seed{seed}"),
+        config,
+        lambda out: dict(
+          study.run_record(arm, seed, config, out, pairs),
+          base={"checksum": base["checksum"], "config": base["config"]} if base else None,
+        ),
+      )
+      if base and (rec.get("base") or {}).get("checksum") != base["checksum"]:
+        raise SystemExit(
+          f"error: {arm} seed {seed} started from another base than {base['hf']} (its checksum "
+          "differs): delete the arm's run folder to retrain it from this base."
+        )
+      runs.append(rec)
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
+  return base, runs
+
+
+def world_record(out_dir: str, seeds: list[int]) -> tuple[dict, list[dict]]:
+  """(results.json's `world`: the parameters and, per seed, what its generator measured; the worlds)."""
+  from tripletclip_jax.demo import layout
+
+  worlds = []
+  for seed in seeds:
+    with open(os.path.join(out_dir, "data", f"seed{seed}", layout.WORLD_JSON)) as f:
+      worlds.append(json.load(f))
+  per_seed = {
+    w["world"]["seed"]: {
+      "accidental_hard_negatives_per_image": w["accidental_hard_negatives_per_image"],
+      "failed_negatives": w["failed_negatives"]["count"] / w["train"],
+      "rejected_only_by_per_image": w.get("rejected_only_by_per_image"),
+    }
+    for w in worlds
+  }
+  rates = [v["accidental_hard_negatives_per_image"] for v in per_seed.values()]
+  record = dict(
+    {k: v for k, v in worlds[-1]["world"].items() if k != "seed"},
+    accidental_hard_negatives_per_image=float(np.mean(rates)),
+    q=worlds[-1]["world"]["failed_negatives"],
+    per_seed=per_seed,
+  )
+  return record, worlds
+
+
+def print_reference(path: str, summary: dict) -> None:
+  """An earlier study's spread beside this one's arms (what `make demo` compares its seed with)."""
+  with open(path) as f:
+    ref = json.load(f)
+  print(f"Reference ({path}), over seeds {sorted({r['seed'] for r in ref['runs']})}:")
+  for arm, s in ref["summary"].items():
+    if arm in summary:
+      sw, b = s["heldout"]["swap_att"], s["heldout"]["binding_mean"]
+      print(
+        f"  {study.LABELS.get(arm, arm)}: held-out swap_att {sw[0]:.1f} ± {sw[1]:.1f}, "
+        f"held-out binding mean {b[0]:.1f} ± {b[1]:.1f}"
+      )
+  name = study.PRIMARY[0]
+  for c in ref.get("analysis", {}).get("contrasts", []):
+    if name in c:
+      print(
+        f"  {study.LABELS.get(c['a'], c['a'])} − {study.LABELS.get(c['b'], c['b'])}, held-out "
+        f"swap_att: {c[name]['mean']:+.1f} ± {c[name].get('std', 0):.1f} (per seed: "
+        + ", ".join(f"{d[name]:+.1f}" for d in c["per_seed"])
+        + f"); {c[name]['verdict']}"
+      )
+  if "verdict" in ref.get("analysis", {}):
+    print(f"  The study's verdict: {ref['analysis']['verdict']}")
+
+
+def main(argv=None):
+  args, overrides, base_overrides = parse_args(argv)
   import jax
   from absl import flags, logging
 
   flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; this script parses its own arguments
   logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every file operation at INFO
-  from tripletclip_jax.train.config import writers
-  from tripletclip_jax.train.loop import train_and_evaluate
-  from tripletclip_jax.train.metrics import cpu_model
+  from tripletclip_jax.train.config import ConfigError, writers
 
   out_dir = os.path.abspath(args.output_dir)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise SystemExit(f"error: --output_dir {args.output_dir}: {e.strerror}.") from None
   # Runs of one shape compile once: later runs (and later invocations) load the executables.
   jax.config.update("jax_compilation_cache_dir", os.path.join(out_dir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   t0 = time.perf_counter()
-  runs, config = [], None
   try:
-    base = arm_config("tripletclip", args.config, 0, "", overrides)
+    first = arm_config("tripletclip", args.config, 0, "", overrides)
   except ConfigError as e:
     raise SystemExit(f"error: {e}") from None
   rule = (
-    f"equal {'training FLOPs' if base.compute_rule == 'flops' else 'image-text pairs encoded'} "
-    f"(compute_matched={base.compute_matched}, batch {base.batch_size}, TripletCLIP "
-    f"{base.total_steps} steps; clip_union_steps: TripletCLIP's steps at batch "
-    f"{2 * base.batch_size}); the world is drawn from the run's seed"
+    f"equal {'training FLOPs' if first.compute_rule == 'flops' else 'image-text pairs encoded'} "
+    f"(compute_matched={first.compute_matched}, batch {first.batch_size}, TripletCLIP "
+    f"{first.total_steps} steps; clip_union_steps: TripletCLIP's steps at batch "
+    f"{2 * first.batch_size}); "
+    + ("every arm of a seed starts from that seed's CLIP base; " if not args.no_base else "")
+    + "the world is drawn from the run's seed"
   )
-  for seed in seeds:  # seed-major: each seed's world is drawn once and shared by its arms
-    data_dir = os.path.join(out_dir, "data", f"seed{seed}")
-    for arm in names:
-      try:
-        config = arm_config(arm, args.config, seed, data_dir, overrides)
-      except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
-      workdir = os.path.join(out_dir, "runs", f"{arm}-seed{seed}")
-      done = os.path.join(workdir, "result.json")
-      if os.path.exists(done):
-        with open(done) as f:
-          rec = json.load(f)
-        differ = settings_differ(rec.get("config"), config.to_dict())
-        if differ:
-          raise SystemExit(
-            f"error: {done} was trained with other settings ({'; '.join(differ[:3])}"
-            f"{'; ...' if len(differ) > 3 else ''}): rerun with those, or use a new --output_dir."
-          )
-        runs.append(rec)
-        print(f"[reproduce] {arm} seed {seed}: finished earlier with these settings, reused")
-        continue
-      t_run = time.perf_counter()
-      print(f"[reproduce] {arm} seed {seed}: training in {workdir}", flush=True)
-      try:
-        out = train_and_evaluate(config, workdir)
-      except (ValueError, FileNotFoundError) as e:  # e.g. DIR/data holds a world drawn otherwise
-        raise SystemExit(f"error: {arm} seed {seed}: {e}") from None
-      rec = run_record(arm, seed, config, out)
-      rec["wall_s"] = round(time.perf_counter() - t_run, 1)
-      rec["cpu"] = cpu_model()  # XLA's CPU numerics differ across CPU models: pair runs within one
-      rec["config"] = config.to_dict()  # the full settings it trained with
-      with open(done + ".tmp", "w") as f:
-        json.dump(rec, f, indent=1)
-      os.replace(done + ".tmp", done)
-      runs.append(rec)
+  bases, runs = [], []
+  for (
+    seed
+  ) in args.seeds:  # seed-major: each seed's world and base are made once, shared by its arms
+    base, seed_runs = run_seed(args, seed, out_dir, overrides, base_overrides)
+    bases += [base] if base else []
+    runs += seed_runs
 
-  from tripletclip_jax.demo import layout
-
-  worlds = {}
-  for seed in seeds:
-    with open(os.path.join(out_dir, "data", f"seed{seed}", layout.WORLD_JSON)) as f:
-      w = json.load(f)
-    worlds[seed] = {
-      "accidental_hard_negatives_per_image": w["accidental_hard_negatives_per_image"],
-      "failed_negatives": w["failed_negatives"]["count"] / w["train"],
-    }
-  world = dict(
-    {k: v for k, v in w["world"].items() if k != "seed"},
-    accidental_hard_negatives_per_image=float(
-      np.mean([v["accidental_hard_negatives_per_image"] for v in worlds.values()])
-    ),
-    q=w["world"]["failed_negatives"],
-    per_seed=worlds,
-  )
-  summary, stats = summarize(runs), analysis(runs)
-  cpus = {s: sorted({str(r.get("cpu")) for r in runs if r["seed"] == s}) for s in seeds}
+  world, worlds = world_record(out_dir, args.seeds)
+  accidental = {s: v["accidental_hard_negatives_per_image"] for s, v in world["per_seed"].items()}
+  summary, stats = study.summarize(runs), study.analysis(runs, accidental)
+  oracle = study.oracle_summary(worlds) if "oracle" in worlds[0] else None
+  cpus = {s: sorted({str(r.get("cpu")) for r in runs if r["seed"] == s}) for s in args.seeds}
   mixed = [s for s, c in cpus.items() if len(c) > 1]
   if mixed:  # the pairing assumes a seed's arms ran alike; rerun such a seed on one machine type
     print(f"[reproduce] warning: seeds {mixed} have arms run on different CPU models: {cpus}")
   results = {
     "runs": runs,
+    "bases": bases,
     "world": world,
+    "oracle": oracle,
     "rule": rule,
     "summary": summary,
+    "base_summary": study.summarize(bases) if bases else None,
     "analysis": stats,
     "cpu_models": cpus,
-    "tripletclip_minus_clip": paired_differences(runs),
     "wall_s_this_invocation": round(time.perf_counter() - t0, 1),
   }
   with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
-  table = markdown(summary, stats, rule)
+  shown = dict(summary, **({"base": results["base_summary"]["base"]} if bases else {}))
+  table = study.markdown(shown, stats, rule, oracle)
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(table)
-  bar_chart(summary, os.path.join(out_dir, "results.png"))
+  study.bar_chart(summary, os.path.join(out_dir, "results.png"), oracle)
+  config = arm_config(args.arms[-1], args.config, args.seeds[-1], "", overrides)
   if "wandb" in writers(config):  # the study as a W&B run of its own: the PNG and the table
     from tripletclip_jax.train.metrics import WandbWriter
 
-    study = WandbWriter(
+    log = WandbWriter(
       out_dir,
       dict(config.wandb.to_dict(), name=config.wandb.name or "reproduce"),
-      {"arms": names, "seeds": seeds, "rule": rule},
+      {"arms": args.arms, "seeds": args.seeds, "rule": rule},
     )
-    study.image(0, "results", os.path.join(out_dir, "results.png"))
+    log.image(0, "results", os.path.join(out_dir, "results.png"))
     rows = [
       [arm, split, *s[split][k][:2]]
       for arm, s in summary.items()
       for split in ("heldout", "seen")
-      for k in ("binding_mean", "mean")
+      for k in ("swap_att", "binding_mean", "mean")
     ]
-    study.table(0, "results/table", ["loss", "split", "mean", "std"], rows)
-    study.close()
+    log.table(0, "results/table", ["arm", "split", "mean", "std"], rows)
+    log.close()
   print("\n" + table)
   if args.reference:
-    with open(args.reference) as f:
-      ref = json.load(f)
-    print(f"Reference ({args.reference}), over seeds {sorted({r['seed'] for r in ref['runs']})}:")
-    for arm, s in ref["summary"].items():
-      if arm in summary:
-        b, m = s["heldout"]["binding_mean"], s["heldout"]["mean"]
-        print(
-          f"  {LABELS.get(arm, arm)}: held-out binding mean {b[0]:.1f} ± {b[1]:.1f}, "
-          f"held-out mean {m[0]:.1f} ± {m[1]:.1f}"
-        )
-    for c in ref.get("analysis", {}).get("contrasts", []):
-      print(
-        f"  {LABELS.get(c['a'], c['a'])} − {LABELS.get(c['b'], c['b'])}, held-out binding mean: "
-        f"{c['mean']:+.1f} ± {c.get('std', 0):.1f} (per seed: "
-        + ", ".join(f"{d['heldout_binding']:+.1f}" for d in c["per_seed"])
-        + f"); {c['verdict']}"
-      )
+    print_reference(args.reference, summary)
   print(
     f"Wrote {out_dir}/results.json, results.md and results.png "
     f"({results['wall_s_this_invocation'] / 60:.1f} min)"

@@ -1,6 +1,7 @@
 """Where the demo world lies on disk and what its benchmarks are called: defined here once.
 
 ROOT/train/            training TripletData shards (+ manifest.json)
+ROOT/base/             single-object scenes for the CLIP base the study fine-tunes from (if drawn)
 ROOT/heldout/          held-out TripletData shards (the `triplet_heldout` evaluator)
 ROOT/sugarcrepe/       held-out pairings in SugarCrepe's file format (`sugarcrepe_heldout`)
 ROOT/sugarcrepe_seen/  seen pairings, same format (`sugarcrepe_seen`)
@@ -12,8 +13,9 @@ import numpy as np
 from tripletclip_jax.evaluate.sugarcrepe import SUBSETS
 from tripletclip_jax.fileio import join
 
-TRAIN, HELDOUT, SUGARCREPE_HELDOUT, SUGARCREPE_SEEN = (
+TRAIN, BASE, HELDOUT, SUGARCREPE_HELDOUT, SUGARCREPE_SEEN = (
   "train",
+  "base",
   "heldout",
   "sugarcrepe",
   "sugarcrepe_seen",

@@ -75,6 +75,10 @@ SHAPES = (
   "semicircle",
 )
 TEXTURES = ("plain", "striped", "spotted", "checkered")
+# World v4's vocabulary: 8 hues and 8 silhouettes that stay distinct at 48 px, drawn uniformly, so that a
+# small model learns every value (v3's 12 x 12 long-tailed vocabulary left shapes unlearned).
+V4_COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
+V4_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "heart", "bar")
 PREFIXES = ("", "a photo of ", "an image of ", "there is ", "a picture showing ")
 # The captioning LLM's own phrasing: y' never uses y's templates.
 NEG_PREFIXES = ("a rendering of ", "an illustration of ", "a scene with ", "generated: ")
@@ -88,12 +92,12 @@ SHIFT_BACKGROUNDS = ((196, 186, 160), (84, 96, 112), (150, 172, 150), (176, 160,
 class WorldConfig:
   """Every parameter of the world; `write_demo_data` records it in `world.json`."""
 
-  colors: tuple[str, ...] = tuple(COLORS)
-  shapes: tuple[str, ...] = SHAPES
+  colors: tuple[str, ...] = V4_COLORS
+  shapes: tuple[str, ...] = V4_SHAPES
   textures: tuple[str, ...] = TEXTURES
   # The k-th colour (and shape) in the order above is drawn with weight 1 / (k + 1) ** zipf: web
   # captions' long tail. 0 draws them uniformly.
-  zipf: float = 0.8
+  zipf: float = 0.0
   grid: int = 3  # objects sit near the centres of the cells of a grid x grid layout
   jitter: int = 2  # px: each centre moves by up to this much, so objects straddle patch borders
   min_objects: int = 2
@@ -101,7 +105,7 @@ class WorldConfig:
   max_named: int = 3  # captions name 2..max_named objects
   relation_prob: float = 0.4  # share of captions stating a relation between two named objects
   size_word_prob: float = 0.25
-  texture_word_prob: float = 0.8
+  texture_word_prob: float = 1.0
   # Latin-square symbols (i + j) mod n of colour i and shape j that are held out of training.
   heldout_symbols: tuple[int, ...] = (0, 1)
   # Relative frequency of each edit among the training negatives (the binding edits only), sorted by name.
@@ -115,8 +119,15 @@ class WorldConfig:
   # Share of training x' that do not show the edit (they show x's scene in the negatives' domain).
   failed_negatives: float = 0.2
   negative_shift: bool = True  # draw training x' with the text-to-image domain shift
-  image_size: int = 48  # 16 px per cell, 2 x 2 of the "demo" preset's 8 px patches
+  image_size: int = 48  # 16 px per cell, one patch of the "demo" preset
   background: tuple[int, int, int] = (128, 128, 128)
+  # Radius of a small and of a large object, as a fraction of a cell (v3: 0.3 and 0.42).
+  object_radius: tuple[float, float] = (0.36, 0.46)
+  # The new value of a benchmark's replace_att / replace_obj item: "absent" from the scene (SugarCrepe's
+  # rule, so that the subset measures recognising the value) or "present" in another object (v3's rule,
+  # which a bag-of-words scorer passes for add/replace items alike). Training edits always take a present
+  # value, so that every word of y' also describes something in x.
+  benchmark_replace: str = "absent"
 
   def __post_init__(self):
     if len(self.colors) != len(self.shapes):
@@ -141,6 +152,12 @@ class WorldConfig:
       raise ValueError("heldout_symbols would hold out every pairing of some colour.")
     if not 0 <= self.failed_negatives < 1:
       raise ValueError(f"failed_negatives must lie in [0, 1); got {self.failed_negatives}.")
+    if self.benchmark_replace not in ("absent", "present"):
+      raise ValueError(
+        f"benchmark_replace must be 'absent' or 'present'; got {self.benchmark_replace!r}."
+      )
+    if not 0 < self.object_radius[0] <= self.object_radius[1] <= 0.5:
+      raise ValueError(f"object_radius must be (small, large) with 0 < small <= large <= 0.5.")
     if self.jitter > self.image_size / self.grid / 8:
       raise ValueError("jitter must stay within an eighth of a cell, or relations turn ambiguous.")
 
@@ -231,8 +248,8 @@ def relation_holds(rel: str, a: Obj, b: Obj) -> bool:
 def _matches(desc, o: Obj) -> bool:
   color, shape, size, texture = desc
   return (
-    o.color == color
-    and o.shape == shape
+    (color is None or o.color == color)
+    and (shape is None or o.shape == shape)
     and (size is None or o.size == size)
     and (texture is None or o.texture == texture)
   )
@@ -269,23 +286,81 @@ def caption_words(cap: Caption) -> frozenset:
   )
 
 
+def _per_image_in_batches(n: int, rng, batch_size: int, batches: int, counts) -> float:
+  """Mean over the images of random batches of `counts(i, j)` summed over the batch's other items j."""
+  found, images = 0, 0
+  for _ in range(batches):
+    idx = rng.choice(n, size=min(batch_size, n), replace=False)
+    for i in idx:
+      found += sum(1 for j in idx if j != i and counts(i, j))
+    images += len(idx)
+  return found / images
+
+
 def accidental_hard_negatives(
   scenes, captions, rng, batch_size: int = 64, batches: int = 200
 ) -> float:
   """In random batches, the mean number per image of other captions whose every word describes
   something in it, yet which are false of it: the hard negatives a random batch already holds."""
-  n = len(scenes)
   words = [scene_words(s) for s in scenes]
   cwords = [caption_words(c) for c in captions]
-  found, images = 0, 0
-  for _ in range(batches):
-    idx = rng.choice(n, size=min(batch_size, n), replace=False)
-    for i in idx:
-      found += sum(
-        1 for j in idx if j != i and cwords[j] <= words[i] and not holds(scenes[i], captions[j])
-      )
-    images += len(idx)
-  return found / images
+  return _per_image_in_batches(
+    len(scenes),
+    rng,
+    batch_size,
+    batches,
+    lambda i, j: cwords[j] <= words[i] and not holds(scenes[i], captions[j]),
+  )
+
+
+ATTRIBUTES = {"color": 0, "shape": 1}  # index in a caption's object description
+
+
+def without(cap: Caption, attr: str) -> Caption:
+  """The caption with every object's `attr` ("color" or "shape") unsaid."""
+  k = ATTRIBUTES[attr]
+  return dataclasses.replace(cap, objs=[d[:k] + (None,) + d[k + 1 :] for d in cap.objs])
+
+
+def rejected_only_by(
+  attr: str, scenes, captions, rng, batch_size: int = 64, batches: int = 100
+) -> float:
+  """In random batches, the mean number per image of other captions that are false of it only because
+  of their `attr` words (true once those are unsaid): the in-batch pressure to learn that attribute."""
+  blind = [without(c, attr) for c in captions]
+  return _per_image_in_batches(
+    len(scenes),
+    rng,
+    batch_size,
+    batches,
+    lambda i, j: holds(scenes[i], blind[j]) and not holds(scenes[i], captions[j]),
+  )
+
+
+def _oracle_words(cap: Caption, kind: str) -> list:
+  if kind == "bow":
+    return list(caption_words(cap))
+  return [d[ATTRIBUTES[kind]] for d in cap.objs]
+
+
+ORACLES = ("bow", "color", "shape")
+
+
+def oracle_choice(scene: list[Obj], cap: Caption, neg: Caption, kind: str = "bow") -> float:
+  """A scorer that knows which words describe something in the scene but not which belong together:
+  1 if the caption has a larger share of such words than the negative, 0.5 on a tie, else 0.
+
+  `kind` "bow" reads every word (colours, shapes, textures, sizes, relations); "color" and "shape" read
+  only those words, as a model that has learned one attribute alone would.
+  """
+  present = scene_words(scene)
+
+  def share(c):
+    words = _oracle_words(c, kind)
+    return sum(w in present for w in words) / max(len(words), 1)
+
+  a, b = share(cap), share(neg)
+  return 1.0 if a > b else 0.5 if a == b else 0.0
 
 
 def num_heldout(cfg: WorldConfig, cap: Caption) -> int:
@@ -306,6 +381,8 @@ def caption_text(cap: Caption) -> str:
   neg = cap.style == "negative"
   if cap.relation:
     body = f"{parts[0]}{', placed' if neg else ''} {cap.relation} {parts[1]}"
+  elif len(parts) == 1:
+    body = parts[0]
   else:
     body = ", ".join(parts[:-1]) + (" plus " if neg else " and ") + parts[-1]
   return cap.prefix + body
@@ -338,6 +415,13 @@ def random_scene(cfg: WorldConfig, rng, heldout_ok: bool, must_include=None) -> 
   return scene
 
 
+def _mention(cfg: WorldConfig, o: Obj, rng):
+  """How a caption names `o`: colour and shape, a size and a texture word with the world's odds."""
+  size = o.size if rng.uniform() < cfg.size_word_prob else None
+  texture = o.texture if rng.uniform() < cfg.texture_word_prob else None
+  return (o.color, o.shape, size, texture)
+
+
 def random_caption(
   cfg: WorldConfig,
   scene: list[Obj],
@@ -355,11 +439,7 @@ def random_caption(
     relation = bool(rng.uniform() < cfg.relation_prob)
   prefix = str(rng.choice(PREFIXES))
 
-  def desc(o: Obj):
-    size = o.size if rng.uniform() < cfg.size_word_prob else None
-    texture = o.texture if rng.uniform() < cfg.texture_word_prob else None
-    return (o.color, o.shape, size, texture)
-
+  desc = lambda o: _mention(cfg, o, rng)  # noqa: E731
   if relation:
     a, b = scene[order[0]], scene[order[1]]
     rels = [r for r in RELATIONS if relation_holds(r, a, b)]
@@ -374,11 +454,20 @@ def _copy(scene, cap):
   )
 
 
-def edit(cfg: WorldConfig, scene: list[Obj], cap: Caption, kind: str, rng, heldout_ok: bool):
+def edit(
+  cfg: WorldConfig,
+  scene: list[Obj],
+  cap: Caption,
+  kind: str,
+  rng,
+  heldout_ok: bool,
+  new_value: str = "present",
+):
   """Edits (scene, caption) the SugarCrepe way `kind` -> (scene', caption'), or None if infeasible.
 
-  replace_att / replace_obj take the new colour / shape from another object of the
-  scene, so that only binding tells the two captions apart.
+  replace_att / replace_obj take the new colour / shape from another object of the scene
+  (`new_value="present"`: only binding tells the two captions apart) or from the values no object of
+  the scene has (`"absent"`: SugarCrepe's rule).
   """
   scene, cap = _copy(scene, cap)
   allowed_list, allowed_p = cfg.pairings(heldout_ok)
@@ -389,7 +478,9 @@ def edit(cfg: WorldConfig, scene: list[Obj], cap: Caption, kind: str, rng, heldo
     options = []
     for k in named:
       o = scene[cap.refs[k]]
-      for new in sorted({(p.color, p.shape)[att] for p in scene} - {(o.color, o.shape)[att]}):
+      present = {(p.color, p.shape)[att] for p in scene}
+      values = present if new_value == "present" else set((cfg.colors, cfg.shapes)[att]) - present
+      for new in sorted(values - {(o.color, o.shape)[att]}):
         pairing = (new, o.shape) if att == 0 else (o.color, new)
         if pairing in allowed:
           options.append((k, pairing))
@@ -583,7 +674,8 @@ def render(cfg: WorldConfig, scene: list[Obj], shift: dict | None = None) -> Ima
   img[:] = shift["background"] if shift else cfg.background
   for o in scene:
     cx, cy = (o.col + 0.5) * cell + 2 * o.dx, (o.row + 0.5) * cell + 2 * o.dy
-    mask = _shape_mask(o.shape, cx, cy, cell * (0.42 if o.size == "large" else 0.3), s)
+    radius = cfg.object_radius[SIZES.index(o.size)]
+    mask = _shape_mask(o.shape, cx, cy, cell * radius, s)
     img[mask] = COLORS[o.color]
     tex = _texture_mask(o.texture, s)
     if tex is not None:
@@ -632,7 +724,8 @@ def make_triplet(
     scene = random_scene(cfg, rng, heldout_ok=heldout, must_include=must)
     relation = True if kind in NEEDS_RELATION else False if kind == "add_obj" else None
     cap = random_caption(cfg, scene, rng, relation=relation, must_name=0 if heldout else None)
-    neg = edit(cfg, scene, cap, kind, rng, heldout_ok=heldout)
+    new_value = "present" if training else cfg.benchmark_replace
+    neg = edit(cfg, scene, cap, kind, rng, heldout_ok=heldout, new_value=new_value)
     if neg is None:
       counts[f"{kind}/infeasible"] += 1
       continue
@@ -670,6 +763,39 @@ def make_triplet(
   )
 
 
+def single_object_item(cfg: WorldConfig, rng) -> dict:
+  """One item of the base set: a single object of a seen pairing in a random cell, named by its colour
+  and shape alone, so that learning those two is the whole task (a random batch of 64 holds about 7
+  captions per image that only the shape word rejects, and as many for colour) and there is no binding
+  to learn. Its negative names an absent shape (a CLIP base never reads it),
+  which keeps the record a complete TripletData record. Same keys as `make_triplet`."""
+  pairings, p = cfg.pairings(False)
+  color, shape = pairings[_draw(rng, p)]
+  cell = int(rng.integers(cfg.grid**2))
+  o = Obj(
+    color,
+    shape,
+    SIZES[rng.integers(2)],
+    cell // cfg.grid,
+    cell % cfg.grid,
+    cfg.textures[rng.integers(len(cfg.textures))],
+    *(int(v) for v in rng.integers(-cfg.jitter, cfg.jitter + 1, size=2)),
+  )
+  cap = Caption([(color, shape, None, None)], None, str(rng.choice(PREFIXES)), [0])
+  n_scene, n_cap = edit(cfg, [o], cap, "replace_obj", rng, heldout_ok=False, new_value="absent")
+  return {
+    "image": render(cfg, [o]),
+    "caption": caption_text(cap),
+    "neg_image": render(cfg, n_scene),
+    "neg_caption": caption_text(n_cap),
+    "neg_type": "replace_obj",
+    "scene": [o],
+    "neg_scene": n_scene,
+    "cap": cap,
+    "neg_cap": n_cap,
+  }
+
+
 def sample_edit(cfg: WorldConfig, rng) -> str:
   kinds, weights = zip(*cfg.edit_weights)
   p = np.asarray(weights, np.float64)
@@ -678,22 +804,25 @@ def sample_edit(cfg: WorldConfig, rng) -> str:
 
 def write_demo_data(
   output_dir: str,
-  num_train: int = 250,
-  num_eval: int = 1200,
+  num_train: int = 1000,
+  num_eval: int = 2400,
   seed: int = 0,
   cfg: WorldConfig = WorldConfig(),
   num_shards: int = 4,
+  num_base: int = 0,
 ) -> dict:
-  """Writes training shards, held-out / seen SugarCrepe-format benchmarks and held-out triplet shards.
+  """Writes training shards, held-out / seen SugarCrepe-format benchmarks and held-out triplet shards, and
+  with `num_base` a base set of single-object scenes.
 
-  Layout: train/demo-*.tfrecord (+ manifest.json), sugarcrepe/{subset}.json + sugarcrepe/images/,
-  sugarcrepe_seen/..., heldout/demo_heldout-*.tfrecord, world.json (parameters and what was measured:
-  rejections, the realised edit mix, failed negatives, the accidental hard-negative rate).
+  Layout: train/demo-*.tfrecord (+ manifest.json), base/demo_base-*.tfrecord, sugarcrepe/{subset}.json +
+  sugarcrepe/images/, sugarcrepe_seen/..., heldout/demo_heldout-*.tfrecord, world.json (parameters and
+  what was measured: rejections, the realised edit mix, failed negatives, the accidental hard-negative
+  rate, the in-batch pressure per attribute, and the oracles' score on every benchmark subset).
   Byte-identical for a seed.
   """
   t0 = time.perf_counter()
-  train_rng, heldout_rng, seen_rng, triplet_rng, measure_rng = (
-    np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
+  train_rng, heldout_rng, seen_rng, triplet_rng, measure_rng, base_rng = (
+    np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)
   )
   world = {"seed": seed, **cfg.to_dict(), "heldout_pairings": sorted(map(list, cfg.heldout()))}
   how = {"tool": "tripletclip_jax.demo.world", "world": world}
@@ -703,30 +832,22 @@ def write_demo_data(
     "seen": collections.Counter(),
   }
   mix = collections.Counter()
-  train_scenes, train_caps, failed_keys = [], [], []
+  drawn = collections.defaultdict(list)  # subdir -> [(scene, caption)] of the training-side sets
+  failed_keys = []
   n_failed = int(round(cfg.failed_negatives * num_train))
   fails = set(train_rng.permutation(num_train)[:n_failed].tolist())
 
-  def write_shards(subdir, name, n, rng, heldout, counts):
+  def write_shards(subdir, name, n, make):
     directory = os.path.join(output_dir, subdir)
     paths, sizes, i = [], [], 0
     per = -(-n // num_shards)
-    training = subdir == layout.TRAIN
     for s in range(num_shards):
       path = os.path.join(directory, records.shard_name(name, s, num_shards))
       with records.ShardWriter(path) as w:
         while w.count < per and i < n:
-          fail = training and i in fails
-          t = make_triplet(
-            cfg, rng, sample_edit(cfg, rng), heldout, counts, training=training, failed=fail
-          )
           key = f"{name}-{i:07d}"
-          if training:
-            mix[t["neg_type"]] += 1
-            train_scenes.append(t["scene"])
-            train_caps.append(t["cap"])
-            if fail:
-              failed_keys.append(key)
+          t = make(i, key)
+          drawn[subdir].append((t["scene"], t["cap"]))
           w.write(
             {
               "key": key,
@@ -745,13 +866,36 @@ def write_demo_data(
     records.write_manifest(directory, name, paths, sizes, **how)
     return int(sum(sizes))
 
-  def write_sugarcrepe(subdir, rng, heldout, counts):
+  def train_item(i, key):
+    fail = i in fails
+    t = make_triplet(
+      cfg,
+      train_rng,
+      sample_edit(cfg, train_rng),
+      False,
+      rejected["train"],
+      training=True,
+      failed=fail,
+    )
+    mix[t["neg_type"]] += 1
+    if fail:
+      failed_keys.append(key)
+    return t
+
+  def heldout_item(i, key):
+    return make_triplet(cfg, triplet_rng, sample_edit(cfg, triplet_rng), True, rejected["heldout"])
+
+  def write_sugarcrepe(subdir, rng, heldout, counts) -> dict:
+    """Writes the seven subsets; returns each one's oracle scores (% correct, ties count half)."""
     directory = os.path.join(output_dir, subdir)
     os.makedirs(os.path.join(directory, "images"), exist_ok=True)
+    scores = {}
     for kind in SUBSETS:
-      entries = {}
+      entries, right = {}, collections.Counter()
       for i in range(num_eval):
         t = make_triplet(cfg, rng, kind, heldout=heldout, counts=counts)
+        for oracle in ORACLES:
+          right[oracle] += oracle_choice(t["scene"], t["cap"], t["neg_cap"], oracle)
         fname = f"{kind}_{i:06d}.png"
         t["image"].save(os.path.join(directory, "images", fname), format="PNG", compress_level=1)
         # Keys step by 2, so they have gaps as the real files' keys do.
@@ -762,15 +906,28 @@ def write_demo_data(
         }
       with open(os.path.join(directory, f"{kind}.json"), "w") as f:
         json.dump(entries, f, indent=1)
+      scores[kind] = {o: round(100.0 * right[o] / max(num_eval, 1), 2) for o in ORACLES}
+    return scores
 
-  n_train = write_shards(layout.TRAIN, "demo", num_train, train_rng, False, rejected["train"])
-  write_sugarcrepe(layout.SUGARCREPE_HELDOUT, heldout_rng, True, rejected["heldout"])
-  write_sugarcrepe(layout.SUGARCREPE_SEEN, seen_rng, False, rejected["seen"])
-  n_held = write_shards(
-    layout.HELDOUT, "demo_heldout", num_eval, triplet_rng, True, rejected["heldout"]
+  n_train = write_shards(layout.TRAIN, "demo", num_train, train_item)
+  oracle = {
+    "heldout": write_sugarcrepe(layout.SUGARCREPE_HELDOUT, heldout_rng, True, rejected["heldout"]),
+    "seen": write_sugarcrepe(layout.SUGARCREPE_SEEN, seen_rng, False, rejected["seen"]),
+  }
+  n_held = write_shards(layout.HELDOUT, "demo_heldout", num_eval, heldout_item)
+  n_base = num_base and write_shards(
+    layout.BASE, "demo_base", num_base, lambda i, key: single_object_item(cfg, base_rng)
   )
+
+  def pressure(subdir):
+    """Per image of a random batch of 64: captions only colour / only shape rejects."""
+    scenes, caps = zip(*drawn[subdir])
+    return {a: round(rejected_only_by(a, scenes, caps, measure_rng), 3) for a in ATTRIBUTES}
+
+  train_scenes, train_caps = zip(*drawn[layout.TRAIN])
   summary = {
     "train": n_train,
+    "base": n_base,
     "heldout_triplets": n_held,
     "sugarcrepe_per_subset": num_eval,
     "train_edit_mix": dict(sorted(mix.items())),
@@ -780,6 +937,11 @@ def write_demo_data(
     "accidental_hard_negatives_per_image": round(
       accidental_hard_negatives(train_scenes, train_caps, measure_rng), 4
     ),
+    "rejected_only_by_per_image": {
+      "train": pressure(layout.TRAIN),
+      **({"base": pressure(layout.BASE)} if n_base else {}),
+    },
+    "oracle": oracle,
   }
   with open(os.path.join(output_dir, layout.WORLD_JSON), "w") as f:
     json.dump({"world": world, **summary}, f, indent=1)

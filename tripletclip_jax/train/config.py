@@ -106,6 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
       ),  # demo: where to generate the world (default WORKDIR/data)
       demo_num_train=0,
       demo_num_eval=0,
+      demo_num_base=0,  # single-object scenes for a CLIP base (launch/reproduce.py trains it)
+      demo_train_set="train",  # which of the world's sets to train on: "train" or "base"
       demo_world_seed=config_dict.placeholder(int),  # None: the run's seed draws the world too
       # "shuffled": every record carries another record's (x', y'), a control (data/sources.py).
       partners="paired",
@@ -196,6 +198,12 @@ def validate(config) -> None:
   )
   need(config.data.augment in AUGMENTATIONS, "data.augment", f"choose one of {AUGMENTATIONS}")
   need(config.data.partners in PARTNERS, "data.partners", f"choose one of {PARTNERS}")
+  need(
+    config.data.demo_train_set in ("train", "base")
+    and (config.data.demo_train_set == "train" or config.data.demo_num_base > 0),
+    "data.demo_train_set",
+    'choose "train", or "base" with data.demo_num_base > 0',
+  )
   need(
     not (config.data.in_memory and config.data.augment != "center_crop"),
     "data.in_memory",

@@ -176,8 +176,9 @@ def training_source(config, workdir: str, log=print) -> tuple[str, dict]:
       d.get("demo_world"),
       seed=config.seed if d.demo_world_seed is None else d.demo_world_seed,
       log=log,
+      num_base=d.demo_num_base,
     )
-    return world.train, evals or world.evals
+    return (world.base if d.demo_train_set == "base" else world.train), evals or world.evals
   if d.train is None:
     raise ConfigError(
       "config.data.train is not set: pass --config.data.train=GLOB_OR_DIR of TripletData shards."
