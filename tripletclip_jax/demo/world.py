@@ -157,7 +157,7 @@ class WorldConfig:
         f"benchmark_replace must be 'absent' or 'present'; got {self.benchmark_replace!r}."
       )
     if not 0 < self.object_radius[0] <= self.object_radius[1] <= 0.5:
-      raise ValueError(f"object_radius must be (small, large) with 0 < small <= large <= 0.5.")
+      raise ValueError("object_radius must be (small, large) with 0 < small <= large <= 0.5.")
     if self.jitter > self.image_size / self.grid / 8:
       raise ValueError("jitter must stay within an eighth of a cell, or relations turn ambiguous.")
 
