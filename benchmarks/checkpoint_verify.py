@@ -23,6 +23,7 @@ from tripletclip_jax import losses as loss_lib  # noqa: E402
 from tripletclip_jax import sharding  # noqa: E402
 from tripletclip_jax.models import get_preset  # noqa: E402
 from tripletclip_jax import checkpoint  # noqa: E402
+from tripletclip_jax.train.config import optimizer_config
 from tripletclip_jax.train import create_train_state, make_optimizer  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def main():
   p.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
   a = p.parse_args()
   cfg = get_preset(a.preset)
-  tx, _ = make_optimizer(learning_rate=1e-3, total_steps=10, warmup_steps=1)
+  tx, _ = make_optimizer(optimizer_config(learning_rate=1e-3, warmup_steps=1), 10)
   mesh = sharding.make_mesh(-1, 1)
   state, shardings = create_train_state(
     cfg, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip")

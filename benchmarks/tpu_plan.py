@@ -27,13 +27,7 @@ os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 
 import jax  # noqa: E402
 
-
-from tripletclip_jax.train.config import (
-  ConfigError,
-  apply_overrides,
-  load_config_file,
-  split_overrides,
-)  # noqa: E402
+from tripletclip_jax.configlib import ConfigError, parse_command_line  # noqa: E402
 from tripletclip_jax.train.experiment import build  # noqa: E402
 
 # Per chip: bf16 peak FLOP/s, HBM bytes, HBM bytes/s and ICI bytes/s (Google Cloud's published figures; the ICI
@@ -266,14 +260,10 @@ def main():
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  p.add_argument("--config", default="configs/cc3m.py")
   p.add_argument(
     "--topology",
     default="v4:2x2x4",
     help="e.g. v4:2x2x1 (v4-8), v4:2x2x4 (v4-32), v5e:4x4, v6e:4x4",
-  )
-  p.add_argument(
-    "--set", action="append", default=[], metavar="KEY=VALUE", help="alias of --config.KEY=VALUE"
   )
   p.add_argument(
     "--max_batch", action="store_true", help="also search the largest batch that fits (slow)"
@@ -281,8 +271,8 @@ def main():
   p.add_argument(
     "--save_hlo", metavar="PATH", help="write the compiled HLO text there (to study it further)"
   )
-  try:  # --config.KEY=VALUE, typed and checked as launch/main.py does
-    argv, overrides = split_overrides(sys.argv[1:])
+  try:  # --config=FILE (default configs/cc3m.py), --config.KEY=VALUE, --set: as launch/main.py
+    config, argv = parse_command_line(sys.argv[1:], default="configs/cc3m.py")
   except ConfigError as e:
     raise SystemExit(f"error: {e}") from None
   a = p.parse_args(argv)
@@ -295,11 +285,6 @@ def main():
   # v4 and v5p chips have two TensorCores that JAX drives as one device ("megacore"), as on a real VM.
   kw = {"chip_config_name": "megacore"} if chip in ("v4", "v5p") else {}
   devices = topologies.get_topology_desc(platform="tpu", topology_name=a.topology, **kw).devices
-  try:
-    config = load_config_file(a.config)
-    apply_overrides(config, overrides + a.set)
-  except ConfigError as e:
-    raise SystemExit(f"error: {e}") from None
   t = time.perf_counter()
   try:
     compiled, exp, asked = compile_step(config, devices, config.batch_size)

@@ -25,6 +25,7 @@ from tripletclip_jax import losses as loss_lib  # noqa: E402
 from tripletclip_jax import sharding  # noqa: E402
 from tripletclip_jax.data.tokenizer import EOT_ID, SOT_ID  # noqa: E402
 from tripletclip_jax.models import forward_flops, get_preset, init_params, train_flops_per_example  # noqa: E402
+from tripletclip_jax.train.config import optimizer_config
 from tripletclip_jax.train import create_train_state, make_optimizer, make_train_step  # noqa: E402
 from tripletclip_jax.train.step import with_loss_params  # noqa: E402
 from tripletclip_jax.train.metrics import measure_matmul_peak  # noqa: E402
@@ -137,7 +138,7 @@ def main():
   mesh = sharding.make_mesh(data, fsdp)
   sharding.check_batch_divides(args.batch_size, mesh)
   tx, schedule = make_optimizer(
-    learning_rate=5e-4, total_steps=1000, warmup_steps=10, weight_decay=0.5
+    optimizer_config(learning_rate=5e-4, warmup_steps=10, weight_decay=0.5), 1000
   )
   state, state_sh = create_train_state(cfg, tx, mesh, jax.random.key(0), loss_lib.get(args.loss))
   step = make_train_step(

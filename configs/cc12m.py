@@ -9,7 +9,7 @@ here. Expected (paper summary): SugarCrepe about 9 points above CLIP at equal
 compute; about 2.5x the CC3M run's time.
 """
 
-from tripletclip_jax.train.config import sibling_config
+from tripletclip_jax.configlib import sibling_config
 
 
 def get_config(loss: str = "tripletclip"):

@@ -14,7 +14,9 @@ learn at `tower_lr` x the learning rate, the projections and temperature at the 
 top of pretrained ones move fastest). Expect SugarCrepe to rise within the first 1-2k steps on TripletData.
 """
 
-from tripletclip_jax.train.config import base_config, parse_arg, sibling_config
+from tripletclip_jax.configlib import parse_arg, sibling_config
+
+from tripletclip_jax.train.config import base_config
 
 
 def get_config(arg: str = ""):

@@ -12,7 +12,7 @@ temperature, is trained. With a locked image tower, a loss's negative images onl
 (their embeddings are fixed), so `negclip` and `tripletclip` are the informative choices.
 """
 
-from tripletclip_jax.train.config import parse_arg, sibling_config
+from tripletclip_jax.configlib import parse_arg, sibling_config
 
 
 def get_config(arg: str = ""):

@@ -77,7 +77,7 @@ def main(argv=None):
     metavar="TASK.KEY=VALUE",
     help="alias of --config.evals.TASK.KEY=VALUE, repeatable",
   )
-  from tripletclip_jax.train.config import ConfigError, apply_overrides, split_overrides
+  from tripletclip_jax.configlib import ConfigError, apply_overrides, split_overrides
 
   try:
     argv, overrides = split_overrides(sys.argv[1:] if argv is None else list(argv))

@@ -3,88 +3,64 @@
   python launch/main.py --config configs/cc3m.py --workdir gs://bucket/runs/cc3m
   python launch/main.py --config configs/demo.py --workdir runs/demo --config.total_steps=100
   python launch/main.py --config configs/demo.py:clip --workdir runs/demo_clip
+  python launch/main.py --help_config [--config configs/cc3m.py]   # every key: value, resume tag, help
 
 Restarting with the same workdir resumes from its latest checkpoint.
 """
 
-import difflib
+import argparse
 import sys
 
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+def parse(argv: list[str]):
+  """(config, workdir) from the command line; exit 2 with one line for anything that cannot work."""
+  from tripletclip_jax.configlib import ConfigError, parse_command_line
 
-config_flags.DEFINE_config_file(
-  "config", None, "Training config file (configs/NAME.py[:arg]).", lock_config=True
-)
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go.")
-
-
-def _config_keys(argv) -> list[str]:
-  """Flattened keys of the requested config, for suggestions after a bad override."""
-  spec = _config_spec(argv)
-  if not spec:
-    return []
-  from tripletclip_jax.train.config import flat_keys, load_config_file
-
-  return flat_keys(load_config_file(spec))
-
-
-def _config_spec(argv) -> str | None:
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if spec is None and "--config" in argv and argv.index("--config") + 1 < len(argv):
-    spec = argv[argv.index("--config") + 1]
-  return spec
-
-
-def parse_flags(argv):
-  """absl parsing, with one-line errors (exit 2) for a broken config file, unknown keys and bad values."""
-  from tripletclip_jax.train.config import ConfigError, load_config_file
-
-  spec = _config_spec(argv)
-  if spec:
-    try:  # absl would show a broken config file as a traceback: load it once first to say what is wrong
-      load_config_file(spec)
-    except ConfigError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument("--workdir", help="where checkpoints, metrics and exports go")
+  p.add_argument(
+    "--help_config", action="store_true", help="list every config key with its value and help"
+  )
   try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
-    overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    try:
-      keys = _config_keys(argv)
-    except Exception:  # noqa: BLE001 - the config file itself is broken: report the original error
-      keys = []
-    unknown = [k for k in overrides if keys and k not in keys]
-    if unknown:
-      close = difflib.get_close_matches(unknown[0], keys, n=3, cutoff=0.5)
-      msg = f"Unknown config key '{unknown[0]}'" + (
-        f"; did you mean {', '.join(close)}?" if close else "; see the config file."
-      )
+    if "--help_config" in argv and not any(a.startswith("--config") for a in argv):
+      from tripletclip_jax.train.config import base_config
+
+      config, rest = base_config(), argv
     else:
-      msg = str(e).strip().splitlines()[0]
-      msg = msg.replace("flag --config.", "bad value for config key ")
-    print(f"error: {msg}", file=sys.stderr)
+      config, rest = parse_command_line(argv)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  args = p.parse_args(rest)
+  if args.help_config:
+    from tripletclip_jax.train.config import describe
 
-
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every file operation at INFO
-  if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
+    print(describe(config))
+    sys.exit(0)
+  if args.workdir is None:
     print("error: pass --config=configs/NAME.py and --workdir=DIR", file=sys.stderr)
     sys.exit(2)
+  return config, args.workdir
+
+
+def main(argv=None):
+  config, workdir = parse(sys.argv[1:] if argv is None else list(argv))
+  from absl import flags, logging
+
+  flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; this script parses its own arguments
+  logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every file operation at INFO
+  from tripletclip_jax.configlib import ConfigError
   from tripletclip_jax.data.pipeline import TooManyBadRecords
   from tripletclip_jax.fileio import StorageError
-  from tripletclip_jax.train.config import ConfigError
   from tripletclip_jax.train.loop import Preempted, train_and_evaluate
 
   try:
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    train_and_evaluate(config, workdir)
   except Preempted as e:
     print(e)
-    sys.exit(flags.FLAGS.config.preempted_exit_code)
+    sys.exit(config.preempted_exit_code)
   except ConfigError as e:  # a config value that cannot work: exit 2, like a bad override
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -95,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  main()

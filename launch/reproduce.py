@@ -68,33 +68,17 @@ OWN_KEYS = (
 )
 
 
-# Settings that say how a run was driven, never what it trained or how it was scored.
-DRIVING = (
-  "progress_bar",
-  "data.demo_data_dir",
-  "data.num_workers",
-  "data.read_threads",
-  "distributed",
-  "writers",
-  "wandb",
-  "peak_tflops_per_chip",
-  "keep_checkpoints",
-  "log_every_steps",
-  "checkpoint_every_steps",
-  "profile_steps",
-  "preempted_exit_code",
-  "export_hf_dir",
-)
-
-
 def settings_differ(saved: dict | None, now: dict) -> list[str]:
   """'key saved -> now' for every setting of a finished run that differs from the requested one (all of
   them, when the run recorded none)."""
-  from tripletclip_jax.train.config import config_changes
+  from tripletclip_jax.configlib import config_changes
+  from tripletclip_jax.train.config import DRIVING, keys_tagged
 
   if saved is None:
     return ["the run recorded no settings (an older reproduce.py)"]
-  return config_changes(saved, now, DRIVING)
+  # How a run was driven never changes what it trained or how it was scored; nor does the number of data
+  # workers (the order is the same for any), which a resume records.
+  return config_changes(saved, now, keys_tagged(DRIVING) + ("data.num_workers",))
 
 
 def arm_config(
@@ -107,7 +91,7 @@ def arm_config(
 ):
   """The config an arm trains with for `seed`: the loss's config, the user's overrides, then the arm's,
   starting from the seed's base (a Hugging Face directory) if given."""
-  from tripletclip_jax.train.config import apply_overrides, load_config_file
+  from tripletclip_jax.configlib import apply_overrides, load_config_file
 
   loss, changes = ARMS.get(arm, (arm, {}))
   config = load_config_file(config_file, loss)
@@ -121,7 +105,7 @@ def base_config(config_file: str, seed: int, data_dir: str, overrides: list[str]
   """The config of the seed's CLIP base: the config file's `:base` stage, the user's overrides (model
   and world alike for every run), then the base's own (`--base.KEY=VALUE`). It always exports its
   weights, which the arms start from."""
-  from tripletclip_jax.train.config import apply_overrides, load_config_file
+  from tripletclip_jax.configlib import apply_overrides, load_config_file
 
   config = load_config_file(config_file, "base")
   own = [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False"]
@@ -144,7 +128,7 @@ def checksum(hf_dir: str) -> str:
 def train_or_reuse(label: str, workdir: str, config, record) -> dict:
   """A run's result.json: reused when it trained with `config`'s settings (else one line naming the keys
   that differ), or trained now and written. `record(out)` makes the row from the trainer's result."""
-  from tripletclip_jax.train.config import ConfigError
+  from tripletclip_jax.configlib import ConfigError
   from tripletclip_jax.train.loop import train_and_evaluate
   from tripletclip_jax.train.metrics import cpu_model
 
@@ -181,7 +165,7 @@ def parse_args(argv):
   import sys
 
   from tripletclip_jax import losses as loss_lib
-  from tripletclip_jax.train.config import ConfigError, split_overrides
+  from tripletclip_jax.configlib import ConfigError, split_overrides
 
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -222,11 +206,16 @@ def parse_args(argv):
     raise SystemExit(f"error: {e}") from None
   args = p.parse_args(argv)
   overrides += args.set
-  own = [o for o in overrides + base_overrides if o.partition("=")[0] in OWN_KEYS]
+  own = [
+    f"{flag}{o}"
+    for flag, given in (("--config.", overrides), ("--base.", base_overrides))
+    for o in given
+    if o.partition("=")[0] in OWN_KEYS
+  ]
   if own:
     raise SystemExit(
-      f"error: --config.{own[0]}: {', '.join(OWN_KEYS)} are set by this script for each run; "
-      "use --arms, --seeds or --output_dir."
+      f"error: {own[0]}: {', '.join(OWN_KEYS)} are set by this script for each run; "
+      "use --arms, --seeds, --no_base or --output_dir."
     )
   args.arms = [s.strip() for s in args.arms.split(",") if s.strip()]
   unknown = [n for n in args.arms if n not in loss_lib.REGISTRY and n not in ARMS]
@@ -252,8 +241,7 @@ def parse_args(argv):
 def run_seed(args, seed: int, out_dir: str, overrides, base_overrides) -> tuple[dict | None, list]:
   """Seed `seed`'s world, its CLIP base (unless --no_base) and its arms: (the base's row, the arms'
   rows). The base is trained once and shared by the seed's arms; each arm records its checksum."""
-  from tripletclip_jax import losses as loss_lib
-  from tripletclip_jax.train.config import ConfigError
+  from tripletclip_jax.configlib import ConfigError
 
   data_dir = os.path.join(out_dir, "data", f"seed{seed}")
   base = None
@@ -266,20 +254,17 @@ def run_seed(args, seed: int, out_dir: str, overrides, base_overrides) -> tuple[
         f"base seed {seed}",
         workdir,
         config,
-        lambda out: dict(
-          study.run_record("base", seed, config, out, 1), checksum=checksum(hf), hf=hf
-        ),
+        lambda out: dict(study.run_record("base", seed, config, out), checksum=checksum(hf), hf=hf),
       )
     runs = []
     for arm in args.arms:
       config = arm_config(arm, args.config, seed, data_dir, overrides, base and base["hf"])
-      pairs = loss_lib.get(config.loss).pairs_per_example
       rec = train_or_reuse(
         f"{arm} seed {seed}",
         os.path.join(out_dir, "runs", f"{arm}-seed{seed}"),
         config,
         lambda out: dict(
-          study.run_record(arm, seed, config, out, pairs),
+          study.run_record(arm, seed, config, out),
           base={"checksum": base["checksum"], "config": base["config"]} if base else None,
         ),
       )
@@ -352,7 +337,8 @@ def main(argv=None):
 
   flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; this script parses its own arguments
   logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every file operation at INFO
-  from tripletclip_jax.train.config import ConfigError, writers
+  from tripletclip_jax.configlib import ConfigError
+  from tripletclip_jax.train.config import writers
 
   out_dir = os.path.abspath(args.output_dir)
   try:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tripletclip_jax import checkpoint
-from tripletclip_jax.train.config import ConfigError
+from tripletclip_jax.configlib import ConfigError
 from tripletclip_jax.train.loop import train_and_evaluate
 from test_trainer import _losses, data_dir, small_config  # noqa: F401 - the module-scoped demo data fixture
 

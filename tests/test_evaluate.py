@@ -418,7 +418,7 @@ def test_eval_options_are_typed_as_the_evaluator_declares_them():
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch")
   )
   from eval import evals_config
-  from tripletclip_jax.train.config import apply_overrides
+  from tripletclip_jax.configlib import apply_overrides
 
   c = evals_config(["triplet", "sugarcrepe"])
   apply_overrides(

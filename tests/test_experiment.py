@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tripletclip_jax import sharding
-from tripletclip_jax.train.config import ConfigError, load_config_file
+from tripletclip_jax.configlib import ConfigError, load_config_file
 from tripletclip_jax.train.experiment import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

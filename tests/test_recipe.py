@@ -14,8 +14,10 @@ from tripletclip_jax.data import image_ops, pipeline, records
 from tripletclip_jax.demo import world as demo_world
 from tripletclip_jax.data.tokenizer import tokenize
 from tripletclip_jax.models import forward_flops, get_preset
+from tripletclip_jax.train.config import optimizer_config
 from tripletclip_jax.train import create_train_state, make_optimizer, make_train_step
-from tripletclip_jax.train.config import base_config, load_config_file, resolve_total_steps
+from tripletclip_jax.configlib import load_config_file
+from tripletclip_jax.train.config import base_config, resolve_total_steps
 from tripletclip_jax.train.optim import MAX_LOG_LOGIT_SCALE, decay_mask
 
 flags.FLAGS.mark_as_parsed()
@@ -110,7 +112,7 @@ def test_decay_rules_choose_the_decayed_parameters():
   zeros = jax.tree.map(jnp.zeros_like, params)
   for rule, decayed in (("open_clip", {"w"}), ("all", {"w", "b", "logit_scale"})):
     tx, _ = make_optimizer(
-      learning_rate=0.1, total_steps=10, warmup_steps=0, weight_decay=0.5, decay_rule=rule
+      optimizer_config(learning_rate=0.1, warmup_steps=0, weight_decay=0.5, decay_rule=rule), 10
     )
     updates, _ = tx.update(
       zeros, tx.init(params), params
@@ -118,7 +120,7 @@ def test_decay_rules_choose_the_decayed_parameters():
     moved = {k for k, u in updates.items() if float(jnp.abs(u).max()) > 0}
     assert moved == decayed, rule
   with pytest.raises(ValueError, match="decay_rule"):
-    make_optimizer(learning_rate=0.1, total_steps=10, warmup_steps=0, decay_rule="none")
+    make_optimizer(optimizer_config(learning_rate=0.1, warmup_steps=0, decay_rule="none"), 10)
 
 
 def test_center_crop_augment_is_the_eval_transform(demo_dir):
@@ -148,7 +150,7 @@ def test_center_crop_augment_is_the_eval_transform(demo_dir):
 def test_logit_scale_clamp_to_zero_and_ln100(clamp):
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   tx, schedule = make_optimizer(
-    learning_rate=1e-6, total_steps=10, warmup_steps=0, weight_decay=0.0
+    optimizer_config(learning_rate=1e-6, warmup_steps=0, weight_decay=0.0), 10
   )
   rng = np.random.default_rng(0)
   n, s, L = 4, CFG.vision.image_size, CFG.text.context_length

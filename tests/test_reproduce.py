@@ -16,6 +16,7 @@ SMALL = [
   "4",
   "--config.data.demo_num_train=32",
   "--config.data.demo_num_eval=4",
+  "--config.data.demo_num_base=32",
   "--set",
   "export_hf_dir=''",
 ]  # --set is an alias
@@ -63,8 +64,33 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   # The pre-registered analysis: paired contrasts with 95% t-intervals and a verdict, relations vs chance.
   contrasts = {(c["a"], c["b"]): c for c in res["analysis"]["contrasts"]}
   primary = contrasts[("tripletclip", "clip_union_steps")]
-  assert primary["role"] == "primary" and primary["n"] == 2 and primary["low"] <= primary["high"]
-  assert primary["verdict"] in ("supported", "refuted", "inconclusive")
+  assert primary["role"] == "primary"
+  for endpoint in ("heldout_swap_att", "heldout_binding"):
+    iv = primary[endpoint]
+    assert iv["n"] == 2 and iv["low"] <= iv["mean"] <= iv["high"]
+    assert iv["verdict"] in ("supported", "refuted", "inconclusive")
+  d = primary["per_seed"][0]
+  assert d["heldout_swap_att"] == (
+    runs[("tripletclip", 0)]["heldout"]["swap_att"]
+    - runs[("clip_union_steps", 0)]["heldout"]["swap_att"]
+  )
+  # The precondition is checked on the baselines; unmet (a 4-step run learns nothing), so no verdict.
+  pre = res["analysis"]["precondition"]
+  assert not pre["met"] and any(
+    c["check"].startswith("clip held-out replace_obj") for c in pre["checks"]
+  )
+  assert res["analysis"]["verdict"].startswith("not testable")
+  # One CLIP base per seed, shared by the seed's arms, which record its checksum and settings.
+  bases = {b["seed"]: b for b in res["bases"]}
+  assert set(bases) == {0, 1} and all(b["config"]["loss"] == "clip" for b in bases.values())
+  assert bases[0]["config"]["data"]["demo_train_set"] == "base"
+  for (arm, seed), r in runs.items():
+    assert r["base"]["checksum"] == bases[seed]["checksum"] and len(bases[seed]["checksum"]) == 64
+    assert r["config"]["init_from"] == f"hf:{out}/base/seed{seed}/hf"
+  assert bases[0]["checksum"] != bases[1]["checksum"]
+  # The oracle row comes from the worlds' own item scores.
+  assert res["oracle"]["heldout"]["swap_att"]["bow"] == 50.0
+  assert "Bag-of-words oracle" in open(f"{out}/results.md").read()
   assert ("tripletclip", "tripletclip_shuffled") in contrasts and (
     "tripletclip",
     "clip",
@@ -89,7 +115,7 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
     "--reference",
     f"{out}/results.json",
   )
-  assert log.count("finished earlier with these settings, reused") == 2 and "Reference" in log
+  assert log.count("finished earlier with these settings, reused") == 3 and "Reference" in log
   # Other settings than a finished run trained with: stop, naming them (the table would mislabel the run).
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   p = subprocess.run(
@@ -101,13 +127,14 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   assert (
     p.returncode != 0
     and len(err) == 1
-    and "clip-seed0/result.json was trained with other settings" in err[0]
+    and "base/seed0/result.json was trained with other settings" in err[0]
   )
   assert "total_steps 4 -> 10" in err[0] and "progress_bar" not in err[0], err
-  # A new arm on a seed whose world was drawn with other settings: one line, nothing trained.
+  # A new arm (from scratch) on a seed whose world was drawn with other settings: one line, nothing
+  # trained.
   p = subprocess.run(
     [sys.executable, os.path.join(ROOT, "launch/reproduce.py"), "--output_dir", out, "--arms", "negclip",
-     "--seeds", "0", *SMALL, "--config.data.demo_num_eval=6"],
+     "--seeds", "0", *SMALL, "--config.data.demo_num_eval=6", "--no_base"],
     capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
   )  # fmt: skip
   err = p.stderr.strip().splitlines()
@@ -117,7 +144,7 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
     out, "--losses", "tripletclip", "--seeds", "0,1,2", *SMALL
   )  # --losses: an alias of --arms
   res = json.load(open(f"{out}/results.json"))
-  assert log.count("reused") == 2
+  assert log.count("reused") == 4  # the bases and the runs of seeds 0 and 1
   assert sorted((r["arm"], r["seed"]) for r in res["runs"]) == [
     ("tripletclip", s) for s in (0, 1, 2)
   ]
@@ -128,10 +155,13 @@ def test_reproduce_rejects_bad_arguments(tmp_path):
   for args, msg in (
     (["--arms", "clip,bogus"], "unknown arm 'bogus'"),
     (["--seeds", "a"], "--seeds"),
+    (["--seeds", ","], "--seeds empty"),
+    (["--seeds", "-1"], "--seeds -1"),
     (["--set", "nope=1"], "Unknown config key 'nope'"),
     (["--config.batch_sise=8"], "Unknown config key 'batch_sise'; did you mean batch_size"),
     (["--config.batch_size=eight"], "config.batch_size='eight': give an integer"),
-    (["--config.seed=7"], "--config.seed=7: loss, seed, data.demo_data_dir, data.demo_world_seed"),
+    (["--config.seed=7"], "--config.seed=7: loss, seed, init_from, data.demo_data_dir"),
+    (["--base.init_from=hf:x"], "--base.init_from=hf:x: loss, seed, init_from"),
     (["--config.data.partners=shuffled"], "are set by this script for each run"),
   ):
     p = subprocess.run(
@@ -147,3 +177,4 @@ def test_reproduce_rejects_bad_arguments(tmp_path):
       cwd=ROOT,
     )
     assert p.returncode != 0 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not os.path.exists(tmp_path / "runs")  # nothing started, no lock left behind

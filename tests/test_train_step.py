@@ -9,6 +9,7 @@ from tripletclip_jax import losses as loss_lib
 from tripletclip_jax import sharding
 from tripletclip_jax.models import CLIP, get_preset
 from tripletclip_jax.models.flops import forward_flops
+from tripletclip_jax.train.config import optimizer_config
 from tripletclip_jax.train import (
   create_train_state,
   loss_and_grads,
@@ -44,7 +45,10 @@ def _one_step(mesh, loss="tripletclip", batch_size=16, accum_steps=1):
   # that are exactly zero in exact arithmetic (the key bias) are rounding noise whose sign depends on
   # the reduction order. A larger eps keeps the comparison about the sharding, not that noise.
   tx, schedule = make_optimizer(
-    learning_rate=LR, total_steps=10, warmup_steps=0, weight_decay=0.1, grad_clip_norm=1.0, eps=1e-4
+    optimizer_config(
+      learning_rate=LR, warmup_steps=0, weight_decay=0.1, grad_clip_norm=1.0, eps=1e-4
+    ),
+    10,
   )
   state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
   step = make_train_step(CFG, tx, schedule, loss_lib.get(loss), mesh, sh, accum_steps)
@@ -79,7 +83,7 @@ def test_images_and_their_negatives_stay_on_their_device():
   import re
 
   mesh = sharding.make_mesh(8, 1)
-  tx, schedule = make_optimizer(learning_rate=LR, total_steps=10, warmup_steps=0)
+  tx, schedule = make_optimizer(optimizer_config(learning_rate=LR, warmup_steps=0), 10)
   state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
   step = make_train_step(CFG, tx, schedule, loss_lib.get("tripletclip"), mesh, sh)
   hlo = step.jitted.lower(state, sharding.put_batch(_batch(16), mesh)).compile().as_text()
@@ -96,7 +100,7 @@ def test_images_and_their_negatives_stay_on_their_device():
 @pytest.mark.parametrize("loss", ["tripletclip", "tripletsiglip"])
 def test_accumulation_gives_the_full_batch_gradient(loss):
   mesh = sharding.make_mesh(4, 2)
-  tx, _ = make_optimizer(learning_rate=1e-3, total_steps=10, warmup_steps=0)
+  tx, _ = make_optimizer(optimizer_config(learning_rate=1e-3, warmup_steps=0), 10)
   state, _ = create_train_state(CFG, tx, mesh, jax.random.key(3), loss_lib.get(loss))
   assert ("logit_bias" in state.params) == (loss == "tripletsiglip")
   batch = sharding.put_batch(_batch(16, seed=1), mesh)  # 2 per device: one per micro-batch
@@ -121,7 +125,7 @@ def test_accumulation_gives_the_full_batch_gradient(loss):
 def test_tiny_tripletclip_loss_falls_on_a_fixed_batch():
   mesh = sharding.make_mesh(-1, 1)
   tx, schedule = make_optimizer(
-    learning_rate=1e-3, total_steps=40, warmup_steps=3, weight_decay=0.1
+    optimizer_config(learning_rate=1e-3, warmup_steps=3, weight_decay=0.1), 40
   )
   state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
   step = make_train_step(CFG, tx, schedule, loss_lib.get("tripletclip"), mesh, sh)
@@ -146,7 +150,9 @@ def test_mesh_errors_are_clear():
 
 def test_logit_scale_is_clamped_at_100():
   mesh = sharding.make_mesh(-1, 1)
-  tx, schedule = make_optimizer(learning_rate=1.0, total_steps=5, warmup_steps=0, weight_decay=0.0)
+  tx, schedule = make_optimizer(
+    optimizer_config(learning_rate=1.0, warmup_steps=0, weight_decay=0.0), 5
+  )
   state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
   state = state.replace(
     params=dict(state.params, logit_scale=state.params["logit_scale"] * 0 + 4.6)
@@ -164,7 +170,9 @@ def test_a_frozen_tower_is_untouched_holds_no_state_and_costs_less():
   batch = sharding.put_batch({k: v for k, v in _batch(16).items() if k in ("image", "text")}, mesh)
 
   def build(frozen):
-    tx, schedule = make_optimizer(learning_rate=1e-2, total_steps=10, warmup_steps=0, frozen=frozen)
+    tx, schedule = make_optimizer(
+      optimizer_config(learning_rate=1e-2, warmup_steps=0, frozen=frozen), 10
+    )
     state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("clip"))
     step = make_train_step(CFG, tx, schedule, loss_lib.get("clip"), mesh, sh, frozen=frozen)
     return state, step, step.jitted.lower(state, batch).compile()
@@ -210,7 +218,7 @@ def test_fsdp_gradients_are_reduce_scattered_in_the_chosen_dtype():
   (float32 by default: the bf16 weight gradients are cast before they are summed)."""
   cfg = CFG.replace(dtype="bfloat16")
   mesh = sharding.make_mesh(1, 8)
-  tx, schedule = make_optimizer(learning_rate=LR, total_steps=10, warmup_steps=0)
+  tx, schedule = make_optimizer(optimizer_config(learning_rate=LR, warmup_steps=0), 10)
   loss = loss_lib.get("tripletclip")
   state, sh = create_train_state(cfg, tx, mesh, jax.random.key(0), loss, min_fsdp_size=2**12)
   batch = sharding.put_batch(_batch(16), mesh)
@@ -249,7 +257,7 @@ def test_float32_gradient_sums_are_closer_to_float64_than_bfloat16_sums():
   reference of the same step on one device (relative error of the whole gradient)."""
   mesh = sharding.make_mesh(2, 4)
   loss = loss_lib.get("tripletclip")
-  tx, _ = make_optimizer(learning_rate=LR, total_steps=10, warmup_steps=0)
+  tx, _ = make_optimizer(optimizer_config(learning_rate=LR, warmup_steps=0), 10)
   state, _ = create_train_state(CFG, tx, mesh, jax.random.key(0), loss, min_fsdp_size=2**12)
   batch = _batch(16, seed=4)
   params = jax.device_get(state.params)

@@ -17,7 +17,7 @@ import pytest
 
 from tripletclip_jax.demo import world as demo_world
 from tripletclip_jax import checkpoint
-from tripletclip_jax.train.config import ConfigError
+from tripletclip_jax.configlib import ConfigError
 from tripletclip_jax.train.loop import train_and_evaluate
 from tripletclip_jax.train.metrics import read_metrics
 from tripletclip_jax.train.workdir_lock import WorkdirBusy
@@ -42,6 +42,7 @@ def small_config(data_dir, **overrides):
     c.data.demo_data_dir = data_dir
     # The fixture's world: every run (whatever its seed) reads it, as written.
     c.data.demo_num_train, c.data.demo_num_eval, c.data.demo_world_seed = 96, 6, 0
+    c.data.demo_num_base = 0
     c.data.in_memory = False  # the streaming pipeline, which every real dataset takes
     c.export_hf_dir = None
     c.progress_bar = False
@@ -65,6 +66,7 @@ def _cli_overrides(data_dir, **extra):
     "data.demo_data_dir": data_dir,
     "data.demo_num_train": 96,
     "data.demo_num_eval": 6,
+    "data.demo_num_base": 0,
     "data.demo_world_seed": 0,
     "progress_bar": False,
     **extra,
@@ -328,6 +330,7 @@ def test_demo_config_end_to_end(tmp_path):
     "--config.log_every_steps=3",
     "--config.data.demo_num_train=64",
     "--config.data.demo_num_eval=5",
+    "--config.data.demo_num_base=32",
     "--config.batch_size=16",
     "--config.progress_bar=False",
     env=_cpu_env(1),
@@ -387,7 +390,7 @@ def test_lit_config_locks_the_pretrained_image_tower(data_dir, tmp_path):
   from tripletclip_jax.interop import hf
   from tiny_models import clip_params
   from tripletclip_jax.models import get_preset
-  from tripletclip_jax.train.config import apply_overrides, load_config_file
+  from tripletclip_jax.configlib import apply_overrides, load_config_file
 
   cfg = get_preset("tiny", act="quick_gelu")
   src = clip_params(cfg, 7)
@@ -402,6 +405,7 @@ def test_lit_config_locks_the_pretrained_image_tower(data_dir, tmp_path):
       "checkpoint_every_steps=3",
       f"data.demo_data_dir={data_dir}",
       "data.demo_num_train=96",
+      "data.demo_num_base=0",
       "data.demo_num_eval=6",
       "data.demo_world_seed=0",
       "progress_bar=False",
@@ -520,7 +524,7 @@ def test_impossible_config_values_are_one_line(data_dir, tmp_path, key, value, n
   ],
 )
 def test_broken_config_files_are_one_line(tmp_path, text, needle):
-  from tripletclip_jax.train.config import load_config_file
+  from tripletclip_jax.configlib import load_config_file
 
   path = tmp_path / "cfg.py"
   if text is not None:

@@ -93,7 +93,7 @@ def test_wandb_run_holds_the_metrics_and_config_and_a_resume_continues_it(
 
 
 def test_an_unknown_writer_is_one_line(data_dir, tmp_path):
-  from tripletclip_jax.train.config import ConfigError
+  from tripletclip_jax.configlib import ConfigError
 
   with pytest.raises(
     ConfigError, match=r"config.writers='tensorboard,wandbb': a comma-separated list of"

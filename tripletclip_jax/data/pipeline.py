@@ -214,7 +214,7 @@ def make_dataset(
   max_bad_fraction: float = 0.01,
   bad_window: int = 1000,
   drop_remainder: bool | None = None,
-  read_threads: int = 16,
+  read_threads: int = 4,
   fields=FIELDS,
   augment: str = "random_resized_crop",
   union_negatives: bool = False,

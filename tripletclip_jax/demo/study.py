@@ -58,14 +58,14 @@ MAX_ACCIDENTAL = 0.2
 ORACLE_LIMIT = 60.0
 
 
-def run_record(arm: str, seed: int, config, out: dict, pairs_per_example: int) -> dict:
+def run_record(arm: str, seed: int, config, out: dict) -> dict:
   """One row of results.json from `train_and_evaluate`'s result."""
   rec = {
     "arm": arm,
     "loss": config.loss,
     "seed": seed,
     "steps": int(out["step"]),
-    "pairs_seen": int(out["step"] * config.batch_size * pairs_per_example),
+    "pairs_seen": int(out["pairs_seen"]),
   }
   return dict(rec, **scores(out))
 

@@ -323,7 +323,7 @@ def without(cap: Caption, attr: str) -> Caption:
 
 
 def rejected_only_by(
-  attr: str, scenes, captions, rng, batch_size: int = 64, batches: int = 100
+  attr: str, scenes, captions, rng, batch_size: int = 64, batches: int = 25
 ) -> float:
   """In random batches, the mean number per image of other captions that are false of it only because
   of their `attr` words (true once those are unsaid): the in-batch pressure to learn that attribute."""
@@ -708,6 +708,7 @@ def make_triplet(
   max_tries: int = 1000,
   training: bool = False,
   failed: bool = False,
+  render_negative: bool = True,
 ):
   """One (x, y, x', y') whose negative is the edit `kind`, as a dict of PIL images and captions.
 
@@ -716,6 +717,7 @@ def make_triplet(
   are held to SugarCrepe's rule alone: y true of x, y' false of x. `counts` (a Counter) tallies rejections.
   `training` writes y' in the LLM's style and x' in the text-to-image domain (if `negative_shift`);
   `failed` draws an x' that does not show the edit (x's scene, `neg_scene` is what x' shows).
+  `render_negative=False` leaves `neg_image` None (a SugarCrepe item has no negative image).
   """
   counts = collections.Counter() if counts is None else counts
   held = sorted(cfg.heldout())
@@ -749,7 +751,7 @@ def make_triplet(
     return {
       "image": render(cfg, scene),
       "caption": caption_text(cap),
-      "neg_image": render(cfg, n_scene, shift),
+      "neg_image": render(cfg, n_scene, shift) if render_negative else None,
       "neg_caption": caption_text(n_cap),
       "neg_type": kind,
       "scene": scene,
@@ -893,7 +895,7 @@ def write_demo_data(
     for kind in SUBSETS:
       entries, right = {}, collections.Counter()
       for i in range(num_eval):
-        t = make_triplet(cfg, rng, kind, heldout=heldout, counts=counts)
+        t = make_triplet(cfg, rng, kind, heldout=heldout, counts=counts, render_negative=False)
         for oracle in ORACLES:
           right[oracle] += oracle_choice(t["scene"], t["cap"], t["neg_cap"], oracle)
         fname = f"{kind}_{i:06d}.png"

@@ -25,7 +25,8 @@ from tripletclip_jax import demo, evaluate, losses, sharding
 from tripletclip_jax.data import pipeline
 from tripletclip_jax.losses import Loss
 from tripletclip_jax.models import CLIPConfig, get_preset, init_params, train_flops_per_example
-from tripletclip_jax.train.config import ConfigError, resolve_total_steps, validate
+from tripletclip_jax.configlib import ConfigError
+from tripletclip_jax.train.config import resolve_total_steps, validate
 from tripletclip_jax.train.optim import check_groups, make_optimizer
 from tripletclip_jax.train.step import (
   TrainState,
@@ -146,25 +147,6 @@ def check_layout(config, mesh: Mesh) -> None:
     )
 
 
-def optimizer(config, total_steps: int):
-  """(optax transformation, schedule) from `config.optimizer`."""
-  o = config.optimizer
-  return make_optimizer(
-    learning_rate=o.learning_rate,
-    total_steps=total_steps,
-    warmup_steps=o.warmup_steps,
-    b1=o.b1,
-    b2=o.b2,
-    eps=o.eps,
-    weight_decay=o.weight_decay,
-    grad_clip_norm=o.grad_clip_norm,
-    decay_rule=o.decay_rule,
-    no_decay=o.no_decay,
-    frozen=o.frozen,
-    lr_multipliers=o.lr_multipliers,
-  )
-
-
 def training_source(config, workdir: str, log=print) -> tuple[str, dict]:
   """(training data, `config.evals` entries): the configured ones, or the demo world's (written once)."""
   d, evals = config.data, dict(config.evals)
@@ -212,46 +194,59 @@ def _training_data(config, source, model_cfg: CLIPConfig, loss: Loss):
   )  # decode and transfer only what the loss uses
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What a config resolves to before anything is built or written: the checked config, the `Loss`
+  object, the model config and the step count under compute matching."""
+
+  config: ml_collections.ConfigDict
+  loss: Loss
+  model_config: CLIPConfig
+  total_steps: int
+
+
+def resolve(config) -> Plan:
+  """Validates `config` (once per run) and resolves the loss, the model config (from the preset, or from
+  a Hugging Face directory for `init_from`) and the step count. Reads at most that directory's config;
+  writes nothing. Raises ConfigError in one line naming the key."""
+  if isinstance(config, Plan):
+    return config
+  validate(config)
+  loss = loss_from_config(config)
+  model_cfg = model_config(config)
+  return Plan(config, loss, model_cfg, resolve_total_steps(config, loss, model_cfg))
+
+
 def build(
   config, workdir: str | None = None, *, devices=None, abstract: bool = False, log=print
 ) -> Experiment:
-  """Builds and checks everything `config` trains with; nothing trains yet.
+  """Builds and checks everything `config` (a config, or its `resolve`d Plan) trains with; nothing
+  trains yet.
 
   With a `workdir`: the training data (the demo world is written first when configured), the evaluators
   (their paths checked now, not after training) and the checkpoint manager. Without one, only the model,
   optimizer and step, for `devices` (default: all; e.g. a TPU topology's, with `abstract=True`, which
   allocates nothing). Raises ConfigError (or ValueError) in one line naming the key for what cannot work.
   """
-  validate(config)
-  loss = loss_from_config(config)
+  plan = resolve(config)
+  config, loss, model_cfg, total_steps = plan.config, plan.loss, plan.model_config, plan.total_steps
   # The data's paths first: a wrong one fails before anything is built.
   source, evaluators = None, []
   if workdir is not None:
     source, eval_specs = training_source(config, workdir, log=log)
     evaluators = evaluate.build(eval_specs, config.eval_every_steps, log=log)
-  model_cfg = model_config(config)
-  total_steps = resolve_total_steps(config, loss, model_cfg)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
   check_layout(config, mesh)
-  o = config.optimizer
   params = jax.eval_shape(
     lambda r: with_loss_params(init_params(model_cfg, r), loss), jax.random.key(0)
   )
   try:  # before the optimizer labels its groups with the same regexes
-    groups = check_groups(
-      params,
-      learning_rate=o.learning_rate,
-      no_decay=o.no_decay,
-      frozen=o.frozen,
-      lr_multipliers=o.lr_multipliers,
-      decay_rule=o.decay_rule,
-      pretrained=bool(config.init_from),
-    )
+    groups = check_groups(params, config.optimizer, pretrained=bool(config.init_from))
   except ValueError as e:
     raise ConfigError(str(e)) from None
   # The data before the model: a wrong path or a damaged manifest fails before parameters are allocated.
   train_data = _training_data(config, source, model_cfg, loss) if workdir is not None else None
-  tx, schedule = optimizer(config, total_steps)
+  tx, schedule = make_optimizer(config.optimizer, total_steps)
   shapes, state_sh = abstract_train_state(model_cfg, tx, mesh, loss, config.mesh.min_fsdp_size)
   state = (
     shapes
@@ -269,7 +264,7 @@ def build(
     state_sh,
     config.accum_steps,
     config.clamp_logit_scale,
-    o.frozen,
+    config.optimizer.frozen,
     config.mesh.grad_reduce_dtype,
   )
   exp = Experiment(

@@ -24,8 +24,8 @@ from tripletclip_jax.data import pipeline
 from tripletclip_jax.evaluate import report
 from tripletclip_jax.inference import Model
 from tripletclip_jax.train import resume
-from tripletclip_jax.train.config import validate, writers
-from tripletclip_jax.train.experiment import Experiment, build, hf_path
+from tripletclip_jax.train.config import writers
+from tripletclip_jax.train.experiment import Experiment, build, hf_path, resolve
 from tripletclip_jax.train.metrics import MetricWriter, measure_matmul_peak
 from tripletclip_jax.train.step import with_loss_params
 from tripletclip_jax.train.workdir_lock import WorkdirLock
@@ -60,13 +60,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   preempted = []  # SIGTERM (TPU preemption) only sets a flag: the loop checkpoints and exits cleanly
   previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
   try:
-    validate(config)
+    plan = resolve(config)  # validated and resolved once, before anything is written
     maybe_initialize_distributed(config)
     workdir = fileio.absolute(workdir)  # a gs:// workdir stays as it is
     log = print if jax.process_index() == 0 else (lambda *_: None)
     # Process 0 speaks for the run; the lock is also the first write, so an unwritable workdir fails here.
     with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext() as lock:
-      exp = build(config, workdir, log=log)
+      exp = build(plan, workdir, log=log)
       try:
         log("Parameter groups: " + "; ".join(exp.param_groups))
         run = _Run(exp, preempted, lock)
@@ -119,7 +119,7 @@ class _Run:
       self.latest, self.state, meta, data_state = restored
       resume.restore_iterator(exp.train_data, data_state, config.data.num_workers)
       self.history = list(meta.get("resume_changes", []))
-      for k, (a, b) in resume.data_changes(meta, config).items():
+      for k, (a, b) in resume.recorded_changes(meta, config).items():
         print(f"Resuming with {k} changed: {a} -> {b} (recorded in the checkpoint's meta)")
         self.history.append({"step": self.latest, "key": k, "before": a, "now": b})
       self.start = self.latest
@@ -143,6 +143,7 @@ class _Run:
       "total_steps": exp.total_steps,
       "batch_size": config.batch_size,
       "loss": exp.loss.name,
+      "union": exp.loss.union,
     }
     return {
       "step": step,
@@ -323,4 +324,9 @@ class _Run:
       )
       print(f"Exported a transformers CLIPModel to {out}")
     scale = {"logit_scale": float(np.exp(params["logit_scale"]))} if "logit_scale" in params else {}
-    return {"step": exp.total_steps, **scale, **results}
+    return {
+      "step": exp.total_steps,
+      "pairs_seen": exp.total_steps * exp.pairs_per_step,
+      **scale,
+      **results,
+    }

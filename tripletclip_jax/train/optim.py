@@ -74,23 +74,16 @@ def group_labels(params, frozen: str | None = None, lr_multipliers=()):
   return jax.tree.map(label, path_tree(params))
 
 
-def check_groups(
-  params,
-  *,
-  learning_rate: float,
-  no_decay: str | None = None,
-  frozen: str | None = None,
-  lr_multipliers=(),
-  decay_rule: str = "open_clip",
-  pretrained: bool = False,
-) -> list[str]:
+def check_groups(params, o, pretrained: bool = False) -> list[str]:
   """Checks the parameter groups against the parameters (a pytree of arrays or ShapeDtypeStructs); returns
   one line per group with its parameter count, for the run's log.
 
   Raises ValueError naming the config key for a regex that matches nothing, a multiplier that is not
   positive, a config that trains nothing, and parameters frozen at their random initialisation
-  (`pretrained=False`: no `init_from`).
+  (`pretrained=False`: no `init_from`). `o` is the optimizer group (`config.optimizer`).
   """
+  learning_rate, no_decay, frozen = o.learning_rate, o.no_decay, o.frozen
+  lr_multipliers, decay_rule = tuple(o.lr_multipliers), o.decay_rule
   leaves = jax.tree_util.tree_leaves_with_path(params)
   keys = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in leaves]
   sizes = dict(zip(keys, (math.prod(x.shape) for _, x in leaves)))
@@ -141,46 +134,34 @@ def make_schedule(learning_rate: float, total_steps: int, warmup_steps: int, end
   return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, total_steps, end_lr)
 
 
-def make_optimizer(
-  *,
-  learning_rate: float,
-  total_steps: int,
-  warmup_steps: int,
-  b1: float = 0.9,
-  b2: float = 0.999,
-  eps: float = 1e-8,
-  weight_decay: float = 0.2,
-  grad_clip_norm: float | None = None,
-  decay_rule: str = "open_clip",
-  no_decay: str | None = None,
-  frozen: str | None = None,
-  lr_multipliers=(),
-):
+def make_optimizer(o, total_steps: int):
   """Returns (optax.GradientTransformation, schedule of the base learning rate).
 
   `frozen` parameters get no update and no optimizer state (optax.multi_transform with set_to_zero); each
-  `lr_multipliers` entry (regex, factor) gives its group `factor` x the schedule.
+  `lr_multipliers` entry (regex, factor) gives its group `factor` x the schedule. `o` is the optimizer
+  group (`config.optimizer`, or `train.config.optimizer_config(...)`): its keys and defaults are declared
+  once, in the config schema.
   """
+  decay_rule, no_decay, frozen = o.decay_rule, o.no_decay, o.frozen
   if decay_rule not in DECAY_RULES:
     raise ValueError(f"Unknown optimizer.decay_rule {decay_rule!r}; choose one of {DECAY_RULES}.")
-  schedule = make_schedule(learning_rate, total_steps, warmup_steps)
-  lr_multipliers = tuple((r, float(f)) for r, f in lr_multipliers)
+  schedule = make_schedule(o.learning_rate, total_steps, o.warmup_steps)
+  lr_multipliers = tuple((r, float(f)) for r, f in o.lr_multipliers)
 
   def adamw(factor):
     lr = schedule if factor == 1.0 else (lambda step: factor * schedule(step))
     return optax.adamw(
       lr,
-      b1=b1,
-      b2=b2,
-      eps=eps,
-      weight_decay=weight_decay,
+      b1=o.b1,
+      b2=o.b2,
+      eps=o.eps,
+      weight_decay=o.weight_decay,
       mask=lambda p: decay_mask(p, decay_rule, no_decay),
     )
 
   if frozen is None and not lr_multipliers:
-    tx = adamw(
-      1.0
-    )  # one group: the plain optimizer state, as in checkpoints written before groups existed
+    # one group: the plain optimizer state, as in checkpoints written before groups existed
+    tx = adamw(1.0)
   else:
     groups = {
       "base": adamw(1.0),
@@ -190,5 +171,5 @@ def make_optimizer(
     tx = optax.multi_transform(groups, lambda p: group_labels(p, frozen, lr_multipliers))
   # Frozen gradients are exact zeros (the step stops them), so clipping by the global norm sees the rest.
   return (
-    optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx) if grad_clip_norm else tx
+    optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx) if o.grad_clip_norm else tx
   ), schedule

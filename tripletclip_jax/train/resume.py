@@ -1,48 +1,65 @@
 """The rules for resuming a workdir: what may change between runs, and what is refused in one line.
 
-A refusal touches nothing: the checkpoints stay where they are, and rerunning with the settings they were
-written with resumes. Settings that do not change the train state (`STATE_NEUTRAL`) always resume.
+What a changed config key does is its resume tag in the schema (`train/config.py`): DRIVING and NEUTRAL
+keys resume silently; RECORDED ones (and SCHEDULE / MODEL ones once allowed) resume, are said in one line and written
+to the checkpoint meta's `resume_changes`; REFUSED ones, and SCHEDULE / MODEL ones unless allowed, are
+refused. A refusal touches nothing: the checkpoints stay where they are, and rerunning with the settings
+they were written with resumes.
 """
 
 import jax
 
 from tripletclip_jax import checkpoint as ckpt
 from tripletclip_jax import losses
+from tripletclip_jax.configlib import ConfigError, changed_values, flat_items
 from tripletclip_jax.data import pipeline
 from tripletclip_jax.models.config import LEGACY_KEYS
-from tripletclip_jax.train.config import ConfigError, config_changes, flat_items
+from tripletclip_jax.train.config import DRIVING, NEUTRAL, REFUSED, resume_tag
 
 SCHEDULE_KEYS = ("total_steps", "batch_size", "loss")
 # Compute options may change across a resume; everything else in the model config defines the network.
 _COMPUTE_OPTIONS = ("dtype", "remat", "attention_impl")
-# Config keys that change how a run is driven, logged or evaluated, never its train state: left out when a
-# refusal lists what changed, since they cannot be the reason.
-STATE_NEUTRAL = (
-  "stop_after_steps",
-  "progress_bar",
-  "profile_steps",
-  "preempted_exit_code",
-  "keep_checkpoints",
-  "allow_schedule_change",
-  "allow_model_change",
-  "log_every_steps",
-  "checkpoint_every_steps",
-  "eval_every_steps",
-  "evals",
-  "export_hf_dir",
-  "peak_tflops_per_chip",
-  "data.num_workers",
-  "data.read_threads",
-  "data.demo_data_dir",
-  "distributed",
-  "writers",
-  "wandb",
-)
+
+
+def config_changes(meta: dict, config) -> dict:
+  """{key: (before, now)} for the config keys that changed since checkpoint `meta` was written, except
+  DRIVING and NEUTRAL ones and keys the checkpoint's config did not have (written by an older version)."""
+  saved = meta.get("config", {})
+  known = dict(flat_items(saved))
+  return {
+    k: v
+    for k, v in changed_values(saved, config.to_dict()).items()
+    if resume_tag(k) not in (DRIVING, NEUTRAL)
+    and (k in known or any(k.startswith(p + ".") for p in known))
+  }
 
 
 def changed_keys(meta: dict, config) -> list[str]:
   """'key before -> now' for the config keys that changed since the checkpoint and may change the state."""
-  return config_changes(meta.get("config", {}), config.to_dict(), STATE_NEUTRAL)
+  return [f"{k} {a} -> {b}" for k, (a, b) in config_changes(meta, config).items()]
+
+
+def recorded_changes(meta: dict, config) -> dict:
+  """{key: (before, now)} of the changes a resume goes on with: said in one line and written to
+  `resume_changes` (RECORDED keys, and SCHEDULE / MODEL keys that `check_resume` allowed)."""
+  return {k: v for k, v in config_changes(meta, config).items() if resume_tag(k) != REFUSED}
+
+
+def check_refused(meta: dict, config, workdir: str, step: int) -> None:
+  """Refuses, naming them, the changed keys whose change would make the saved state or data position
+  mean something else (tag REFUSED)."""
+  refused = [
+    f"{k} {a} -> {b}"
+    for k, (a, b) in config_changes(meta, config).items()
+    if resume_tag(k) == REFUSED
+  ]
+  if refused:
+    raise _refuse(
+      workdir,
+      step,
+      f"{', '.join(refused)} changes what the saved state or data position means",
+      "rerun with the old value, or use a new workdir.",
+    )
 
 
 def _refuse(workdir: str, step: int, what: str, how: str) -> ConfigError:
@@ -51,8 +68,10 @@ def _refuse(workdir: str, step: int, what: str, how: str) -> ConfigError:
   )
 
 
-def check_schedule(meta: dict, config, total_steps: int, workdir: str, step: int) -> None:
-  now = {"total_steps": total_steps, "batch_size": config.batch_size, "loss": config.loss}
+def check_schedule(meta: dict, config, total_steps: int, loss, workdir: str, step: int) -> None:
+  """Refuses a changed step count, batch size or loss unless `allow_schedule_change`, and always a loss
+  whose data stream is another kind (pairs vs the union of pairs and negatives)."""
+  now = {"total_steps": total_steps, "batch_size": config.batch_size, "loss": loss.name}
   changed = {
     k: (meta["schedule"][k], now[k]) for k in SCHEDULE_KEYS if meta["schedule"][k] != now[k]
   }
@@ -65,7 +84,9 @@ def check_schedule(meta: dict, config, total_steps: int, workdir: str, step: int
       "rerun with the old values, use a new workdir, "
       "or pass --config.allow_schedule_change=true to continue anyway.",
     )
-  if "loss" in changed and losses.get(changed["loss"][0]).union != losses.get(config.loss).union:
+  # Checkpoints record whether their loss read the union stream; older ones name a registered loss.
+  saved_union = meta["schedule"].get("union", losses.REGISTRY[meta["schedule"]["loss"]].union)
+  if "loss" in changed and saved_union != loss.union:
     raise _refuse(
       workdir,
       step,
@@ -126,25 +147,10 @@ def check_state(meta: dict, abstract_state, config, workdir: str, step: int) -> 
 def check_resume(meta: dict, step: int, exp) -> None:
   """Every refusal above, in order, for the built experiment `exp`; returns nothing when checkpoint `step`
   (its `meta`) may be resumed."""
-  check_schedule(meta, exp.config, exp.total_steps, exp.workdir, step)
+  check_schedule(meta, exp.config, exp.total_steps, exp.loss, exp.workdir, step)
   check_model(meta, exp.model_config, exp.config, exp.workdir, step)
   check_state(meta, exp.abstract_state, exp.config, exp.workdir, step)
-
-
-def data_changes(meta: dict, config) -> dict:
-  """{key: (before, now)} for what may change across a resume but is worth saying: data.train, seed, workers."""
-  before = meta.get("config", {})
-  now = {
-    "data.train": config.data.train,
-    "seed": config.seed,
-    "data.num_workers": config.data.num_workers,
-  }
-  old = {
-    "data.train": before.get("data", {}).get("train"),
-    "seed": before.get("seed"),
-    "data.num_workers": before.get("data", {}).get("num_workers", config.data.num_workers),
-  }
-  return {k: (old[k], now[k]) for k in now if old[k] != now[k]}
+  check_refused(meta, exp.config, exp.workdir, step)
 
 
 def restore_iterator(data_iter, state: dict, num_workers: int, log=print) -> None:
