@@ -125,7 +125,35 @@ def checksum(hf_dir: str) -> str:
   return h.hexdigest()
 
 
-def train_or_reuse(label: str, workdir: str, config, record) -> dict:
+def check_unfinished(label: str, workdir: str, config, restart_changed: bool) -> None:
+  """An unfinished run (checkpoints, no result.json) resumes only under the settings its checkpoint
+  recorded: one line naming the keys that differ, or with `restart_changed` the run is moved aside to
+  WORKDIR.changed-N and starts again, so that no run mixes settings."""
+  from tripletclip_jax import checkpoint as ckpt
+
+  try:
+    step, meta = ckpt.read_meta(workdir)
+  except FileNotFoundError:
+    return  # nothing complete to resume: it starts afresh
+  differ = settings_differ(meta.get("config"), config.to_dict())
+  if not differ:
+    return
+  if not restart_changed:
+    raise SystemExit(
+      f"error: {label}: {workdir} holds an unfinished run (checkpoint {step}) trained with other "
+      f"settings ({'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}): rerun with those, "
+      "or pass --restart_changed to move it aside and train it again."
+    )
+  n = 1
+  while os.path.exists(f"{workdir}.changed-{n}"):
+    n += 1
+  os.replace(workdir, f"{workdir}.changed-{n}")
+  print(
+    f"[reproduce] {label}: moved an unfinished run with other settings to {workdir}.changed-{n}"
+  )
+
+
+def train_or_reuse(label: str, workdir: str, config, record, restart_changed: bool = False) -> dict:
   """A run's result.json: reused when it trained with `config`'s settings (else one line naming the keys
   that differ), or trained now and written. `record(out)` makes the row from the trainer's result."""
   from tripletclip_jax.configlib import ConfigError
@@ -133,6 +161,8 @@ def train_or_reuse(label: str, workdir: str, config, record) -> dict:
   from tripletclip_jax.train.metrics import cpu_model
 
   done = os.path.join(workdir, "result.json")
+  if not os.path.exists(done):
+    check_unfinished(label, workdir, config, restart_changed)
   if os.path.exists(done):
     with open(done) as f:
       rec = json.load(f)
@@ -150,6 +180,9 @@ def train_or_reuse(label: str, workdir: str, config, record) -> dict:
     out = train_and_evaluate(config, workdir)
   except (ConfigError, ValueError, FileNotFoundError) as e:  # e.g. DIR/data holds another world
     raise SystemExit(f"error: {label}: {e}") from None
+  if out.get("stopped"):  # stop_after_steps: the run is unfinished, and so is the study
+    print(f"[reproduce] {label}: stopped at step {out['step']}; rerun to resume the study.")
+    raise SystemExit(0)
   rec = record(out)
   rec["wall_s"] = round(time.perf_counter() - t_run, 1)
   rec["cpu"] = cpu_model()  # XLA's CPU numerics differ across CPU models: pair runs within one
@@ -194,6 +227,11 @@ def parse_args(argv):
     "--no_base",
     action="store_true",
     help="train every arm from scratch instead of from the seed's single-object CLIP base",
+  )
+  p.add_argument(
+    "--restart_changed",
+    action="store_true",
+    help="move an unfinished run whose checkpoint has other settings aside and train it again",
   )
   p.add_argument(
     "--reference", help="an earlier results.json whose seed spread is printed beside this one"
@@ -267,6 +305,7 @@ def run_seed(args, seed: int, out_dir: str, overrides, base_overrides) -> tuple[
           study.run_record(arm, seed, config, out),
           base={"checksum": base["checksum"], "config": base["config"]} if base else None,
         ),
+        args.restart_changed,
       )
       if base and (rec.get("base") or {}).get("checksum") != base["checksum"]:
         raise SystemExit(

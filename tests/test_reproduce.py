@@ -178,3 +178,28 @@ def test_reproduce_rejects_bad_arguments(tmp_path):
     )
     assert p.returncode != 0 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not os.path.exists(tmp_path / "runs")  # nothing started, no lock left behind
+
+
+def test_an_unfinished_run_never_resumes_under_other_settings(tmp_path):
+  # Stopped after 2 of 4 steps (a kill after the first checkpoint), then rerun with another learning rate:
+  # one line naming the key; with --restart_changed the old run is moved aside and trained again.
+  out = str(tmp_path / "r")
+  arm = ["--arms", "clip", "--seeds", "0", "--no_base", *SMALL, "--config.checkpoint_every_steps=2"]
+  _run(out, *arm, "--config.stop_after_steps=2")
+  assert not os.path.exists(f"{out}/runs/clip-seed0/result.json")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  changed = [*arm, "--config.optimizer.learning_rate=1e-3"]
+  p = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "launch/reproduce.py"), "--output_dir", out, *changed],
+    capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+  )  # fmt: skip
+  err = p.stderr.strip().splitlines()
+  assert p.returncode != 0 and len(err) == 1, p.stderr[-2000:]
+  assert (
+    "unfinished run (checkpoint 2)" in err[0] and "optimizer.learning_rate 0.002 -> 0.001" in err[0]
+  )
+  log = _run(out, *changed, "--restart_changed")
+  assert "moved an unfinished run with other settings" in log
+  rec = json.load(open(f"{out}/runs/clip-seed0/result.json"))
+  assert rec["config"]["optimizer"]["learning_rate"] == 1e-3 and rec["steps"] == 8
+  assert os.path.exists(f"{out}/runs/clip-seed0.changed-1/checkpoints/2")
