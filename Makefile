@@ -22,8 +22,9 @@ $(VENV)/.test: setup.py $(VENV)/.core
 install: $(VENV)/.core
 install-test: $(VENV)/.test
 
-# TripletCLIP and its compute-matched CLIP baseline on demo world v3 (seed 0), side by side, next to
-# the seed spread of the pre-registered study (docs/results/v3/results.json).
+# Demo world v4, seed 0: the CLIP base on single objects, then TripletCLIP and its compute-matched CLIP
+# baseline fine-tuned from it, side by side, next to the seed spread of the v3 floor study
+# (docs/results/v3/results.json; the v4 study's results will take its place).
 demo: $(VENV)/.core
 	$(PY) launch/reproduce.py --output_dir $(WORKDIR) --arms clip,tripletclip --seeds 0 \
 	    --reference docs/results/v3/results.json

@@ -330,6 +330,9 @@ def test_benchmark_replacements_name_an_absent_value_and_the_oracle_scores_them(
   assert dw.oracle_choice(scene, y, _cap(("blue", "circle", None), ("red", "square", None))) == 0.5
   assert dw.oracle_choice(scene, y, _cap(("green", "circle", None), ("blue", "square", None))) == 1
   assert dw.oracle_choice(scene, _cap(("green", "star", None), ("blue", "square", None)), y) == 0
+  # A bag counts: "a blue circle and a blue square" names two blue objects where the scene has one (v3's
+  # replacements, which reused a value of the scene, were passed this way).
+  assert dw.oracle_choice(scene, y, _cap(("blue", "circle", None), ("blue", "square", None))) == 1
 
 
 def test_world_json_records_the_oracles_and_the_attribute_pressure(tmp_path):

@@ -337,27 +337,42 @@ def rejected_only_by(
   )
 
 
-def _oracle_words(cap: Caption, kind: str) -> list:
+def _word_counts(cap: Caption, kind: str) -> collections.Counter:
+  """How often the caption says each word the oracle `kind` reads (a word per named object)."""
   if kind == "bow":
-    return list(caption_words(cap))
-  return [d[ATTRIBUTES[kind]] for d in cap.objs]
+    words = [w for d in cap.objs for w in d if w] + ([cap.relation] if cap.relation else [])
+  else:
+    words = [d[ATTRIBUTES[kind]] for d in cap.objs]
+  return collections.Counter(words)
+
+
+def _scene_counts(scene: list[Obj]) -> collections.Counter:
+  """How many objects carry each attribute value, and how many ordered pairs each relation holds for."""
+  counts = collections.Counter(w for o in scene for w in (o.color, o.shape, o.size, o.texture))
+  counts.update(
+    r for a, b in itertools.permutations(scene, 2) for r in RELATIONS if relation_holds(r, a, b)
+  )
+  return counts
 
 
 ORACLES = ("bow", "color", "shape")
 
 
 def oracle_choice(scene: list[Obj], cap: Caption, neg: Caption, kind: str = "bow") -> float:
-  """A scorer that knows which words describe something in the scene but not which belong together:
-  1 if the caption has a larger share of such words than the negative, 0.5 on a tie, else 0.
+  """A bag-of-words scorer: it knows how many objects of the scene each word describes, but not which
+  words belong together. 1 if the caption has the larger share of words the scene supports (a word said
+  k times counts at most as often as the scene has it), 0.5 on a tie, else 0.
 
   `kind` "bow" reads every word (colours, shapes, textures, sizes, relations); "color" and "shape" read
-  only those words, as a model that has learned one attribute alone would.
+  only those words, as a model that has learned one attribute alone would. Swaps use the same words, so the
+  oracle is at chance on them; a replacement that names a value absent from the scene, or one more object of
+  a value than the scene has, it rejects.
   """
-  present = scene_words(scene)
+  have = _scene_counts(scene)
 
   def share(c):
-    words = _oracle_words(c, kind)
-    return sum(w in present for w in words) / max(len(words), 1)
+    said = _word_counts(c, kind)
+    return sum(min(n, have[w]) for w, n in said.items()) / max(sum(said.values()), 1)
 
   a, b = share(cap), share(neg)
   return 1.0 if a > b else 0.5 if a == b else 0.0
@@ -454,6 +469,121 @@ def _copy(scene, cap):
   )
 
 
+def _replace(cfg, scene, cap, rng, allowed, att: int, new_value: str) -> bool:
+  """replace_att (att 0) / replace_obj (att 1): a named object's colour / shape becomes another."""
+  options = []
+  for k in range(len(cap.objs)):
+    o = scene[cap.refs[k]]
+    present = {(p.color, p.shape)[att] for p in scene}
+    values = present if new_value == "present" else set((cfg.colors, cfg.shapes)[att]) - present
+    for new in sorted(values - {(o.color, o.shape)[att]}):
+      pairing = (new, o.shape) if att == 0 else (o.color, new)
+      if pairing in allowed:
+        options.append((k, pairing))
+  if not options:
+    return False
+  k, (color, shape) = options[rng.integers(len(options))]
+  o = scene[cap.refs[k]]
+  o.color, o.shape = color, shape
+  cap.objs[k] = (color, shape, *cap.objs[k][2:])
+  return True
+
+
+def _swap_att(cfg, scene, cap, rng, allowed) -> bool:
+  """Two named objects trade colours (each new pairing allowed)."""
+  named = range(len(cap.objs))
+  obj = lambda k: scene[cap.refs[k]]  # noqa: E731
+  options = [
+    (i, j)
+    for i in named
+    for j in named
+    if i < j
+    and obj(i).color != obj(j).color
+    and obj(i).shape != obj(j).shape
+    and (obj(j).color, obj(i).shape) in allowed
+    and (obj(i).color, obj(j).shape) in allowed
+  ]
+  if not options:
+    return False
+  i, j = options[rng.integers(len(options))]
+  a, b = obj(i), obj(j)
+  a.color, b.color = b.color, a.color
+  cap.objs[i] = (a.color, *cap.objs[i][1:])
+  cap.objs[j] = (b.color, *cap.objs[j][1:])
+  return True
+
+
+def _swap_obj(cfg, scene, cap, rng, allowed) -> bool:
+  """ "A left of B" -> "B left of A", and the image shows B left of A."""
+  if cap.relation is None:
+    return False
+  a, b = scene[cap.refs[0]], scene[cap.refs[1]]
+  a.row, a.col, b.row, b.col = b.row, b.col, a.row, a.col
+  cap.objs.reverse()
+  cap.refs.reverse()
+  return True
+
+
+def _replace_rel(cfg, scene, cap, rng, allowed) -> bool:
+  """ "A left of B" -> "A above B", and the image moves A and B so that only the new relation holds."""
+  if cap.relation is None:
+    return False
+  a, b = scene[cap.refs[0]], scene[cap.refs[1]]
+  new_rels = [r for r in RELATIONS if r != cap.relation and not relation_holds(r, a, b)]
+  if not new_rels:
+    return False
+  rel = str(rng.choice(new_rels))
+  occupied = {(o.row, o.col) for o in scene if o is not a and o is not b}
+  free = [(r, c) for r in range(cfg.grid) for c in range(cfg.grid) if (r, c) not in occupied]
+  cell = lambda rc: Obj("", "", "", *rc)  # noqa: E731 - relations depend on the cells alone
+  placements = [
+    (p, q)
+    for p in free
+    for q in free
+    if p != q
+    and relation_holds(rel, cell(p), cell(q))
+    and not relation_holds(cap.relation, cell(p), cell(q))
+  ]
+  if not placements:
+    return False
+  (a.row, a.col), (b.row, b.col) = placements[rng.integers(len(placements))]
+  cap.relation = rel
+  return True
+
+
+def _add_obj(cfg, scene, cap, rng, allowed, allowed_list, allowed_p) -> bool:
+  """Names one more object, which the image lacks (x' gains it)."""
+  if cap.relation is not None or len(cap.objs) >= cfg.max_named or len(scene) >= cfg.grid**2:
+    return False
+  present = {(o.color, o.shape) for o in scene}
+  options = [k for k, pair in enumerate(allowed_list) if pair not in present]
+  if not options:
+    return False
+  p = allowed_p[options] / allowed_p[options].sum()
+  color, shape = allowed_list[options[_draw(rng, p)]]
+  occupied = {(o.row, o.col) for o in scene}
+  free = [(r, c) for r in range(cfg.grid) for c in range(cfg.grid) if (r, c) not in occupied]
+  row, col = free[rng.integers(len(free))]
+  size = SIZES[rng.integers(2)]
+  scene.append(Obj(color, shape, size, row, col, cfg.textures[rng.integers(len(cfg.textures))]))
+  pos = int(rng.integers(0, len(cap.objs) + 1))
+  cap.objs.insert(pos, (color, shape, None, None))
+  cap.refs.insert(pos, len(scene) - 1)
+  return True
+
+
+def _add_att(cfg, scene, cap, rng, allowed) -> bool:
+  """Gives a named object a size word, the wrong one (x' flips the size)."""
+  bare = [k for k in range(len(cap.objs)) if cap.objs[k][2] is None]
+  if not bare:
+    return False
+  k = int(rng.choice(bare))
+  o = scene[cap.refs[k]]
+  o.size = "small" if o.size == "large" else "large"
+  cap.objs[k] = (o.color, o.shape, o.size, cap.objs[k][3])
+  return True
+
+
 def edit(
   cfg: WorldConfig,
   scene: list[Obj],
@@ -469,113 +599,20 @@ def edit(
   (`new_value="present"`: only binding tells the two captions apart) or from the values no object of
   the scene has (`"absent"`: SugarCrepe's rule).
   """
+  if kind not in SUBSETS:
+    raise ValueError(f"Unknown edit {kind!r}; choose one of {SUBSETS}.")
   scene, cap = _copy(scene, cap)
   allowed_list, allowed_p = cfg.pairings(heldout_ok)
   allowed = set(allowed_list)
-  named = list(range(len(cap.objs)))
   if kind in ("replace_att", "replace_obj"):
-    att = 0 if kind == "replace_att" else 1
-    options = []
-    for k in named:
-      o = scene[cap.refs[k]]
-      present = {(p.color, p.shape)[att] for p in scene}
-      values = present if new_value == "present" else set((cfg.colors, cfg.shapes)[att]) - present
-      for new in sorted(values - {(o.color, o.shape)[att]}):
-        pairing = (new, o.shape) if att == 0 else (o.color, new)
-        if pairing in allowed:
-          options.append((k, pairing))
-    if not options:
-      return None
-    k, (color, shape) = options[rng.integers(len(options))]
-    o = scene[cap.refs[k]]
-    o.color, o.shape = color, shape
-    cap.objs[k] = (color, shape, *cap.objs[k][2:])
-  elif kind == "swap_att":
-    options = [
-      (i, j)
-      for i in named
-      for j in named
-      if i < j
-      and scene[cap.refs[i]].color != scene[cap.refs[j]].color
-      and scene[cap.refs[i]].shape != scene[cap.refs[j]].shape
-      and (scene[cap.refs[j]].color, scene[cap.refs[i]].shape) in allowed
-      and (scene[cap.refs[i]].color, scene[cap.refs[j]].shape) in allowed
-    ]
-    if not options:
-      return None
-    i, j = options[rng.integers(len(options))]
-    a, b = scene[cap.refs[i]], scene[cap.refs[j]]
-    a.color, b.color = b.color, a.color
-    cap.objs[i] = (a.color, *cap.objs[i][1:])
-    cap.objs[j] = (b.color, *cap.objs[j][1:])
-  elif kind == "swap_obj":  # "A left of B" -> "B left of A", and the image shows B left of A
-    if cap.relation is None:
-      return None
-    a, b = scene[cap.refs[0]], scene[cap.refs[1]]
-    a.row, a.col, b.row, b.col = b.row, b.col, a.row, a.col
-    cap.objs.reverse()
-    cap.refs.reverse()
-  elif (
-    kind == "replace_rel"
-  ):  # "A left of B" -> "A above B", and the image moves A and B to make it so
-    if cap.relation is None:
-      return None
-    a, b = scene[cap.refs[0]], scene[cap.refs[1]]
-    new_rels = [r for r in RELATIONS if r != cap.relation and not relation_holds(r, a, b)]
-    if not new_rels:
-      return None
-    rel = str(rng.choice(new_rels))
-    occupied = {(o.row, o.col) for o in scene if o is not a and o is not b}
-    free = [(r, c) for r in range(cfg.grid) for c in range(cfg.grid) if (r, c) not in occupied]
-    cell = lambda rc: Obj("", "", "", *rc)  # noqa: E731 - relations depend on the cells alone
-    placements = [
-      (p, q)
-      for p in free
-      for q in free
-      if p != q
-      and relation_holds(rel, cell(p), cell(q))
-      and not relation_holds(cap.relation, cell(p), cell(q))
-    ]
-    if not placements:
-      return None
-    (a.row, a.col), (b.row, b.col) = placements[rng.integers(len(placements))]
-    cap.relation = rel
-  elif kind == "add_obj":  # names one more object, which the image lacks (x' gains it)
-    if cap.relation is not None or len(cap.objs) >= cfg.max_named or len(scene) >= cfg.grid**2:
-      return None
-    present = {(o.color, o.shape) for o in scene}
-    options = [k for k, pair in enumerate(allowed_list) if pair not in present]
-    if not options:
-      return None
-    p = allowed_p[options] / allowed_p[options].sum()
-    color, shape = allowed_list[options[_draw(rng, p)]]
-    occupied = {(o.row, o.col) for o in scene}
-    free = [(r, c) for r in range(cfg.grid) for c in range(cfg.grid) if (r, c) not in occupied]
-    row, col = free[rng.integers(len(free))]
-    scene.append(
-      Obj(
-        color,
-        shape,
-        SIZES[rng.integers(2)],
-        row,
-        col,
-        cfg.textures[rng.integers(len(cfg.textures))],
-      )
-    )
-    pos = int(rng.integers(0, len(cap.objs) + 1))
-    cap.objs.insert(pos, (color, shape, None, None))
-    cap.refs.insert(pos, len(scene) - 1)
-  elif kind == "add_att":  # gives a named object a size word, the wrong one (x' flips the size)
-    bare = [k for k in named if cap.objs[k][2] is None]
-    if not bare:
-      return None
-    k = int(rng.choice(bare))
-    o = scene[cap.refs[k]]
-    o.size = "small" if o.size == "large" else "large"
-    cap.objs[k] = (o.color, o.shape, o.size, cap.objs[k][3])
+    done = _replace(cfg, scene, cap, rng, allowed, int(kind == "replace_obj"), new_value)
+  elif kind == "add_obj":
+    done = _add_obj(cfg, scene, cap, rng, allowed, allowed_list, allowed_p)
   else:
-    raise ValueError(f"Unknown edit {kind!r}; choose one of {SUBSETS}.")
-  return scene, cap
+    done = {"swap_att": _swap_att, "swap_obj": _swap_obj, "replace_rel": _replace_rel}.get(
+      kind, _add_att
+    )(cfg, scene, cap, rng, allowed)
+  return (scene, cap) if done else None
 
 
 def _star(cx, cy, r):
@@ -804,6 +841,64 @@ def sample_edit(cfg: WorldConfig, rng) -> str:
   return str(kinds[rng.choice(len(kinds), p=p / p.sum())])
 
 
+def _write_shards(directory: str, name: str, n: int, num_shards: int, make, how: dict) -> list:
+  """Writes n TripletData records `make(i, key)` into `num_shards` shards and their manifest; returns the
+  (scene, caption) of each record, in order."""
+  drawn, paths, sizes, i = [], [], [], 0
+  per = -(-n // num_shards)
+  for s in range(num_shards):
+    path = os.path.join(directory, records.shard_name(name, s, num_shards))
+    with records.ShardWriter(path) as w:
+      while w.count < per and i < n:
+        key = f"{name}-{i:07d}"
+        t = make(i, key)
+        drawn.append((t["scene"], t["cap"]))
+        w.write(
+          {
+            "key": key,
+            "image": png(t["image"]),
+            "caption": t["caption"],
+            "neg_image": png(t["neg_image"]),
+            "neg_caption": t["neg_caption"],
+            "neg_type": t["neg_type"],
+            "neg_source": "rule",
+            "source": "demo_world",
+          }
+        )
+        i += 1
+    paths.append(path)
+    sizes.append(w.count)
+  records.write_manifest(directory, name, paths, sizes, **how)
+  return drawn
+
+
+def _write_sugarcrepe(
+  cfg: WorldConfig, directory: str, num_eval: int, rng, heldout: bool, counts
+) -> dict:
+  """The seven subsets in SugarCrepe's file format; returns each one's oracle scores (% correct, ties
+  count half)."""
+  os.makedirs(os.path.join(directory, "images"), exist_ok=True)
+  scores = {}
+  for kind in SUBSETS:
+    entries, right = {}, collections.Counter()
+    for i in range(num_eval):
+      t = make_triplet(cfg, rng, kind, heldout=heldout, counts=counts, render_negative=False)
+      for oracle in ORACLES:
+        right[oracle] += oracle_choice(t["scene"], t["cap"], t["neg_cap"], oracle)
+      fname = f"{kind}_{i:06d}.png"
+      t["image"].save(os.path.join(directory, "images", fname), format="PNG", compress_level=1)
+      # Keys step by 2, so they have gaps as the real files' keys do.
+      entries[str(2 * i)] = {
+        "filename": fname,
+        "caption": t["caption"],
+        "negative_caption": t["neg_caption"],
+      }
+    with open(os.path.join(directory, f"{kind}.json"), "w") as f:
+      json.dump(entries, f, indent=1)
+    scores[kind] = {o: round(100.0 * right[o] / max(num_eval, 1), 2) for o in ORACLES}
+  return scores
+
+
 def write_demo_data(
   output_dir: str,
   num_train: int = 1000,
@@ -828,109 +923,54 @@ def write_demo_data(
   )
   world = {"seed": seed, **cfg.to_dict(), "heldout_pairings": sorted(map(list, cfg.heldout()))}
   how = {"tool": "tripletclip_jax.demo.world", "world": world}
-  rejected = {
-    "train": collections.Counter(),
-    "heldout": collections.Counter(),
-    "seen": collections.Counter(),
-  }
-  mix = collections.Counter()
-  drawn = collections.defaultdict(list)  # subdir -> [(scene, caption)] of the training-side sets
-  failed_keys = []
-  n_failed = int(round(cfg.failed_negatives * num_train))
-  fails = set(train_rng.permutation(num_train)[:n_failed].tolist())
-
-  def write_shards(subdir, name, n, make):
-    directory = os.path.join(output_dir, subdir)
-    paths, sizes, i = [], [], 0
-    per = -(-n // num_shards)
-    for s in range(num_shards):
-      path = os.path.join(directory, records.shard_name(name, s, num_shards))
-      with records.ShardWriter(path) as w:
-        while w.count < per and i < n:
-          key = f"{name}-{i:07d}"
-          t = make(i, key)
-          drawn[subdir].append((t["scene"], t["cap"]))
-          w.write(
-            {
-              "key": key,
-              "image": png(t["image"]),
-              "caption": t["caption"],
-              "neg_image": png(t["neg_image"]),
-              "neg_caption": t["neg_caption"],
-              "neg_type": t["neg_type"],
-              "neg_source": "rule",
-              "source": "demo_world",
-            }
-          )
-          i += 1
-      paths.append(path)
-      sizes.append(w.count)
-    records.write_manifest(directory, name, paths, sizes, **how)
-    return int(sum(sizes))
+  rejected = {k: collections.Counter() for k in ("train", "heldout", "seen")}
+  mix, failed_keys = collections.Counter(), []
+  fails = set(
+    train_rng.permutation(num_train)[: int(round(cfg.failed_negatives * num_train))].tolist()
+  )
+  out = lambda sub: os.path.join(output_dir, sub)  # noqa: E731
 
   def train_item(i, key):
-    fail = i in fails
+    kind = sample_edit(cfg, train_rng)
     t = make_triplet(
-      cfg,
-      train_rng,
-      sample_edit(cfg, train_rng),
-      False,
-      rejected["train"],
-      training=True,
-      failed=fail,
+      cfg, train_rng, kind, False, rejected["train"], training=True, failed=i in fails
     )
     mix[t["neg_type"]] += 1
-    if fail:
-      failed_keys.append(key)
+    failed_keys.extend([key] if i in fails else [])
     return t
 
   def heldout_item(i, key):
     return make_triplet(cfg, triplet_rng, sample_edit(cfg, triplet_rng), True, rejected["heldout"])
 
-  def write_sugarcrepe(subdir, rng, heldout, counts) -> dict:
-    """Writes the seven subsets; returns each one's oracle scores (% correct, ties count half)."""
-    directory = os.path.join(output_dir, subdir)
-    os.makedirs(os.path.join(directory, "images"), exist_ok=True)
-    scores = {}
-    for kind in SUBSETS:
-      entries, right = {}, collections.Counter()
-      for i in range(num_eval):
-        t = make_triplet(cfg, rng, kind, heldout=heldout, counts=counts, render_negative=False)
-        for oracle in ORACLES:
-          right[oracle] += oracle_choice(t["scene"], t["cap"], t["neg_cap"], oracle)
-        fname = f"{kind}_{i:06d}.png"
-        t["image"].save(os.path.join(directory, "images", fname), format="PNG", compress_level=1)
-        # Keys step by 2, so they have gaps as the real files' keys do.
-        entries[str(2 * i)] = {
-          "filename": fname,
-          "caption": t["caption"],
-          "negative_caption": t["neg_caption"],
-        }
-      with open(os.path.join(directory, f"{kind}.json"), "w") as f:
-        json.dump(entries, f, indent=1)
-      scores[kind] = {o: round(100.0 * right[o] / max(num_eval, 1), 2) for o in ORACLES}
-    return scores
-
-  n_train = write_shards(layout.TRAIN, "demo", num_train, train_item)
+  train = _write_shards(out(layout.TRAIN), "demo", num_train, num_shards, train_item, how)
   oracle = {
-    "heldout": write_sugarcrepe(layout.SUGARCREPE_HELDOUT, heldout_rng, True, rejected["heldout"]),
-    "seen": write_sugarcrepe(layout.SUGARCREPE_SEEN, seen_rng, False, rejected["seen"]),
+    "heldout": _write_sugarcrepe(
+      cfg, out(layout.SUGARCREPE_HELDOUT), num_eval, heldout_rng, True, rejected["heldout"]
+    ),
+    "seen": _write_sugarcrepe(
+      cfg, out(layout.SUGARCREPE_SEEN), num_eval, seen_rng, False, rejected["seen"]
+    ),
   }
-  n_held = write_shards(layout.HELDOUT, "demo_heldout", num_eval, heldout_item)
-  n_base = num_base and write_shards(
-    layout.BASE, "demo_base", num_base, lambda i, key: single_object_item(cfg, base_rng)
+  held = _write_shards(out(layout.HELDOUT), "demo_heldout", num_eval, num_shards, heldout_item, how)
+  base = num_base and _write_shards(
+    out(layout.BASE),
+    "demo_base",
+    num_base,
+    num_shards,
+    lambda *_: single_object_item(cfg, base_rng),
+    how,
   )
 
-  def pressure(subdir):
+  def pressure(drawn):
     """Per image of a random batch of 64: captions only colour / only shape rejects."""
-    scenes, caps = zip(*drawn[subdir])
+    scenes, caps = zip(*drawn)
     return {a: round(rejected_only_by(a, scenes, caps, measure_rng), 3) for a in ATTRIBUTES}
 
-  train_scenes, train_caps = zip(*drawn[layout.TRAIN])
+  train_scenes, train_caps = zip(*train)
   summary = {
-    "train": n_train,
-    "base": n_base,
-    "heldout_triplets": n_held,
+    "train": len(train),
+    "base": len(base) if base else 0,
+    "heldout_triplets": len(held),
     "sugarcrepe_per_subset": num_eval,
     "train_edit_mix": dict(sorted(mix.items())),
     "rejected": {k: dict(sorted(v.items())) for k, v in rejected.items()},
@@ -940,8 +980,8 @@ def write_demo_data(
       accidental_hard_negatives(train_scenes, train_caps, measure_rng), 4
     ),
     "rejected_only_by_per_image": {
-      "train": pressure(layout.TRAIN),
-      **({"base": pressure(layout.BASE)} if n_base else {}),
+      "train": pressure(train),
+      **({"base": pressure(base)} if base else {}),
     },
     "oracle": oracle,
   }
