@@ -66,9 +66,8 @@ def main():
   args = p.parse_args()
   with tempfile.TemporaryDirectory() as tmp:
     data, cache = os.path.join(tmp, "data"), os.path.join(tmp, "jax_cache")
-    run(
-      os.path.join(tmp, "warm"), data, args.steps, args.loss, True, cache
-    )  # draws the world, fills the cache
+    # draws the world, fills the cache
+    run(os.path.join(tmp, "warm"), data, args.steps, args.loss, True, cache)
     out = {"A": [], "B": []}
     for r in range(args.rounds):
       for name, in_memory, c in (("A", False, None), ("B", True, cache)):

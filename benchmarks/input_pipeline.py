@@ -119,9 +119,8 @@ def main():
   torch.set_num_threads(1)
   with tempfile.TemporaryDirectory() as d:
     shard, tar_path = write_data(d, args.num_examples)
-    run_ours(
-      shard, args.batch_size, args.batch_size, args.read_threads
-    )  # warm-up: imports, tokenizer, caches
+    # warm-up: imports, tokenizer, caches
+    run_ours(shard, args.batch_size, args.batch_size, args.read_threads)
     run_webdataset(tar_path, args.batch_size, args.batch_size)
     ours, theirs = [], []
     for _ in range(args.rounds):

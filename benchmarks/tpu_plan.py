@@ -300,9 +300,8 @@ def main():
   mem = memory(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(
-    cost.get("flops", 0.0)
-  )  # what the compiled step executes (remat's recompute included)
+  # what the compiled step executes (remat's recompute included)
+  flops = float(cost.get("flops", 0.0))
   hlo = compiled.as_text()
   if a.save_hlo:
     with open(a.save_hlo, "w") as f:

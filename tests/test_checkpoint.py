@@ -55,9 +55,8 @@ def test_damaged_newest_checkpoints_fall_back_to_the_intact_one(data_dir, tmp_pa
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   cfg = dict(total_steps=8, checkpoint_every_steps=2, eval_every_steps=100, log_every_steps=2)
   train_and_evaluate(small_config(data_dir, stop_after_steps=6, **cfg), b)  # checkpoints 2, 4 and 6
-  _flip(
-    _largest_state_file(b, 6)
-  )  # silent before checksums: it resumed with 3.4e38 in the embedding
+  # silent before checksums: it resumed with 3.4e38 in the embedding
+  _flip(_largest_state_file(b, 6))
   victim = _largest_state_file(b, 4)
   os.truncate(victim, os.path.getsize(victim) // 3)
   capsys.readouterr()

@@ -215,9 +215,8 @@ def _karpathy(d):
     {"filename": "gone.png", "filepath": "val", "split": "test", "sentences": [{"raw": "a red y"}]},
     {"filename": "cut.png", "filepath": "val", "split": "test", "sentences": [{"raw": "a red z"}]},
   ]
-  open(f"{d}/val/cut.png", "wb").write(
-    b"\x89PNG\r\n\x1a\n truncated"
-  )  # exists, unreadable: skipped too
+  # exists, unreadable: skipped too
+  open(f"{d}/val/cut.png", "wb").write(b"\x89PNG\r\n\x1a\n truncated")
   json.dump({"images": entries}, open(f"{d}/dataset_coco.json", "w"))
 
 

@@ -57,9 +57,8 @@ def test_train_kill_resume_export_and_load_in_a_bucket(faults, data_dir, tmp_pat
     time.sleep(0.1)
   p.kill()
   p.wait()
-  p = _main(
-    remote, *args, env=env
-  )  # resumes from step 4 (2 with faults, unless 4 was committed) in the bucket
+  # resumes from step 4 (2 with faults, unless 4 was committed) in the bucket
+  p = _main(remote, *args, env=env)
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err[-3000:]
   assert ("Resumed from step" if faults else "Resumed from step 4") in out
@@ -101,9 +100,8 @@ def test_train_kill_resume_export_and_load_in_a_bucket(faults, data_dir, tmp_pat
   )
   assert r.returncode == 0 and "sugarcrepe: " in r.stdout, r.stderr[-3000:]
   assert {"results.json", "results.md"} <= set(fileio.listdir(f"{bucket}/eval"))
-  assert (
-    leftovers() == before
-  )  # tc.load and eval.py --model gs://... removed their local copies of the model
+  # tc.load and eval.py --model gs://... removed their local copies of the model
+  assert leftovers() == before
   assert {"checkpoints", "metrics.jsonl", "tensorboard"} <= set(fileio.listdir(remote))
 
 
@@ -181,9 +179,8 @@ def test_a_holder_whose_heartbeats_fail_loses_the_lock_and_stops(faulty_gcs, mon
   _point_clients_at(env, monkeypatch)  # the holder talks through the proxy ...
   holder = workdir_lock.WorkdirLock(w)
   holder.__enter__()
-  monkeypatch.setenv(
-    "STORAGE_EMULATOR_HOST", f"http://{proxy.upstream}"
-  )  # ... the newcomer does not
+  # ... the newcomer does not
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://{proxy.upstream}")
   newcomer = workdir_lock.WorkdirLock(w)
   with pytest.raises(workdir_lock.WorkdirBusy):
     newcomer.__enter__()  # a live holder
@@ -234,9 +231,8 @@ def test_a_damaged_checkpoint_in_a_bucket_falls_back_and_the_run_finishes(
   cfg = dict(total_steps=6, checkpoint_every_steps=2, eval_every_steps=100)
   local, remote = str(tmp_path / "local"), f"{bucket}/fallback"
   train_and_evaluate(small_config(data_dir, **cfg), local)
-  train_and_evaluate(
-    small_config(data_dir, stop_after_steps=4, **cfg), remote
-  )  # checkpoints 2 and 4
+  # checkpoints 2 and 4
+  train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), remote)
   state = f"{remote}/checkpoints/4/state"
   fs = fileio.fsspec_fs(state)
   victim = "gs://" + max(fs.find(state), key=fs.size)  # the largest object: an OCDBT data file

@@ -61,9 +61,8 @@ def test_converted_and_generated_data_go_straight_to_a_bucket(faults, tmp_path, 
 
   llm, t2i = make_tiny_llm(str(tmp_path / "llm")), make_tiny_t2i(str(tmp_path / "t2i"))
   (tmp_path / "in").mkdir()
-  _inputs(
-    tmp_path / "in", n=10, bad=True
-  )  # a table with relative image paths, two bad rows, one missing image
+  # a table with relative image paths, two bad rows, one missing image
+  _inputs(tmp_path / "in", n=10, bad=True)
   fileio.upload(str(tmp_path / "in"), f"{bucket}/in")
   cmd = [
     sys.executable,

@@ -67,9 +67,8 @@ def test_convert_wds_round_trip_and_resume(tmp_path):
   assert r0["image"] == _jpeg("red") and r0["neg_image"] == _jpeg("blue")
   assert r0["caption"] == b"a red thing 0" and r0["neg_caption"] == b"a blue thing 0"
   assert r0["clip_score"] == pytest.approx(0.31) and r0["source"] == b"a.tar"
-  r = subprocess.run(
-    cmd, cwd=ROOT, capture_output=True, text=True, check=True
-  )  # resume: nothing left to do
+  # resume: nothing left to do
+  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
   assert "2 already converted; converting 0" in r.stdout
 
 

@@ -142,9 +142,8 @@ def test_openai_state_dict_import_matches_open_clip():
     quick_gelu=True,
   ).eval()
   cfg, params = openclip.from_state_dict(m.state_dict())
-  cfg = cfg.replace(
-    vision=cfg.vision.__class__(**{**cfg.vision.__dict__, "heads": 2})
-  )  # head count is not in the weights
+  # head count is not in the weights
+  cfg = cfg.replace(vision=cfg.vision.__class__(**{**cfg.vision.__dict__, "heads": 2}))
   ours = Model(cfg, params)
   rng = np.random.default_rng(0)
   pix = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)

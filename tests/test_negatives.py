@@ -275,9 +275,8 @@ def test_exactly_once_survives_readability_changes_torn_chunks_and_leftover_file
       + json.dumps({"key": "txt", "caption": "a cat", "image": "img/notes.png"})
       + "\n"
     )
-  os.rename(
-    tmp_path / "img" / "3.png", tmp_path / "img" / "3.hidden"
-  )  # unreadable in the first run
+  # unreadable in the first run
+  os.rename(tmp_path / "img" / "3.png", tmp_path / "img" / "3.hidden")
   log = []
   run(_opts(models, inp, out, num_shards=3, shard_index=0), log=log.append)  # chunk 0 of 3 only
   assert (
@@ -286,9 +285,8 @@ def test_exactly_once_survives_readability_changes_torn_chunks_and_leftover_file
     ]
     == 1
   )
-  os.rename(
-    tmp_path / "img" / "3.hidden", tmp_path / "img" / "3.png"
-  )  # readable again: moves no other key
+  # readable again: moves no other key
+  os.rename(tmp_path / "img" / "3.hidden", tmp_path / "img" / "3.png")
   with open(out / "captions" / "chunk-00001.jsonl", "w") as f:
     f.write('{"key": "k008", "neg_capt')  # a line torn by a kill
   stale = out / (records.shard_name("negatives", 1, 3) + ".tmp-99999")

@@ -88,13 +88,13 @@ def test_a_state_moves_to_another_number_of_workers(demo_dir, before, after, ste
     it2.close()
   seen = first + rest
   assert len(seen) - len(set(seen)) == repeated
-  assert set(order[: len(first)]) <= set(
-    seen
-  )  # every position up to the save was read: none skipped
+  # every position up to the save was read: none skipped
+  assert set(order[: len(first)]) <= set(seen)
+  # the same layout comes back as it is
   assert pipeline.iterator_state_for(state, after) == (
     state,
     0,
-  )  # the same layout comes back as it is
+  )
 
 
 @pytest.mark.parametrize("count", [2, 3, 5])
@@ -269,14 +269,12 @@ def test_sixteen_bit_png_keeps_its_grey_levels():
   buf = io.BytesIO()
   Image.fromarray(levels).save(buf, format="PNG")  # mode I;16
   rgb = np.asarray(image_ops.decode(buf.getvalue()))
-  np.testing.assert_allclose(
-    rgb[..., 0], levels / 257.0, atol=0.51
-  )  # PIL's convert alone gives ~all 255
+  # PIL's convert alone gives ~all 255
+  np.testing.assert_allclose(rgb[..., 0], levels / 257.0, atol=0.51)
   assert rgb.shape == (40, 40, 3) and 120 < rgb.mean() < 135
   x = image_ops.eval_transform(buf.getvalue(), 32)
-  assert (
-    abs(float(x.mean())) < 0.5
-  )  # mid grey on average, not white (about 1.9 after normalisation)
+  # mid grey on average, not white (about 1.9 after normalisation)
+  assert abs(float(x.mean())) < 0.5
 
 
 def test_malformed_fields_are_skipped_counted_and_named(tmp_path, caplog):

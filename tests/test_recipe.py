@@ -57,9 +57,8 @@ def test_union_baseline_feeds_negative_pairs_as_positives(demo_dir):
   ex = _examples(demo_dir)
   assert len(b["key"]) == 2 * len(ex)
   first, second = b["key"][:24], b["key"][24:]
-  assert [k + b"#neg" for k in first] == list(
-    second
-  )  # every record twice: once real, once negative
+  # every record twice: once real, once negative
+  assert [k + b"#neg" for k in first] == list(second)
   for i, k in enumerate(second):
     e = ex[k.decode().removesuffix("#neg")]
     np.testing.assert_array_equal(b["text"][24 + i], tokenize([e["neg_caption"].decode()], 32)[0])
@@ -82,9 +81,8 @@ def test_union_baseline_feeds_negative_pairs_as_positives(demo_dir):
   ]  # one epoch: 48 pairs
   assert sorted(k for b in batches for k in b) == sorted(k.encode() for k in ex for _ in range(2))
   together = sum(len(b) - len(set(b)) for b in batches)  # records whose two pairs share a batch
-  assert (
-    together < 12
-  )  # about 7/47 of 24 by chance; the loss-level pairing of tripletclip would give 24
+  # about 7/47 of 24 by chance; the loss-level pairing of tripletclip would give 24
+  assert together < 12
 
 
 def test_clip_union_is_compute_matched_like_clip():
@@ -114,9 +112,8 @@ def test_decay_rules_choose_the_decayed_parameters():
     tx, _ = make_optimizer(
       optimizer_config(learning_rate=0.1, warmup_steps=0, weight_decay=0.5, decay_rule=rule), 10
     )
-    updates, _ = tx.update(
-      zeros, tx.init(params), params
-    )  # zero gradients: only decay moves a parameter
+    # zero gradients: only decay moves a parameter
+    updates, _ = tx.update(zeros, tx.init(params), params)
     moved = {k for k, u in updates.items() if float(jnp.abs(u).max()) > 0}
     assert moved == decayed, rule
   with pytest.raises(ValueError, match="decay_rule"):
@@ -177,9 +174,8 @@ def test_release_configs_state_their_switches():
     load_config_file(os.path.join(ROOT, "configs", f"{name}.py"))
     for name in ("tripletclip_hq", "cc3m")
   )
-  assert (
-    resolve_total_steps(hq, loss_lib.get(hq.loss)) == 9766
-  )  # 10 epochs of 1M rows at batch 1024
+  # 10 epochs of 1M rows at batch 1024
+  assert resolve_total_steps(hq, loss_lib.get(hq.loss)) == 9766
   assert (hq.optimizer.decay_rule, hq.data.augment, hq.clamp_logit_scale) == (
     "all",
     "center_crop",

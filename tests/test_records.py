@@ -147,9 +147,8 @@ def test_a_stale_index_is_noticed_and_the_shard_rescanned(tmp_path):
     and path + records.INDEX_SUFFIX in heard[0]
   )
   side = open(path + records.INDEX_SUFFIX, "rb").read()
-  _write(
-    path, [dict(FEATURES, key=f"r-{i}", caption="z" * (3 * i)) for i in range(8)]
-  )  # rewritten ...
+  # rewritten ...
+  _write(path, [dict(FEATURES, key=f"r-{i}", caption="z" * (3 * i)) for i in range(8)])
   open(path + records.INDEX_SUFFIX, "wb").write(side)  # ... and the old index put back
   heard.clear()
   keys = [records.decode_example(r)["key"] for r in records.iter_records(path)]

@@ -140,9 +140,8 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   err = p.stderr.strip().splitlines()
   assert p.returncode != 0 and len(err) == 1, p.stderr[-2000:]
   assert "negclip seed 0:" in err[0] and "(sugarcrepe_per_subset 4 -> 6)" in err[0], err
-  log = _run(
-    out, "--losses", "tripletclip", "--seeds", "0,1,2", *SMALL
-  )  # --losses: an alias of --arms
+  # --losses: an alias of --arms
+  log = _run(out, "--losses", "tripletclip", "--seeds", "0,1,2", *SMALL)
   res = json.load(open(f"{out}/results.json"))
   assert log.count("reused") == 4  # the bases and the runs of seeds 0 and 1
   assert sorted((r["arm"], r["seed"]) for r in res["runs"]) == [

@@ -164,9 +164,8 @@ def test_logit_scale_is_clamped_at_100():
 
 
 def test_a_frozen_tower_is_untouched_holds_no_state_and_costs_less():
-  mesh = sharding.make_mesh(
-    1, 1, jax.devices()[:1]
-  )  # one device: the compiled costs are the whole step's
+  # one device: the compiled costs are the whole step's
+  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   batch = sharding.put_batch({k: v for k, v in _batch(16).items() if k in ("image", "text")}, mesh)
 
   def build(frozen):

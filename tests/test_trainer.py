@@ -123,9 +123,8 @@ def test_resume_refuses_a_changed_model_and_records_changed_data(data_dir, tmp_p
     train_and_evaluate(small_config(data_dir, **{"model.act": "quick_gelu"}), w)
   with pytest.raises(ValueError, match=r"the model changed \(.*vision.patch_size 16 -> 8"):
     train_and_evaluate(small_config(data_dir, **{"model.preset": "tiny"}), w)
-  out = train_and_evaluate(
-    small_config(data_dir, seed=7, stop_after_steps=2), w
-  )  # data may change: logged
+  # data may change: logged
+  out = train_and_evaluate(small_config(data_dir, seed=7, stop_after_steps=2), w)
   assert out["step"] == 4
   _, meta = checkpoint.read_meta(w)
   assert meta["resume_changes"] == [{"step": 2, "key": "seed", "before": 0, "now": 7}]
@@ -193,9 +192,8 @@ def test_sigkill_then_restart_completes(data_dir, tmp_path):
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err
   assert "Resumed from step" in out
-  assert checkpoint.read_meta(w)[0] == 12 and 12 in read_metrics(
-    w
-  )  # the killed run's lock did not block it
+  # the killed run's lock did not block it
+  assert checkpoint.read_meta(w)[0] == 12 and 12 in read_metrics(w)
 
 
 def test_sigterm_leaves_a_checkpoint_and_the_lock_refuses_a_second_trainer(data_dir, tmp_path):
@@ -264,10 +262,11 @@ def test_read_only_and_full_workdirs_are_one_line(data_dir, small_disk):
     checkpoint.checkpoint_bytes(w, None, state),
     checkpoint.checkpoint_bytes(w, 2, None),
   )
+  # the first estimate, before any checkpoint
   assert 1 / 1.3 < estimate / measured < 1.3, (
     estimate,
     measured,
-  )  # the first estimate, before any checkpoint
+  )
 
 
 @pytest.mark.parametrize(
@@ -471,9 +470,8 @@ def test_named_evaluators_run_on_their_own_schedules(data_dir, tmp_path):
     0 <= out["eval/coco_style/mean"] <= 100 and out["eval/coco_style/skipped_missing_images"] == 0
   )
   m = read_metrics(w)
-  assert (
-    "eval/coco_style/mean" in m[1] and "eval/held/group" not in m[1]
-  )  # every_steps 1; the default is 8
+  # every_steps 1; the default is 8
+  assert "eval/coco_style/mean" in m[1] and "eval/held/group" not in m[1]
   assert "eval/held/group" in m[2] and not any(k.startswith("eval/unset") for k in m[2])
   evals["coco_style"] = {
     "type": "sugarcrepe",
@@ -572,9 +570,8 @@ def test_evaluation_runs_on_sharded_params_and_compiles_once(data_dir):
   evals = evaluate.build(training_source(small_config(data_dir), "unused")[1])
   model = Model(cfg, sharded, progress=False, mesh=mesh)  # batches split over the 8 devices
   first = run_evals(model, evals)
-  model.params = jax.block_until_ready(
-    jax.tree.map(lambda x: x * 1.0, sharded)
-  )  # new arrays, same shardings
+  # new arrays, same shardings
+  model.params = jax.block_until_ready(jax.tree.map(lambda x: x * 1.0, sharded))
   compiles = []
   listener = lambda name, secs, **_: (
     compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None

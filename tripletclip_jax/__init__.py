@@ -8,11 +8,12 @@ LAYERS = (
   ("fileio", "sharding"),  # storage and device placement
   ("models", "losses"),  # the towers; the losses and their registry
   ("data",),  # records, formats, the Grain pipeline, the tokenizer
+  # Orbax state; Hugging Face / OpenAI weights; the negatives tool
   (
     "checkpoint",
     "interop",
     "synth",
-  ),  # Orbax state; Hugging Face / OpenAI weights; the negatives tool
+  ),
   ("evaluate", "inference"),  # benchmarks over an encoder; the user-facing Model
   ("demo",),  # the demo world: writes data and names its benchmarks
   ("train",),  # build, the step, the loop

@@ -105,9 +105,8 @@ def check_space(workdir: str, state, last_good: int | None) -> None:
   """
   if fileio.is_remote(workdir) or not os.path.isdir(workdir):
     return  # a bucket has no fixed size
-  need = 1.1 * checkpoint_bytes(
-    workdir, last_good, state
-  )  # training makes the state a little less compressible
+  # training makes the state a little less compressible
+  need = 1.1 * checkpoint_bytes(workdir, last_good, state)
   free = shutil.disk_usage(workdir).free
   if free < need:
     last = f"step {last_good}" if last_good is not None else "none yet"
@@ -228,9 +227,8 @@ class DamagedCheckpoint(ValueError):
   """A checkpoint whose files are missing, unreadable or differ from their save-time checksums."""
 
 
-_GOLDEN = np.uint32(
-  0x9E3779B1
-)  # odd: weights position * GOLDEN + 1 are distinct for 2**32 positions
+# odd: weights position * GOLDEN + 1 are distinct for 2**32 positions
+_GOLDEN = np.uint32(0x9E3779B1)
 
 
 def _leaf_checksum(x):

@@ -113,9 +113,8 @@ def write_bytes(path, data: bytes) -> None:
   """Writes a whole file: atomically on a local disk (temporary file + rename); one object upload on a bucket."""
   path = os.fspath(path)
   if is_remote(path):
-    fsspec_fs(path).pipe_file(
-      path, data
-    )  # one request, retried by gcsfs (a resumable session is two)
+    # one request, retried by gcsfs (a resumable session is two)
+    fsspec_fs(path).pipe_file(path, data)
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"

@@ -85,9 +85,8 @@ def convert(tfrecord_pattern: str, output_dir: str) -> list[str]:
   for path in records.resolve_shards(tfrecord_pattern):
     name = os.path.basename(path).rsplit(".", 1)[0] + SUFFIX
     target = os.path.join(output_dir, name)
-    writer = ArrayRecordWriter(
-      target + ".tmp", "group_size:1"
-    )  # one record per chunk: cheap random reads
+    # one record per chunk: cheap random reads
+    writer = ArrayRecordWriter(target + ".tmp", "group_size:1")
     try:
       for payload in records.iter_records(path):
         writer.write(payload)

@@ -21,9 +21,8 @@ class Format:
 
 FORMATS = (
   Format("tfrecord", ".tfrecord", sources.ShardSource),  # ours: CRC-framed, with .idx sidecars
-  Format(
-    "array_record", array_record.SUFFIX, array_record.ArrayRecordSource
-  ),  # Grain's native format
+  # Grain's native format
+  Format("array_record", array_record.SUFFIX, array_record.ArrayRecordSource),
 )
 
 

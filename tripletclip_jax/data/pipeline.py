@@ -46,10 +46,11 @@ class BadRecord(NamedTuple):
 
 FIELDS = ("image", "neg_image", "text", "neg_text")
 PARTNERS = ("paired", "shuffled")  # whose negative pair a record carries: its own, or another's
+# center_crop: the release's training transform
 AUGMENTATIONS = (
   "random_resized_crop",
   "center_crop",
-)  # center_crop: the release's training transform
+)
 
 
 class Preprocess:
@@ -89,9 +90,8 @@ class Preprocess:
     missing = [f for f in records.REQUIRED if f not in ex or ex[f] == []]
     if missing:
       return BadRecord("missing_feature", where, f"missing {missing}")
-    problem = records.check_example(
-      ex
-    )  # a wrong type or count must be skipped here, not crash a worker
+    # a wrong type or count must be skipped here, not crash a worker
+    problem = records.check_example(ex)
     if problem:
       return BadRecord("malformed_feature", where, problem)
     caps = {"text": ex["caption"].decode("utf-8"), "neg_text": ex["neg_caption"].decode("utf-8")}

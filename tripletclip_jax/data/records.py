@@ -174,10 +174,11 @@ def frame(payload: bytes) -> bytes:
   )
 
 
+# index lengths: a record cut off by the end of the shard; bytes with no valid framing
 TRUNCATED, LOST = (
   -1,
   -2,
-)  # index lengths: a record cut off by the end of the shard; bytes with no valid framing
+)
 
 
 def _header(head: bytes) -> int | None:

@@ -32,9 +32,8 @@ class TripletData(tfds.core.GeneratorBasedBuilder):
   )
 
   def _info(self):
-    raw = tfds.features.Tensor(
-      shape=(), dtype=np.object_
-    )  # encoded JPEG/PNG, decoded by the Grain pipeline
+    # encoded JPEG/PNG, decoded by the Grain pipeline
+    raw = tfds.features.Tensor(shape=(), dtype=np.object_)
     return self.dataset_info_from_configs(
       features=tfds.features.FeaturesDict(
         {

@@ -16,10 +16,11 @@ import regex
 BPE_PATH = os.path.join(os.path.dirname(__file__), "bpe_simple_vocab_16e6.txt.gz")
 NUM_MERGES = 49152 - 256 - 2
 SOT, EOT = "<start_of_text>", "<end_of_text>"
+# their ids in this vocabulary (the last two), as in open_clip and transformers
 SOT_ID, EOT_ID = (
   49406,
   49407,
-)  # their ids in this vocabulary (the last two), as in open_clip and transformers
+)
 
 
 @functools.lru_cache()

@@ -21,12 +21,13 @@ TRAIN, BASE, HELDOUT, SUGARCREPE_HELDOUT, SUGARCREPE_SEEN = (
   "sugarcrepe_seen",
 )
 WORLD_JSON = "world.json"
+# the headline mean of the demo table
 BINDING_SUBSETS = (
   "replace_att",
   "replace_rel",
   "swap_att",
   "swap_obj",
-)  # the headline mean of the demo table
+)
 SPLITS = {"heldout": SUGARCREPE_HELDOUT, "seen": SUGARCREPE_SEEN}  # split name -> benchmark folder
 TRIPLET_SCORES = ("text", "image", "group")
 

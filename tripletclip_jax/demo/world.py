@@ -41,9 +41,11 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from tripletclip_jax.data import records
 from tripletclip_jax.demo import layout
+
+# the benchmark format the world is written in
 from tripletclip_jax.evaluate.sugarcrepe import (
   SUBSETS,
-)  # the benchmark format the world is written in
+)
 
 # Hues far apart at 48 px, and from every background below.
 COLORS = {

@@ -39,7 +39,6 @@ def gathered(rows: np.ndarray) -> np.ndarray:
 
   counts = multihost_utils.process_allgather(np.int64(len(rows)))
   pad = np.zeros((int(counts.max()) - len(rows),) + rows.shape[1:], rows.dtype)
-  every = multihost_utils.process_allgather(
-    np.concatenate([rows, pad])
-  )  # [processes, longest, ...]
+  # [processes, longest, ...]
+  every = multihost_utils.process_allgather(np.concatenate([rows, pad]))
   return np.concatenate([every[p, :n] for p, n in enumerate(counts)])

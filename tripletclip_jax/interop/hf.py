@@ -250,9 +250,8 @@ def params_to_hf_state(config: CLIPConfig, params) -> dict:
     node = params
     for p in path.split("/"):
       node = node[p]
-    out[hf_key] = np.array(
-      _to_hf(np.asarray(node, np.float32), kind), order="C"
-    )  # keeps 0-d logit_scale 0-d
+    # keeps 0-d logit_scale 0-d
+    out[hf_key] = np.array(_to_hf(np.asarray(node, np.float32), kind), order="C")
   return out
 
 

@@ -16,9 +16,8 @@ from jax.sharding import PartitionSpec as P
 from tripletclip_jax import sharding
 from tripletclip_jax.losses import sigmoid, softmax
 
-TEMPERATURE = (
-  ("logit_scale", math.log(1 / 0.07)),
-)  # CLIP's learnable log temperature, t = ln(1 / 0.07)
+# CLIP's learnable log temperature, t = ln(1 / 0.07)
+TEMPERATURE = (("logit_scale", math.log(1 / 0.07)),)
 
 
 @dataclasses.dataclass(frozen=True)

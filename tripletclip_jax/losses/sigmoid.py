@@ -17,10 +17,11 @@ import jax.numpy as jnp
 
 from tripletclip_jax.sharding import Rows
 
+# SigLIP's initial t = ln 10, b = -10
 PARAMS = (
   ("logit_scale", math.log(10.0)),
   ("logit_bias", -10.0),
-)  # SigLIP's initial t = ln 10, b = -10
+)
 
 
 def _block(x, y, s, b, diagonal_positive):

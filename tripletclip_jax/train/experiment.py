@@ -171,6 +171,7 @@ def training_source(config, workdir: str, log=print) -> tuple[str, dict]:
 def _training_data(config, source, model_cfg: CLIPConfig, loss: Loss):
   """The Grain training iterator for this process's share of the global batch."""
   d = config.data
+  # decode and transfer only what the loss uses
   return iter(
     pipeline.make_dataset(
       source,
@@ -191,7 +192,7 @@ def _training_data(config, source, model_cfg: CLIPConfig, loss: Loss):
       partners=d.partners,
       in_memory=d.in_memory,
     )
-  )  # decode and transfer only what the loss uses
+  )
 
 
 @dataclasses.dataclass(frozen=True)

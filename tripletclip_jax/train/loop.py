@@ -307,9 +307,8 @@ class _Run:
     exp, config = self.exp, self.exp.config
     if exp.evaluators and not results:  # the workdir already held the final checkpoint
       results = self.evaluate(exp.total_steps)
-    params = full_params(
-      self.state
-    )  # every process takes part in the gather; only process 0 writes
+    # every process takes part in the gather; only process 0 writes
+    params = full_params(self.state)
     if exp.evaluators and self.is_main:
       print(
         f"\nHeld-out compositional evaluation ({exp.loss.name}, step {exp.total_steps}), accuracy %:"

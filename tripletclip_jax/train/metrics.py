@@ -150,11 +150,12 @@ class MetricWriter:
     if self._wandb is not None:
       self._wandb.log(step, clean)
     if echo and self.echo:
+      # quiet while the data is clean
       shown = " ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in clean.items()
         if not (k.startswith("bad_records/") and v == 0)
-      )  # quiet while the data is clean
+      )
       self.echo(f"[step {step}] {shown}")
 
   def table(self, step: int, name: str, results: dict) -> None:

@@ -130,9 +130,10 @@ class BucketLock:
     self._client = None
 
   def _blob(self):
+    # gcsfs's dependency; it reads STORAGE_EMULATOR_HOST like gcsfs does
     from google.cloud import (
       storage,
-    )  # gcsfs's dependency; it reads STORAGE_EMULATOR_HOST like gcsfs does
+    )
 
     bucket, _, name = self.path[len("gs://") :].partition("/")
     if self._client is None:
@@ -186,9 +187,8 @@ class BucketLock:
       )
       self._generation = blob.generation
     except exceptions.PreconditionFailed:
-      h, gen = (
-        self._read()
-      )  # a retried write whose first try went through fails its own precondition
+      # a retried write whose first try went through fails its own precondition
+      h, gen = self._read()
       if not h or h.get("token") != self._info["token"]:
         return False
       self._generation = gen
