@@ -5,8 +5,8 @@
 Both variants train configs/demo.py (same model, world, seed and steps) on one world drawn once into a
 temporary folder, each run in a fresh process through launch/main.py, alternating A and B every round:
 
-  A  data.in_memory=False, no persistent compilation cache (the demo before issue 19)
-  B  data.in_memory=True, JAX's persistent compilation cache (warmed by one run first, as every run of
+  A  data.in_memory=False, no persistent compilation cache (the demo before issue 19) B
+  data.in_memory=True, JAX's persistent compilation cache (warmed by one run first, as every run of
      launch/reproduce.py after the first finds it)
 
 Reports per variant the median wall time of a whole run (compile, training, evaluation), the training

@@ -84,14 +84,15 @@ def _group_size(attrs: str, devices: int) -> int:
 
 def collectives(hlo: str, devices: int) -> dict[str, tuple[int, int]]:
   """{collective kind: (result bytes, bytes each device sends)} per device per step, over every computation of
-  `hlo`: the lowered step, whose collectives are the ones it asks for, one op each (the step's are explicit, in
-  `jax.shard_map`; the partitioner adds only the scalar all-reduces of the gradient norm). The compiled TPU
-  program is no place to count them: the compiler splits each into a chain of async fusions that each print the
-  whole op, with nothing in the text to tell one chain from another.
+  `hlo`: the lowered step, whose collectives are the ones it asks for, one op each (the step's are
+  explicit, in `jax.shard_map`; the partitioner adds only the scalar all-reduces of the gradient
+  norm). The compiled TPU program is no place to count them: the compiler splits each into a chain
+  of async fusions that each print the whole op, with nothing in the text to tell one chain from
+  another.
 
-  Bytes sent are those of the bandwidth-optimal (ring) algorithms in a group of n devices: all-gather and
-  all-to-all send (n-1)/n of their result, reduce-scatter n-1 times its result (the slice), all-reduce twice
-  (n-1)/n of it, collective-permute all of it.
+  Bytes sent are those of the bandwidth-optimal (ring) algorithms in a group of n devices:
+  all-gather and all-to-all send (n-1)/n of their result, reduce-scatter n-1 times its result (the
+  slice), all-reduce twice (n-1)/n of it, collective-permute all of it.
   """
   out: dict[str, tuple[int, int]] = {}
   for m in _COLLECTIVE.finditer(hlo):
@@ -113,11 +114,12 @@ def collectives(hlo: str, devices: int) -> dict[str, tuple[int, int]]:
 def step_estimate(cost: dict, hlo: str) -> tuple[float | None, int]:
   """(the compiler's step-time estimate in seconds, or None; the ops it could not cost).
 
-  libtpu's cost model adds -1 s for each op it has no model for, and the memory-space assignment's sliced
-  prefetches (custom-call "ConcatBitcast", which reassembles a large array prefetched in slices) are such ops:
-  one makes `optimal_seconds` negative. Each is counted as free here (an asynchronous prefetch, overlapped with
-  compute). The same step compiled with LIBTPU_INIT_ARGS=--xla_tpu_sliced_prefetch_max_slices=1 has none and
-  gets an estimate without correction, for a slightly different program (benchmarks/RESULTS.md compares them).
+  libtpu's cost model adds -1 s for each op it has no model for, and the memory-space assignment's
+  sliced prefetches (custom-call "ConcatBitcast", which reassembles a large array prefetched in
+  slices) are such ops: one makes `optimal_seconds` negative. Each is counted as free here (an
+  asynchronous prefetch, overlapped with compute). The same step compiled with
+  LIBTPU_INIT_ARGS=--xla_tpu_sliced_prefetch_max_slices=1 has none and gets an estimate without
+  correction, for a slightly different program (benchmarks/RESULTS.md compares them).
   """
   uncosted = hlo.count('custom_call_target="ConcatBitcast"')
   seconds = float(cost.get("optimal_seconds", -1.0)) + uncosted
@@ -126,8 +128,9 @@ def step_estimate(cost: dict, hlo: str) -> tuple[float | None, int]:
 
 def collective_floor(exp, devices: int) -> int:
   """The fewest bytes each device must send per step for this mesh's parallelism: every weight FSDP splits
-  all-gathered once in the compute dtype and its gradient reduce-scattered once in the reduction dtype (then
-  all-reduced over `data`), every replicated weight's gradient all-reduced once, the loss's embeddings gathered
+  all-gathered once in the compute dtype and its gradient reduce-scattered once in the reduction
+  dtype (then all-reduced over `data`), every replicated weight's gradient all-reduced once, the
+  loss's embeddings gathered
   once each and their gradients reduce-scattered once (ring algorithms, as `collectives` counts)."""
   import jax.numpy as jnp
 
@@ -150,10 +153,11 @@ def collective_floor(exp, devices: int) -> int:
 def hbm_bytes_by_op(hlo: str) -> dict[str, int]:
   """{JAX op (the HLO's op_name, numbers dropped): HBM bytes read + written per device per step}.
 
-  Sums the HBM-resident operands and results of the entry computation's instructions (a fusion counts its
-  inputs and outputs, not its internals). The TPU compiler's prefetches into on-chip memory (copy-start /
-  slice-start into S(1)) count their HBM side once; the compiler's own `bytes accessed` counts every memory
-  space, so it is larger. An estimate of HBM traffic, to rank ops: not a simulation of the chip.
+  Sums the HBM-resident operands and results of the entry computation's instructions (a fusion
+  counts its inputs and outputs, not its internals). The TPU compiler's prefetches into on-chip
+  memory (copy-start / slice-start into S(1)) count their HBM side once; the compiler's own `bytes
+  accessed` counts every memory space, so it is larger. An estimate of HBM traffic, to rank ops: not
+  a simulation of the chip.
   """
   entry = hlo[hlo.index("\nENTRY") :]
   entry = entry[: entry.index("\n}")]
@@ -228,9 +232,10 @@ def memory(compiled) -> dict:
 def max_batch(config, devices, hbm: int, remat: bool, start: int) -> tuple[int, int, int]:
   """(largest global batch that fits in HBM, its planned bytes per device, bytes per extra example per chip).
 
-  Per-device memory is close to affine in the per-chip batch (state + activations; the loss's logits grow
-  with the global batch but stay small): two compiles give the line, a third compiles the batch it predicts,
-  stepping down 5% at a time until the compiler's plan fits. Batches are multiples of the device count.
+  Per-device memory is close to affine in the per-chip batch (state + activations; the loss's logits
+  grow with the global batch but stay small): two compiles give the line, a third compiles the batch
+  it predicts, stepping down 5% at a time until the compiler's plan fits. Batches are multiples of
+  the device count.
   """
   n = len(devices)
 

@@ -127,7 +127,8 @@ def checksum(hf_dir: str) -> str:
 
 def check_unfinished(label: str, workdir: str, config, restart_changed: bool) -> None:
   """An unfinished run (checkpoints, no result.json) resumes only under the settings its checkpoint
-  recorded: one line naming the keys that differ, or with `restart_changed` the run is moved aside to
+  recorded: one line naming the keys that differ, or with `restart_changed` the run is moved aside
+  to
   WORKDIR.changed-N and starts again, so that no run mixes settings."""
   from tripletclip_jax import checkpoint as ckpt
 

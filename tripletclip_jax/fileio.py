@@ -1,11 +1,11 @@
 """Paths that may be local or in a bucket (`gs://...`): one thin layer over etils.epath and fsspec.
 
-Every user-facing path (workdir, data, evaluation folders, exports) goes through here, so local disks
-and buckets take the same code. epath picks TensorFlow's gfile for gs:// when TensorFlow is installed;
-we default `EPATH_USE_TF=false` so that gs:// always goes through gcsfs (fsspec), the same client
-whether or not TensorFlow is around. Orbax's array data goes through tensorstore, which has its own
-GCS client. Emulators: gcsfs and google-cloud-storage read `STORAGE_EMULATOR_HOST`, tensorstore
-reads `TENSORSTORE_GCS_HTTP_URL`.
+Every user-facing path (workdir, data, evaluation folders, exports) goes through here, so local
+disks and buckets take the same code. epath picks TensorFlow's gfile for gs:// when TensorFlow is
+installed; we default `EPATH_USE_TF=false` so that gs:// always goes through gcsfs (fsspec), the
+same client whether or not TensorFlow is around. Orbax's array data goes through tensorstore, which
+has its own GCS client. Emulators: gcsfs and google-cloud-storage read `STORAGE_EMULATOR_HOST`,
+tensorstore reads `TENSORSTORE_GCS_HTTP_URL`.
 
 gcsfs's experimental zonal-bucket support asks a gRPC control plane for every bucket's layout and,
 where that is unreachable, waits about a minute per call before falling back; it is off unless

@@ -1,9 +1,9 @@
 """The open_clip-style inference API used by the evaluators and by users.
 
-import tripletclip_jax as tc
-model = tc.load("runs/demo")     # a training workdir (latest checkpoint) or a Hugging Face CLIP directory
-img = model.encode_images(images)                # PIL images / uint8 HxWx3 arrays -> [N, D], L2-normalised
-txt = model.encode_texts(["a red circle left of a blue square"])                  # -> [N, D]
+import tripletclip_jax as tc model = tc.load("runs/demo")     # a training workdir (latest
+checkpoint) or a Hugging Face CLIP directory img = model.encode_images(images)                # PIL
+images / uint8 HxWx3 arrays -> [N, D], L2-normalised txt = model.encode_texts(["a red circle left of
+a blue square"])                  # -> [N, D]
 """
 
 import sys
@@ -22,11 +22,11 @@ from tripletclip_jax.models import CLIP, CLIPConfig
 class Model:
   """Batched, jit-compiled encoders over fixed parameters. Embeddings are float32 numpy.
 
-  Without a mesh the inputs are whole batches on one host. With `mesh` (the trainer's, whose params are
-  sharded over it) each batch is split over the mesh's batch axes, and on several processes each process
-  passes only its own inputs and gets back only their embeddings (see `evaluate.multihost`); every process
-  must then call the encoders the same number of times, which the encoders arrange by agreeing on the
-  longest input.
+  Without a mesh the inputs are whole batches on one host. With `mesh` (the trainer's, whose params
+  are sharded over it) each batch is split over the mesh's batch axes, and on several processes each
+  process passes only its own inputs and gets back only their embeddings (see `evaluate.multihost`);
+  every process must then call the encoders the same number of times, which the encoders arrange by
+  agreeing on the longest input.
   """
 
   def __init__(

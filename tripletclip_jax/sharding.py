@@ -21,9 +21,9 @@ BATCH_AXES = ("data", "fsdp")
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
   """A ("data", "fsdp") mesh over `devices` (default: all); -1 fills the rest.
 
-  Built by `jax.make_mesh`, which lays the axes along the TPU's physical topology (fsdp, the chattier
-  axis, on the nearest chips); on CPU and GPU that is the plain device order. Axes are Auto: shardings
-  are given explicitly where they matter and propagated elsewhere.
+  Built by `jax.make_mesh`, which lays the axes along the TPU's physical topology (fsdp, the
+  chattier axis, on the nearest chips); on CPU and GPU that is the plain device order. Axes are
+  Auto: shardings are given explicitly where they matter and propagated elsewhere.
   """
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
@@ -92,9 +92,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 class Rows:
   """This device's rows of a global batch, inside `jax.shard_map` over the batch axes (or all of it on one device).
 
-  The `global_size` rows are split in order over `shards` devices along the mesh `axes` (`BATCH_AXES`), so every
-  device holds global_size / shards of them. Losses score their own rows against every device's columns
-  (`gather`) and return their share; the shares sum to the loss (`losses.Loss`).
+  The `global_size` rows are split in order over `shards` devices along the mesh `axes`
+  (`BATCH_AXES`), so every device holds global_size / shards of them. Losses score their own rows
+  against every device's columns (`gather`) and return their share; the shares sum to the loss
+  (`losses.Loss`).
   """
 
   global_size: int

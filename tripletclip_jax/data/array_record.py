@@ -1,5 +1,6 @@
 """TripletData in Grain's native ArrayRecord format: the same tf.train.Example payloads as our TFRecord shards,
-one record each, in `.array_record` files (random access without our index sidecars; riegeli checksums).
+one record each, in `.array_record` files (random access without our index sidecars; riegeli
+checksums).
 
     python launch/convert_array_record.py --input 'data/train/*.tfrecord' --output_dir data/train_ar
 
@@ -76,7 +77,8 @@ class ArrayRecordSource:
 
 def convert(tfrecord_pattern: str, output_dir: str) -> list[str]:
   """Writes each TFRecord shard of `tfrecord_pattern` as `output_dir/NAME.array_record`, record for record
-  (the same payload bytes, in the same order); returns the paths written. A record that fails its CRC stops
+  (the same payload bytes, in the same order); returns the paths written. A record that fails its
+  CRC stops
   the conversion with records.RecordError naming the shard (nothing half-written is left as a shard)."""
   from array_record.python.array_record_module import ArrayRecordWriter
 

@@ -1,8 +1,9 @@
 """On-disk formats of TripletData, by file suffix: a new format is one module plus one line in `FORMATS`.
 
 A format turns a list of its files into a random-access source whose items are `sources.SourceItem`s
-(decoded tf.train.Example features, or the reason a record could not be read). The pipeline, the trainer and
-the triplet evaluators take a pattern (a directory, a glob or a comma-separated list) and open it here.
+(decoded tf.train.Example features, or the reason a record could not be read). The pipeline, the
+trainer and the triplet evaluators take a pattern (a directory, a glob or a comma-separated list)
+and open it here.
 """
 
 import dataclasses

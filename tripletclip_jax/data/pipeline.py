@@ -223,20 +223,20 @@ def make_dataset(
   in_memory: bool = False,
 ) -> grain.IterDataset:
   """Per-process batches from TripletData shards in any registered format (`data/formats.py`: a glob,
-  directory or comma-separated list of TFRecord or ArrayRecord files) or a source such as TFDSSource.
+  directory or comma-separated list of TFRecord or ArrayRecord files) or a source such as
+  TFDSSource.
 
-  `batch_size` is this process's share of the global batch. The order is a
-  global shuffle from `seed`, reshuffled each epoch; process p takes every
-  `process_count`-th element of it, so shares are disjoint and complete.
-  Eval mode (`train=False`) defaults to one epoch, no shuffle, keeping the
-  last partial batch. `read_threads` threads decode ahead in each process. `fields`
-  limits what is decoded (features and captions are still checked on every record). `augment` is
-  the training transform (AUGMENTATIONS). `union_negatives` turns every record into two ordinary
-  pairs, (image, caption) and (neg_image, neg_caption), shuffled independently (UnionSource).
-  `uint8_images` yields uint8 pixels, for the model to normalise on the device. `partners="shuffled"`
-  gives every record another record's negative pair (ShuffledPartners, a control). `in_memory` decodes
-  every record once, before the first batch, and serves the arrays from memory after: for a set that
-  fits in RAM and a deterministic transform (`augment="center_crop"`); the batches are the same.
+  `batch_size` is this process's share of the global batch. The order is a global shuffle from
+  `seed`, reshuffled each epoch; process p takes every `process_count`-th element of it, so shares
+  are disjoint and complete. Eval mode (`train=False`) defaults to one epoch, no shuffle, keeping
+  the last partial batch. `read_threads` threads decode ahead in each process. `fields` limits what
+  is decoded (features and captions are still checked on every record). `augment` is the training
+  transform (AUGMENTATIONS). `union_negatives` turns every record into two ordinary pairs, (image,
+  caption) and (neg_image, neg_caption), shuffled independently (UnionSource). `uint8_images` yields
+  uint8 pixels, for the model to normalise on the device. `partners="shuffled"` gives every record
+  another record's negative pair (ShuffledPartners, a control). `in_memory` decodes every record
+  once, before the first batch, and serves the arrays from memory after: for a set that fits in RAM
+  and a deterministic transform (`augment="center_crop"`); the batches are the same.
   """
   if process_index is None or process_count is None:
     import jax  # only for the process layout; the pipeline itself needs no JAX
@@ -335,11 +335,11 @@ def _decode_all(source, prep, max_bad_fraction: float) -> dict:
 def iterator_state_for(state: dict, num_workers: int) -> tuple[dict, int]:
   """A saved training iterator state moved to `num_workers` worker processes: (state, repeated).
 
-  Worker w of N reads positions w, w + N, ... of the process's stream and batches its own share, so a
-  state is a set of consumed positions. The result resumes at the first unconsumed position: when the
-  save was at a multiple of the old worker count, nothing repeats or is skipped; otherwise `repeated`
-  positions (fewer than old workers x batch size) are read a second time. The same layout comes back as it
-  is. Unknown layouts raise ValueError.
+  Worker w of N reads positions w, w + N, ... of the process's stream and batches its own share, so
+  a state is a set of consumed positions. The result resumes at the first unconsumed position: when
+  the save was at a multiple of the old worker count, nothing repeats or is skipped; otherwise
+  `repeated` positions (fewer than old workers x batch size) are read a second time. The same layout
+  comes back as it is. Unknown layouts raise ValueError.
   """
   if "next_index" in state:
     consumed = [state["next_index"]]  # one stream

@@ -270,10 +270,10 @@ def _resync(f, start: int, size: int) -> int:
 def scan(path: str, log=None) -> np.ndarray:
   """Offsets and lengths [N, 2] of the records in `path`, found by walking the framing.
 
-  Every header's CRC is checked. A cut-off tail becomes a last row of length TRUNCATED; bytes with no
-  valid framing (a corrupt length header) are skipped up to the next valid record and stand in the index
-  as LOST rows, about as many as records fit in them, so that what is lost is counted, not silently
-  dropped with the rest of the shard. `log(message)` hears about each lost range.
+  Every header's CRC is checked. A cut-off tail becomes a last row of length TRUNCATED; bytes with
+  no valid framing (a corrupt length header) are skipped up to the next valid record and stand in
+  the index as LOST rows, about as many as records fit in them, so that what is lost is counted, not
+  silently dropped with the rest of the shard. `log(message)` hears about each lost range.
   """
   rows, offset, size = [], 0, fileio.getsize(path)
   with fileio.open(path, "rb") as f:
@@ -432,10 +432,10 @@ def _stale(path: str, index: np.ndarray) -> str | None:
 def load_index(path: str, log=None) -> np.ndarray:
   """The shard's record index [N, 2], from its sidecar or by scanning (shards written by TensorFlow).
 
-  A sidecar that is unreadable (corrupt, or not a plain int64 array: nothing is ever unpickled) or stale
-  (the shard grew or was rewritten after it) is ignored and the shard scanned instead; `log(message)`
-  hears why. Records past the end of a cut-off shard stay in the index; reading them raises
-  RecordError('truncated').
+  A sidecar that is unreadable (corrupt, or not a plain int64 array: nothing is ever unpickled) or
+  stale (the shard grew or was rewritten after it) is ignored and the shard scanned instead;
+  `log(message)` hears why. Records past the end of a cut-off shard stay in the index; reading them
+  raises RecordError('truncated').
   """
   side = path + INDEX_SUFFIX
   if not fileio.exists(side):

@@ -1,8 +1,8 @@
 """Random-access sources of TripletData records: `source[i]` -> SourceItem, for the Grain pipeline.
 
-A source never raises for a bad record: it returns the item with `example=None` and the reason, so the
-pipeline can count it and go on. Sources are picklable (Grain's worker processes get a copy): files open
-lazily in each process.
+A source never raises for a bad record: it returns the item with `example=None` and the reason, so
+the pipeline can count it and go on. Sources are picklable (Grain's worker processes get a copy):
+files open lazily in each process.
 """
 
 import bisect
@@ -91,8 +91,8 @@ class UnionSource:
   """Real and negative pairs as one set of ordinary pairs (the release's "LaCLIP+HN" control).
 
   Item i < len(source) is record i's (image, caption); item len(source) + i is its (neg_image,
-  neg_caption) under the positive names, keyed KEY#neg. Shuffled globally, a record's two pairs rarely
-  share a batch, so the negatives are extra data, not hard negatives.
+  neg_caption) under the positive names, keyed KEY#neg. Shuffled globally, a record's two pairs
+  rarely share a batch, so the negatives are extra data, not hard negatives.
   """
 
   def __init__(self, source):

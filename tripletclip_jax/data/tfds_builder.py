@@ -5,8 +5,9 @@
     b = tfds.builder("triplet_data", data_dir=DIR)
     b.download_and_prepare(file_format="array_record",
                            download_config=tfds.download.DownloadConfig(manual_dir=SHARDS_OR_TARS_DIR))
-    source = tfds.data_source("triplet_data", split="train", data_dir=DIR)
-    ds = pipeline.make_dataset(sources.TFDSSource(source, "triplet_data"), batch_size=..., image_size=...)
+    source = tfds.data_source("triplet_data", split="train", data_dir=DIR) ds =
+    pipeline.make_dataset(sources.TFDSSource(source, "triplet_data"), batch_size=...,
+    image_size=...)
 
 Images stay encoded bytes, so the Grain pipeline decodes and augments them
 exactly as it does records from our shards.

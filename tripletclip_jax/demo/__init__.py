@@ -40,8 +40,8 @@ def prepare(
   """Writes the world (parameters `world`: `world.WorldConfig` fields, drawn from `seed`) into `root`
   unless it is there; a world already there must have been drawn with the same settings.
 
-  On several processes process 0 writes and every process waits for it. A gs:// root gets the finished
-  world, its manifests last, so a half-written world is never taken for a whole one.
+  On several processes process 0 writes and every process waits for it. A gs:// root gets the
+  finished world, its manifests last, so a half-written world is never taken for a whole one.
   """
   import jax
   from jax.experimental import multihost_utils

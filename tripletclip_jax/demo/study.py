@@ -1,5 +1,6 @@
 """The demo study's statistics: the table over seeds, the pre-registered contrasts and their verdicts, the
-precondition that the baseline has learned what the endpoints presuppose, and the bag-of-words oracle's row.
+precondition that the baseline has learned what the endpoints presuppose, and the bag-of-words
+oracle's row.
 
 `launch/reproduce.py` trains the runs; this module turns their records (`run_record`) into
 `results.json`, `results.md` and `results.png`. The endpoints, thresholds and rule are those of
@@ -127,8 +128,8 @@ def verdict(interval: dict, margin: float = 2.0) -> str:
 def precondition(runs: list[dict], accidental: dict) -> dict:
   """Whether the baselines learned what the endpoints presuppose, with room above on binding.
 
-  `accidental`: {seed: the world's accidental hard negatives per image}. Returns every check with its
-  value and the overall `met`; no baseline run means not met.
+  `accidental`: {seed: the world's accidental hard negatives per image}. Returns every check with
+  its value and the overall `met`; no baseline run means not met.
   """
   checks = []
   for arm in BASELINES:

@@ -227,7 +227,8 @@ class Obj:
 @dataclasses.dataclass
 class Caption:
   """A claim about a scene: objects (colour, shape, size or None, texture or None), an optional
-  relation of the first two. `refs` are the scene objects the caption was made from; the claim itself
+  relation of the first two. `refs` are the scene objects the caption was made from; the claim
+  itself
   (what `holds` checks) ignores them, and `prefix` and `style` only change the wording."""
 
   objs: list[tuple[str, str, str | None, str | None]]
@@ -362,13 +363,13 @@ ORACLES = ("bow", "color", "shape")
 
 def oracle_choice(scene: list[Obj], cap: Caption, neg: Caption, kind: str = "bow") -> float:
   """A bag-of-words scorer: it knows how many objects of the scene each word describes, but not which
-  words belong together. 1 if the caption has the larger share of words the scene supports (a word said
-  k times counts at most as often as the scene has it), 0.5 on a tie, else 0.
+  words belong together. 1 if the caption has the larger share of words the scene supports (a word
+  said k times counts at most as often as the scene has it), 0.5 on a tie, else 0.
 
-  `kind` "bow" reads every word (colours, shapes, textures, sizes, relations); "color" and "shape" read
-  only those words, as a model that has learned one attribute alone would. Swaps use the same words, so the
-  oracle is at chance on them; a replacement that names a value absent from the scene, or one more object of
-  a value than the scene has, it rejects.
+  `kind` "bow" reads every word (colours, shapes, textures, sizes, relations); "color" and "shape"
+  read only those words, as a model that has learned one attribute alone would. Swaps use the same
+  words, so the oracle is at chance on them; a replacement that names a value absent from the scene,
+  or one more object of a value than the scene has, it rejects.
   """
   have = _scene_counts(scene)
 
@@ -751,12 +752,13 @@ def make_triplet(
 ):
   """One (x, y, x', y') whose negative is the edit `kind`, as a dict of PIL images and captions.
 
-  Held-out triplets name at least one held-out pairing and their negative names as many. Training and
-  binding edits must pass `check_triplet`; add edits (evaluation only) make y still true of x', so they
-  are held to SugarCrepe's rule alone: y true of x, y' false of x. `counts` (a Counter) tallies rejections.
-  `training` writes y' in the LLM's style and x' in the text-to-image domain (if `negative_shift`);
-  `failed` draws an x' that does not show the edit (x's scene, `neg_scene` is what x' shows).
-  `render_negative=False` leaves `neg_image` None (a SugarCrepe item has no negative image).
+  Held-out triplets name at least one held-out pairing and their negative names as many. Training
+  and binding edits must pass `check_triplet`; add edits (evaluation only) make y still true of x',
+  so they are held to SugarCrepe's rule alone: y true of x, y' false of x. `counts` (a Counter)
+  tallies rejections. `training` writes y' in the LLM's style and x' in the text-to-image domain (if
+  `negative_shift`); `failed` draws an x' that does not show the edit (x's scene, `neg_scene` is
+  what x' shows). `render_negative=False` leaves `neg_image` None (a SugarCrepe item has no negative
+  image).
   """
   counts = collections.Counter() if counts is None else counts
   held = sorted(cfg.heldout())
@@ -807,8 +809,8 @@ def make_triplet(
 def single_object_item(cfg: WorldConfig, rng) -> dict:
   """One item of the base set: a single object of a seen pairing in a random cell, named by its colour
   and shape alone, so that learning those two is the whole task (a random batch of 64 holds about 7
-  captions per image that only the shape word rejects, and as many for colour) and there is no binding
-  to learn. Its negative names an absent shape (a CLIP base never reads it),
+  captions per image that only the shape word rejects, and as many for colour) and there is no
+  binding to learn. Its negative names an absent shape (a CLIP base never reads it),
   which keeps the record a complete TripletData record. Same keys as `make_triplet`."""
   pairings, p = cfg.pairings(False)
   color, shape = pairings[_draw(rng, p)]
@@ -913,11 +915,11 @@ def write_demo_data(
   """Writes training shards, held-out / seen SugarCrepe-format benchmarks and held-out triplet shards, and
   with `num_base` a base set of single-object scenes.
 
-  Layout: train/demo-*.tfrecord (+ manifest.json), base/demo_base-*.tfrecord, sugarcrepe/{subset}.json +
-  sugarcrepe/images/, sugarcrepe_seen/..., heldout/demo_heldout-*.tfrecord, world.json (parameters and
-  what was measured: rejections, the realised edit mix, failed negatives, the accidental hard-negative
-  rate, the in-batch pressure per attribute, and the oracles' score on every benchmark subset).
-  Byte-identical for a seed.
+  Layout: train/demo-*.tfrecord (+ manifest.json), base/demo_base-*.tfrecord,
+  sugarcrepe/{subset}.json + sugarcrepe/images/, sugarcrepe_seen/...,
+  heldout/demo_heldout-*.tfrecord, world.json (parameters and what was measured: rejections, the
+  realised edit mix, failed negatives, the accidental hard-negative rate, the in-batch pressure per
+  attribute, and the oracles' score on every benchmark subset). Byte-identical for a seed.
   """
   t0 = time.perf_counter()
   train_rng, heldout_rng, seen_rng, triplet_rng, measure_rng, base_rng = (

@@ -1,5 +1,6 @@
 """Evaluators by type. An evaluator is one module with `evaluate(model, **options) -> {metric: value}` and one
-`REGISTRY` line here; the trainer (`config.evals`) and `launch/eval.py` build and run them the same way.
+`REGISTRY` line here; the trainer (`config.evals`) and `launch/eval.py` build and run them the same
+way.
 
     evals = {"sugarcrepe": {"type": "sugarcrepe", "sugarcrepe_dir": "/data/sugarcrepe", "every_steps": 5000}}
     for ev in build(evals):
@@ -31,9 +32,9 @@ from tripletclip_jax.evaluate import (
 class EncoderModel(Protocol):
   """What an evaluator may use of a model (`tripletclip_jax.inference.Model` is one).
 
-  Embeddings are L2-normalised float32 numpy [N, D]. On several processes each process passes only its own
-  slice of a benchmark and gets only its rows back (`evaluate.multihost`), and every process must make the
-  same calls.
+  Embeddings are L2-normalised float32 numpy [N, D]. On several processes each process passes only
+  its own slice of a benchmark and gets only its rows back (`evaluate.multihost`), and every process
+  must make the same calls.
   """
 
   config: object  # a models.CLIPConfig: `config.text.context_length` is the token length
@@ -131,9 +132,10 @@ def _check_paths(name: str, options: dict) -> None:
 def build(evals, every_steps: int | None = None, log=print) -> list[Evaluator]:
   """{name: {type (default: name), every_steps, ...options}} -> Evaluators, checked before anything runs.
 
-  An entry whose required option is unset (None) is skipped with one line: a config may declare a benchmark
-  that a run does not have. Unknown types and options raise ValueError naming the entry and the choices; a
-  file or folder option (`is_path_option`) that does not exist raises FileNotFoundError naming it.
+  An entry whose required option is unset (None) is skipped with one line: a config may declare a
+  benchmark that a run does not have. Unknown types and options raise ValueError naming the entry
+  and the choices; a file or folder option (`is_path_option`) that does not exist raises
+  FileNotFoundError naming it.
   """
   out = []
   for name, spec in (evals or {}).items():

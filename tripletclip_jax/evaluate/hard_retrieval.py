@@ -1,9 +1,9 @@
 """Retrieval with the hard negatives in the gallery, on held-out TripletData.
 
-Plain retrieval asks whether an image finds its caption among the other captions. Here the gallery also holds
-every hard negative caption (and, text to image, every hard negative image): x_i must rank y_i first among
-Y ∪ Y', and y_i must rank x_i first among X ∪ X'. `*_hardneg_top1` is how often the winner is the item's
-own hard negative, the specific mistake TripletCLIP trains against.
+Plain retrieval asks whether an image finds its caption among the other captions. Here the gallery
+also holds every hard negative caption (and, text to image, every hard negative image): x_i must
+rank y_i first among Y ∪ Y', and y_i must rank x_i first among X ∪ X'. `*_hardneg_top1` is how often
+the winner is the item's own hard negative, the specific mistake TripletCLIP trains against.
 """
 
 import numpy as np

@@ -66,7 +66,8 @@ def config_from_hf_dict(d: dict) -> CLIPConfig:
 @contextlib.contextmanager
 def local_dir(path: str):
   """`with local_dir(path) as d:` a local directory with the files of `path`: a local directory as is; a gs://
-  directory downloaded to a temporary folder that is removed when the block ends; otherwise a Hub id,
+  directory downloaded to a temporary folder that is removed when the block ends; otherwise a Hub
+  id,
   downloaded (to the Hub's cache) when the machine is online."""
   if fileio.is_remote(path):
     if not fileio.isdir(path):
@@ -389,8 +390,8 @@ def export_hf(
 ) -> str:
   """Writes a directory that `CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained` load offline.
 
-  A gs:// `out_dir` is written locally, then uploaded. Parameters without a temperature (a loss that owns
-  none) are exported with CLIP's initial one.
+  A gs:// `out_dir` is written locally, then uploaded. Parameters without a temperature (a loss that
+  owns none) are exported with CLIP's initial one.
   """
   if fileio.is_remote(out_dir):
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,12 +2,14 @@
 
     python launch/export_open_clip.py --workdir runs/demo/runs/tripletclip-seed0 --output_dir runs/oc
 
-    import open_clip
-    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:runs/oc")
-    # or, by name: open_clip.add_model_config("runs/oc/tripletclip.json"), then
-    # open_clip.create_model_and_transforms("tripletclip", pretrained="runs/oc/open_clip_model.safetensors")
+    import open_clip model, _, preprocess =
+    open_clip.create_model_and_transforms("local-dir:runs/oc") # or, by name:
+    open_clip.add_model_config("runs/oc/tripletclip.json"), then #
+    open_clip.create_model_and_transforms("tripletclip",
+    pretrained="runs/oc/open_clip_model.safetensors")
 
-    clip_benchmark eval --model local-dir:runs/oc --pretrained none --dataset sugar_crepe/swap_att ...
+    clip_benchmark eval --model local-dir:runs/oc --pretrained none --dataset sugar_crepe/swap_att
+    ...
 
 The weights are written with safetensors (no torch needed to export); open_clip reads them as they are. The
 model config names what the weights cannot say: head counts, the activation, the MLP ratios.
@@ -105,7 +107,8 @@ def model_config(config: CLIPConfig) -> dict:
 
 def export(config: CLIPConfig, params, out_dir: str, name: str = "tripletclip") -> tuple[str, str]:
   """Writes `out_dir/NAME.json` (the model config), `out_dir/open_clip_config.json` (the same with the
-  preprocessing, for open_clip's `local-dir:` loader) and `out_dir/open_clip_model.safetensors`; returns the
+  preprocessing, for open_clip's `local-dir:` loader) and `out_dir/open_clip_model.safetensors`;
+  returns the
   model config's and the weights' paths. A gs:// `out_dir` is written locally, then uploaded."""
   from safetensors.numpy import save_file
 
@@ -164,8 +167,8 @@ def config_from_open_clip(d: dict) -> CLIPConfig:
 def from_state_dict(state: dict, config: CLIPConfig | None = None, act: str = "quick_gelu"):
   """(CLIPConfig, params) from an OpenAI / open_clip state dict (numpy or torch tensors).
 
-  Without `config`, sizes come from the shapes and head counts are guessed as width / 64 (they are not in
-  the weights): pass the model config (`config_from_open_clip`) when there is one.
+  Without `config`, sizes come from the shapes and head counts are guessed as width / 64 (they are
+  not in the weights): pass the model config (`config_from_open_clip`) when there is one.
   """
   sd = {
     k: np.asarray(v.float().numpy() if hasattr(v, "float") else v, np.float32)

@@ -1,9 +1,10 @@
 """Losses by name. A loss is one module with its function, plus one `REGISTRY` line here.
 
-Each entry says what the trainer needs to know: which hard negatives the batch must carry, which parameters
-the loss owns outside the two towers (with their initial values), and the function. `get(name)` is called
-once, where the experiment is built (`train/experiment.py`); everything below it (the step, the FLOP count,
-the compute matching) is handed the `Loss` object (adding a loss: docs/extending.md).
+Each entry says what the trainer needs to know: which hard negatives the batch must carry, which
+parameters the loss owns outside the two towers (with their initial values), and the function.
+`get(name)` is called once, where the experiment is built (`train/experiment.py`); everything below
+it (the step, the FLOP count, the compute matching) is handed the `Loss` object (adding a loss:
+docs/extending.md).
 """
 
 import dataclasses
@@ -24,13 +25,14 @@ TEMPERATURE = (("logit_scale", math.log(1 / 0.07)),)
 class Loss:
   """A registered loss.
 
-  fn(e, p, rows) -> this device's shares of (scalar loss, {metric: scalar}): `e` holds L2-normalised float32
-  embeddings 'img' and 'txt' [n, D] of this device's rows of the global batch, plus 'neg_img' / 'neg_txt' [n, D]
-  when the entry asks for them; `p` holds the loss's own parameters as stored (e.g. the log temperature); `rows`
-  (`sharding.Rows`) says which rows these are, gathers every device's (`rows.gather`) and passes blocks round the
-  ring (`rows.pass_on`). The shares of all devices sum to the loss and metrics; on one device `e` is the whole
-  batch and the share is the value. The train step runs `fn` inside `jax.shard_map` and differentiates each
-  device's share, so the gradient of a gathered embedding returns to its device as a reduce-scatter.
+  fn(e, p, rows) -> this device's shares of (scalar loss, {metric: scalar}): `e` holds L2-normalised
+  float32 embeddings 'img' and 'txt' [n, D] of this device's rows of the global batch, plus
+  'neg_img' / 'neg_txt' [n, D] when the entry asks for them; `p` holds the loss's own parameters as
+  stored (e.g. the log temperature); `rows` (`sharding.Rows`) says which rows these are, gathers
+  every device's (`rows.gather`) and passes blocks round the ring (`rows.pass_on`). The shares of
+  all devices sum to the loss and metrics; on one device `e` is the whole batch and the share is the
+  value. The train step runs `fn` inside `jax.shard_map` and differentiates each device's share, so
+  the gradient of a gathered embedding returns to its device as a reduce-scatter.
   """
 
   name: str

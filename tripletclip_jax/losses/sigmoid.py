@@ -1,13 +1,15 @@
 """Sigmoid (SigLIP) losses with hard negatives: siglip, negsiglip, tripletsiglip (formulas: docs/recipe.md).
 
-SigLIP scores every image-text pair on its own: z = s <x, y> + b, loss -log sigmoid(+z) for a matching pair
-and -log sigmoid(-z) for any other, summed and divided by the batch size N. The hard negatives enter as extra
-negative columns: negsiglip(X, Y, Y') adds the N x N pairs (x_i, y'_j), all negative (y'_i is x_i's hard
-negative); tripletsiglip = negsiglip(X, Y, Y') + negsiglip(X', Y', Y), the roles swapped as in TripletCLIP.
+SigLIP scores every image-text pair on its own: z = s <x, y> + b, loss -log sigmoid(+z) for a
+matching pair and -log sigmoid(-z) for any other, summed and divided by the batch size N. The hard
+negatives enter as extra negative columns: negsiglip(X, Y, Y') adds the N x N pairs (x_i, y'_j), all
+negative (y'_i is x_i's hard negative); tripletsiglip = negsiglip(X, Y, Y') + negsiglip(X', Y', Y),
+the roles swapped as in TripletCLIP.
 
-Each function scores the rows it is given and returns its share (see `losses/softmax.py`); on a mesh no device
-holds an N x N logit matrix, and the loss gathers no texts (only its accuracy metrics do): each holds its rows' block and passes the text block around the
-ring of devices (big_vision's chunked SigLIP), so memory per device is (N / devices)^2.
+Each function scores the rows it is given and returns its share (see `losses/softmax.py`); on a mesh
+no device holds an N x N logit matrix, and the loss gathers no texts (only its accuracy metrics do):
+each holds its rows' block and passes the text block around the ring of devices (big_vision's
+chunked SigLIP), so memory per device is (N / devices)^2.
 """
 
 import math

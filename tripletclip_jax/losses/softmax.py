@@ -1,11 +1,12 @@
 """The softmax (InfoNCE) losses: clip, negclip, negimage, tripletclip (formulas: docs/recipe.md).
 
-All arguments are L2-normalised embeddings [n, D] and `logit_scale`, the multiplier s = exp(t). Each function
-scores the rows it is given against every device's columns (`rows.gather`) and returns its share of the
-global-batch loss and metrics (sums over its rows divided by the global batch size N); the shares of all devices
-sum to the loss. With `rows` None the arrays are the whole batch and the share is the loss itself. So no device
-holds more than its rows' [n, N] block of a similarity matrix, and the gradient of the gathered columns returns to
-their devices as a reduce-scatter (open_clip's `local_loss`).
+All arguments are L2-normalised embeddings [n, D] and `logit_scale`, the multiplier s = exp(t). Each
+function scores the rows it is given against every device's columns (`rows.gather`) and returns its
+share of the global-batch loss and metrics (sums over its rows divided by the global batch size N);
+the shares of all devices sum to the loss. With `rows` None the arrays are the whole batch and the
+share is the loss itself. So no device holds more than its rows' [n, N] block of a similarity
+matrix, and the gradient of the gathered columns returns to their devices as a reduce-scatter
+(open_clip's `local_loss`).
 """
 
 import jax

@@ -25,9 +25,9 @@ def forward_flops(config: CLIPConfig) -> dict:
 def train_flops_per_example(config: CLIPConfig, loss) -> float:
   """Training FLOPs per positive pair: 3x forward (backward = 2x forward) of every encode.
 
-  `loss` is a `losses.Loss`: its `encodes_per_example` says how many images and texts each positive pair
-  costs ((2, 2) for TripletCLIP). The N x 2N similarity matrices are omitted: below 0.1% at batch 1024 for
-  ViT-B/32.
+  `loss` is a `losses.Loss`: its `encodes_per_example` says how many images and texts each positive
+  pair costs ((2, 2) for TripletCLIP). The N x 2N similarity matrices are omitted: below 0.1% at
+  batch 1024 for ViT-B/32.
   """
   f = forward_flops(config)
   n_img, n_txt = loss.encodes_per_example

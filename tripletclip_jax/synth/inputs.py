@@ -53,8 +53,8 @@ def _checked(key, caption, image: bytes, what: str):
 def read_table(path: str):
   """[(where, item or reason)] from JSONL / CSV / TSV with key, caption and an image path column.
 
-  A relative image path is relative to the table's folder (local or gs://); an absolute one or a URL is used as
-  it is.
+  A relative image path is relative to the table's folder (local or gs://); an absolute one or a URL
+  is used as it is.
   """
   base = os.path.dirname(fileio.absolute(path))
   for n, row in _table_rows(path):

@@ -3,12 +3,14 @@ it on resume does. Every training config starts from `base_config()`, built from
 `python launch/main.py --help_config` lists it.
 
 What a changed key does when a workdir resumes (`train/resume.py` applies it):
-- DRIVING: how the run is driven or logged, never what it trains or how it is scored: resumes silently, and
-  `launch/reproduce.py` ignores it when it compares a finished run's settings;
-- NEUTRAL: shapes only a run's start or its evaluation (initial weights, evaluators): resumes silently;
-- RECORDED: changes training from the resumed step on: resumes, says so in one line, and is written to the
-  checkpoint meta's `resume_changes`;
-- SCHEDULE / MODEL: refused in one line unless `allow_schedule_change` / `allow_model_change`, then recorded;
+- DRIVING: how the run is driven or logged, never what it trains or how it is scored: resumes
+  silently, and `launch/reproduce.py` ignores it when it compares a finished run's settings;
+- NEUTRAL: shapes only a run's start or its evaluation (initial weights, evaluators): resumes
+  silently;
+- RECORDED: changes training from the resumed step on: resumes, says so in one line, and is written
+  to the checkpoint meta's `resume_changes`;
+- SCHEDULE / MODEL: refused in one line unless `allow_schedule_change` / `allow_model_change`, then
+  recorded;
 - REFUSED: the saved state or data position would mean something else: always refused in one line.
 """
 

@@ -4,8 +4,9 @@
     batch = {k: v for k, v in next(exp.train_data).items() if k in exp.loss.batch_keys}
     state, metrics = exp.train_step(exp.state, sharding.put_batch(batch, exp.mesh))
 
-    exp = build(config, devices=tpu_devices, abstract=True)  # no data, no workdir, nothing allocated:
-    exp.train_step.jitted.lower(exp.state, exp.batch_spec())  # an ahead-of-time compile (tpu_plan.py)
+    exp = build(config, devices=tpu_devices, abstract=True)  # no data, no workdir, nothing
+    allocated: exp.train_step.jitted.lower(exp.state, exp.batch_spec())  # an ahead-of-time compile
+    (tpu_plan.py)
 
 This is the one place that reads the training config and looks the loss up by name. Below it, modules are
 handed what they need: the `Loss` object, the model config, the mesh, numbers.
@@ -208,7 +209,8 @@ class Plan:
 
 def resolve(config) -> Plan:
   """Validates `config` (once per run) and resolves the loss, the model config (from the preset, or from
-  a Hugging Face directory for `init_from`) and the step count. Reads at most that directory's config;
+  a Hugging Face directory for `init_from`) and the step count. Reads at most that directory's
+  config;
   writes nothing. Raises ConfigError in one line naming the key."""
   if isinstance(config, Plan):
     return config
@@ -224,10 +226,11 @@ def build(
   """Builds and checks everything `config` (a config, or its `resolve`d Plan) trains with; nothing
   trains yet.
 
-  With a `workdir`: the training data (the demo world is written first when configured), the evaluators
-  (their paths checked now, not after training) and the checkpoint manager. Without one, only the model,
-  optimizer and step, for `devices` (default: all; e.g. a TPU topology's, with `abstract=True`, which
-  allocates nothing). Raises ConfigError (or ValueError) in one line naming the key for what cannot work.
+  With a `workdir`: the training data (the demo world is written first when configured), the
+  evaluators (their paths checked now, not after training) and the checkpoint manager. Without one,
+  only the model, optimizer and step, for `devices` (default: all; e.g. a TPU topology's, with
+  `abstract=True`, which allocates nothing). Raises ConfigError (or ValueError) in one line naming
+  the key for what cannot work.
   """
   plan = resolve(config)
   config, loss, model_cfg, total_steps = plan.config, plan.loss, plan.model_config, plan.total_steps

@@ -1,9 +1,12 @@
 """`train_and_evaluate(config, workdir)`: the one trainer, with pluggable losses, in four parts.
 
-- build: `experiment.build` makes and checks the data, evaluators, model, optimizer, step and checkpoints;
-- restore: the newest intact checkpoint (under `resume`'s rules), a Hugging Face CLIP, or the initial state;
-- loop: the jitted donated step, metrics every `log_every_steps`, Orbax checkpoints with the Grain iterator
-  state (exact resume), SIGTERM -> checkpoint and clean exit, evaluation every `eval_every_steps`;
+- build: `experiment.build` makes and checks the data, evaluators, model, optimizer, step and
+  checkpoints;
+- restore: the newest intact checkpoint (under `resume`'s rules), a Hugging Face CLIP, or the
+  initial state;
+- loop: the jitted donated step, metrics every `log_every_steps`, Orbax checkpoints with the Grain
+  iterator state (exact resume), SIGTERM -> checkpoint and clean exit, evaluation every
+  `eval_every_steps`;
 - finish: the final evaluation table and the Hugging Face export.
 """
 

@@ -28,8 +28,8 @@ RUN_ID_FILE = "wandb_run_id"  # in the workdir: a resumed run continues the same
 class WandbWriter:
   """One Weights & Biases run per workdir (its id kept in WORKDIR/wandb_run_id, so a resume continues it).
 
-  `settings` holds project, entity and name (None: W&B's defaults); `config` is logged as the run's config.
-  WANDB_MODE=offline keeps the run in WORKDIR/wandb for `wandb sync`.
+  `settings` holds project, entity and name (None: W&B's defaults); `config` is logged as the run's
+  config. WANDB_MODE=offline keeps the run in WORKDIR/wandb for `wandb sync`.
   """
 
   def __init__(self, workdir: str, settings: dict, config: dict | None = None):
@@ -73,8 +73,8 @@ class WandbWriter:
 class MetricWriter:
   """`write(step, {name: scalar})` to every sink; a no-op on processes other than 0.
 
-  `writers` are names from WRITERS; `wandb` the W&B settings (project, entity, name) and `config` the run's
-  config, logged with it.
+  `writers` are names from WRITERS; `wandb` the W&B settings (project, entity, name) and `config`
+  the run's config, logged with it.
   """
 
   def __init__(
@@ -192,7 +192,8 @@ def _whole_lines(data: bytes, path: str) -> bytes:
 def read_metrics(workdir: str) -> dict[int, dict]:
   """metrics.jsonl -> {step: merged record}; a step logged again after a resume keeps the last value.
 
-  A line that is not a JSON record with a step (torn by a kill) is skipped with a warning naming the file.
+  A line that is not a JSON record with a step (torn by a kill) is skipped with a warning naming the
+  file.
   """
   out: dict[int, dict] = {}
   path = fileio.join(workdir, "metrics.jsonl")

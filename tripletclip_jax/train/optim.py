@@ -1,9 +1,10 @@
 """AdamW with warmup + cosine, and parameter groups chosen by path regexes: frozen, no decay, own learning rate.
 
 Parameter paths are '/'-joined names, e.g. `visual/transformer/resblocks_0/attn/q_proj/kernel`,
-`text/text_projection`, `logit_scale`. A regex matches the whole path. Regexes run on RE2, which matches in
-linear time: a pattern such as `(.*)*x`, which makes Python's backtracking `re` run for hours, is answered at
-once (RE2 has no backreferences or lookaround; none is needed for parameter paths).
+`text/text_projection`, `logit_scale`. A regex matches the whole path. Regexes run on RE2, which
+matches in linear time: a pattern such as `(.*)*x`, which makes Python's backtracking `re` run for
+hours, is answered at once (RE2 has no backreferences or lookaround; none is needed for parameter
+paths).
 """
 
 import functools
@@ -137,10 +138,10 @@ def make_schedule(learning_rate: float, total_steps: int, warmup_steps: int, end
 def make_optimizer(o, total_steps: int):
   """Returns (optax.GradientTransformation, schedule of the base learning rate).
 
-  `frozen` parameters get no update and no optimizer state (optax.multi_transform with set_to_zero); each
-  `lr_multipliers` entry (regex, factor) gives its group `factor` x the schedule. `o` is the optimizer
-  group (`config.optimizer`, or `train.config.optimizer_config(...)`): its keys and defaults are declared
-  once, in the config schema.
+  `frozen` parameters get no update and no optimizer state (optax.multi_transform with set_to_zero);
+  each `lr_multipliers` entry (regex, factor) gives its group `factor` x the schedule. `o` is the
+  optimizer group (`config.optimizer`, or `train.config.optimizer_config(...)`): its keys and
+  defaults are declared once, in the config schema.
   """
   decay_rule, no_decay, frozen = o.decay_rule, o.no_decay, o.frozen
   if decay_rule not in DECAY_RULES:

@@ -1,10 +1,10 @@
 """The rules for resuming a workdir: what may change between runs, and what is refused in one line.
 
-What a changed config key does is its resume tag in the schema (`train/config.py`): DRIVING and NEUTRAL
-keys resume silently; RECORDED ones (and SCHEDULE / MODEL ones once allowed) resume, are said in one line and written
-to the checkpoint meta's `resume_changes`; REFUSED ones, and SCHEDULE / MODEL ones unless allowed, are
-refused. A refusal touches nothing: the checkpoints stay where they are, and rerunning with the settings
-they were written with resumes.
+What a changed config key does is its resume tag in the schema (`train/config.py`): DRIVING and
+NEUTRAL keys resume silently; RECORDED ones (and SCHEDULE / MODEL ones once allowed) resume, are
+said in one line and written to the checkpoint meta's `resume_changes`; REFUSED ones, and SCHEDULE /
+MODEL ones unless allowed, are refused. A refusal touches nothing: the checkpoints stay where they
+are, and rerunning with the settings they were written with resumes.
 """
 
 import jax

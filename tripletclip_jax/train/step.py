@@ -1,11 +1,11 @@
 """Train state and the jitted, sharded, donated train step.
 
-The gradient is computed per device (`jax.shard_map`) and summed over devices explicitly, in float32 by default:
-a reduce-scatter for the weights FSDP splits, an all-reduce for the replicated ones (`loss_and_grads`); the
-optimizer update runs on the sharded state. Gradient accumulation keeps the contrastive loss exact (open_clip's
-`--accum-freq`): every micro-batch is first encoded without gradient, then
-each micro-batch is re-encoded with gradient and scored against the full set
-of embeddings. A naive split would shrink the set of negatives.
+The gradient is computed per device (`jax.shard_map`) and summed over devices explicitly, in float32
+by default: a reduce-scatter for the weights FSDP splits, an all-reduce for the replicated ones
+(`loss_and_grads`); the optimizer update runs on the sharded state. Gradient accumulation keeps the
+contrastive loss exact (open_clip's `--accum-freq`): every micro-batch is first encoded without
+gradient, then each micro-batch is re-encoded with gradient and scored against the full set of
+embeddings. A naive split would shrink the set of negatives.
 """
 
 import math
@@ -82,9 +82,9 @@ def create_train_state(
 def encode_batch(model: CLIP, params, batch: dict, loss: Loss) -> dict:
   """Encodes what `loss` needs; positives and negatives share one forward pass per tower ([x; x'], [y; y']).
 
-  Called on each device's own rows (inside the step's `shard_map`), so the concatenation moves nothing between
-  devices. Returns L2-normalised float32 embeddings {'img', 'txt', 'neg_img', 'neg_txt'} [n, D] (the negatives
-  are None when unused).
+  Called on each device's own rows (inside the step's `shard_map`), so the concatenation moves
+  nothing between devices. Returns L2-normalised float32 embeddings {'img', 'txt', 'neg_img',
+  'neg_txt'} [n, D] (the negatives are None when unused).
   """
   out = {"neg_img": None, "neg_txt": None}
   for tower, key, neg, method in (
@@ -99,7 +99,8 @@ def encode_batch(model: CLIP, params, batch: dict, loss: Loss) -> dict:
 
 def _shares_and_grads(model, params, batch, loss, rows, accum_steps, mask):
   """This device's shares of (loss, metrics) and its unreduced gradient: d(sum of every device's shares) /
-  d(this device's copy of `params`). Summed over devices it is the gradient of the loss. Exact under accumulation.
+  d(this device's copy of `params`). Summed over devices it is the gradient of the loss. Exact under
+  accumulation.
   """
   owned = loss.param_names  # the loss's parameters outside the towers (temperature, bias)
   owned_mask = None if mask is None else {k: mask[k] for k in owned}
@@ -179,13 +180,14 @@ def loss_and_grads(
 ):
   """(loss, metrics), grads (float32, in the parameters' shardings) for one global batch.
 
-  On a mesh the step is explicit, per device (`jax.shard_map`): each device gathers the weights that FSDP splits
-  (one all-gather each, in the model's compute dtype), encodes its own rows, scores them against every device's
-  embeddings (`losses.Loss`), and differentiates its share. Its gradient is then summed over devices once, in
-  `grad_reduce_dtype`: a reduce-scatter over `fsdp` for a split weight (each device keeps its slice), then an
-  all-reduce of that slice over `data`; an all-reduce over both axes for a replicated one. `param_specs` are the
-  parameters' PartitionSpecs (default: the FSDP rule of `sharding.param_spec`). Parameters whose path matches
-  `frozen` are constants: their gradients are zeros and no backward pass runs through them.
+  On a mesh the step is explicit, per device (`jax.shard_map`): each device gathers the weights that
+  FSDP splits (one all-gather each, in the model's compute dtype), encodes its own rows, scores them
+  against every device's embeddings (`losses.Loss`), and differentiates its share. Its gradient is
+  then summed over devices once, in `grad_reduce_dtype`: a reduce-scatter over `fsdp` for a split
+  weight (each device keeps its slice), then an all-reduce of that slice over `data`; an all-reduce
+  over both axes for a replicated one. `param_specs` are the parameters' PartitionSpecs (default:
+  the FSDP rule of `sharding.param_spec`). Parameters whose path matches `frozen` are constants:
+  their gradients are zeros and no backward pass runs through them.
   """
   mask = frozen_mask(params, frozen) if frozen is not None else None
   n = batch["image"].shape[0]
@@ -226,8 +228,9 @@ def loss_and_grads(
   def reduce(grads, p):
     """This device's gradients of the whole weights -> the sums over devices of the slices it keeps (float32).
 
-    Split weights: one reduce-scatter each over `fsdp`, then an all-reduce of the slices over `data`. Replicated
-    ones: an all-reduce over every batch axis. Frozen ones are constants: zeros, no collective.
+    Split weights: one reduce-scatter each over `fsdp`, then an all-reduce of the slices over
+    `data`. Replicated ones: an all-reduce over every batch axis. Frozen ones are constants: zeros,
+    no collective.
     """
     leaves, treedef = jax.tree.flatten(grads)
     specs = treedef.flatten_up_to(param_specs)
@@ -280,11 +283,11 @@ def make_train_step(
 ) -> Callable:
   """Returns `step(state, batch) -> (state, metrics)`, jitted, with `state` donated.
 
-  `batch` holds global arrays split over the mesh: image/neg_image [N, H, W, 3]
-  float32, text/neg_text [N, L] int32. With `clamp_logit_scale` the log temperature
-  is clipped to [0, ln 100] after each update (open_clip); without, it is left free.
-  `frozen` (a path regex, as the optimizer's) names parameters that get no gradient. Gradients are summed over
-  devices in `grad_reduce_dtype` ("float32", or "bfloat16" for half the bytes; see `loss_and_grads`).
+  `batch` holds global arrays split over the mesh: image/neg_image [N, H, W, 3] float32,
+  text/neg_text [N, L] int32. With `clamp_logit_scale` the log temperature is clipped to [0, ln 100]
+  after each update (open_clip); without, it is left free. `frozen` (a path regex, as the
+  optimizer's) names parameters that get no gradient. Gradients are summed over devices in
+  `grad_reduce_dtype` ("float32", or "bfloat16" for half the bytes; see `loss_and_grads`).
   """
   model = CLIP(config)
   param_specs = jax.tree.map(lambda s: s.spec, state_shardings.params)
