@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 
-from gcs_server import client_env, start_server  # noqa: E402 - the tests' storage server
+from storage_server import client_env, start_server  # noqa: E402 - tools/storage_server.py
 from input_pipeline import photo_like_jpeg  # noqa: E402
 
 

@@ -19,10 +19,10 @@ import time
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 
-from fault_proxy import FaultProxy  # noqa: E402 - the tests' proxy, here adding latency only
-from gcs_server import client_env, start_server  # noqa: E402 - the tests' storage server
+from fault_proxy import FaultProxy  # noqa: E402 - tools/fault_proxy.py, here adding latency only
+from storage_server import client_env, start_server  # noqa: E402 - tools/storage_server.py
 
 
 def main():

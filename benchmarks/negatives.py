@@ -7,12 +7,8 @@ Ends with one `key=value` line.
 """
 
 import argparse
-import os
-import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from tripletclip_jax.synth.models import Captioner, Imager  # noqa: E402
 
@@ -40,7 +36,7 @@ def main():
   args = p.parse_args()
   tmp = tempfile.TemporaryDirectory()
   if args.tiny:
-    from tiny_models import make_tiny_llm, make_tiny_t2i
+    from tripletclip_jax.synth.tiny import make_tiny_llm, make_tiny_t2i
 
     args.llm, args.t2i = make_tiny_llm(f"{tmp.name}/llm"), make_tiny_t2i(f"{tmp.name}/t2i")
   if not (args.llm and args.t2i):

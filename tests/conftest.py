@@ -3,7 +3,11 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/tiny_models.py
+sys.path.insert(0, os.path.dirname(__file__))  # tests/tiny_models.py, gcs_server.py
+# tools/: the storage server and the fault proxy, shared with the storage benchmarks
+sys.path.insert(
+  0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+)
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -29,7 +29,7 @@ def test_converted_and_generated_data_go_straight_to_a_bucket(faults, tmp_path, 
   pytest.importorskip("diffusers")
   from test_import_formats import _write_tar
   from test_negatives import _inputs
-  from tiny_models import make_tiny_llm, make_tiny_t2i
+  from tripletclip_jax.synth.tiny import make_tiny_llm, make_tiny_t2i
   from tripletclip_jax.data import records
 
   bucket, env = request.getfixturevalue("faulty_bucket" if faults else "bucket")

@@ -13,7 +13,8 @@ from PIL import Image
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from tiny_models import clip_params, make_tiny_llm, make_tiny_t2i  # noqa: E402
+from tiny_models import clip_params  # noqa: E402
+from tripletclip_jax.synth.tiny import make_tiny_llm, make_tiny_t2i
 from tripletclip_jax.data import pipeline, records  # noqa: E402
 from tripletclip_jax.synth import prompts  # noqa: E402
 from tripletclip_jax.synth.run import Options, run  # noqa: E402
