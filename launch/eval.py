@@ -36,7 +36,7 @@ def evals_config(tasks):
   return ml_collections.ConfigDict({"evals": evals}).lock()
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
@@ -77,7 +77,71 @@ def main(argv=None):
     metavar="TASK.KEY=VALUE",
     help="alias of --config.evals.TASK.KEY=VALUE, repeatable",
   )
-  from tripletclip_jax.configlib import ConfigError, apply_overrides, split_overrides
+  return p
+
+
+# The built-in tasks' options as flags; every option of every task is also --config.evals.TASK.KEY=VALUE.
+FLAGS = {
+  "sugarcrepe": dict(sugarcrepe_dir="sugarcrepe_dir", image_dir="coco_image_dir"),
+  "winoground": dict(path="winoground", image_dir="winoground_image_dir"),
+  "zeroshot": dict(dataset="zeroshot", data_dir="tfds_data_dir"),
+  "retrieval": dict(split_json="retrieval_json", image_dir="retrieval_image_dir"),
+  "triplet": dict(pattern="triplet_data"),
+  "hard_retrieval": dict(pattern="triplet_data"),
+}
+
+
+def task_options(p, args, tasks: list[str], overrides: list[str]) -> dict:
+  """{task: {option: value}} from the flags and the typed overrides; p.error (one line) for a bad
+  override or a missing required option."""
+  from tripletclip_jax.configlib import ConfigError, apply_overrides
+  from tripletclip_jax.evaluate import required_options
+
+  config = evals_config(tasks)
+  with config.unlocked():
+    for t in tasks:
+      for k, f in FLAGS.get(t, {}).items():
+        if getattr(args, f) is not None:
+          config.evals[t][k] = getattr(args, f)
+  try:
+    apply_overrides(config, overrides + [f"evals.{o}" for o in args.option])
+  except ConfigError as e:
+    p.error(f"{e} (tasks: {', '.join(tasks)})")
+  options = {t: {k: v for k, v in config.evals[t].items() if v is not None} for t in tasks}
+  for t in tasks:
+    for k in required_options(t):
+      if options[t].get(k) is None:
+        p.error(
+          f"task {t} needs --{FLAGS[t][k]}"
+          if k in FLAGS.get(t, {})
+          else f"task {t} needs --config.evals.{t}.{k}=..."
+        )
+  return options
+
+
+def check_writable(p, output: str) -> None:
+  """p.error now for an unwritable --output, not after an hour of evaluation."""
+  from tripletclip_jax import fileio
+
+  out_dir = os.path.dirname(fileio.absolute(output))
+  try:
+    if fileio.is_remote(out_dir):
+      probe = fileio.join(out_dir, f".write-probe-{os.getpid()}")
+      fileio.write_bytes(probe, b"")
+      fileio.remove(probe)
+    else:
+      os.makedirs(out_dir, exist_ok=True)
+      with tempfile.NamedTemporaryFile(dir=out_dir):
+        pass
+  except OSError as e:
+    p.error(
+      f"--output {output}: cannot write in {out_dir} ({e.strerror or e}); choose a writable path"
+    )
+
+
+def main(argv=None):
+  p = parser()
+  from tripletclip_jax.configlib import ConfigError, split_overrides
 
   try:
     argv, overrides = split_overrides(sys.argv[1:] if argv is None else list(argv))
@@ -91,52 +155,8 @@ def main(argv=None):
   unknown = [t for t in tasks if t not in REGISTRY]
   if unknown:
     p.error(f"unknown task {unknown[0]!r}; choose from {', '.join(REGISTRY)}")
-  # The built-in tasks' options as flags; every option of every task is also --config.evals.TASK.KEY=VALUE.
-  flags = {
-    "sugarcrepe": dict(sugarcrepe_dir="sugarcrepe_dir", image_dir="coco_image_dir"),
-    "winoground": dict(path="winoground", image_dir="winoground_image_dir"),
-    "zeroshot": dict(dataset="zeroshot", data_dir="tfds_data_dir"),
-    "retrieval": dict(split_json="retrieval_json", image_dir="retrieval_image_dir"),
-    "triplet": dict(pattern="triplet_data"),
-    "hard_retrieval": dict(pattern="triplet_data"),
-  }
-  config = evals_config(tasks)
-  with config.unlocked():
-    for t in tasks:
-      for k, f in flags.get(t, {}).items():
-        if getattr(args, f) is not None:
-          config.evals[t][k] = getattr(args, f)
-  try:
-    apply_overrides(config, overrides + [f"evals.{o}" for o in args.option])
-  except ConfigError as e:
-    p.error(f"{e} (tasks: {', '.join(tasks)})")
-  options = {t: {k: v for k, v in config.evals[t].items() if v is not None} for t in tasks}
-  from tripletclip_jax.evaluate import required_options
-
-  for t in tasks:
-    for k in required_options(t):
-      if options[t].get(k) is None:
-        p.error(
-          f"task {t} needs --{flags[t][k]}"
-          if k in flags.get(t, {})
-          else f"task {t} needs --config.evals.{t}.{k}=..."
-        )
-  from tripletclip_jax import fileio
-
-  out_dir = os.path.dirname(fileio.absolute(args.output))
-  try:  # find an unwritable --output now, not after an hour of evaluation
-    if fileio.is_remote(out_dir):
-      probe = fileio.join(out_dir, f".write-probe-{os.getpid()}")
-      fileio.write_bytes(probe, b"")
-      fileio.remove(probe)
-    else:
-      os.makedirs(out_dir, exist_ok=True)
-      with tempfile.NamedTemporaryFile(dir=out_dir):
-        pass
-  except OSError as e:
-    p.error(
-      f"--output {args.output}: cannot write in {out_dir} ({e.strerror or e}); choose a writable path"
-    )
+  options = task_options(p, args, tasks, overrides)
+  check_writable(p, args.output)
 
   import tripletclip_jax as tc
   from tripletclip_jax import evaluate

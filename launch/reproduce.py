@@ -260,7 +260,7 @@ def parse_args(argv):
   unknown = [n for n in args.arms if n not in loss_lib.REGISTRY and n not in ARMS]
   if unknown or not args.arms:
     raise SystemExit(
-      f"error: --arms {unknown[0] if unknown else ''!r}: unknown arm; choose from "
+      f"error: unknown arm {unknown[0] if unknown else ''!r} in --arms; choose from "
       f"{', '.join([*loss_lib.REGISTRY, *ARMS])}."
     )
   try:

@@ -123,11 +123,22 @@ def test_resume_refuses_a_changed_model_and_records_changed_data(data_dir, tmp_p
     train_and_evaluate(small_config(data_dir, **{"model.act": "quick_gelu"}), w)
   with pytest.raises(ValueError, match=r"the model changed \(.*vision.patch_size 16 -> 8"):
     train_and_evaluate(small_config(data_dir, **{"model.preset": "tiny"}), w)
-  # data may change: logged
-  out = train_and_evaluate(small_config(data_dir, seed=7, stop_after_steps=2), w)
+  # A setting whose change would make the saved data position mean something else: one line, nothing moved.
+  with pytest.raises(
+    ValueError, match=r"data.in_memory False -> True changes what the saved state or"
+  ):
+    train_and_evaluate(small_config(data_dir, **{"data.in_memory": True}), w)
+  with pytest.raises(ValueError, match=r"data.partners paired -> shuffled"):
+    train_and_evaluate(small_config(data_dir, **{"data.partners": "shuffled"}), w)
+  # Settings tagged RECORDED may change: said in one line and kept in the meta; DRIVING ones silently.
+  lr = {"optimizer.learning_rate": 1e-3, "log_every_steps": 1}
+  out = train_and_evaluate(small_config(data_dir, seed=7, stop_after_steps=2, **lr), w)
   assert out["step"] == 4
   _, meta = checkpoint.read_meta(w)
-  assert meta["resume_changes"] == [{"step": 2, "key": "seed", "before": 0, "now": 7}]
+  assert meta["resume_changes"] == [
+    {"step": 2, "key": "optimizer.learning_rate", "before": 0.002, "now": 0.001},
+    {"step": 2, "key": "seed", "before": 0, "now": 7},
+  ]
 
 
 def test_non_finite_loss_names_the_step(data_dir, tmp_path):

@@ -101,9 +101,7 @@ def staging_dir(opts: Options) -> str:
   return os.path.join(tempfile.gettempdir(), "tripletclip_negatives", tag)
 
 
-def run(opts: Options, log=print) -> dict:
-  from tripletclip_jax.synth.inputs import read_inputs
-
+def _check_stages(opts: Options) -> None:
   unknown = set(opts.stages) - {"captions", "images", "score"}
   if unknown:
     raise ValueError(f"Unknown stage(s) {sorted(unknown)}; choose from captions, images, score.")
@@ -113,6 +111,126 @@ def run(opts: Options, log=print) -> dict:
     raise ValueError("The images stage needs --t2i MODEL_OR_DIR.")
   if "score" in opts.stages and not opts.clip:
     raise ValueError("The score stage needs --clip MODEL_OR_DIR (a transformers CLIPModel).")
+
+
+class _Models:
+  """The stages' models, each loaded on first use and kept for the later chunks."""
+
+  def __init__(self, opts: Options):
+    self.opts, self._captioner, self._imager, self._scorer = opts, None, None, None
+
+  def captioner(self):
+    from tripletclip_jax.synth.models import Captioner
+
+    o = self.opts
+    self._captioner = self._captioner or Captioner(
+      o.llm,
+      o.device,
+      o.max_new_tokens,
+      o.do_sample,
+      o.temperature,
+      o.top_p,
+      o.retries,
+      o.seed,
+      o.trust_remote_code,
+    )
+    return self._captioner
+
+  def imager(self):
+    from tripletclip_jax.synth.models import Imager
+
+    o = self.opts
+    self._imager = self._imager or Imager(
+      o.t2i,
+      o.device,
+      o.steps,
+      o.guidance,
+      o.image_size,
+      o.seed,
+      trust_remote_code=o.trust_remote_code,
+    )
+    return self._imager
+
+  def scorer(self):
+    from tripletclip_jax.synth.models import Scorer
+
+    self._scorer = self._scorer or Scorer(self.opts.clip, self.opts.device)
+    return self._scorer
+
+
+def _caption(models: _Models, opts: Options, i: int, missing: list, done: dict, path: str) -> None:
+  """The captions stage for chunk i: appends each new negative caption to its JSONL as it comes."""
+  captioner = models.captioner()
+  with open(path, "a") as f, tqdm(total=len(missing), desc=f"captions {i}", unit="cap") as bar:
+    for b in range(0, len(missing), opts.batch_size):
+      for rec in captioner(missing[b : b + opts.batch_size]):
+        f.write(json.dumps(rec) + "\n")
+        done[rec["key"]] = rec
+      f.flush()
+      bar.update(len(missing[b : b + opts.batch_size]))
+
+
+def _render(models: _Models, opts: Options, i: int, chunk: list, done: dict) -> list:
+  """The images stage for chunk i: the encoded negative image of every item, in order."""
+  imager, neg_images = models.imager(), []
+  with tqdm(total=len(chunk), desc=f"images {i}", unit="img") as bar:
+    for b in range(0, len(chunk), opts.image_batch_size):
+      part = chunk[b : b + opts.image_batch_size]
+      neg_images += imager(
+        [it["key"] for it in part], [done[it["key"]]["neg_caption"] for it in part]
+      )
+      bar.update(len(part))
+  return neg_images
+
+
+def _score(models: _Models, opts: Options, chunk: list, done: dict, neg_images: list) -> list:
+  """The score stage: (s(x, y) + s(x', y')) / 2 of every item, in order."""
+  scorer, scores = models.scorer(), []
+  for b in range(0, len(chunk), opts.batch_size):
+    part = chunk[b : b + opts.batch_size]
+    scores += scorer(
+      [it["image"] for it in part],
+      [it["caption"] for it in part],
+      neg_images[b : b + len(part)],
+      [done[it["key"]]["neg_caption"] for it in part],
+    ).tolist()
+  return scores
+
+
+def _write_chunk(opts, path, chunk, done, neg_images, scores, summary) -> None:
+  """Writes chunk's TripletData shard (filtered on clip_score) and fills `summary`'s counts."""
+  keep = _keep_mask(scores, len(chunk), opts.min_score, opts.keep_top)
+  with records.ShardWriter(path) as w:
+    for j, it in enumerate(chunk):
+      rec = done[it["key"]]
+      for r in rec.get("rejected", []):
+        summary["rejected_reasons"][r] = summary["rejected_reasons"].get(r, 0) + 1
+      if not keep[j]:
+        summary["filtered"] += 1
+        continue
+      w.write(
+        {
+          "key": it["key"],
+          "image": it["image"],
+          "caption": it["caption"],
+          "neg_image": neg_images[j],
+          "neg_caption": rec["neg_caption"],
+          "neg_source": rec["neg_source"],
+          "neg_type": rec.get("neg_type"),
+          "clip_score": None if scores is None else float(scores[j]),
+          "source": os.path.basename(opts.input),
+        }
+      )
+      summary[rec["neg_source"]] += 1
+  summary["records"] = w.count
+
+
+def run(opts: Options, log=print) -> dict:
+  """Runs the stages over this process's chunks of the input, resuming what earlier runs finished;
+  returns the counts (records, llm, rule, filtered, input_skipped)."""
+  from tripletclip_jax.synth.inputs import read_inputs
+
+  _check_stages(opts)
   entries = read_inputs(opts.input)
   skipped = [(where, why) for where, why in entries if isinstance(why, str)]
   for where, why in skipped[:20]:
@@ -125,16 +243,14 @@ def run(opts: Options, log=print) -> dict:
   os.makedirs(os.path.join(work, "captions"), exist_ok=True)
   shard = lambda i: fileio.join(opts.output_dir, records.shard_name(opts.name, i, len(chunks)))
   todo = [i for i in mine if not fileio.exists(shard(i))]
-  for i in (
-    todo if work == opts.output_dir else ()
-  ):  # a bucket's shards are staged in a fresh folder each
+  # a bucket's shards are staged in a fresh folder each
+  for i in todo if work == opts.output_dir else ():
     _remove_stale_tmp(shard(i), log)
   log(
     f"{len(entries)} inputs ({len(skipped)} skipped) in {len(chunks)} chunks; process {rank}/{world} has "
     f"{len(mine)}, {len(mine) - len(todo)} already done"
   )
-
-  captioner = imager = scorer = None
+  models = _Models(opts)
   totals = {"records": 0, "llm": 0, "rule": 0, "filtered": 0, "input_skipped": len(skipped)}
   for i in todo:
     chunk, cap_path = chunks[i], os.path.join(work, "captions", f"chunk-{i:05d}.jsonl")
@@ -142,29 +258,7 @@ def run(opts: Options, log=print) -> dict:
     missing = [it for it in chunk if it["key"] not in done]
     t0 = time.perf_counter()
     if missing and "captions" in opts.stages:
-      from tripletclip_jax.synth.models import Captioner
-
-      captioner = captioner or Captioner(
-        opts.llm,
-        opts.device,
-        opts.max_new_tokens,
-        opts.do_sample,
-        opts.temperature,
-        opts.top_p,
-        opts.retries,
-        opts.seed,
-        opts.trust_remote_code,
-      )
-      with (
-        open(cap_path, "a") as f,
-        tqdm(total=len(missing), desc=f"captions {i}", unit="cap") as bar,
-      ):
-        for b in range(0, len(missing), opts.batch_size):
-          for rec in captioner(missing[b : b + opts.batch_size]):
-            f.write(json.dumps(rec) + "\n")
-            done[rec["key"]] = rec
-          f.flush()
-          bar.update(len(missing[b : b + opts.batch_size]))
+      _caption(models, opts, i, missing, done, cap_path)
       missing = []
     t_captions = time.perf_counter() - t0
     if "images" not in opts.stages:
@@ -174,42 +268,10 @@ def run(opts: Options, log=print) -> dict:
         f"chunk {i}: {len(missing)} keys have no negative caption yet; run the captions stage first."
       )
       continue
-    from tripletclip_jax.synth.models import Imager
-
-    imager = imager or Imager(
-      opts.t2i,
-      opts.device,
-      opts.steps,
-      opts.guidance,
-      opts.image_size,
-      opts.seed,
-      trust_remote_code=opts.trust_remote_code,
-    )
     t1 = time.perf_counter()
-    neg_images = []
-    with tqdm(total=len(chunk), desc=f"images {i}", unit="img") as bar:
-      for b in range(0, len(chunk), opts.image_batch_size):
-        part = chunk[b : b + opts.image_batch_size]
-        neg_images += imager(
-          [it["key"] for it in part], [done[it["key"]]["neg_caption"] for it in part]
-        )
-        bar.update(len(part))
+    neg_images = _render(models, opts, i, chunk, done)
     t_images = time.perf_counter() - t1
-    scores = None
-    if "score" in opts.stages:
-      from tripletclip_jax.synth.models import Scorer
-
-      scorer = scorer or Scorer(opts.clip, opts.device)
-      scores = []
-      for b in range(0, len(chunk), opts.batch_size):
-        part = chunk[b : b + opts.batch_size]
-        scores += scorer(
-          [it["image"] for it in part],
-          [it["caption"] for it in part],
-          neg_images[b : b + len(part)],
-          [done[it["key"]]["neg_caption"] for it in part],
-        ).tolist()
-    keep = _keep_mask(scores, len(chunk), opts.min_score, opts.keep_top)
+    scores = _score(models, opts, chunk, done, neg_images) if "score" in opts.stages else None
     summary = {
       "chunk": i,
       "inputs": len(spans[i]),
@@ -221,29 +283,7 @@ def run(opts: Options, log=print) -> dict:
       "rejected_reasons": {},
       "seconds": {"captions": round(t_captions, 2), "images": round(t_images, 2)},
     }
-    with records.ShardWriter(shard(i)) as w:
-      for j, it in enumerate(chunk):
-        rec = done[it["key"]]
-        for r in rec.get("rejected", []):
-          summary["rejected_reasons"][r] = summary["rejected_reasons"].get(r, 0) + 1
-        if not keep[j]:
-          summary["filtered"] += 1
-          continue
-        w.write(
-          {
-            "key": it["key"],
-            "image": it["image"],
-            "caption": it["caption"],
-            "neg_image": neg_images[j],
-            "neg_caption": rec["neg_caption"],
-            "neg_source": rec["neg_source"],
-            "neg_type": rec.get("neg_type"),
-            "clip_score": None if scores is None else float(scores[j]),
-            "source": os.path.basename(opts.input),
-          }
-        )
-        summary[rec["neg_source"]] += 1
-    summary["records"] = w.count
+    _write_chunk(opts, shard(i), chunk, done, neg_images, scores, summary)
     fileio.write_bytes(shard(i) + ".summary.json", json.dumps(summary, indent=1).encode())
     for k in ("records", "llm", "rule", "filtered"):
       totals[k] += summary[k]

@@ -206,7 +206,6 @@ class _Run:
       if config.peak_tflops_per_chip
       else measure_matmul_peak(exp.model_config.dtype)
     )
-    n_chips = jax.device_count()
     self.saver = ckpt.Saver(exp.checkpoints, workdir, self.latest)
     results: dict = {}
     t_data, t_last = 0.0, time.perf_counter()
@@ -244,28 +243,7 @@ class _Run:
             f"Wrote a profile of steps {profile[0] + 1}-{s} to {fileio.join(workdir, 'profile')}"
           )
         if s % config.log_every_steps == 0 or s == total:
-          interval = len(self.pending)
-          last = self.check_finite()
-          now = time.perf_counter()
-          ex_s = interval * config.batch_size / (now - t_last)
-          bad = (
-            multihost_utils.process_allgather(self.bad_totals)
-            .reshape(-1, len(self.bad_totals))
-            .sum(0)
-            if multi_process
-            else self.bad_totals
-          )
-          rec = {k: v for k, v in last.items() if k != "_step"}
-          rec.update(
-            {
-              "examples_per_s": ex_s,
-              "examples_per_s_per_chip": ex_s / n_chips,
-              "mfu": ex_s * exp.flops_per_example / (peak * n_chips),
-              "data_wait_fraction": t_data / (now - t_last),
-              "pairs_seen": s * exp.pairs_per_step,
-              **{f"bad_records/{r}": int(c) for r, c in zip(pipeline.BAD_REASONS, bad)},
-            }
-          )
+          rec = self.metrics_record(s, time.perf_counter() - t_last, t_data, peak)
           writer.write(s, rec)
           bar.set_postfix(loss=f"{rec['loss']:.3f}")
           t_data, t_last = 0.0, time.perf_counter()
@@ -276,16 +254,7 @@ class _Run:
           else bool(self.preempted)
         )
         if s % config.checkpoint_every_steps == 0 or s == total or preempt or stopping:
-          self.check_finite()
-          self.saver.wait()  # the space check measures the previous checkpoint: it must be complete
-          check_lock(self.lock, workdir, self.saver.last_good)
-          ckpt.check_space(workdir, self.state, self.saver.last_good)
-          self.saver.save(s, self.state, exp.train_data, self.meta(s))
-          if preempt:
-            self.saver.wait()
-            raise Preempted(
-              f"SIGTERM: saved checkpoint {s} in {ckpt.checkpoint_dir(workdir)}; restart to resume."
-            )
+          self.checkpoint(s, preempt)
         if any(ev.due(s, s == total) for ev in exp.evaluators):
           results = self.evaluate(s)
           writer.write(s, results, echo=False)
@@ -304,6 +273,41 @@ class _Run:
         exp.train_data.close()
       writer.close()
     return results
+
+  def metrics_record(self, s: int, seconds: float, data_seconds: float, peak: float) -> dict:
+    """The record `log_every_steps` writes at step `s`: the last step's metrics (checked finite),
+    throughput and MFU over the `seconds` since the last record, the data wait, the bad records so far."""
+    exp = self.exp
+    interval, last = len(self.pending), self.check_finite()
+    ex_s = interval * exp.config.batch_size / seconds
+    bad = self.bad_totals
+    if jax.process_count() > 1:
+      bad = multihost_utils.process_allgather(bad).reshape(-1, len(bad)).sum(0)
+    n_chips = jax.device_count()
+    return {
+      **{k: v for k, v in last.items() if k != "_step"},
+      "examples_per_s": ex_s,
+      "examples_per_s_per_chip": ex_s / n_chips,
+      "mfu": ex_s * exp.flops_per_example / (peak * n_chips),
+      "data_wait_fraction": data_seconds / seconds,
+      "pairs_seen": s * exp.pairs_per_step,
+      **{f"bad_records/{r}": int(c) for r, c in zip(pipeline.BAD_REASONS, bad)},
+    }
+
+  def checkpoint(self, s: int, preempted: bool) -> None:
+    """Saves step `s` once its loss is known finite, the lock still ours and the disk big enough; after
+    SIGTERM waits for it and raises Preempted."""
+    workdir = self.exp.workdir
+    self.check_finite()
+    self.saver.wait()  # the space check measures the previous checkpoint: it must be complete
+    check_lock(self.lock, workdir, self.saver.last_good)
+    ckpt.check_space(workdir, self.state, self.saver.last_good)
+    self.saver.save(s, self.state, self.exp.train_data, self.meta(s))
+    if preempted:
+      self.saver.wait()
+      raise Preempted(
+        f"SIGTERM: saved checkpoint {s} in {ckpt.checkpoint_dir(workdir)}; restart to resume."
+      )
 
   # ---- Finish: the final evaluation table and the Hugging Face export.
   def finish(self, results: dict) -> dict:
