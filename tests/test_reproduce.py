@@ -1,5 +1,6 @@
 """launch/reproduce.py end to end on a small world: the results layout, compute matching, resumability."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -38,7 +39,7 @@ def _run(out, *args):
 
 def test_reproduce_writes_the_table_and_resumes(tmp_path):
   out = str(tmp_path / "r")
-  arms = "clip,clip_union_steps,tripletclip,tripletclip_shuffled"
+  arms = "clip,clip_union_steps,tripletclip"
   log = _run(out, "--arms", arms, "--seeds", "0,1", *SMALL)
   res = json.load(open(f"{out}/results.json"))
   runs = {(r["arm"], r["seed"]): r for r in res["runs"]}
@@ -46,10 +47,20 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   # Equal image-text pairs encoded: CLIP takes twice TripletCLIP's steps; the equal-steps union control
   # takes TripletCLIP's steps at twice the batch.
   steps = {a: runs[(a, 0)]["steps"] for a in arms.split(",")}
-  assert steps == {"clip": 8, "clip_union_steps": 4, "tripletclip": 4, "tripletclip_shuffled": 4}
+  assert steps == {"clip": 8, "clip_union_steps": 4, "tripletclip": 4}
   assert runs[("clip_union_steps", 0)]["config"]["batch_size"] == 16
-  assert runs[("tripletclip_shuffled", 0)]["config"]["data"]["partners"] == "shuffled"
   assert runs[("tripletclip", 0)]["config"]["data"]["partners"] == "paired"
+  # The shuffled-partner control is TripletCLIP's config with data.partners=shuffled (its data:
+  # tests/test_pipeline.py): checked on the config reproduce.py builds, without training it here.
+  spec = importlib.util.spec_from_file_location(
+    "reproduce", os.path.join(ROOT, "launch/reproduce.py")
+  )
+  reproduce = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(reproduce)
+  cfg = reproduce.arm_config(
+    "tripletclip_shuffled", os.path.join(ROOT, "configs/demo.py"), 0, "d", [], base="b"
+  )
+  assert (cfg.loss, cfg.data.partners, cfg.init_from) == ("tripletclip", "shuffled", "hf:b")
   assert len({r["pairs_seen"] for r in runs.values()}) == 1
   for (arm, seed), r in runs.items():
     assert r["seed"] == seed and r["config"]["seed"] == seed
@@ -91,10 +102,7 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   # The oracle row comes from the worlds' own item scores.
   assert res["oracle"]["heldout"]["swap_att"]["bow"] == 50.0
   assert "Bag-of-words oracle" in open(f"{out}/results.md").read()
-  assert ("tripletclip", "tripletclip_shuffled") in contrasts and (
-    "tripletclip",
-    "clip",
-  ) in contrasts
+  assert ("tripletclip", "clip") in contrasts
   assert set(res["analysis"]["relations"]["tripletclip"]) == {
     f"{split}/{k}" for split in ("heldout", "seen") for k in ("replace_rel", "swap_obj")
   }

@@ -15,6 +15,7 @@ where that is unreachable, waits about a minute per call before falling back; it
 import builtins
 import os
 import shutil
+import time
 
 os.environ.setdefault("EPATH_USE_TF", "false")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -140,9 +141,24 @@ def upload(local, remote) -> None:
     ]
     # manifest.json files last: their presence says a folder is complete
     for rel in sorted(files, key=lambda f: os.path.basename(f) == "manifest.json"):
-      fs.put_file(os.path.join(local, rel), f"{remote.rstrip('/')}/{rel}")
+      _put_file(fs, os.path.join(local, rel), f"{remote.rstrip('/')}/{rel}")
   else:
-    fs.put_file(local, remote)
+    _put_file(fs, local, remote)
+
+
+def _put_file(fs, local: str, remote: str, tries: int = 5) -> None:
+  """One file to a bucket, again after a dropped connection: gcsfs retries the answers it is given (5xx,
+  429) but not a connection lost mid-request, and writing the whole object again is idempotent."""
+  import aiohttp
+
+  for attempt in range(tries):
+    try:
+      fs.put_file(local, remote)
+      return
+    except (aiohttp.ClientError, ConnectionError, TimeoutError):
+      if attempt == tries - 1:
+        raise
+      time.sleep(0.2 * 2**attempt)
 
 
 def local_copy(path, into: str) -> str:
