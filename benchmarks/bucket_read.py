@@ -2,11 +2,12 @@
 
   python benchmarks/bucket_read.py [--num_examples 256] [--threads 1,16] [--rounds 3]
 
-Writes shards of 512 px JPEG pairs, copies them into an in-memory fake-gcs-server (the tests' storage
-server) on a loopback port, then reads every record through `sources.ShardSource` (what Grain's read threads call) with
-a thread pool, alternating local and gs:// in each round. On loopback there is no network latency:
-this measures the client's own cost per GET, a lower bound for real GCS, where each GET adds tens of
-milliseconds that only more threads (or gcsfuse) hide. Ends with one `key=value` line.
+Writes shards of 512 px JPEG pairs, copies them into an in-memory fake-gcs-server (the tests'
+storage server) on a loopback port, then reads every record through `sources.ShardSource` (what
+Grain's read threads call) with a thread pool, alternating local and gs:// in each round. On
+loopback there is no network latency: this measures the client's own cost per GET, a lower bound for
+real GCS, where each GET adds tens of milliseconds that only more threads (or gcsfuse) hide. Ends
+with one `key=value` line.
 """
 
 import argparse

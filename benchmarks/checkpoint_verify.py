@@ -1,4 +1,5 @@
-"""What checkpoint verification costs: the save-time checksum and the restore-time check, for a real train state.
+"""What checkpoint verification costs: the save-time checksum and the restore-time check, for a real
+train state.
 
   python benchmarks/checkpoint_verify.py --preset vit_b32 --repeats 3
 

@@ -1,17 +1,20 @@
-"""A demo run, before and after issue 19's speed work: streaming decode vs the in-memory set + compile cache.
+"""A demo run, before and after issue 19's speed work: streaming decode vs the in-memory set +
+compile cache.
 
   python benchmarks/demo_speed.py [--rounds 2] [--steps 500] [--loss tripletclip]
 
-Both variants train configs/demo.py (same model, world, seed and steps) on one world drawn once into a
-temporary folder, each run in a fresh process through launch/main.py, alternating A and B every round:
+Both variants train configs/demo.py (same model, world, seed and steps) on one world drawn once into
+a temporary folder, each run in a fresh process through launch/main.py, alternating A and B every
+round:
 
   A  data.in_memory=False, no persistent compilation cache (the demo before issue 19) B
   data.in_memory=True, JAX's persistent compilation cache (warmed by one run first, as every run of
      launch/reproduce.py after the first finds it)
 
-Reports per variant the median wall time of a whole run (compile, training, evaluation), the training
-throughput in image-text pairs encoded per second and the fraction of each step spent waiting for data
-(medians of the logged values, the first log interval left out). Ends with one `key=value` line.
+Reports per variant the median wall time of a whole run (compile, training, evaluation), the
+training throughput in image-text pairs encoded per second and the fraction of each step spent
+waiting for data (medians of the logged values, the first log interval left out). Ends with one
+`key=value` line.
 """
 
 import argparse
@@ -36,7 +39,7 @@ def run(workdir: str, data_dir: str, steps: int, loss: str, in_memory: bool, cac
     f"--config={os.path.join(ROOT, 'configs/demo.py')}:{loss}",
     f"--workdir={workdir}",
     f"--config.total_steps={steps}",
-    f"--config.data.demo_data_dir={data_dir}",
+    f"--config.data.source.dir={data_dir}",
     f"--config.data.in_memory={in_memory}",
     "--config.export_hf_dir=",
     "--config.progress_bar=False",

@@ -1,11 +1,13 @@
-"""Evaluation images read from a bucket: one at a time vs the evaluators' thread pool, with added latency.
+"""Evaluation images read from a bucket: one at a time vs the evaluators' thread pool, with added
+latency.
 
   python benchmarks/eval_images.py [--num_images 200] [--latency_ms 20] [--threads 1,16] [--rounds 3]
 
-Uploads `num_images` small PNGs (SugarCrepe-like: one file per image) to an in-memory fake-gcs-server (the tests'
-storage server) and reads them back with `image_ops.try_load_all`, the call every evaluator makes, through the
-tests' proxy, which adds `latency_ms` to every request (a stand-in for the round trip to GCS, which loopback does
-not have). Thread counts alternate in each round; medians are quoted. Ends with one `key=value` line.
+Uploads `num_images` small PNGs (SugarCrepe-like: one file per image) to an in-memory
+fake-gcs-server (the tests' storage server) and reads them back with `image_ops.try_load_all`, the
+call every evaluator makes, through the tests' proxy, which adds `latency_ms` to every request (a
+stand-in for the round trip to GCS, which loopback does not have). Thread counts alternate in each
+round; medians are quoted. Ends with one `key=value` line.
 """
 
 import argparse

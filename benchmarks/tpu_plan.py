@@ -1,4 +1,5 @@
-"""The TPU compiler's own plan for the real train step, compiled ahead of time on a CPU-only machine.
+"""The TPU compiler's own plan for the real train step, compiled ahead of time on a CPU-only
+machine.
 
   pip install -e ".[tpu]"     # libtpu; not needed by `make test`
   python benchmarks/tpu_plan.py --config configs/cc3m.py --topology v4:2x2x4
@@ -9,11 +10,12 @@
 libtpu's compile-only client (`jax.experimental.topologies.get_topology_desc`) gives the devices of
 the named topology; the trainer's own step (`make_train_step`, same mesh and sharding rules, same
 config) is lowered for them and compiled by the TPU compiler. Printed: per-device memory (arguments,
-outputs, temporaries) against the chip's HBM; the collectives by kind (result bytes, and bytes each chip sends)
-against the floor of the mesh's parallelism; FLOPs executed and of the model; the compiler's estimated step time
-and the MFU it implies, with the ops it expects to take the cycles; an HBM-traffic estimate from the compiled HLO
-with the ops that dominate it; the roofline of compute, HBM and ICI; and with --max_batch the largest global batch
-that fits, with and without remat. Ends with one `key=value` line.
+outputs, temporaries) against the chip's HBM; the collectives by kind (result bytes, and bytes each
+chip sends) against the floor of the mesh's parallelism; FLOPs executed and of the model; the
+compiler's estimated step time and the MFU it implies, with the ops it expects to take the cycles;
+an HBM-traffic estimate from the compiled HLO with the ops that dominate it; the roofline of
+compute, HBM and ICI; and with --max_batch the largest global batch that fits, with and without
+remat. Ends with one `key=value` line.
 """
 
 import argparse
@@ -21,6 +23,7 @@ import os
 import re
 import sys
 import time
+import types
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu only compiles here; nothing runs on a TPU
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
@@ -63,7 +66,8 @@ _NOT_TRAFFIC = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"
 
 
 def _arrays(text: str) -> list[tuple[int, bool]]:
-  """(bytes, in HBM) of each array printed in `text`; a layout with S(n), n > 0, is on-chip memory."""
+  """(bytes, in HBM) of each array printed in `text`; a layout with S(n), n > 0, is on-chip
+  memory."""
   out = []
   for dtype, dims, layout in _ARRAY.findall(text):
     n = _BYTES[dtype]
@@ -74,7 +78,8 @@ def _arrays(text: str) -> list[tuple[int, bool]]:
 
 
 def _group_size(attrs: str, devices: int) -> int:
-  """Devices per replica group of a collective, from its attributes: {{0,1,..},..} or the iota form [g,n]<=[..]."""
+  """Devices per replica group of a collective, from its attributes: {{0,1,..},..} or the iota form
+  [g,n]<=[..]."""
   m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", attrs)
   if m:
     return int(m.group(2))
@@ -83,12 +88,12 @@ def _group_size(attrs: str, devices: int) -> int:
 
 
 def collectives(hlo: str, devices: int) -> dict[str, tuple[int, int]]:
-  """{collective kind: (result bytes, bytes each device sends)} per device per step, over every computation of
-  `hlo`: the lowered step, whose collectives are the ones it asks for, one op each (the step's are
-  explicit, in `jax.shard_map`; the partitioner adds only the scalar all-reduces of the gradient
-  norm). The compiled TPU program is no place to count them: the compiler splits each into a chain
-  of async fusions that each print the whole op, with nothing in the text to tell one chain from
-  another.
+  """{collective kind: (result bytes, bytes each device sends)} per device per step, over every
+  computation of `hlo`: the lowered step, whose collectives are the ones it asks for, one op each
+  (the step's are explicit, in `jax.shard_map`; the partitioner adds only the scalar all-reduces of
+  the gradient norm). The compiled TPU program is no place to count them: the compiler splits each
+  into a chain of async fusions that each print the whole op, with nothing in the text to tell one
+  chain from another.
 
   Bytes sent are those of the bandwidth-optimal (ring) algorithms in a group of n devices:
   all-gather and all-to-all send (n-1)/n of their result, reduce-scatter n-1 times its result (the
@@ -127,11 +132,11 @@ def step_estimate(cost: dict, hlo: str) -> tuple[float | None, int]:
 
 
 def collective_floor(exp, devices: int) -> int:
-  """The fewest bytes each device must send per step for this mesh's parallelism: every weight FSDP splits
-  all-gathered once in the compute dtype and its gradient reduce-scattered once in the reduction
-  dtype (then all-reduced over `data`), every replicated weight's gradient all-reduced once, the
-  loss's embeddings gathered
-  once each and their gradients reduce-scattered once (ring algorithms, as `collectives` counts)."""
+  """The fewest bytes each device must send per step for this mesh's parallelism: every weight FSDP
+  splits all-gathered once in the compute dtype and its gradient reduce-scattered once in the
+  reduction dtype (then all-reduced over `data`), every replicated weight's gradient all-reduced
+  once, the loss's embeddings gathered once each and their gradients reduce-scattered once (ring
+  algorithms, as `collectives` counts)."""
   import jax.numpy as jnp
 
   mesh = exp.mesh
@@ -186,8 +191,9 @@ def hbm_bytes_by_op(hlo: str) -> dict[str, int]:
 
 
 def cycles_by_op(hlo: str) -> dict[str, int]:
-  """{JAX op: the TPU compiler's own estimated cycles} over the entry computation's fusions and ops (the
-  `estimated_cycles` of each instruction's backend config): which ops the compiler expects to take the time."""
+  """{JAX op: the TPU compiler's own estimated cycles} over the entry computation's fusions and ops
+  (the `estimated_cycles` of each instruction's backend config): which ops the compiler expects to
+  take the time."""
   entry = hlo[hlo.index("\nENTRY") :]
   entry = entry[: entry.index("\n}")]
   out: dict[str, int] = {}
@@ -203,8 +209,8 @@ def cycles_by_op(hlo: str) -> dict[str, int]:
 
 
 def compile_step(config, devices, batch_size: int, remat: bool | None = None):
-  """The trainer's step, compiled for `devices` at `batch_size` (and `remat`, if given); returns (compiled,
-  experiment, the lowered program's HLO text). `config` itself is not changed."""
+  """The trainer's step, compiled for `devices` at `batch_size` (and `remat`, if given); returns
+  (compiled, experiment, the lowered program's HLO text). `config` itself is not changed."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.batch_size = batch_size
@@ -230,7 +236,8 @@ def memory(compiled) -> dict:
 
 
 def max_batch(config, devices, hbm: int, remat: bool, start: int) -> tuple[int, int, int]:
-  """(largest global batch that fits in HBM, its planned bytes per device, bytes per extra example per chip).
+  """(largest global batch that fits in HBM, its planned bytes per device, bytes per extra example
+  per chip).
 
   Per-device memory is close to affine in the per-chip batch (state + activations; the loss's logits
   grow with the global batch but stay small): two compiles give the line, a third compiles the batch
@@ -261,7 +268,11 @@ def max_batch(config, devices, hbm: int, remat: bool, start: int) -> tuple[int, 
   return best, total(best), int(per_example)
 
 
-def main():
+GIB, MIB = 2**30, 2**20
+
+
+def _arguments():
+  """(config, the script's own arguments) from the command line."""
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
@@ -280,98 +291,111 @@ def main():
     config, argv = parse_command_line(sys.argv[1:], default="configs/cc3m.py")
   except ConfigError as e:
     raise SystemExit(f"error: {e}") from None
-  a = p.parse_args(argv)
+  return config, p.parse_args(argv)
+
+
+def _devices(topology: str):
+  """(the topology's abstract TPU devices, the chip's (peak, HBM, bandwidth, ICI) from CHIPS)."""
   from jax.experimental import topologies
 
-  chip = a.topology.split(":")[0]
+  chip = topology.split(":")[0]
   if chip not in CHIPS:
     raise SystemExit(f"error: unknown chip {chip!r} in --topology; choose one of {sorted(CHIPS)}")
-  peak, hbm, bandwidth, ici = CHIPS[chip]
   # v4 and v5p chips have two TensorCores that JAX drives as one device ("megacore"), as on a real VM.
   kw = {"chip_config_name": "megacore"} if chip in ("v4", "v5p") else {}
-  devices = topologies.get_topology_desc(platform="tpu", topology_name=a.topology, **kw).devices
-  t = time.perf_counter()
+  return topologies.get_topology_desc(platform="tpu", topology_name=topology, **kw).devices, CHIPS[
+    chip
+  ]
+
+
+def _compile(config, devices, topology: str):
+  """compile_step, or one line when the step does not fit the chips' memory."""
   try:
-    compiled, exp, asked = compile_step(config, devices, config.batch_size)
+    return compile_step(config, devices, config.batch_size)
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     raise SystemExit(
-      f"{a.topology}: {config.model.preset} at global batch {config.batch_size} (remat "
+      f"{topology}: {config.model.preset} at global batch {config.batch_size} (remat "
       f"{config.model.remat}) does not fit: {str(e).splitlines()[0]} Try --config.model.remat=True, "
       "a larger mesh.fsdp or a smaller batch_size."
     )
-  compile_s = time.perf_counter() - t
-  mem = memory(compiled)
+
+
+def analyse(compiled, hlo: str, exp, asked, config, n: int, chip) -> types.SimpleNamespace:
+  """Per device and step, of the compiled step on `n` chips of `chip` (CHIPS' figures): memory,
+  FLOPs (executed and the model's), HBM traffic by op, collectives against their floor, the
+  roofline's parts (seconds) and the compiler's estimate, MFU and the run's hours."""
+  peak, hbm, bandwidth, ici = chip
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  r = types.SimpleNamespace(n=n, peak=peak, hbm=hbm, ici=ici, cost=cost, mem=memory(compiled))
   # what the compiled step executes (remat's recompute included)
-  flops = float(cost.get("flops", 0.0))
-  hlo = compiled.as_text()
-  if a.save_hlo:
-    with open(a.save_hlo, "w") as f:
-      f.write(hlo)
-  n = len(devices)
-  seconds, uncosted = step_estimate(cost, hlo)
+  r.flops = float(cost.get("flops", 0.0))
+  r.seconds, r.uncosted = step_estimate(cost, hlo)
   # The model's FLOPs (analytic: forward and backward of every encoded image and text, no recompute) per chip.
-  model_flops = exp.flops_per_example * config.batch_size / n
-  by_op = hbm_bytes_by_op(hlo)
-  hbm_bytes = sum(by_op.values())
-  coll = collectives(asked, n)
-  sent = sum(t for _, t in coll.values())
-  floor = collective_floor(exp, n)
+  r.model_flops = exp.flops_per_example * config.batch_size / n
+  r.by_op = hbm_bytes_by_op(hlo)
+  r.hbm_bytes = sum(r.by_op.values())
+  r.coll = collectives(asked, n)
+  r.sent = sum(t for _, t in r.coll.values())
+  r.floor = collective_floor(exp, n)
   # A roofline: the slowest of compute at peak, HBM traffic at full bandwidth and the bytes each chip sends at its
   # ICI bandwidth (a lower bound: every link busy, nothing overlapped). The compiler's `bytes accessed` counts
   # every memory space (on-chip reads too), so HBM traffic is estimated from the HLO.
-  parts = {"compute": flops / peak, "HBM": hbm_bytes / bandwidth, "ICI": sent / ici}
-  bound = max(parts, key=parts.get)
-  roofline = parts[bound]
-  steps = exp.total_steps
+  r.parts = {"compute": r.flops / peak, "HBM": r.hbm_bytes / bandwidth, "ICI": r.sent / ici}
+  r.bound = max(r.parts, key=r.parts.get)
+  r.roofline = r.parts[r.bound]
+  r.mfu = r.model_flops / r.seconds / peak if r.seconds else float("nan")
+  r.steps, r.run_s = exp.total_steps, r.seconds or r.roofline
+  return r
+
+
+def _report(r, config, topology: str, compile_s: float, hlo: str) -> None:
+  """The plan, in sentences."""
   print(
-    f"{a.topology}: {n} chips, {config.model.preset}, loss {config.loss}, global batch {config.batch_size}, "
+    f"{topology}: {r.n} chips, {config.model.preset}, loss {config.loss}, global batch {config.batch_size}, "
     f"mesh data={config.mesh.data} fsdp={config.mesh.fsdp}, dtype {config.model.dtype}, remat "
     f"{config.model.remat}, gradient sums in {config.mesh.grad_reduce_dtype}"
   )
-  gib, mib = 2**30, 2**20
   print(
     "per-device memory: "
-    + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in mem.items())
-    + f" (HBM {hbm / gib:.0f} GiB: {100 * mem['total'] / hbm:.0f}%)"
+    + ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in r.mem.items())
+    + f" (HBM {r.hbm / GIB:.0f} GiB: {100 * r.mem['total'] / r.hbm:.0f}%)"
   )
   print(
     "collectives per device per step (result; sent): "
-    + (", ".join(f"{k} {r / mib:.1f}; {t / mib:.1f} MiB" for k, (r, t) in coll.items()) or "none")
-    + f"; sent in all {sent / mib:.1f} MiB, {sent / max(floor, 1):.2f}x the floor of this parallelism "
-    f"({floor / mib:.1f} MiB)"
+    + (", ".join(f"{k} {a / MIB:.1f}; {t / MIB:.1f} MiB" for k, (a, t) in r.coll.items()) or "none")
+    + f"; sent in all {r.sent / MIB:.1f} MiB, {r.sent / max(r.floor, 1):.2f}x the floor of this "
+    f"parallelism ({r.floor / MIB:.1f} MiB)"
   )
   print(
-    f"per device per step: {flops / 1e12:.2f} TFLOP executed, {model_flops / 1e12:.2f} of the model "
-    f"({parts['compute'] * 1e3:.1f} ms at peak); HBM traffic {hbm_bytes / gib:.1f} GiB "
-    f"({parts['HBM'] * 1e3:.1f} ms at full bandwidth; the compiler's bytes accessed, all memory spaces: "
-    f"{float(cost.get('bytes accessed', 0.0)) / gib:.1f} GiB); ICI {sent / mib:.0f} MiB sent "
-    f"({parts['ICI'] * 1e3:.1f} ms at {ici / 1e9:.0f} GB/s) -> {bound}-bound, roofline {roofline * 1e3:.1f} "
-    f"ms/step"
+    f"per device per step: {r.flops / 1e12:.2f} TFLOP executed, {r.model_flops / 1e12:.2f} of the model "
+    f"({r.parts['compute'] * 1e3:.1f} ms at peak); HBM traffic {r.hbm_bytes / GIB:.1f} GiB "
+    f"({r.parts['HBM'] * 1e3:.1f} ms at full bandwidth; the compiler's bytes accessed, all memory spaces: "
+    f"{float(r.cost.get('bytes accessed', 0.0)) / GIB:.1f} GiB); ICI {r.sent / MIB:.0f} MiB sent "
+    f"({r.parts['ICI'] * 1e3:.1f} ms at {r.ici / 1e9:.0f} GB/s) -> {r.bound}-bound, roofline "
+    f"{r.roofline * 1e3:.1f} ms/step"
   )
-  mfu = model_flops / seconds / peak if seconds else float("nan")
-  if seconds:
+  if r.seconds:
     print(
-      f"compiler step estimate: {seconds * 1e3:.1f} ms/step -> MFU {100 * mfu:.1f}% (model FLOPs; "
-      f"{100 * flops / seconds / peak:.1f}% of the executed ones); libtpu's optimal_seconds "
-      f"{float(cost['optimal_seconds']):.4f} + 1 s for each of {uncosted} sliced prefetches; compiled in "
-      f"{compile_s:.0f} s"
+      f"compiler step estimate: {r.seconds * 1e3:.1f} ms/step -> MFU {100 * r.mfu:.1f}% (model FLOPs; "
+      f"{100 * r.flops / r.seconds / r.peak:.1f}% of the executed ones); libtpu's optimal_seconds "
+      f"{float(r.cost['optimal_seconds']):.4f} + 1 s for each of {r.uncosted} sliced prefetches; "
+      f"compiled in {compile_s:.0f} s"
     )
   else:
     print(
-      f"compiler step estimate: none (optimal_seconds {cost.get('optimal_seconds')}); compiled in {compile_s:.0f} s"
+      f"compiler step estimate: none (optimal_seconds {r.cost.get('optimal_seconds')}); compiled in "
+      f"{compile_s:.0f} s"
     )
-  run_s = seconds or roofline
   print(
-    f"the run: {steps} steps x {run_s * 1e3:.1f} ms = {steps * run_s / 3600:.1f} h on {n} chips "
-    f"({'the compiler' if seconds else 'the roofline, a lower bound'})"
+    f"the run: {r.steps} steps x {r.run_s * 1e3:.1f} ms = {r.steps * r.run_s / 3600:.1f} h on {r.n} "
+    f"chips ({'the compiler' if r.seconds else 'the roofline, a lower bound'})"
   )
   for title, table in (
     ("compiler's estimated cycles by op", cycles_by_op(hlo)),
-    ("HBM traffic by op", by_op),
+    ("HBM traffic by op", r.by_op),
   ):
     total = sum(table.values()) or 1
     print(
@@ -380,36 +404,55 @@ def main():
         f"{100 * v / total:.0f}% {k}" for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:5]
       )
     )
-  fields = {
-    "topology": a.topology,
-    "chips": n,
+
+
+def _fields(r, config, exp, topology: str) -> dict:
+  """The plan's figures for the closing key=value line."""
+  return {
+    "topology": topology,
+    "chips": r.n,
     "preset": config.model.preset,
     "batch": config.batch_size,
     "fsdp": exp.mesh.shape["fsdp"],
     "grad_reduce": config.mesh.grad_reduce_dtype,
-    "mem_gib": round(mem["total"] / gib, 3),
-    "hbm_frac": round(mem["total"] / hbm, 3),
-    "tflop_per_device": round(flops / 1e12, 3),
-    "model_tflop_per_device": round(model_flops / 1e12, 3),
-    "hbm_gib": round(hbm_bytes / gib, 2),
-    "est_ms": round(seconds * 1e3, 2) if seconds else "none",
-    "mfu": round(mfu, 3),
-    "compute_ms": round(parts["compute"] * 1e3, 2),
-    "hbm_ms": round(parts["HBM"] * 1e3, 2),
-    "ici_ms": round(parts["ICI"] * 1e3, 2),
-    "roofline_ms": round(roofline * 1e3, 2),
-    "run_h": round(steps * run_s / 3600, 1),
-    **{f"{k}_mib".replace("-", "_"): round(r / mib, 1) for k, (r, _) in coll.items()},
-    "sent_mib": round(sent / mib, 1),
-    "floor_mib": round(floor / mib, 1),
+    "mem_gib": round(r.mem["total"] / GIB, 3),
+    "hbm_frac": round(r.mem["total"] / r.hbm, 3),
+    "tflop_per_device": round(r.flops / 1e12, 3),
+    "model_tflop_per_device": round(r.model_flops / 1e12, 3),
+    "hbm_gib": round(r.hbm_bytes / GIB, 2),
+    "est_ms": round(r.seconds * 1e3, 2) if r.seconds else "none",
+    "mfu": round(r.mfu, 3),
+    "compute_ms": round(r.parts["compute"] * 1e3, 2),
+    "hbm_ms": round(r.parts["HBM"] * 1e3, 2),
+    "ici_ms": round(r.parts["ICI"] * 1e3, 2),
+    "roofline_ms": round(r.roofline * 1e3, 2),
+    "run_h": round(r.steps * r.run_s / 3600, 1),
+    **{f"{k}_mib".replace("-", "_"): round(a / MIB, 1) for k, (a, _) in r.coll.items()},
+    "sent_mib": round(r.sent / MIB, 1),
+    "floor_mib": round(r.floor / MIB, 1),
   }
+
+
+def main():
+  config, a = _arguments()
+  devices, chip = _devices(a.topology)
+  t = time.perf_counter()
+  compiled, exp, asked = _compile(config, devices, a.topology)
+  compile_s = time.perf_counter() - t
+  hlo = compiled.as_text()
+  if a.save_hlo:
+    with open(a.save_hlo, "w") as f:
+      f.write(hlo)
+  r = analyse(compiled, hlo, exp, asked, config, len(devices), chip)
+  _report(r, config, a.topology, compile_s, hlo)
+  fields = _fields(r, config, exp, a.topology)
   if a.max_batch:
     for remat in (False, True):
-      b, m, per_example = max_batch(config, devices, hbm, remat, config.batch_size)
+      b, m, per_example = max_batch(config, devices, r.hbm, remat, config.batch_size)
       fields[f"max_batch_remat_{str(remat).lower()}"] = b
       print(
-        f"largest global batch that fits, remat={remat}: {b} ({b // n} per chip; plan {m / gib:.2f} GiB of "
-        f"{hbm / gib:.0f}; {per_example / 2**20:.1f} MiB per extra example per chip)"
+        f"largest global batch that fits, remat={remat}: {b} ({b // r.n} per chip; plan "
+        f"{m / GIB:.2f} GiB of {r.hbm / GIB:.0f}; {per_example / MIB:.1f} MiB per extra example per chip)"
       )
   print(" ".join(f"{k}={v}" for k, v in fields.items()))
 

@@ -95,7 +95,7 @@ def peak_memory_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: the process's max RSS
 
 
-def main():
+def _arguments():
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
@@ -110,30 +110,30 @@ def main():
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--compare", choices=["open_clip"], default=None)
   p.add_argument("--info", action="store_true", help="print parameter count and FLOPs, then exit")
-  args = p.parse_args()
+  return p.parse_args()
 
-  cfg = get_preset(args.preset, dtype=args.dtype, remat=args.remat)
+
+def _info(args, cfg, flops_ex: float) -> None:
+  """Parameters (the towers plus the loss's own, the count OpenAI quotes) and FLOPs, without a
+  step."""
   fwd = forward_flops(cfg)
-  # The towers plus the loss's own parameters (the temperature): the count OpenAI quotes.
   shapes = jax.eval_shape(
     lambda r: with_loss_params(init_params(cfg, r), loss_lib.get(args.loss)), jax.random.key(0)
   )
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
-  flops_ex = train_flops_per_example(cfg, loss_lib.get(args.loss))
-  if args.info:
-    print(
-      f"{args.preset}: {n_params:,} parameters; forward GFLOPs per pair {fwd['pair'] / 1e9:.2f} "
-      f"(image {fwd['image'] / 1e9:.2f} + text {fwd['text'] / 1e9:.2f}); "
-      f"{args.loss} training GFLOPs per example {flops_ex / 1e9:.1f}"
-    )
-    print(
-      f"params={n_params} fwd_gflops_per_pair={fwd['pair'] / 1e9:.3f} fwd_gflops_image={fwd['image'] / 1e9:.3f} "
-      f"fwd_gflops_text={fwd['text'] / 1e9:.3f} train_gflops_per_example={flops_ex / 1e9:.2f}"
-    )
-    return
+  print(
+    f"{args.preset}: {n_params:,} parameters; forward GFLOPs per pair {fwd['pair'] / 1e9:.2f} "
+    f"(image {fwd['image'] / 1e9:.2f} + text {fwd['text'] / 1e9:.2f}); "
+    f"{args.loss} training GFLOPs per example {flops_ex / 1e9:.1f}"
+  )
+  print(
+    f"params={n_params} fwd_gflops_per_pair={fwd['pair'] / 1e9:.3f} fwd_gflops_image={fwd['image'] / 1e9:.3f} "
+    f"fwd_gflops_text={fwd['text'] / 1e9:.3f} train_gflops_per_example={flops_ex / 1e9:.2f}"
+  )
 
-  backend = jax.default_backend()
-  peak = measure_matmul_peak(args.dtype)
+
+def _our_step(args, cfg):
+  """(step, state, the device batch, the host batch) on the --mesh."""
   data, fsdp = (int(x) for x in args.mesh.split(","))
   mesh = sharding.make_mesh(data, fsdp)
   sharding.check_batch_divides(args.batch_size, mesh)
@@ -145,15 +145,11 @@ def main():
     cfg, tx, schedule, loss_lib.get(args.loss), mesh, state_sh, args.accum_steps
   )
   host_batch = make_batch(cfg, args.batch_size)
-  batch = sharding.put_batch(host_batch, mesh)
-  t = time.perf_counter()
-  state, m = step(state, batch)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t
+  return step, state, sharding.put_batch(host_batch, mesh), host_batch
 
-  theirs = OpenClipStep(host_batch) if args.compare else None
-  if theirs:
-    theirs()  # warm-up
+
+def _rounds(args, step, state, batch, theirs):
+  """(our seconds per step, open_clip's, the last metrics) over --rounds rounds, alternating."""
   ours_t, theirs_t = [], []
   for _ in range(args.rounds):
     t = time.perf_counter()
@@ -166,13 +162,32 @@ def main():
       for _ in range(args.steps):
         theirs()
       theirs_t.append((time.perf_counter() - t) / args.steps)
+  return ours_t, theirs_t, m
+
+
+def main():
+  args = _arguments()
+  cfg = get_preset(args.preset, dtype=args.dtype, remat=args.remat)
+  flops_ex = train_flops_per_example(cfg, loss_lib.get(args.loss))
+  if args.info:
+    return _info(args, cfg, flops_ex)
+  peak = measure_matmul_peak(args.dtype)
+  step, state, batch, host_batch = _our_step(args, cfg)
+  t = time.perf_counter()
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t
+  theirs = OpenClipStep(host_batch) if args.compare else None
+  if theirs:
+    theirs()  # warm-up
+  ours_t, theirs_t, m = _rounds(args, step, state, batch, theirs)
 
   step_s = statistics.median(ours_t)
   n_chips = len(jax.devices())
   ex_s = args.batch_size / step_s
   achieved = ex_s * flops_ex
   result = {
-    "backend": backend,
+    "backend": jax.default_backend(),
     "devices": n_chips,
     "preset": args.preset,
     "loss": args.loss,

@@ -19,12 +19,12 @@ were fixed on development seeds, with CLIP alone (docs/results/v4/).
 
 import ml_collections
 
-from tripletclip_jax.train.config import base_config
+from tripletclip_jax.train.config import base_config, source_config
 
 
 def world():
-  """The demo world's parameters (tripletclip_jax.demo.world.WorldConfig), fixed before the final seeds
-  (docs/demo_world.md, "How the parameters were fixed")."""
+  """The demo world's parameters (tripletclip_jax.demo.world.WorldConfig), fixed before the final
+  seeds (docs/demo_world.md, "How the parameters were fixed")."""
   from tripletclip_jax.demo.world import TEXTURES, V4_COLORS, V4_SHAPES
 
   return ml_collections.ConfigDict(
@@ -57,7 +57,8 @@ def world():
 
 
 def get_config(arg: str = "tripletclip"):
-  """`arg`: the loss of an arm, or "base" for the single-object CLIP base the study's arms start from."""
+  """`arg`: the loss of an arm, or "base" for the single-object CLIP base the study's arms start
+  from."""
   c = base_config()
   c.loss = arg
   c.batch_size = 64
@@ -78,10 +79,13 @@ def get_config(arg: str = "tripletclip"):
   c.data.in_memory = True  # a few MB, decoded once
   # the release's training transform; the world has no framing to vary
   c.data.augment = "center_crop"
-  c.data.demo_num_train = 1000  # the finite training set, one fixed negative per scene
-  c.data.demo_num_eval = 2400  # per benchmark subset: standard error <= 1 point
-  c.data.demo_num_base = 4000  # single-object scenes for the base
-  c.data.demo_world = world()
+  c.data.source = source_config(
+    "demo",
+    num_train=1000,  # the finite training set, one fixed negative per scene
+    num_eval=2400,  # per benchmark subset: standard error <= 1 point
+    num_base=4000,  # single-object scenes for the base
+    world=world(),
+  )
   c.export_hf_dir = "hf"  # relative to the workdir
   if arg == "base":
     # CLIP on the single-object scenes: learns every colour and shape, with no binding to learn.
@@ -89,5 +93,5 @@ def get_config(arg: str = "tripletclip"):
     c.compute_matched = False
     c.total_steps = 2000
     c.checkpoint_every_steps = 1000
-    c.data.demo_train_set = "base"
+    c.data.source.train_set = "base"
   return c.lock()

@@ -7,11 +7,12 @@
   python launch/main.py --config configs/finetune.py:loss=tripletclip,freeze_blocks=6 ...
   # on the demo world, from `make demo`'s CLIP export and world:
   python launch/main.py --config configs/finetune.py:world=demo --workdir runs/ft_demo \
-      --config.init_from=hf:runs/demo/runs/clip-seed0/hf --config.data.demo_data_dir=runs/demo/data/seed0
+      --config.init_from=hf:runs/demo/runs/clip-seed0/hf --config.data.source.dir=runs/demo/data/seed0
 
-The architecture (sizes, patch, activation) comes from the checkpoint's config.json. The pretrained towers
-learn at `tower_lr` x the learning rate, the projections and temperature at the full rate (new layers on
-top of pretrained ones move fastest). Expect SugarCrepe to rise within the first 1-2k steps on TripletData.
+The architecture (sizes, patch, activation) comes from the checkpoint's config.json. The pretrained
+towers learn at `tower_lr` x the learning rate, the projections and temperature at the full rate
+(new layers on top of pretrained ones move fastest). Expect SugarCrepe to rise within the first 1-2k
+steps on TripletData.
 """
 
 from tripletclip_jax.configlib import parse_arg, sibling_config

@@ -1,4 +1,5 @@
-"""The release's own run: 10 epochs over the released 1M-row TripletCLIP-High-Quality subset (docs/recipe.md).
+"""The release's own run: 10 epochs over the released 1M-row TripletCLIP-High-Quality subset
+(docs/recipe.md).
 
   python launch/convert_wds.py --input '/data/tripletclip_hq/*.tar' --output_dir /data/tripletclip_hq_tfr
   python launch/main.py --config configs/tripletclip_hq.py --workdir gs://BUCKET/runs/hq \

@@ -7,12 +7,12 @@
       --winoground /data/winoground --zeroshot tfds:imagenet2012 --tfds_data_dir /data/tfds \
       --retrieval_json /data/karpathy/dataset_coco.json --retrieval_image_dir /data/coco --output results.json
 
-Any option of any registered task (tripletclip_jax/evaluate REGISTRY) is a typed config key, set as in
-launch/main.py: `--config.evals.TASK.OPTION=VALUE`, e.g. `--config.evals.triplet.batch_size=16` (the same
-keys as a training config's `config.evals`; `--option TASK.OPTION=VALUE` is an alias).
+Any option of any registered task (tripletclip_jax/evaluate REGISTRY) is a typed config key, set as
+in launch/main.py: `--config.evals.TASK.OPTION=VALUE`, e.g. `--config.evals.triplet.batch_size=16`
+(the same keys as a training config's `config.evals`; `--option TASK.OPTION=VALUE` is an alias).
 
-Writes results.json ({"sugarcrepe": {"add_att": 61.2, ..., "mean": ...}, ...}, percentages), results.md and
-one results_TASK.png bar chart per task.
+Writes results.json ({"sugarcrepe": {"add_att": 61.2, ..., "mean": ...}, ...}, percentages),
+results.md and one results_TASK.png bar chart per task.
 """
 
 import argparse
@@ -22,7 +22,8 @@ import tempfile
 
 
 def evals_config(tasks):
-  """A locked ConfigDict {evals: {TASK: {OPTION: default}}}, each option typed as its function declares it."""
+  """A locked ConfigDict {evals: {TASK: {OPTION: default}}}, each option typed as its function
+  declares it."""
   import ml_collections
   from ml_collections import config_dict
   from tripletclip_jax.evaluate import option_types

@@ -4,8 +4,9 @@
   python launch/export_hf.py --workdir runs/demo --output_dir runs/demo/open_clip --format open_clip \
       [--name tripletclip]
 
-The transformers directory loads offline with CLIPModel.from_pretrained and CLIPProcessor.from_pretrained. The
-open_clip export is NAME.json (the model config) and open_clip_model.safetensors:
+The transformers directory loads offline with CLIPModel.from_pretrained and
+CLIPProcessor.from_pretrained. The open_clip export is NAME.json (the model config) and
+open_clip_model.safetensors:
 
   open_clip.add_model_config("runs/demo/open_clip/tripletclip.json")
   model, _, preprocess = open_clip.create_model_and_transforms(

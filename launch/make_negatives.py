@@ -1,12 +1,14 @@
-"""Generates TripletData: hard negative captions (an LLM) and images (a text-to-image model), into shards.
+"""Generates TripletData: hard negative captions (an LLM) and images (a text-to-image model), into
+shards.
 
   python launch/make_negatives.py --input captions.jsonl --output_dir data/tripletdata \
       --llm mistralai/Mistral-7B-Instruct-v0.2 --t2i stabilityai/sdxl-turbo --device cuda --batch_size 32
   # many GPUs / nodes: every process takes a deterministic share
   torchrun --nproc_per_node 8 launch/make_negatives.py --input 'cc3m/{00000..00331}.tar' ...
 
-Inputs: JSONL/CSV/TSV with key, caption and an image path; img2dataset webdataset tars (.jpg + .txt); our own
-shards. Stages: captions (LLM), images (text-to-image), score (CLIP filter, --clip). Rerunning resumes.
+Inputs: JSONL/CSV/TSV with key, caption and an image path; img2dataset webdataset tars (.jpg +
+.txt); our own shards. Stages: captions (LLM), images (text-to-image), score (CLIP filter, --clip).
+Rerunning resumes.
 """
 
 import argparse

@@ -1,9 +1,10 @@
-"""The paper's SugarCrepe comparison in miniature: every arm x seeds on the demo world, in one command.
+"""The paper's SugarCrepe comparison in miniature: every arm x seeds on the demo world, in one
+command.
 
   python launch/reproduce.py --output_dir runs/study_v3 --seeds 0,1,2,3,4,5,6,7   # the pre-registered study
   python launch/reproduce.py --output_dir runs/demo --arms clip,tripletclip --seeds 0   # `make demo`
   python launch/reproduce.py --output_dir runs/big --seeds 0,1,2,3,4 --config.model.preset=tiny \
-      --config.total_steps=2000 --config.data.demo_num_train=5000          # scaled up
+      --config.total_steps=2000 --config.data.source.num_train=5000          # scaled up
 
 An arm is a registered loss, or one of the controls in ARMS: `clip_union_steps`
 (CLIP on real + negative pairs at TripletCLIP's step count, batch 2B) and
@@ -61,16 +62,16 @@ OWN_KEYS = (
   "loss",
   "seed",
   "init_from",
-  "data.demo_data_dir",
-  "data.demo_world_seed",
-  "data.demo_train_set",
+  "data.source.dir",
+  "data.source.world_seed",
+  "data.source.train_set",
   "data.partners",
 )
 
 
 def settings_differ(saved: dict | None, now: dict) -> list[str]:
-  """'key saved -> now' for every setting of a finished run that differs from the requested one (all of
-  them, when the run recorded none)."""
+  """'key saved -> now' for every setting of a finished run that differs from the requested one (all
+  of them, when the run recorded none)."""
   from tripletclip_jax.configlib import config_changes
   from tripletclip_jax.train.config import DRIVING, keys_tagged
 
@@ -89,33 +90,34 @@ def arm_config(
   overrides: list[str],
   base: str | None = None,
 ):
-  """The config an arm trains with for `seed`: the loss's config, the user's overrides, then the arm's,
-  starting from the seed's base (a Hugging Face directory) if given."""
+  """The config an arm trains with for `seed`: the loss's config, the user's overrides, then the
+  arm's, starting from the seed's base (a Hugging Face directory) if given."""
   from tripletclip_jax.configlib import apply_overrides, load_config_file
 
   loss, changes = ARMS.get(arm, (arm, {}))
   config = load_config_file(config_file, loss)
-  own = [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False"]
+  own = [f"seed={seed}", f"data.source.dir={data_dir}", "progress_bar=False"]
   apply_overrides(config, own + [*overrides] + ([f"init_from=hf:{base}"] if base else []))
   apply_overrides(config, [f"{k}={fn(config)}" for k, fn in changes.items()])
   return config
 
 
 def base_config(config_file: str, seed: int, data_dir: str, overrides: list[str], base_overrides):
-  """The config of the seed's CLIP base: the config file's `:base` stage, the user's overrides (model
-  and world alike for every run), then the base's own (`--base.KEY=VALUE`). It always exports its
-  weights, which the arms start from."""
+  """The config of the seed's CLIP base: the config file's `:base` stage, the user's overrides
+  (model and world alike for every run), then the base's own (`--base.KEY=VALUE`). It always exports
+  its weights, which the arms start from."""
   from tripletclip_jax.configlib import apply_overrides, load_config_file
 
   config = load_config_file(config_file, "base")
-  own = [f"seed={seed}", f"data.demo_data_dir={data_dir}", "progress_bar=False"]
+  own = [f"seed={seed}", f"data.source.dir={data_dir}", "progress_bar=False"]
   apply_overrides(config, own + [*overrides])
   apply_overrides(config, [*base_overrides, "export_hf_dir=hf"], flag="--base.")
   return config
 
 
 def checksum(hf_dir: str) -> str:
-  """sha256 of a Hugging Face directory's weights: what every arm of a seed records it started from."""
+  """sha256 of a Hugging Face directory's weights: what every arm of a seed records it started
+  from."""
   import hashlib
 
   h = hashlib.sha256()
@@ -155,8 +157,9 @@ def check_unfinished(label: str, workdir: str, config, restart_changed: bool) ->
 
 
 def train_or_reuse(label: str, workdir: str, config, record, restart_changed: bool = False) -> dict:
-  """A run's result.json: reused when it trained with `config`'s settings (else one line naming the keys
-  that differ), or trained now and written. `record(out)` makes the row from the trainer's result."""
+  """A run's result.json: reused when it trained with `config`'s settings (else one line naming the
+  keys that differ), or trained now and written. `record(out)` makes the row from the trainer's
+  result."""
   from tripletclip_jax.configlib import ConfigError
   from tripletclip_jax.train.loop import train_and_evaluate
   from tripletclip_jax.train.metrics import cpu_model
@@ -195,7 +198,8 @@ def train_or_reuse(label: str, workdir: str, config, record, restart_changed: bo
 
 
 def parse_args(argv):
-  """(args, overrides for every run, overrides for the bases), each checked; one line for a bad one."""
+  """(args, overrides for every run, overrides for the bases), each checked; one line for a bad
+  one."""
   import sys
 
   from tripletclip_jax import losses as loss_lib
@@ -320,7 +324,8 @@ def run_seed(args, seed: int, out_dir: str, overrides, base_overrides) -> tuple[
 
 
 def world_record(out_dir: str, seeds: list[int]) -> tuple[dict, list[dict]]:
-  """(results.json's `world`: the parameters and, per seed, what its generator measured; the worlds)."""
+  """(results.json's `world`: the parameters and, per seed, what its generator measured; the
+  worlds)."""
   from tripletclip_jax.demo import layout
 
   worlds = []

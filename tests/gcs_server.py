@@ -1,5 +1,5 @@
-"""pytest fixtures over a real Google Cloud Storage server (tools/storage_server.py): the plain server, and
-one behind the fault proxy (tools/fault_proxy.py)."""
+"""pytest fixtures over a real Google Cloud Storage server (tools/storage_server.py): the plain
+server, and one behind the fault proxy (tools/fault_proxy.py)."""
 
 import os
 
@@ -24,7 +24,8 @@ FAULTS = dict(unavailable=0.02, rate_limited=0.01, drop=0.01, delay=0.01, delay_
 
 @pytest.fixture(scope="module")
 def faulty_gcs(gcs):
-  """(bucket URL, env, proxy): the same server behind the fault-injecting proxy (tools/fault_proxy.py)."""
+  """(bucket URL, env, proxy): the same server behind the fault-injecting proxy
+  (tools/fault_proxy.py)."""
   from fault_proxy import FaultProxy
 
   url, env = gcs
@@ -40,7 +41,8 @@ _CPU2 = {
 
 
 def _point_clients_at(env, monkeypatch):
-  """This process's clients use `env`'s server (epath keeps one gcsfs client per process: forget it)."""
+  """This process's clients use `env`'s server (epath keeps one gcsfs client per process: forget
+  it)."""
   import gcsfs
   from etils.epath import backend
 
@@ -60,7 +62,8 @@ def bucket(gcs, monkeypatch):
 
 @pytest.fixture
 def faulty_bucket(faulty_gcs, monkeypatch):
-  """As `bucket`, with every client going through the fault proxy at FAULTS' rates (5% of requests)."""
+  """As `bucket`, with every client going through the fault proxy at FAULTS' rates (5% of
+  requests)."""
   url, env, proxy = faulty_gcs
   proxy.set(**FAULTS)
   _point_clients_at(env, monkeypatch)

@@ -1,4 +1,5 @@
-"""The config schema is the one declaration of every key; the front end parses every entry point alike."""
+"""The config schema is the one declaration of every key; the front end parses every entry point
+alike."""
 
 import inspect
 import os
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from tripletclip_jax import configlib
+from tripletclip_jax import configlib, demo
 from tripletclip_jax.configlib import ConfigError
 from tripletclip_jax.data import pipeline
 from tripletclip_jax.train import config as schema
@@ -33,8 +34,16 @@ HOMONYMS = {"train"}
 
 def test_every_key_is_declared_once_with_help_and_a_resume_tag():
   keys = schema.schema_keys()
-  # `evals` is one key whose value is a dict of evaluators (empty by default: no leaves).
-  assert set(keys) - set(configlib.flat_keys(schema.base_config())) == {"evals"}
+  # `evals` is one key whose value is a dict of evaluators, `data.source` one whose value is a data
+  # source's options (both empty by default: no leaves); a source's options are declared with it.
+  source = {k for k in keys if k.startswith("data.source.")}
+  assert (
+    set(keys) - set(configlib.flat_keys(schema.base_config())) == {"evals", "data.source"} | source
+  )
+  demo_keys = {f"data.source.{k}" for k in configlib.flat_keys(schema.source_config("demo"))}
+  assert demo_keys == source - {
+    "data.source.world"
+  }  # the world's fields: demo/world.py WorldConfig
   for name, k in keys.items():
     assert k.help and k.resume in TAGS, name
   listing = schema.describe().splitlines()
@@ -51,6 +60,7 @@ def test_function_defaults_agree_with_the_schema():
     (step.abstract_train_state, "mesh"),
     (step.make_train_step, "mesh"),
     (step.make_train_step, ""),
+    (demo.prepare, "data.source"),
   ):
     for name, p in inspect.signature(fn).parameters.items():
       key = f"{group}.{name}" if group else name
@@ -59,6 +69,7 @@ def test_function_defaults_agree_with_the_schema():
           continue
         want = declared[key].default
         got = list(p.default) if isinstance(p.default, tuple) else p.default
+        got = {} if got is None and want == {} else got  # None: Python's way to default to a dict
         assert got == (list(want) if isinstance(want, tuple) else want), (fn.__name__, key)
         checked += 1
   assert checked >= 8
@@ -77,7 +88,10 @@ def test_resume_tags_say_what_a_change_does():
   assert schema.resume_tag("data.partners") == schema.REFUSED
   assert schema.resume_tag("progress_bar") == schema.DRIVING
   assert schema.resume_tag("evals.sugarcrepe.every_steps") == schema.NEUTRAL  # inside a dict value
-  assert schema.resume_tag("data.demo_world.zipf") == schema.RECORDED  # a key a config file added
+  # A data source's options carry their own tags; inside a dict value, the nearest declared parent's.
+  assert schema.resume_tag("data.source.num_eval") == schema.NEUTRAL
+  assert schema.resume_tag("data.source.world.zipf") == schema.REFUSED
+  assert schema.resume_tag("my_added_key") == schema.RECORDED  # a key a config file added
   assert "log_every_steps" in schema.keys_tagged(schema.DRIVING)
 
 

@@ -1,4 +1,5 @@
-"""The demo world: deterministic, SugarCrepe-format, scene-graph-checked, held-out pairings really held out."""
+"""The demo world: deterministic, SugarCrepe-format, scene-graph-checked, held-out pairings really
+held out."""
 
 import collections
 import filecmp
@@ -188,11 +189,11 @@ def test_generator_defaults_are_the_demo_config():
   c = load_config_file(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
   )
-  assert dw.WorldConfig.from_dict(c.data.demo_world) == dw.WorldConfig()
+  assert dw.WorldConfig.from_dict(c.data.source.world) == dw.WorldConfig()
   defaults = inspect.signature(dw.write_demo_data).parameters
   assert (defaults["num_train"].default, defaults["num_eval"].default) == (
-    c.data.demo_num_train,
-    c.data.demo_num_eval,
+    c.data.source.num_train,
+    c.data.source.num_eval,
   )
 
 

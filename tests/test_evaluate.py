@@ -1,4 +1,5 @@
-"""Evaluators on fixtures in the real file formats, with known answers, and parity with transformers."""
+"""Evaluators on fixtures in the real file formats, with known answers, and parity with
+transformers."""
 
 import io
 import json
@@ -24,7 +25,8 @@ COLORS = {
 
 
 class ColorModel:
-  """A model whose answers are known: an image is the one-hot of its colour, a text of its first colour word."""
+  """A model whose answers are known: an image is the one-hot of its colour, a text of its first
+  colour word."""
 
   image_size = 32
 
@@ -412,7 +414,8 @@ def test_eval_refuses_an_unwritable_output_before_evaluating(tmp_path):
 
 
 def test_eval_options_are_typed_as_the_evaluator_declares_them():
-  """`--option triplet.batch_size=16` used to stay the string "16" (and crash at 4 * "16" in Grain)."""
+  """`--option triplet.batch_size=16` used to stay the string "16" (and crash at 4 * "16" in
+  Grain)."""
   sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch")
   )
@@ -473,7 +476,8 @@ def test_evaluator_configs_are_checked_before_anything_runs(tmp_path):
 
 
 def test_a_built_wheel_carries_its_data_files_and_runs_zero_shot(tmp_path):
-  """The package as `pip install .` ships it (not the source tree): the BPE vocabulary and ImageNet names."""
+  """The package as `pip install .` ships it (not the source tree): the BPE vocabulary and ImageNet
+  names."""
   import shutil
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,5 @@
-"""`build` checks what it builds before any training: each hostile config below is refused in one line."""
+"""`build` checks what it builds before any training: each hostile config below is refused in one
+line."""
 
 import os
 import sys
@@ -55,7 +56,8 @@ def test_build_refuses_configs_that_cannot_train(data_dir):
 
 
 def test_a_regex_that_backtracks_badly_is_answered_at_once(data_dir):
-  """`(.*)*x` makes Python's `re` run for hours on a long path (and ignore SIGTERM); RE2 answers at once."""
+  """`(.*)*x` makes Python's `re` run for hours on a long path (and ignore SIGTERM); RE2 answers at
+  once."""
   t = time.perf_counter()
   _refused(
     small_config(data_dir, **{"optimizer.frozen": "(.*)*x"}),

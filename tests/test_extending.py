@@ -1,5 +1,5 @@
-"""docs/extending.md, section by section: each extension is one module (here, code in this file) plus one registry
-line (here, added with monkeypatch), and nothing else changes."""
+"""docs/extending.md, section by section: each extension is one module (here, code in this file)
+plus one registry line (here, added with monkeypatch), and nothing else changes."""
 
 import base64
 import os
@@ -104,7 +104,8 @@ def test_a_preset(monkeypatch, data_dir):
 
 # ---- A parameter group: no code, config keys only.
 def test_a_parameter_group(data_dir, tmp_path):
-  """A text tower at half the rate moves exactly half as far in the first step; the image tower as before."""
+  """A text tower at half the rate moves exactly half as far in the first step; the image tower as
+  before."""
   from tripletclip_jax import sharding
 
   def first_delta(name, **over):

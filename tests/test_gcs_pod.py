@@ -1,7 +1,6 @@
-"""gs:// at scale, through the fault proxy (5% of requests fail; the data tools also clean): the data tools read
-from and write to the bucket, and a simulated pod is preempted and resumed there. (A module of its
-own so that `make test`'s two workers share
-the bucket tests.)"""
+"""gs:// at scale, through the fault proxy (5% of requests fail; the data tools also clean): the
+data tools read from and write to the bucket, and a simulated pod is preempted and resumed there. (A
+module of its own so that `make test`'s two workers share the bucket tests.)"""
 
 import json
 import os
@@ -22,10 +21,10 @@ from tripletclip_jax.train.metrics import read_metrics
 
 @pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
 def test_converted_and_generated_data_go_straight_to_a_bucket(faults, tmp_path, request):
-  """Clean and through the fault proxy (5% of requests fail): convert_wds.py reads tars from and writes shards to the bucket;
-  make_negatives.py reads a table and its images from the bucket, stages its captions locally and
-  publishes
-  finished shards; reruns skip what the bucket already holds."""
+  """Clean and through the fault proxy (5% of requests fail): convert_wds.py reads tars from and
+  writes shards to the bucket; make_negatives.py reads a table and its images from the bucket,
+  stages its captions locally and publishes finished shards; reruns skip what the bucket already
+  holds."""
   pytest.importorskip("diffusers")
   from test_import_formats import _write_tar
   from test_negatives import _inputs
@@ -125,18 +124,18 @@ def one_process(data_dir, tmp_path_factory):
 def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(
   faults, data_dir, one_process, request
 ):
-  """Through the fault proxy (5% of requests fail), 4 processes x 2 devices share a workdir and read
+  """Through the fault proxy (5% of requests fail), 2 processes x 4 devices share a workdir and read
   their slices of the data, both in the bucket: SIGTERM to every process (each at its own moment)
   leaves one checkpoint at a step they agreed on; the restart finishes the run, whose losses and
-  evaluation (each process
-  scores its slice) equal one process with the same 8 devices up to the collectives' summation order."""
+  evaluation (each process scores its slice) equal one process with the same 8 devices up to the
+  collectives' summation order."""
   bucket, env = request.getfixturevalue("faulty_bucket" if faults else "bucket")
   bucket = f"{bucket}/{'faults' if faults else 'clean'}"  # one server for the module: a folder each
   fileio.upload(data_dir, f"{bucket}/poddata")
   args = _cli_overrides(data_dir, **_POD_ARGS)
   one, pod = one_process, f"{bucket}/pod"
-  args = [a for a in args if not a.startswith("--config.data.demo_data_dir")] + [
-    f"--config.data.demo_data_dir={bucket}/poddata"
+  args = [a for a in args if not a.startswith("--config.data.source.dir")] + [
+    f"--config.data.source.dir={bucket}/poddata"
   ]
   procs = _pod(pod, args, env=env)
   for line in procs[0].stdout:  # training is under way: step 2 is logged

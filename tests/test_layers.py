@@ -13,7 +13,8 @@ def _layer_of() -> dict:
 
 
 def _imports(path: str):
-  """(line, top-level subpackage or module of tripletclip_jax) of every import in `path`, at any depth."""
+  """(line, top-level subpackage or module of tripletclip_jax) of every import in `path`, at any
+  depth."""
   tree = ast.parse(open(path).read(), path)
   for node in ast.walk(tree):
     if (

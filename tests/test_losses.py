@@ -1,4 +1,5 @@
-"""Every registered loss equals a float64 NumPy reimplementation of the formulas in docs/recipe.md."""
+"""Every registered loss equals a float64 NumPy reimplementation of the formulas in
+docs/recipe.md."""
 
 import jax
 import jax.numpy as jnp
@@ -147,7 +148,8 @@ def test_gradients_match_finite_differences(name):
 
 @pytest.mark.parametrize("name", ["siglip", "negsiglip", "tripletsiglip"])
 def test_sigmoid_losses_on_a_mesh_equal_the_dense_ones(name):
-  """The ring over 8 devices (no device holds the N x N logits) gives the dense value and gradients."""
+  """The ring over 8 devices (no device holds the N x N logits) gives the dense value and
+  gradients."""
   mesh = sharding.make_mesh(-1, 2)
   args = [jnp.asarray(e) for e in _embeds(16, 8, 5)] + [jnp.float32(10.0), jnp.float32(-10.0)]
   dense = jax.value_and_grad(_registered(name), argnums=tuple(range(6)))(*args)

@@ -1,5 +1,6 @@
-"""Export to open_clip, checked with the real open_clip: the same embeddings, and back through our import bit for
-bit. Then our evaluators against LAION's CLIP_benchmark on the export, on small data built here."""
+"""Export to open_clip, checked with the real open_clip: the same embeddings, and back through our
+import bit for bit. Then our evaluators against LAION's CLIP_benchmark on the export, on small data
+built here."""
 
 import json
 import os
@@ -59,8 +60,9 @@ def test_export_loads_in_open_clip_with_our_embeddings_and_imports_back_bit_for_
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-  """Small benchmarks on disk: an image folder (3 classes), a Karpathy split, the demo world's SugarCrepe files;
-  and one random tiny CLIP, exported for open_clip and for transformers (what launch/eval.py loads)."""
+  """Small benchmarks on disk: an image folder (3 classes), a Karpathy split, the demo world's
+  SugarCrepe files; and one random tiny CLIP, exported for open_clip and for transformers (what
+  launch/eval.py loads)."""
   from PIL import Image
 
   from tripletclip_jax.demo import world

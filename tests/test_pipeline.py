@@ -1,6 +1,7 @@
 """The Grain pipeline: determinism, resumable state with workers, process shares, bad data."""
 
 import io
+import json
 import os
 import sys
 
@@ -72,7 +73,8 @@ def test_state_restores_exactly_with_worker_processes(demo_dir):
   "before,after,steps,repeated", [(0, 2, 3, 0), (2, 0, 4, 0), (2, 0, 3, 7), (2, 3, 4, 0)]
 )
 def test_a_state_moves_to_another_number_of_workers(demo_dir, before, after, steps, repeated):
-  """Nothing is skipped, and only a save between worker cycles repeats examples (counted exactly)."""
+  """Nothing is skipped, and only a save between worker cycles repeats examples (counted
+  exactly)."""
   stream = iter(_ds(demo_dir))
   order = _keys(next(stream) for _ in range(12))  # the global order of positions, one stream
   it = iter(_ds(demo_dir, num_workers=before))
@@ -128,6 +130,7 @@ def _bad_shards(tmp_path, n_good=20):
     w.write(dict(good(100), key="corrupt", image=b"not an image"))
     w.write({k: v for k, v in good(101).items() if k != "neg_caption"} | {"key": "missing"})
     w.write(dict(good(102), key="empty", caption="   "))
+    w.write_payload(b"not an Example")
     w.write(dict(good(103), key="crc"))
   data = bytearray(open(path, "rb").read())
   off = int(records.load_index(path)[-1, 0])
@@ -156,6 +159,7 @@ def test_bad_records_are_skipped_and_counted_by_reason(tmp_path, caplog):
     "truncated": 1,
     "malformed_feature": 0,
     "corrupt_framing": 0,
+    "malformed": 1,
   }
   assert sorted(_keys(batches)) == sorted([f"g{i}" for i in range(20)] + ["g200", "g201"])
   logged = caplog.text
@@ -333,8 +337,9 @@ def test_uint8_images_are_normalised_on_the_device_to_the_same_embedding(demo_di
 
 
 def test_array_record_copy_gives_the_same_batches(demo_dir, tmp_path, capsys):
-  """Grain's native ArrayRecord, written by launch/convert_array_record.py, is a registered format: training from
-  the copy reads the same batches as training from the TFRecord shards (here through the trainer's `build`)."""
+  """Grain's native ArrayRecord, written by launch/convert_array_record.py, is a registered format:
+  training from the copy reads the same batches as training from the TFRecord shards (here through
+  the trainer's `build`)."""
   sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch")
   )
@@ -350,7 +355,7 @@ def test_array_record_copy_gives_the_same_batches(demo_dir, tmp_path, capsys):
   batches = {}
   for name, train in (("tfrecord", os.path.join(demo_dir, "train")), ("array_record", ar)):
     # No demo world to fall back on: the batches can only come from `train`.
-    only = {"data.train": train, "data.num_workers": 2, "data.demo_num_train": 0}
+    only = {"data.train": train, "data.num_workers": 2}
     exp = build(small_config(str(tmp_path / "no_world"), **only), str(tmp_path / name))
     batches[name] = [next(exp.train_data) for _ in range(3)]
     exp.train_data.close()
@@ -358,6 +363,50 @@ def test_array_record_copy_gives_the_same_batches(demo_dir, tmp_path, capsys):
     assert sorted(a) == sorted(b)
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_an_array_record_folder_is_exactly_its_manifest(demo_dir, tmp_path, capsys):
+  """The converter writes a manifest last; training reads exactly its set and refuses what is
+  missing, unlisted or left by a conversion that did not finish; the converter refuses a non-empty
+  folder."""
+  import shutil
+
+  from tripletclip_jax.data import array_record, formats, records
+
+  ar, other = str(tmp_path / "ar"), str(tmp_path / "other")
+  paths = array_record.convert(os.path.join(demo_dir, "train"), ar)
+  manifest = json.load(open(os.path.join(ar, records.MANIFEST)))
+  assert [(s["file"], s["num_examples"]) for s in manifest["shards"]] == [
+    (os.path.basename(p), 32) for p in paths
+  ] and all(s["crc32"] and s["bytes"] for s in manifest["shards"])
+  with pytest.raises(ValueError, match=r"--output_dir .*/ar is not empty \(4 entries.*--replace"):
+    array_record.convert(os.path.join(demo_dir, "train"), ar)
+  # A file of another conversion in the folder: refused, not read.
+  array_record.convert(os.path.join(demo_dir, "heldout"), other)
+  stray = os.path.join(ar, "stray.array_record")
+  shutil.copy(os.path.join(other, sorted(os.listdir(other))[0]), stray)
+  with pytest.raises(ValueError, match=r"stray.array_record is not listed in .*manifest.json"):
+    formats.open_source(ar)
+  os.remove(stray)
+  os.remove(paths[1])
+  with pytest.raises(ValueError, match=r"lists 1 shard\(s\) missing from"):
+    formats.open_source(ar)
+  # --replace starts over; a conversion killed midway (a .tmp, no manifest) is refused.
+  array_record.convert(os.path.join(demo_dir, "train"), ar, replace=True)
+  assert len(formats.open_source(ar)) == 96
+  os.remove(os.path.join(ar, records.MANIFEST))
+  open(paths[2] + ".tmp", "wb").close()
+  with pytest.raises(ValueError, match=r"left by a conversion that did not finish"):
+    formats.open_source(ar)
+  # An empty input is warned of; an --output_dir that is a file is one line.
+  empty = tmp_path / "empty" / "e-00000-of-00001.tfrecord"
+  empty.parent.mkdir()
+  empty.write_bytes(b"")
+  warned = []
+  array_record.convert(str(empty.parent), str(tmp_path / "e_ar"), log=warned.append)
+  assert warned and "holds no records" in warned[0]
+  with pytest.raises(ValueError, match=r"--output_dir .*e-00000-of-00001.tfrecord is a file"):
+    array_record.convert(str(empty.parent), str(empty))
 
 
 def test_a_damaged_array_record_file_is_one_line(tmp_path):
@@ -374,7 +423,7 @@ def test_a_damaged_array_record_file_is_one_line(tmp_path):
     formats.resolve(str(tmp_path))
 
 
-def test_in_memory_serves_the_same_batches_and_resumes(demo_dir):
+def test_in_memory_serves_the_same_batches(demo_dir):
   kw = dict(augment="center_crop", union_negatives=False)
   stream, memory = iter(_ds(demo_dir, **kw)), iter(_ds(demo_dir, in_memory=True, **kw))
   for _ in range(14):  # past an epoch of 96 records at batch 16
@@ -382,13 +431,38 @@ def test_in_memory_serves_the_same_batches_and_resumes(demo_dir):
     assert set(a) == set(b)
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  state = memory.get_state()
-  after = [next(memory)["key"].tolist() for _ in range(3)]
-  again = iter(_ds(demo_dir, in_memory=True, **kw))
-  again.set_state(state)
-  assert [next(again)["key"].tolist() for _ in range(3)] == after
   with pytest.raises(ValueError, match="random_resized_crop draws a new crop"):
     _ds(demo_dir, in_memory=True, augment="random_resized_crop")
+
+
+@pytest.mark.parametrize(
+  "before,after",
+  [
+    ({}, {"in_memory": True}),
+    ({"in_memory": True}, {}),
+    ({}, {"batch_size": 12}),
+    ({"in_memory": True}, {"in_memory": True, "batch_size": 5}),
+    ({"in_memory": True, "batch_size": 12}, {"batch_size": 3}),
+  ],
+)
+def test_a_saved_position_counts_records_in_every_pipeline(tmp_path, before, after):
+  """Resumed under other settings, the records read next are, by id, exactly those an uninterrupted
+  run with the new settings reads from that position: nothing skipped or repeated (bad records
+  included)."""
+  d = _bad_shards(tmp_path)
+  kw = dict(image_size=32, context_length=16, seed=3, augment="center_crop", max_bad_fraction=1.0)
+  make = lambda o: pipeline.make_dataset(d, **{"batch_size": 8, **kw, **o})  # noqa: E731
+  it = iter(make(before))
+  first = _keys(next(it) for _ in range(4))
+  state = it.get_state()
+  # The position in records: the good ones read plus the bad ones met.
+  assert state["next_index"] >= len(first)
+  resumed = iter(make(after))
+  resumed.set_state(state)
+  rest = _keys(next(resumed) for _ in range(6))
+  uninterrupted = iter(make({**after, "batch_size": 1}))  # one record a batch: the order itself
+  order = _keys(next(uninterrupted) for _ in range(len(first) + len(rest)))
+  assert first + rest == order
 
 
 def test_shuffled_partners_keep_x_neg_with_y_neg_but_not_with_x(demo_dir):

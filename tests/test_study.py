@@ -1,4 +1,5 @@
-"""The demo study's statistics (tripletclip_jax/demo/study.py): intervals, the rule, the precondition."""
+"""The demo study's statistics (tripletclip_jax/demo/study.py): intervals, the rule, the
+precondition."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,8 @@
-"""benchmarks/tpu_plan.py with libtpu's compile-only client: the trainer's step compiled for a TPU topology.
+"""benchmarks/tpu_plan.py with libtpu's compile-only client: the trainer's step compiled for a TPU
+topology.
 
-Needs the `tpu` extra (`pip install -e ".[tpu]"`); skipped without it, so `make test` does not need libtpu."""
+Needs the `tpu` extra (`pip install -e ".[tpu]"`); skipped without it, so `make test` does not need
+libtpu."""
 
 import importlib.util
 import os

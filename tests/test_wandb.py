@@ -1,5 +1,6 @@
-"""Weights & Biases as a writer, with the real `wandb` package offline: the run holds the config and every
-metric of metrics.jsonl, the final evaluation as a table, and a resumed run continues the same W&B run."""
+"""Weights & Biases as a writer, with the real `wandb` package offline: the run holds the config and
+every metric of metrics.jsonl, the final evaluation as a table, and a resumed run continues the same
+W&B run."""
 
 import glob
 import json
@@ -17,8 +18,9 @@ from tripletclip_jax.train.metrics import RUN_ID_FILE, read_metrics  # noqa: E40
 
 
 def _records(path: str):
-  """The protobuf records of a W&B transaction log (.wandb): a 7-byte header, then LevelDB's log format
-  (32 KiB blocks; each chunk a 7-byte header: crc32, length, type 1 full / 2 first / 3 middle / 4 last)."""
+  """The protobuf records of a W&B transaction log (.wandb): a 7-byte header, then LevelDB's log
+  format (32 KiB blocks; each chunk a 7-byte header: crc32, length, type 1 full / 2 first / 3 middle
+  / 4 last)."""
   from wandb.proto import wandb_internal_pb2
 
   data, pos, pending = open(path, "rb").read(), 7, b""
@@ -99,3 +101,19 @@ def test_an_unknown_writer_is_one_line(data_dir, tmp_path):
     ConfigError, match=r"config.writers='tensorboard,wandbb': a comma-separated list of"
   ):
     train_and_evaluate(small_config(data_dir, writers="tensorboard,wandbb"), str(tmp_path))
+
+
+def test_wandb_problems_are_one_line_before_anything_is_written(data_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  over = {"writers": "wandb"}
+  w = tmp_path / "file"
+  w.mkdir()
+  (w / "wandb").write_text("not a folder")
+  with pytest.raises(ValueError, match=r"file/wandb is not a folder, and W&B keeps its run there"):
+    train_and_evaluate(small_config(data_dir, **over), str(w))
+  w = tmp_path / "corrupt"
+  w.mkdir()
+  (w / RUN_ID_FILE).write_bytes(b"\x00\xffgarbage/..")
+  with pytest.raises(ValueError, match=r"corrupt/wandb_run_id does not hold a W&B run id"):
+    train_and_evaluate(small_config(data_dir, **over), str(w))
+  assert sorted(os.listdir(w)) == [RUN_ID_FILE]  # no lock, no checkpoints

@@ -1,9 +1,10 @@
-"""Tiny random CLIP parameters for the interop and trainer tests (the negatives tool's tiny models are
-`tripletclip_jax.synth.tiny`)."""
+"""Tiny random CLIP parameters for the interop and trainer tests (the negatives tool's tiny models
+are `tripletclip_jax.synth.tiny`)."""
 
 
 def clip_params(cfg, seed: int = 0) -> dict:
-  """Random parameters of a whole CLIP checkpoint for `cfg`: the towers plus the loss's temperature (host numpy)."""
+  """Random parameters of a whole CLIP checkpoint for `cfg`: the towers plus the loss's temperature
+  (host numpy)."""
   import jax
   from tripletclip_jax import losses
   from tripletclip_jax.models import init_params

@@ -1,4 +1,5 @@
-"""A fault-injecting HTTP proxy for the storage tests, on loopback, between the clients and the storage server.
+"""A fault-injecting HTTP proxy for the storage tests, on loopback, between the clients and the
+storage server.
 
 At configurable rates per request it:
 - answers 503 or 429 without forwarding ("unavailable", "rate limited");
@@ -40,7 +41,7 @@ class FaultProxy:
     self.rates = {"unavailable": 0.0, "rate_limited": 0.0, "drop": 0.0, "delay": 0.0}
     self.delay_s, self.latency_s = 1.0, 0.0
     self.counts = {k: 0 for k in (*self.rates, "forwarded")}
-    self._rng, self._lock = random.Random(seed), threading.Lock()
+    self.seed, self._seen, self._lock = seed, {}, threading.Lock()
     self._completed = {}  # (method, upload session URL) -> the answer that completed it
     proxy = self
 
@@ -66,7 +67,7 @@ class FaultProxy:
 
       def _handle(self):
         body = self._body()
-        fault = proxy._draw()
+        fault = proxy._draw(self.command, self.path)
         if fault in _STATUS:
           err = json.dumps(
             {"error": {"code": _STATUS[fault], "message": "injected by the fault proxy"}}
@@ -118,7 +119,11 @@ class FaultProxy:
     threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
   def set(self, **rates) -> "FaultProxy":
-    """Fault rates as fractions of requests (unavailable=, rate_limited=, drop=, delay=); delay_s=, latency_s=."""
+    """Fault rates as fractions of requests (unavailable=, rate_limited=, drop=, delay=); delay_s=,
+    latency_s=; seed= draws a new pattern of faults (each request's count starts again)."""
+    if "seed" in rates:
+      with self._lock:
+        self.seed, self._seen = rates.pop("seed"), {}
     for k in ("delay_s", "latency_s"):
       if k in rates:
         setattr(self, k, rates.pop(k))
@@ -127,9 +132,14 @@ class FaultProxy:
     self.rates.update(rates)
     return self
 
-  def _draw(self) -> str | None:
+  def _draw(self, method: str, path: str) -> str | None:
+    """The fault for a request, drawn from (seed, method, path without its query, how many times
+    that request came before): the same requests meet the same faults whatever order threads send
+    them in."""
     with self._lock:
-      u, edge = self._rng.random(), 0.0
+      key = (method, path.split("?")[0])
+      self._seen[key] = n = self._seen.get(key, 0) + 1
+      u, edge = random.Random(f"{self.seed}|{key}|{n}").random(), 0.0
       for kind, rate in self.rates.items():
         edge += rate
         if u < edge:

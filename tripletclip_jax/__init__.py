@@ -21,7 +21,8 @@ LAYERS = (
 
 
 def load(path: str, step: int | None = None, batch_size: int = 128):
-  """A training workdir or a Hugging Face CLIP directory -> Model with encode_images / encode_texts."""
+  """A training workdir or a Hugging Face CLIP directory -> Model with encode_images /
+  encode_texts."""
   from tripletclip_jax.inference import load as _load
 
   return _load(path, step, batch_size)

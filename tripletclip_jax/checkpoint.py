@@ -48,10 +48,9 @@ def make_manager(
 
 
 def check_reachable(workdir: str, timeout_s: float = 60.0) -> None:
-  """Raises StorageError in one line, within about `timeout_s`, when tensorstore (Orbax's array writer, with its
-  own GCS client and endpoint setting) cannot reach a gs:// workdir. Its default retries would
-  otherwise spend
-  about 15 minutes on a wrong endpoint before the first save fails."""
+  """Raises StorageError in one line, within about `timeout_s`, when tensorstore (Orbax's array
+  writer, with its own GCS client and endpoint setting) cannot reach a gs:// workdir. Its default
+  retries would otherwise spend about 15 minutes on a wrong endpoint before the first save fails."""
   if not str(workdir).startswith("gs://"):
     return
   import tensorstore as ts
@@ -75,10 +74,10 @@ def check_reachable(workdir: str, timeout_s: float = 60.0) -> None:
 
 
 def checkpoint_bytes(workdir: str, step: int | None, state) -> int:
-  """Bytes the next checkpoint of `state` will take on disk: the size of checkpoint `step` when it exists,
-  else an estimate from compressing a sample of every leaf (Orbax compresses; the raw size is ~2.5x
-  too
-  high for a fresh model). The estimate copies each leaf's first local shard to the host, once per run."""
+  """Bytes the next checkpoint of `state` will take on disk: the size of checkpoint `step` when it
+  exists, else an estimate from compressing a sample of every leaf (Orbax compresses; the raw size
+  is ~2.5x too high for a fresh model). The estimate copies each leaf's first local shard to the
+  host, once per run."""
   if step is not None:
     root = os.path.join(checkpoint_dir(workdir), str(step))
     if os.path.isdir(root):
@@ -100,7 +99,8 @@ def checkpoint_bytes(workdir: str, step: int | None, state) -> int:
 
 
 def check_space(workdir: str, state, last_good: int | None) -> None:
-  """Raises ValueError in one line when the workdir's disk cannot hold one more checkpoint of `state`.
+  """Raises ValueError in one line when the workdir's disk cannot hold one more checkpoint of
+  `state`.
 
   Orbax reports a full disk from its writer threads as hundreds of lines of tracebacks; this check
   runs at the start and before each save. `last_good` is the newest complete checkpoint, measured
@@ -121,7 +121,8 @@ def check_space(workdir: str, state, last_good: int | None) -> None:
 
 
 class _IteratorState:
-  """An iterator state as Grain's checkpoint handler sees it (bytes): what we save, or what it restores.
+  """An iterator state as Grain's checkpoint handler sees it (bytes): what we save, or what it
+  restores.
 
   Taking the bytes ourselves lets the meta hold their checksum, and lets a resume move the state to
   another number of data workers before the real iterator sees it.
@@ -152,7 +153,8 @@ def _per_process(value: int) -> list[int]:
 def save(
   manager: ocp.CheckpointManager, step: int, state, data_iter, meta: dict, force: bool = False
 ) -> bool:
-  """Saves `state`, the iterator's position and `meta` (plus the checksums and shapes that a resume checks)."""
+  """Saves `state`, the iterator's position and `meta` (plus the checksums and shapes that a resume
+  checks)."""
   import grain  # the JAX-only readers of checkpoints (tc.load) need no Grain
 
   meta = dict(
@@ -177,8 +179,8 @@ def shapes(tree) -> dict[str, str]:
 
 
 def state_differences(meta: dict, abstract_state) -> list[str]:
-  """How the checkpoint's state (from its meta) differs from `abstract_state`: leaves only in one of them,
-  or with another shape or dtype. Empty when it fits (or the meta is too old to say)."""
+  """How the checkpoint's state (from its meta) differs from `abstract_state`: leaves only in one of
+  them, or with another shape or dtype. Empty when it fits (or the meta is too old to say)."""
   saved = meta.get("shapes") or dict.fromkeys(meta.get("checksums") or {})
   if not saved:
     return []
@@ -235,7 +237,8 @@ _GOLDEN = np.uint32(0x9E3779B1)
 
 
 def _leaf_checksum(x):
-  """uint32 sum over the leaf's bit patterns, each weighted by its flat position (catches flips and swaps).
+  """uint32 sum over the leaf's bit patterns, each weighted by its flat position (catches flips and
+  swaps).
 
   Integer sums wrap and commute, so the value does not depend on sharding or reduction order.
   """
@@ -311,16 +314,44 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
 
 
 def _first_line(e: Exception) -> str:
+  # Orbax wraps tensorstore's error, which names the array and the file, in one that names neither.
+  while "See full TensorStore details" in str(e) and (e.__cause__ or e.__context__):
+    e = e.__cause__ or e.__context__
   lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-  return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+  return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def set_aside(workdir: str, step: int) -> str:
-  """Moves checkpoint `step` to WORKDIR/damaged_checkpoints/STEP-TIME (kept for inspection, no longer listed)."""
+  """Moves checkpoint `step` to WORKDIR/damaged_checkpoints/STEP-TIME (kept for inspection, no
+  longer listed)."""
   dst = fileio.join(fileio.absolute(workdir), "damaged_checkpoints", f"{step}-{int(time.time())}")
   if jax.process_index() == 0:
     fileio.move(fileio.join(checkpoint_dir(workdir), str(step)), dst)
   return dst
+
+
+def clean_partial(manager: ocp.CheckpointManager, workdir: str, log=print) -> None:
+  """Deletes the step folders that a killed save left incomplete (on a bucket: no
+  commit_success.txt; on a disk: Orbax's temporary folder), before any save writes that step again.
+  Orbax would delete such a folder inside the save itself, where one lost DELETE answer fails the
+  save; here a 404 counts as done (fileio.rmtree). Every process waits for process 0 to finish."""
+  from jax.experimental import multihost_utils
+
+  root, committed = checkpoint_dir(workdir), {str(s) for s in manager.all_steps()}
+  if jax.process_index() == 0 and fileio.isdir(root):
+    for name in fileio.listdir(root):
+      step, _, tmp = name.partition(".orbax-checkpoint-tmp")
+      partial = step.isdigit() and (
+        tmp
+        or (
+          step not in committed and not fileio.exists(fileio.join(root, name, "commit_success.txt"))
+        )
+      )
+      if partial:
+        fileio.rmtree(fileio.join(root, name))
+        log(f"Deleted {fileio.join(root, name)}: a save of step {step} that did not finish.")
+  multihost_utils.sync_global_devices("cleaned partial checkpoints")
+  manager.reload()
 
 
 def restore_intact(
@@ -336,6 +367,7 @@ def restore_intact(
   """
   from jax.experimental import multihost_utils
 
+  clean_partial(manager, workdir, log)
   steps = sorted(manager.all_steps(), reverse=True)
   for i, step in enumerate(steps):
     if i:
@@ -394,7 +426,8 @@ def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
 
 
 def load_params(workdir: str, step: int | None = None):
-  """(CLIPConfig, params on the first local device) from a training workdir, for inference and export.
+  """(CLIPConfig, params on the first local device) from a training workdir, for inference and
+  export.
 
   Works whatever the number of devices or processes that wrote the checkpoint (a pod's checkpoint
   loads on a laptop): the targets come from the checkpoint's own metadata, placed on one device.

@@ -14,12 +14,30 @@ imports nothing of the package, so any layer may use it.
 """
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import json
 import os
+from typing import Any
 
 import ml_collections
+
+# What changing a key does when a workdir resumes (train/config.py says what each means).
+DRIVING, NEUTRAL, RECORDED = "driving", "neutral", "recorded"
+SCHEDULE, MODEL, REFUSED = "schedule", "model", "refused"
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+  """One config key: its default (None: unset, of `kind`), its help line and its resume tag. The
+  trainer's schema (train/config.py) and the options of a data source (demo.OPTIONS) are made of
+  them."""
+
+  default: Any
+  help: str
+  resume: str = RECORDED
+  kind: type | None = None
 
 
 class ConfigError(ValueError):
@@ -34,7 +52,8 @@ def config_value(config, key: str):
 
 
 def load_config_file(spec: str, arg: str | None = None):
-  """`get_config()` of a config file, given as "PATH[:ARG]" (ml_collections' --config syntax) or PATH and `arg`.
+  """`get_config()` of a config file, given as "PATH[:ARG]" (ml_collections' --config syntax) or
+  PATH and `arg`.
 
   Raises ConfigError in one line for a missing file, a syntax or import error, a missing
   `get_config`, a bad ARG, or a `get_config` that returns no ConfigDict.
@@ -76,16 +95,16 @@ def load_config_file(spec: str, arg: str | None = None):
 
 
 def sibling_config(this_file: str, name: str, arg: str | None = None):
-  """`get_config(arg)` of config file `name` beside `this_file`, unlocked: how one config builds on another
-  without putting configs/ on sys.path."""
+  """`get_config(arg)` of config file `name` beside `this_file`, unlocked: how one config builds on
+  another without putting configs/ on sys.path."""
   return load_config_file(
     os.path.join(os.path.dirname(os.path.abspath(this_file)), name), arg
   ).unlock()
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
-  """A config file's ':ARG' as comma-separated key=value pairs (big_vision style); a bare first word sets
-  the first key. Unknown keys raise ValueError naming the choices."""
+  """A config file's ':ARG' as comma-separated key=value pairs (big_vision style); a bare first word
+  sets the first key. Unknown keys raise ValueError naming the choices."""
   out = dict(defaults)
   for i, item in enumerate(p for p in (arg or "").split(",") if p):
     key, sep, value = item.partition("=")
@@ -114,8 +133,9 @@ def flat_keys(config) -> list[str]:
 
 
 def changed_values(saved: dict, now: dict) -> dict:
-  """{key: (saved value, now)} for every leaf that differs between two config dicts. Tuples and lists
-  compare equal, as JSON stores both as lists; a key missing on one side counts as None there."""
+  """{key: (saved value, now)} for every leaf that differs between two config dicts. Tuples and
+  lists compare equal, as JSON stores both as lists; a key missing on one side counts as None
+  there."""
 
   def norm(v):
     return json.loads(json.dumps(v))
@@ -127,8 +147,8 @@ def changed_values(saved: dict, now: dict) -> dict:
 
 
 def config_changes(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-  """'key saved -> now' for every leaf that differs between two config dicts, except the keys in `ignore`
-  (and those below them)."""
+  """'key saved -> now' for every leaf that differs between two config dicts, except the keys in
+  `ignore` (and those below them)."""
   ignored = lambda k: any(k == n or k.startswith(n + ".") for n in ignore)  # noqa: E731
   return [f"{k} {a} -> {b}" for k, (a, b) in changed_values(saved, now).items() if not ignored(k)]
 
@@ -165,9 +185,9 @@ def _typed(raw: str, kind: type, key: str):
 
 
 def apply_overrides(config, overrides: list[str], flag: str = "--config.") -> None:
-  """`key.sub=value` strings onto a locked ConfigDict, each value typed as the config declares the key: the
-  `--config.key=value` flags of every entry point (launch/main.py parses them through absl the same
-  way).
+  """`key.sub=value` strings onto a locked ConfigDict, each value typed as the config declares the
+  key: the `--config.key=value` flags of every entry point (launch/main.py parses them through absl
+  the same way).
 
   An unknown key or a value of the wrong type raises ConfigError in one line, naming the key (and
   the nearest known keys).
@@ -205,7 +225,8 @@ def apply_overrides(config, overrides: list[str], flag: str = "--config.") -> No
 
 
 def split_overrides(argv: list[str], flag: str = "--config.") -> tuple[list[str], list[str]]:
-  """(the rest of argv, the `--config.key=value` / `--config.key value` overrides as 'key=value')."""
+  """(the rest of argv, the `--config.key=value` / `--config.key value` overrides as
+  'key=value')."""
   rest, overrides, i = [], [], 0
   while i < len(argv):
     a = argv[i]
@@ -240,7 +261,8 @@ def split_config_spec(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def split_set_flags(argv: list[str]) -> tuple[list[str], list[str]]:
-  """(argv without them, the values of `--set KEY=VALUE` / `--set=KEY=VALUE`), an alias of --config."""
+  """(argv without them, the values of `--set KEY=VALUE` / `--set=KEY=VALUE`), an alias of
+  --config."""
   rest, values, i = [], [], 0
   while i < len(argv):
     a = argv[i]

@@ -26,7 +26,8 @@ Path = epath.Path
 
 
 class StorageError(OSError):
-  """Storage that failed past its clients' retries; the message names the path and what is still intact."""
+  """Storage that failed past its clients' retries; the message names the path and what is still
+  intact."""
 
 
 def is_remote(path) -> bool:
@@ -35,7 +36,8 @@ def is_remote(path) -> bool:
 
 
 def absolute(path) -> str:
-  """A local path made absolute; a URL as it is (os.path.abspath would turn gs://b into CWD/gs:/b)."""
+  """A local path made absolute; a URL as it is (os.path.abspath would turn gs://b into
+  CWD/gs:/b)."""
   path = os.fspath(path)
   return path if is_remote(path) else os.path.abspath(path)
 
@@ -91,8 +93,9 @@ def remove(path) -> None:
 
 
 def fsspec_fs(path):
-  """The fsspec filesystem that serves a URL (for ranged reads, which epath has no call for): epath's own client,
-  so that the process has one listing cache (a second client would list a moved folder, and Orbax would see it)."""
+  """The fsspec filesystem that serves a URL (for ranged reads, which epath has no call for):
+  epath's own client, so that the process has one listing cache (a second client would list a moved
+  folder, and Orbax would see it)."""
   path = os.fspath(path)
   if path.startswith("gs://"):
     from etils.epath import backend
@@ -104,14 +107,16 @@ def fsspec_fs(path):
 
 
 def read_bytes(path) -> bytes:
-  """A whole file; on a bucket one GET (epath's open asks for the object's metadata first: two round trips)."""
+  """A whole file; on a bucket one GET (epath's open asks for the object's metadata first: two round
+  trips)."""
   if is_remote(path):
     return fsspec_fs(path).cat_file(os.fspath(path))
   return Path(path).read_bytes()
 
 
 def write_bytes(path, data: bytes) -> None:
-  """Writes a whole file: atomically on a local disk (temporary file + rename); one object upload on a bucket."""
+  """Writes a whole file: atomically on a local disk (temporary file + rename); one object upload on
+  a bucket."""
   path = os.fspath(path)
   if is_remote(path):
     # one request, retried by gcsfs (a resumable session is two)
@@ -147,8 +152,9 @@ def upload(local, remote) -> None:
 
 
 def _put_file(fs, local: str, remote: str, tries: int = 5) -> None:
-  """One file to a bucket, again after a dropped connection: gcsfs retries the answers it is given (5xx,
-  429) but not a connection lost mid-request, and writing the whole object again is idempotent."""
+  """One file to a bucket, again after a dropped connection: gcsfs retries the answers it is given
+  (5xx, 429) but not a connection lost mid-request, and writing the whole object again is
+  idempotent."""
   import aiohttp
 
   for attempt in range(tries):
@@ -162,7 +168,8 @@ def _put_file(fs, local: str, remote: str, tries: int = 5) -> None:
 
 
 def local_copy(path, into: str) -> str:
-  """A local path with the contents of `path`: itself when local, else a download into the folder `into`."""
+  """A local path with the contents of `path`: itself when local, else a download into the folder
+  `into`."""
   path = os.fspath(path)
   if not is_remote(path):
     return path
@@ -173,6 +180,38 @@ def local_copy(path, into: str) -> str:
   else:
     fs.get_file(path, dst)
   return dst
+
+
+def rmtree(path, passes: int = 5) -> None:
+  """Deletes a folder and everything in it. On a bucket, object by object: a 404 counts as done (a
+  retried DELETE whose first answer was lost already happened, as GCS's retry guidance says), a
+  dropped connection is retried, and the folder is listed again until nothing is left (StorageError
+  after `passes`)."""
+  path = os.fspath(path)
+  if not is_remote(path):
+    shutil.rmtree(path, ignore_errors=True)
+    return
+  import aiohttp
+
+  fs, root, left = fsspec_fs(path), path.rstrip("/"), []
+  for attempt in range(passes):
+    try:
+      fs.invalidate_cache()
+      left = fs.find(root) + [root + "/"]  # the last: a folder placeholder object, if any
+      for obj in left:
+        try:
+          fs.rm_file(obj)
+        except FileNotFoundError:
+          pass
+      fs.invalidate_cache()
+      if not fs.find(root):
+        return
+    except (aiohttp.ClientError, ConnectionError, TimeoutError):
+      pass
+    time.sleep(0.2 * 2**attempt)
+  raise StorageError(
+    f"Could not delete {path}: {len(left)} objects were still listed after {passes} passes."
+  )
 
 
 def move(src, dst) -> None:

@@ -90,7 +90,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 @dataclasses.dataclass(frozen=True)
 class Rows:
-  """This device's rows of a global batch, inside `jax.shard_map` over the batch axes (or all of it on one device).
+  """This device's rows of a global batch, inside `jax.shard_map` over the batch axes (or all of it
+  on one device).
 
   The `global_size` rows are split in order over `shards` devices along the mesh `axes`
   (`BATCH_AXES`), so every device holds global_size / shards of them. Losses score their own rows
@@ -107,7 +108,8 @@ class Rows:
     return self.global_size // self.shards
 
   def gather(self, x):
-    """[n, ...] -> [N, ...]: every device's rows in batch order (an all-gather; its gradient a reduce-scatter)."""
+    """[n, ...] -> [N, ...]: every device's rows in batch order (an all-gather; its gradient a
+    reduce-scatter)."""
     return x if self.shards == 1 else jax.lax.all_gather(x, self.axes, tiled=True)
 
   def offset(self):
@@ -115,7 +117,8 @@ class Rows:
     return 0 if self.shards == 1 else jax.lax.axis_index(self.axes) * self.size
 
   def pass_on(self, x):
-    """x from this device to the next one round the ring of the batch axes (a collective-permute)."""
+    """x from this device to the next one round the ring of the batch axes (a
+    collective-permute)."""
     ring = [(i, (i + 1) % self.shards) for i in range(self.shards)]
     return jax.lax.ppermute(x, self.axes, ring)
 

@@ -1,4 +1,5 @@
-"""On-disk formats of TripletData, by file suffix: a new format is one module plus one line in `FORMATS`.
+"""On-disk formats of TripletData, by file suffix: a new format is one module plus one line in
+`FORMATS`.
 
 A format turns a list of its files into a random-access source whose items are `sources.SourceItem`s
 (decoded tf.train.Example features, or the reason a record could not be read). The pipeline, the

@@ -31,7 +31,8 @@ def _load(img: Image.Image, min_side: int | None) -> Image.Image:
 
 
 def load_file(path: str) -> Image.Image:
-  """An image file as 8-bit RGB; raises OSError (PIL's UnidentifiedImageError, truncation) if unreadable.
+  """An image file as 8-bit RGB; raises OSError (PIL's UnidentifiedImageError, truncation) if
+  unreadable.
 
   The bytes come in one read (on a bucket one GET, not a metadata request and then a read)."""
   from tripletclip_jax import fileio
@@ -42,7 +43,8 @@ def load_file(path: str) -> Image.Image:
 
 
 def try_load(path: str) -> tuple[Image.Image | None, str | None]:
-  """(RGB image, None), or (None, "missing" | "unreadable"): for evaluators, which skip and count bad images."""
+  """(RGB image, None), or (None, "missing" | "unreadable"): for evaluators, which skip and count
+  bad images."""
   try:
     return load_file(path), None
   except FileNotFoundError:
@@ -74,8 +76,8 @@ def try_load_all(
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-  """Any PIL mode -> 8-bit RGB. 16-bit grayscale (PNG "I;16" / "I") is scaled from 0..65535: PIL's own
-  convert clips it to 0..255, which turns almost every pixel white."""
+  """Any PIL mode -> 8-bit RGB. 16-bit grayscale (PNG "I;16" / "I") is scaled from 0..65535: PIL's
+  own convert clips it to 0..255, which turns almost every pixel white."""
   if img.mode.startswith("I;16") or img.mode == "I":
     a = np.asarray(img, np.float64) * (255.0 / 65535.0)
     return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L").convert("RGB")
@@ -120,7 +122,8 @@ def _out(img: Image.Image, uint8: bool) -> np.ndarray:
 def train_transform(
   data: bytes, size: int, rng: np.random.Generator, scale=(0.9, 1.0), uint8: bool = False
 ) -> np.ndarray:
-  """Encoded image -> random resized crop, normalised float32 [size, size, 3] (or its uint8 pixels)."""
+  """Encoded image -> random resized crop, normalised float32 [size, size, 3] (or its uint8
+  pixels)."""
   img = Image.open(io.BytesIO(data))  # reads the header only
   w0, h0 = img.size
   left, top, cw, ch = random_resized_crop_box(w0, h0, rng, scale)
@@ -132,7 +135,8 @@ def train_transform(
 
 
 def eval_transform(data: bytes, size: int, uint8: bool = False) -> np.ndarray:
-  """Encoded image -> shortest side to `size` (bicubic), center crop, normalised float32 (or uint8 pixels)."""
+  """Encoded image -> shortest side to `size` (bicubic), center crop, normalised float32 (or uint8
+  pixels)."""
   img = decode(data, min_side=size)
   return _out(resize_center_crop(img, size), uint8)
 
@@ -147,7 +151,8 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 
 def preprocess(images, size: int) -> np.ndarray:
-  """PIL images, uint8 HxWx3 arrays or encoded bytes -> eval-normalised float32 [N, size, size, 3]."""
+  """PIL images, uint8 HxWx3 arrays or encoded bytes -> eval-normalised float32 [N, size, size,
+  3]."""
   out = []
   for im in images:
     if isinstance(im, (bytes, bytearray)):

@@ -30,6 +30,7 @@ BAD_REASONS = (
   "truncated",
   "malformed_feature",
   "corrupt_framing",
+  "malformed",  # the payload is not a tf.train.Example at all
 )
 MIN_EVIDENCE = 100  # records seen before the bad fraction so far is held to max_bad_fraction
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 
 class BadRecord(NamedTuple):
-  """What the pipeline passes on for a record it cannot use: counted by reason, logged once, skipped."""
+  """What the pipeline passes on for a record it cannot use: counted by reason, logged once,
+  skipped."""
 
   reason: str  # one of BAD_REASONS
   where: str  # "shard:key", or the shard alone when the record's bytes could not be read
@@ -159,7 +161,8 @@ class _SkipBadBatchIterator(grain.DatasetIterator):
 
   def _check_window(self):
     """Over the last `window` records once it is full, and over all records so far once there is
-    evidence (MIN_EVIDENCE), so that a short run, or the start of a long one, is held to the limit too."""
+    evidence (MIN_EVIDENCE), so that a short run, or the start of a long one, is held to the limit
+    too."""
     bad = [s for s in self._window if s is not None]
     if len(self._window) == self._window.maxlen and len(bad) > self._max_bad * len(self._window):
       what = f"{len(bad)} of the last {len(self._window)} records are bad"
@@ -222,8 +225,8 @@ def make_dataset(
   partners: str = "paired",
   in_memory: bool = False,
 ) -> grain.IterDataset:
-  """Per-process batches from TripletData shards in any registered format (`data/formats.py`: a glob,
-  directory or comma-separated list of TFRecord or ArrayRecord files) or a source such as
+  """Per-process batches from TripletData shards in any registered format (`data/formats.py`: a
+  glob, directory or comma-separated list of TFRecord or ArrayRecord files) or a source such as
   TFDSSource.
 
   `batch_size` is this process's share of the global batch. The order is a global shuffle from
@@ -237,6 +240,9 @@ def make_dataset(
   another record's negative pair (ShuffledPartners, a control). `in_memory` decodes every record
   once, before the first batch, and serves the arrays from memory after: for a set that fits in RAM
   and a deterministic transform (`augment="center_crop"`); the batches are the same.
+
+  The iterator's state counts the records of this process's stream that it has consumed, in every
+  mode and at any `batch_size` (per worker with `num_workers`: `iterator_state_for` moves it).
   """
   if process_index is None or process_count is None:
     import jax  # only for the process layout; the pipeline itself needs no JAX
@@ -257,23 +263,18 @@ def make_dataset(
     source = UnionSource(source)
   shuffle = train if shuffle is None else shuffle
   prep = Preprocess(image_size, context_length, train, crop_scale, fields, augment, uint8_images)
-  # In memory, the dataset runs over the rows of the decoded table (same order, no decode per step).
-  table = _decode_all(source, prep, max_bad_fraction) if in_memory else None
-  ds = grain.MapDataset.range(len(table["key"])) if in_memory else grain.MapDataset.source(source)
+  # In memory, every record is decoded once now and looked up after; the stream that follows is the
+  # same one (same positions, same order, bad records met at the same places), so a saved position
+  # counts records whichever way the set is read, and resumes exactly across in_memory and batch_size.
+  read = _Lookup(_decode_all(source, prep, max_bad_fraction)) if in_memory else prep
+  ds = grain.MapDataset.range(len(source)) if in_memory else grain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)
   if train or num_epochs:
     ds = ds.repeat(num_epochs)  # None: forever, reshuffled every epoch
-  if in_memory:
-    ds = ds[process_index::process_count].batch(
-      batch_size, drop_remainder=train if drop_remainder is None else drop_remainder
-    )
-    return ds.map(_Gather(table, len(BAD_REASONS))).to_iter_dataset(
-      grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(4, read_threads))
-    )
   # Augmentation randomness is keyed by the global position (before the per-process slice), so
   # an example is cropped the same way whatever the number of processes.
-  ds = ds.random_map(prep, seed=seed) if train else ds.map(prep)
+  ds = ds.random_map(read, seed=seed) if train else ds.map(read)
   ds = ds[process_index::process_count]
   # Threads that decode ahead within each process (Grain's default is 16); use about one per core a
   # process has, or a few per worker process when mp workers split the cores.
@@ -298,38 +299,36 @@ def make_dataset(
   return ds
 
 
-class _Gather:
-  """A batch of row indices -> the batch, from the decoded table."""
+class _Lookup:
+  """Position -> the record decoded at load (a dict of arrays, or its BadRecord); takes and ignores
+  the random generator of `random_map`, as in memory the transform is deterministic."""
 
-  def __init__(self, table: dict, bad_reasons: int):
-    self.table, self.zeros = table, np.zeros(bad_reasons, np.int64)
+  def __init__(self, items: list):
+    self.items = items
 
-  def __call__(self, rows):
-    return dict({k: v[rows] for k, v in self.table.items()}, bad_counts=self.zeros)
+  def __call__(self, index: int, rng: np.random.Generator | None = None):
+    return self.items[index]
 
 
-def _decode_all(source, prep, max_bad_fraction: float) -> dict:
-  """Every record of `source` through `prep`, stacked into one table {field: [n, ...]}; bad records are
-  logged, counted and left out (TooManyBadRecords past `max_bad_fraction`)."""
+def _decode_all(source, prep, max_bad_fraction: float) -> list:
+  """Every record of `source` through `prep`: [dict of arrays or BadRecord], one per position. Bad
+  records stay in their places, to be counted and logged as the stream meets them; too many raise
+  TooManyBadRecords now, before any batch."""
   if prep.random_crop:
     raise ValueError(
       "in_memory serves each record decoded once, but random_resized_crop draws a new crop every "
       "epoch: set augment='center_crop' or in_memory=False."
     )
   items = [prep(source[i]) for i in range(len(source))]
-  good = [it for it in items if not isinstance(it, BadRecord)]
   bad = collections.Counter(it.reason for it in items if isinstance(it, BadRecord))
-  for it in items:
-    if isinstance(it, BadRecord):
-      log.warning("Skipped bad record (%s) %s: %s", it.reason, it.where, it.detail)
   if bad:
-    log.warning("Skipped %d of %d records at load: %s", sum(bad.values()), len(items), dict(bad))
-  if not good or sum(bad.values()) > max_bad_fraction * len(items):
+    log.warning("%d of %d records are bad at load: %s", sum(bad.values()), len(items), dict(bad))
+  if sum(bad.values()) == len(items) or sum(bad.values()) > max_bad_fraction * len(items):
     raise TooManyBadRecords(
       f"{sum(bad.values())} of {len(items)} records are bad ({dict(bad)}; limit "
       f"max_bad_fraction={max_bad_fraction}): check or regenerate them, or raise max_bad_fraction."
     )
-  return {k: np.stack([g[k] for g in good]) for k in good[0]}
+  return items
 
 
 def iterator_state_for(state: dict, num_workers: int) -> tuple[dict, int]:

@@ -137,7 +137,8 @@ _TEXT_FIELDS = ("key", "caption", "neg_caption", "neg_type", "neg_source", "sour
 
 
 def check_example(ex: dict) -> str | None:
-  """None if every present field has its declared type and count, else what is wrong (naming the field).
+  """None if every present field has its declared type and count, else what is wrong (naming the
+  field).
 
   Bytes fields hold exactly one value (text ones valid UTF-8); clip_score holds one float.
   """
@@ -249,7 +250,8 @@ def read_at(
 
 
 def _resync(f, start: int, size: int) -> int:
-  """The first offset after `start` where a whole, CRC-valid record begins, or `size` if none does."""
+  """The first offset after `start` where a whole, CRC-valid record begins, or `size` if none
+  does."""
   block = 1 << 20
   pos = start + 1
   while pos + 16 <= size:
@@ -338,7 +340,10 @@ class ShardWriter:
     self.count = 0
 
   def write(self, features: dict) -> None:
-    payload = encode_example(features)
+    self.write_payload(encode_example(features))
+
+  def write_payload(self, payload: bytes) -> None:
+    """One record as it is (normally a serialized tf.train.Example)."""
     self._index.append((self._f.tell(), len(payload)))
     self._f.write(frame(payload))
     self.count += 1
@@ -371,15 +376,23 @@ class ShardWriter:
 
 
 def write_manifest(
-  directory: str, name: str, shards: list[str], counts: list[int], **how_made
+  directory: str,
+  name: str,
+  shards: list[str],
+  counts: list[int],
+  per_shard: list[dict] | None = None,
+  **how_made,
 ) -> str:
-  """Writes `manifest.json`: counts per shard, schema version and how the data was made."""
+  """Writes `manifest.json`: counts per shard (plus `per_shard`'s fields, such as a checksum),
+  schema version and how the data was made. Written last, it says the folder is complete: a reader
+  takes exactly its shards."""
   manifest = {
     "name": name,
     "schema_version": SCHEMA_VERSION,
     "num_examples": int(sum(counts)),
     "shards": [
-      {"file": os.path.basename(s), "num_examples": int(c)} for s, c in zip(shards, counts)
+      {"file": os.path.basename(s), "num_examples": int(c), **extra}
+      for s, c, extra in zip(shards, counts, per_shard or [{}] * len(shards))
     ],
     "features": {"required": list(REQUIRED), "optional": list(OPTIONAL)},
     "created_by": how_made,
@@ -430,7 +443,8 @@ def _stale(path: str, index: np.ndarray) -> str | None:
 
 
 def load_index(path: str, log=None) -> np.ndarray:
-  """The shard's record index [N, 2], from its sidecar or by scanning (shards written by TensorFlow).
+  """The shard's record index [N, 2], from its sidecar or by scanning (shards written by
+  TensorFlow).
 
   A sidecar that is unreadable (corrupt, or not a plain int64 array: nothing is ever unpickled) or
   stale (the shard grew or was rewritten after it) is ignored and the shard scanned instead;
@@ -463,8 +477,9 @@ def load_index(path: str, log=None) -> np.ndarray:
 def check_manifest(paths: list[str], counts: list[int]) -> None:
   """Checks shards against the `manifest.json` of their directory, where there is one.
 
-  Raises ValueError in one line when the manifest lists a shard that is missing, or a record count
-  that differs from the shard's.
+  Raises ValueError in one line when the manifest lists a shard that is missing, when a shard read
+  is not listed (left by another conversion or run), or when a record count differs from the
+  shard's.
   """
   by_dir: dict[str, list[int]] = {}
   for i, p in enumerate(paths):
@@ -488,9 +503,16 @@ def check_manifest(paths: list[str], counts: list[int]) -> None:
         f"{mpath} lists {len(missing)} shard(s) missing from {d} (first: {missing[0]}): restore "
         "them, or regenerate the manifest if they are gone for good."
       )
+    unlisted = sorted(os.path.basename(paths[i]) for i in idx)
+    unlisted = [n for n in unlisted if n not in listed]
+    if unlisted:
+      raise ValueError(
+        f"{fileio.join(d, unlisted[0])} is not listed in {mpath} ({len(unlisted)} such file(s)): it "
+        "belongs to another conversion or run; move it away, or write the folder again."
+      )
     for i in idx:
       name = os.path.basename(paths[i])
-      if name in listed and listed[name] != counts[i]:
+      if listed[name] != counts[i]:
         raise ValueError(
           f"{paths[i]} has {counts[i]} records but {mpath} says {listed[name]}: the shard was "
           "changed or cut short after the manifest was written; regenerate it or its manifest."

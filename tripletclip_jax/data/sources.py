@@ -31,9 +31,7 @@ def decoded(shard: str, index: int, payload: bytes) -> SourceItem:
   try:
     return SourceItem(shard, records.decode_example(payload), None, "")
   except Exception as e:  # noqa: BLE001 - a corrupt payload that passed no CRC check
-    return SourceItem(
-      shard, None, "undecodable_image", f"record {index}: unparseable Example ({e})"
-    )
+    return SourceItem(shard, None, "malformed", f"record {index}: not a tf.train.Example ({e})")
 
 
 class ShardSource:
@@ -115,8 +113,8 @@ class UnionSource:
 
 
 class ShuffledPartners:
-  """Every record with another record's negative pair (neg_image, neg_caption, neg_type): the negatives'
-  data and loss terms without their pairing, a control for TripletCLIP.
+  """Every record with another record's negative pair (neg_image, neg_caption, neg_type): the
+  negatives' data and loss terms without their pairing, a control for TripletCLIP.
 
   The partners form one random cycle over the records (from `seed`), so no record keeps its own.
   """

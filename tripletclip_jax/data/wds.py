@@ -63,7 +63,8 @@ def sample_to_features(key: str, sample: dict, source: str) -> dict:
 
 
 def convert_tar(tar_path: str, out_path: str) -> dict:
-  """One tar -> one shard (atomic; either may be in a bucket). Returns {'written', 'skipped', 'skipped_keys'}."""
+  """One tar -> one shard (atomic; either may be in a bucket). Returns {'written', 'skipped',
+  'skipped_keys'}."""
   source = os.path.basename(tar_path)
   skipped = []
   with records.ShardWriter(out_path) as w:

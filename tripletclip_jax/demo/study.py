@@ -1,6 +1,6 @@
-"""The demo study's statistics: the table over seeds, the pre-registered contrasts and their verdicts, the
-precondition that the baseline has learned what the endpoints presuppose, and the bag-of-words
-oracle's row.
+"""The demo study's statistics: the table over seeds, the pre-registered contrasts and their
+verdicts, the precondition that the baseline has learned what the endpoints presuppose, and the
+bag-of-words oracle's row.
 
 `launch/reproduce.py` trains the runs; this module turns their records (`run_record`) into
 `results.json`, `results.md` and `results.png`. The endpoints, thresholds and rule are those of
@@ -114,8 +114,8 @@ def t_interval(values, level: float = 0.95) -> dict:
 
 
 def verdict(interval: dict, margin: float = 2.0) -> str:
-  """The pre-registered rule: supported if the 95% interval lies above 0, refuted if it lies entirely
-  below +margin, otherwise inconclusive."""
+  """The pre-registered rule: supported if the 95% interval lies above 0, refuted if it lies
+  entirely below +margin, otherwise inconclusive."""
   if "low" not in interval:
     return "no interval (fewer than 2 seeds)"
   if interval["low"] > 0:
@@ -158,9 +158,9 @@ def precondition(runs: list[dict], accidental: dict) -> dict:
 
 
 def analysis(runs: list[dict], accidental: dict) -> dict:
-  """The pre-registered endpoints: each contrast's paired differences with 95% t-intervals and verdicts
-  (primary: held-out swap_att; secondary: the held-out binding mean), the precondition, the study's
-  verdict, and each arm's relation subsets against chance (50)."""
+  """The pre-registered endpoints: each contrast's paired differences with 95% t-intervals and
+  verdicts (primary: held-out swap_att; secondary: the held-out binding mean), the precondition, the
+  study's verdict, and each arm's relation subsets against chance (50)."""
   arms = set(r["arm"] for r in runs)
   pre = precondition(runs, accidental)
   out = {"precondition": pre, "contrasts": [], "relations": {}}
@@ -188,7 +188,8 @@ def analysis(runs: list[dict], accidental: dict) -> dict:
 
 
 def oracle_summary(worlds: list[dict]) -> dict:
-  """{split: {subset: {oracle: mean % over the worlds}}} from the worlds' `world.json` → `oracle`."""
+  """{split: {subset: {oracle: mean % over the worlds}}} from the worlds' `world.json` →
+  `oracle`."""
   first = worlds[0]["oracle"]
   return {
     split: {
@@ -209,7 +210,8 @@ def _interval_cell(iv: dict) -> str:
 
 
 def markdown(summary: dict, stats: dict, rule: str, oracle: dict | None = None) -> str:
-  """results.md: the arms' tables (with the oracle row), the precondition, the contrasts, relations."""
+  """results.md: the arms' tables (with the oracle row), the precondition, the contrasts,
+  relations."""
   cell = lambda m: f"{m[0]:.1f} ± {m[1]:.1f}" if m[2] > 1 else f"{m[0]:.1f}"  # noqa: E731
   name = lambda arm: LABELS.get(arm, arm)  # noqa: E731
   lines = []
@@ -296,7 +298,8 @@ def markdown(summary: dict, stats: dict, rule: str, oracle: dict | None = None) 
 
 
 def bar_chart(summary: dict, path: str, oracle: dict | None = None) -> None:
-  """results.png: each arm's subsets (mean ± std over seeds), held-out and seen; the oracle as ticks."""
+  """results.png: each arm's subsets (mean ± std over seeds), held-out and seen; the oracle as
+  ticks."""
   import matplotlib
 
   matplotlib.use("Agg")

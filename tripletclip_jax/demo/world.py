@@ -165,7 +165,8 @@ class WorldConfig:
 
   @classmethod
   def from_dict(cls, d) -> "WorldConfig":
-    """From a (config) dict: lists become tuples, and `edit_weights` may be a {edit: weight} dict."""
+    """From a (config) dict: lists become tuples, and `edit_weights` may be a {edit: weight}
+    dict."""
     d = dict(d)
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
@@ -182,7 +183,8 @@ class WorldConfig:
 
   @functools.cache
   def heldout(self) -> frozenset:
-    """Held-out (colour, shape) pairs: each symbol is a transversal, one pairing per colour and per shape."""
+    """Held-out (colour, shape) pairs: each symbol is a transversal, one pairing per colour and per
+    shape."""
     n = len(self.colors)
     return frozenset(
       (c, s)
@@ -274,8 +276,8 @@ def check_triplet(x, y, x_neg, y_neg) -> bool:
 
 
 def scene_words(scene: list[Obj]) -> frozenset:
-  """Every word that describes something in the scene: its attribute values and the relations that hold
-  between some two of its objects."""
+  """Every word that describes something in the scene: its attribute values and the relations that
+  hold between some two of its objects."""
   words = {w for o in scene for w in (o.color, o.shape, o.size, o.texture)}
   words |= {
     r for a, b in itertools.permutations(scene, 2) for r in RELATIONS if relation_holds(r, a, b)
@@ -290,7 +292,8 @@ def caption_words(cap: Caption) -> frozenset:
 
 
 def _per_image_in_batches(n: int, rng, batch_size: int, batches: int, counts) -> float:
-  """Mean over the images of random batches of `counts(i, j)` summed over the batch's other items j."""
+  """Mean over the images of random batches of `counts(i, j)` summed over the batch's other items
+  j."""
   found, images = 0, 0
   for _ in range(batches):
     idx = rng.choice(n, size=min(batch_size, n), replace=False)
@@ -328,8 +331,9 @@ def without(cap: Caption, attr: str) -> Caption:
 def rejected_only_by(
   attr: str, scenes, captions, rng, batch_size: int = 64, batches: int = 25
 ) -> float:
-  """In random batches, the mean number per image of other captions that are false of it only because
-  of their `attr` words (true once those are unsaid): the in-batch pressure to learn that attribute."""
+  """In random batches, the mean number per image of other captions that are false of it only
+  because of their `attr` words (true once those are unsaid): the in-batch pressure to learn that
+  attribute."""
   blind = [without(c, attr) for c in captions]
   return _per_image_in_batches(
     len(scenes),
@@ -350,7 +354,8 @@ def _word_counts(cap: Caption, kind: str) -> collections.Counter:
 
 
 def _scene_counts(scene: list[Obj]) -> collections.Counter:
-  """How many objects carry each attribute value, and how many ordered pairs each relation holds for."""
+  """How many objects carry each attribute value, and how many ordered pairs each relation holds
+  for."""
   counts = collections.Counter(w for o in scene for w in (o.color, o.shape, o.size, o.texture))
   counts.update(
     r for a, b in itertools.permutations(scene, 2) for r in RELATIONS if relation_holds(r, a, b)
@@ -362,9 +367,9 @@ ORACLES = ("bow", "color", "shape")
 
 
 def oracle_choice(scene: list[Obj], cap: Caption, neg: Caption, kind: str = "bow") -> float:
-  """A bag-of-words scorer: it knows how many objects of the scene each word describes, but not which
-  words belong together. 1 if the caption has the larger share of words the scene supports (a word
-  said k times counts at most as often as the scene has it), 0.5 on a tie, else 0.
+  """A bag-of-words scorer: it knows how many objects of the scene each word describes, but not
+  which words belong together. 1 if the caption has the larger share of words the scene supports (a
+  word said k times counts at most as often as the scene has it), 0.5 on a tie, else 0.
 
   `kind` "bow" reads every word (colours, shapes, textures, sizes, relations); "color" and "shape"
   read only those words, as a model that has learned one attribute alone would. Swaps use the same
@@ -393,8 +398,8 @@ def _describe(desc) -> str:
 
 
 def caption_text(cap: Caption) -> str:
-  """y style: "a photo of a red circle, a blue square and a star"; y' style (the LLM's): "a scene with
-  a blue circle plus a red square", "... a red circle, placed left of a blue square"."""
+  """y style: "a photo of a red circle, a blue square and a star"; y' style (the LLM's): "a scene
+  with a blue circle plus a red square", "... a red circle, placed left of a blue square"."""
   parts = [_describe(d) for d in cap.objs]
   neg = cap.style == "negative"
   if cap.relation:
@@ -447,8 +452,9 @@ def random_caption(
   relation: bool | None = None,
   must_name: int | None = None,
 ) -> Caption:
-  """Names 2..max_named objects in random order (`must_name` among the first two); a relation caption
-  names two and states a relation that holds. `relation` None draws it with `relation_prob`."""
+  """Names 2..max_named objects in random order (`must_name` among the first two); a relation
+  caption names two and states a relation that holds. `relation` None draws it with
+  `relation_prob`."""
   order = [int(i) for i in rng.permutation(len(scene))]
   if must_name is not None:
     order.remove(must_name)
@@ -528,7 +534,8 @@ def _swap_obj(cfg, scene, cap, rng, allowed) -> bool:
 
 
 def _replace_rel(cfg, scene, cap, rng, allowed) -> bool:
-  """ "A left of B" -> "A above B", and the image moves A and B so that only the new relation holds."""
+  """ "A left of B" -> "A above B", and the image moves A and B so that only the new relation
+  holds."""
   if cap.relation is None:
     return False
   a, b = scene[cap.refs[0]], scene[cap.refs[1]]
@@ -693,8 +700,8 @@ def _second_tone(rgb) -> np.ndarray:
 
 
 def draw_shift(rng) -> dict:
-  """The text-to-image model's domain for one x': another background, brightness and contrast, blur and
-  sensor-like noise."""
+  """The text-to-image model's domain for one x': another background, brightness and contrast, blur
+  and sensor-like noise."""
   return {
     "background": SHIFT_BACKGROUNDS[int(rng.integers(len(SHIFT_BACKGROUNDS)))],
     "contrast": float(rng.uniform(0.8, 1.1)),
@@ -706,8 +713,8 @@ def draw_shift(rng) -> dict:
 
 
 def render(cfg: WorldConfig, scene: list[Obj], shift: dict | None = None) -> Image.Image:
-  """Scene -> RGB image (drawn at 2x, then box-downsampled); `shift` (from `draw_shift`) renders it in the
-  text-to-image model's domain instead of the real images' one."""
+  """Scene -> RGB image (drawn at 2x, then box-downsampled); `shift` (from `draw_shift`) renders it
+  in the text-to-image model's domain instead of the real images' one."""
   s = cfg.image_size * 2
   cell = s / cfg.grid
   img = np.empty((s, s, 3), np.float32)
@@ -807,11 +814,11 @@ def make_triplet(
 
 
 def single_object_item(cfg: WorldConfig, rng) -> dict:
-  """One item of the base set: a single object of a seen pairing in a random cell, named by its colour
-  and shape alone, so that learning those two is the whole task (a random batch of 64 holds about 7
-  captions per image that only the shape word rejects, and as many for colour) and there is no
-  binding to learn. Its negative names an absent shape (a CLIP base never reads it),
-  which keeps the record a complete TripletData record. Same keys as `make_triplet`."""
+  """One item of the base set: a single object of a seen pairing in a random cell, named by its
+  colour and shape alone, so that learning those two is the whole task (a random batch of 64 holds
+  about 7 captions per image that only the shape word rejects, and as many for colour) and there is
+  no binding to learn. Its negative names an absent shape (a CLIP base never reads it), which keeps
+  the record a complete TripletData record. Same keys as `make_triplet`."""
   pairings, p = cfg.pairings(False)
   color, shape = pairings[_draw(rng, p)]
   cell = int(rng.integers(cfg.grid**2))
@@ -846,8 +853,8 @@ def sample_edit(cfg: WorldConfig, rng) -> str:
 
 
 def _write_shards(directory: str, name: str, n: int, num_shards: int, make, how: dict) -> list:
-  """Writes n TripletData records `make(i, key)` into `num_shards` shards and their manifest; returns the
-  (scene, caption) of each record, in order."""
+  """Writes n TripletData records `make(i, key)` into `num_shards` shards and their manifest;
+  returns the (scene, caption) of each record, in order."""
   drawn, paths, sizes, i = [], [], [], 0
   per = -(-n // num_shards)
   for s in range(num_shards):
@@ -879,8 +886,8 @@ def _write_shards(directory: str, name: str, n: int, num_shards: int, make, how:
 def _write_sugarcrepe(
   cfg: WorldConfig, directory: str, num_eval: int, rng, heldout: bool, counts
 ) -> dict:
-  """The seven subsets in SugarCrepe's file format; returns each one's oracle scores (% correct, ties
-  count half)."""
+  """The seven subsets in SugarCrepe's file format; returns each one's oracle scores (% correct,
+  ties count half)."""
   os.makedirs(os.path.join(directory, "images"), exist_ok=True)
   scores = {}
   for kind in SUBSETS:
@@ -912,8 +919,8 @@ def write_demo_data(
   num_shards: int = 4,
   num_base: int = 0,
 ) -> dict:
-  """Writes training shards, held-out / seen SugarCrepe-format benchmarks and held-out triplet shards, and
-  with `num_base` a base set of single-object scenes.
+  """Writes training shards, held-out / seen SugarCrepe-format benchmarks and held-out triplet
+  shards, and with `num_base` a base set of single-object scenes.
 
   Layout: train/demo-*.tfrecord (+ manifest.json), base/demo_base-*.tfrecord,
   sugarcrepe/{subset}.json + sugarcrepe/images/, sugarcrepe_seen/...,

@@ -1,6 +1,6 @@
-"""Evaluators by type. An evaluator is one module with `evaluate(model, **options) -> {metric: value}` and one
-`REGISTRY` line here; the trainer (`config.evals`) and `launch/eval.py` build and run them the same
-way.
+"""Evaluators by type. An evaluator is one module with `evaluate(model, **options) -> {metric:
+value}` and one `REGISTRY` line here; the trainer (`config.evals`) and `launch/eval.py` build and
+run them the same way.
 
     evals = {"sugarcrepe": {"type": "sugarcrepe", "sugarcrepe_dir": "/data/sugarcrepe", "every_steps": 5000}}
     for ev in build(evals):
@@ -88,8 +88,8 @@ def required_options(kind: str) -> list[str]:
 
 
 def option_types(kind: str) -> dict[str, tuple[type | None, object]]:
-  """{option: (type, default)} of evaluator type `kind`, from its signature (type None: not declared), so
-  that command-line values can be typed as the function declares them."""
+  """{option: (type, default)} of evaluator type `kind`, from its signature (type None: not
+  declared), so that command-line values can be typed as the function declares them."""
   fn = REGISTRY[kind]
   hints = typing.get_type_hints(fn)
   out = {}
@@ -109,8 +109,8 @@ def option_types(kind: str) -> dict[str, tuple[type | None, object]]:
 
 
 def is_path_option(option: str) -> bool:
-  """Options that name files or folders (`path`, `pattern`, `dataset`, `*_dir`, `*_json`): `build` checks
-  that they exist, so a wrong path fails before training, not at the first evaluation."""
+  """Options that name files or folders (`path`, `pattern`, `dataset`, `*_dir`, `*_json`): `build`
+  checks that they exist, so a wrong path fails before training, not at the first evaluation."""
   return option in ("path", "pattern", "dataset") or option.endswith(("_dir", "_json"))
 
 
@@ -130,7 +130,8 @@ def _check_paths(name: str, options: dict) -> None:
 
 
 def build(evals, every_steps: int | None = None, log=print) -> list[Evaluator]:
-  """{name: {type (default: name), every_steps, ...options}} -> Evaluators, checked before anything runs.
+  """{name: {type (default: name), every_steps, ...options}} -> Evaluators, checked before anything
+  runs.
 
   An entry whose required option is unset (None) is skipped with one line: a config may declare a
   benchmark that a run does not have. Unknown types and options raise ValueError naming the entry

@@ -1,4 +1,5 @@
-"""Evaluation over several processes: each encodes its own slice of a benchmark, then counts are summed.
+"""Evaluation over several processes: each encodes its own slice of a benchmark, then counts are
+summed.
 
 With one process both functions are the identity, so single-host evaluation is unchanged.
 """
@@ -13,7 +14,8 @@ def local_slice(items: list) -> list:
 
 
 def summed(counts: dict) -> dict:
-  """{name: number} summed over every process (each passes its own counts; all must pass the same names)."""
+  """{name: number} summed over every process (each passes its own counts; all must pass the same
+  names)."""
   if jax.process_count() == 1:
     return dict(counts)
   from jax.experimental import multihost_utils
@@ -27,12 +29,14 @@ def summed(counts: dict) -> dict:
 
 
 def any_process(flag: bool) -> bool:
-  """True on every process when `flag` is true on any (keeps loops with collective calls in step)."""
+  """True on every process when `flag` is true on any (keeps loops with collective calls in
+  step)."""
   return summed({"flag": int(flag)})["flag"] > 0
 
 
 def gathered(rows: np.ndarray) -> np.ndarray:
-  """Every process's `rows` [n_p, ...] concatenated in process order, on every process (n_p may differ)."""
+  """Every process's `rows` [n_p, ...] concatenated in process order, on every process (n_p may
+  differ)."""
   if jax.process_count() == 1:
     return rows
   from jax.experimental import multihost_utils

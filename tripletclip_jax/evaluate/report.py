@@ -40,7 +40,8 @@ def bar_chart(task: str, metrics: dict, path: str) -> None:
 
 
 def write(results: dict, output: str, model: str) -> list[str]:
-  """results {task: {metric: value}} -> output (JSON) plus OUTPUT_STEM.md and OUTPUT_STEM_TASK.png beside it.
+  """results {task: {metric: value}} -> output (JSON) plus OUTPUT_STEM.md and OUTPUT_STEM_TASK.png
+  beside it.
 
   A gs:// `output` is written locally, then uploaded.
   """
@@ -68,8 +69,8 @@ def write(results: dict, output: str, model: str) -> list[str]:
 
 
 def training_table(results: dict, evaluators) -> str:
-  """The trainer's closing summary: SugarCrepe-type results as a markdown table, then one line per other
-  evaluator with its percentages."""
+  """The trainer's closing summary: SugarCrepe-type results as a markdown table, then one line per
+  other evaluator with its percentages."""
   from tripletclip_jax.evaluate.sugarcrepe import SUBSETS
 
   cols = (*SUBSETS, "mean")

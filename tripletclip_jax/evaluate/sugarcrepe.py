@@ -103,8 +103,8 @@ def score_subset(model, entries: list[dict], image_dir: str) -> dict:
 
 
 def evaluate(model, sugarcrepe_dir: str, image_dir: str | None = None, subsets=SUBSETS) -> dict:
-  """{subset: accuracy %, ..., 'mean': mean of the subsets, 'n': entries scored, 'skipped_{missing_images,
-  unreadable_images,bad_entries}': counts}."""
+  """{subset: accuracy %, ..., 'mean': mean of the subsets, 'n': entries scored,
+  'skipped_{missing_images, unreadable_images,bad_entries}': counts}."""
   image_dir = image_dir or fileio.join(sugarcrepe_dir, "images")
   out, skipped, n = {}, {"missing_images": 0, "unreadable_images": 0, "bad_entries": 0}, 0
   for s in subsets:

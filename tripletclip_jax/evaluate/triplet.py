@@ -1,4 +1,5 @@
-"""TripletData as a test set (the paper's Table 9): text, image and group scores over (x, y, x', y')."""
+"""TripletData as a test set (the paper's Table 9): text, image and group scores over (x, y, x',
+y')."""
 
 from typing import NamedTuple
 
@@ -20,8 +21,8 @@ class Encoded(NamedTuple):
 
 
 def encoded(model, pattern: str, batch_size: int = 64):
-  """Yields an `Encoded` per batch of this process's slice of the records; every process yields the same
-  number of times (an empty batch when its slice has run out)."""
+  """Yields an `Encoded` per batch of this process's slice of the records; every process yields the
+  same number of times (an empty batch when its slice has run out)."""
   ds = pipeline.make_dataset(
     pattern,
     batch_size=batch_size,
@@ -63,8 +64,8 @@ def no_records(pattern: str) -> ValueError:
 
 
 def evaluate(model, pattern: str, batch_size: int = 64) -> dict:
-  """Held-out records in our shard format -> scores (%); bad records are skipped and counted. Each process
-  scores its own slice of the records."""
+  """Held-out records in our shard format -> scores (%); bad records are skipped and counted. Each
+  process scores its own slice of the records."""
   counts = {"text": 0, "image": 0, "group": 0, "n": 0, "bad": 0}
   for x, xn, y, yn, bad in encoded(model, pattern, batch_size):  # an Encoded, unpacked
     img, txt = np.stack([x, xn], 1), np.stack([y, yn], 1)  # [N, 2, D]: (x, y) and (x', y') pairs

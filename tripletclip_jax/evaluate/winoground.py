@@ -66,7 +66,8 @@ def load(path: str, image_dir: str | None = None) -> list[dict]:
 
 
 def score_counts(sim: np.ndarray) -> dict:
-  """sim [N, 2 images, 2 captions] -> how many examples pass the text / image / group test, and 'n'."""
+  """sim [N, 2 images, 2 captions] -> how many examples pass the text / image / group test, and
+  'n'."""
   text = (sim[:, 0, 0] > sim[:, 0, 1]) & (sim[:, 1, 1] > sim[:, 1, 0])
   image = (sim[:, 0, 0] > sim[:, 1, 0]) & (sim[:, 1, 1] > sim[:, 0, 1])
   return {

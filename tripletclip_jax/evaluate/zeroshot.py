@@ -42,7 +42,8 @@ def accuracy(img: np.ndarray, weights: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def load_folder(root: str):
-  """(PIL images, labels, class names) from ROOT/CLASS/*.jpg; unreadable images are skipped and counted."""
+  """(PIL images, labels, class names) from ROOT/CLASS/*.jpg; unreadable images are skipped and
+  counted."""
   if not fileio.isdir(root):
     raise FileNotFoundError(
       f"Zero-shot image folder {root} is missing: it needs one subfolder per class."

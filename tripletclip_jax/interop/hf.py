@@ -65,10 +65,9 @@ def config_from_hf_dict(d: dict) -> CLIPConfig:
 
 @contextlib.contextmanager
 def local_dir(path: str):
-  """`with local_dir(path) as d:` a local directory with the files of `path`: a local directory as is; a gs://
-  directory downloaded to a temporary folder that is removed when the block ends; otherwise a Hub
-  id,
-  downloaded (to the Hub's cache) when the machine is online."""
+  """`with local_dir(path) as d:` a local directory with the files of `path`: a local directory as
+  is; a gs:// directory downloaded to a temporary folder that is removed when the block ends;
+  otherwise a Hub id, downloaded (to the Hub's cache) when the machine is online."""
   if fileio.is_remote(path):
     if not fileio.isdir(path):
       raise FileNotFoundError(f"{path} is not a folder: pass a Hugging Face CLIP directory.")
@@ -121,8 +120,8 @@ def _config_from_dir(path: str) -> CLIPConfig:
 
 
 def config_to_hf(config: CLIPConfig, logit_scale: float):
-  """transformers.CLIPConfig for `config`; `logit_scale` (the log temperature) is written as its initial value,
-  so a model built from the config alone starts at the exported temperature."""
+  """transformers.CLIPConfig for `config`; `logit_scale` (the log temperature) is written as its
+  initial value, so a model built from the config alone starts at the exported temperature."""
   import transformers
 
   vc, tc = config.vision, config.text
@@ -388,7 +387,8 @@ def export_hf(
   train_config: dict | None = None,
   eval_results: dict | None = None,
 ) -> str:
-  """Writes a directory that `CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained` load offline.
+  """Writes a directory that `CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained` load
+  offline.
 
   A gs:// `out_dir` is written locally, then uploaded. Parameters without a temperature (a loss that
   owns none) are exported with CLIP's initial one.

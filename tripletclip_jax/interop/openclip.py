@@ -1,18 +1,19 @@
-"""open_clip checkpoints: our CLIP as an open_clip state dict (OpenAI's layout) plus its model config, and back.
+"""open_clip checkpoints: our CLIP as an open_clip state dict (OpenAI's layout) plus its model
+config, and back.
 
-    python launch/export_open_clip.py --workdir runs/demo/runs/tripletclip-seed0 --output_dir runs/oc
+    python launch/export_hf.py --workdir WORKDIR --output_dir runs/oc --format open_clip
 
-    import open_clip model, _, preprocess =
-    open_clip.create_model_and_transforms("local-dir:runs/oc") # or, by name:
-    open_clip.add_model_config("runs/oc/tripletclip.json"), then #
-    open_clip.create_model_and_transforms("tripletclip",
-    pretrained="runs/oc/open_clip_model.safetensors")
+    import open_clip
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:runs/oc")
+    # or by name: open_clip.add_model_config("runs/oc/tripletclip.json"), then
+    # open_clip.create_model_and_transforms("tripletclip",
+    #                                       pretrained="runs/oc/open_clip_model.safetensors")
 
     clip_benchmark eval --model local-dir:runs/oc --pretrained none --dataset sugar_crepe/swap_att
-    ...
 
-The weights are written with safetensors (no torch needed to export); open_clip reads them as they are. The
-model config names what the weights cannot say: head counts, the activation, the MLP ratios.
+The weights are written with safetensors (no torch needed to export); open_clip reads them as they
+are. The model config names what the weights cannot say: head counts, the activation, the MLP
+ratios.
 """
 
 import json
@@ -29,8 +30,9 @@ LOCAL_DIR_CONFIG = "open_clip_config.json"  # what open_clip's "local-dir:" load
 
 
 def _keys(v_layers: int, t_layers: int):
-  """(OpenAI / open_clip key, [Hugging Face keys], kind): kind 'same', 't' (transposed) or 'qkv' (the fused
-  in_proj, split in three along dim 0 in Hugging Face's layout). One table for both directions."""
+  """(OpenAI / open_clip key, [Hugging Face keys], kind): kind 'same', 't' (transposed) or 'qkv'
+  (the fused in_proj, split in three along dim 0 in Hugging Face's layout). One table for both
+  directions."""
   out = [
     ("visual.conv1.weight", ["vision_model.embeddings.patch_embedding.weight"], "same"),
     ("visual.class_embedding", ["vision_model.embeddings.class_embedding"], "same"),
@@ -106,10 +108,10 @@ def model_config(config: CLIPConfig) -> dict:
 
 
 def export(config: CLIPConfig, params, out_dir: str, name: str = "tripletclip") -> tuple[str, str]:
-  """Writes `out_dir/NAME.json` (the model config), `out_dir/open_clip_config.json` (the same with the
-  preprocessing, for open_clip's `local-dir:` loader) and `out_dir/open_clip_model.safetensors`;
-  returns the
-  model config's and the weights' paths. A gs:// `out_dir` is written locally, then uploaded."""
+  """Writes `out_dir/NAME.json` (the model config), `out_dir/open_clip_config.json` (the same with
+  the preprocessing, for open_clip's `local-dir:` loader) and `out_dir/open_clip_model.safetensors`;
+  returns the model config's and the weights' paths. A gs:// `out_dir` is written locally, then
+  uploaded."""
   from safetensors.numpy import save_file
 
   from tripletclip_jax import fileio
@@ -214,8 +216,8 @@ def _config_from_shapes(sd: dict, act: str) -> CLIPConfig:
 
 
 def load(config_json: str, weights: str):
-  """(CLIPConfig, params) of an open_clip export: its model config JSON and its weights (.safetensors, or a
-  torch .bin / .pt state dict)."""
+  """(CLIPConfig, params) of an open_clip export: its model config JSON and its weights
+  (.safetensors, or a torch .bin / .pt state dict)."""
   with open(config_json) as f:
     config = config_from_open_clip(json.load(f))
   if weights.endswith(".safetensors"):

@@ -44,7 +44,8 @@ class Loss:
   params: tuple = TEMPERATURE  # ((name, initial value), ...): scalar parameters outside the towers
 
   def __call__(self, e: dict, p: dict, mesh=None):
-    """(loss, metrics) of the global batch `e` [N, D] (global arrays; on `mesh`, split over its batch axes)."""
+    """(loss, metrics) of the global batch `e` [N, D] (global arrays; on `mesh`, split over its
+    batch axes)."""
     n = e["img"].shape[0]
     if mesh is None or sharding.num_batch_shards(mesh) == 1:
       return self.fn(e, p, sharding.Rows(n))
@@ -56,8 +57,9 @@ class Loss:
     return jax.shard_map(local, mesh=mesh, in_specs=(P(rows.axes), P()), out_specs=P())(e, p)
 
   def with_init(self, **values) -> "Loss":
-    """This loss with other initial values for its own parameters, e.g. `with_init(logit_scale=2.3)`: the one
-    place a run's temperature starts from (`config.loss_init`). Unknown names raise ValueError."""
+    """This loss with other initial values for its own parameters, e.g.
+    `with_init(logit_scale=2.3)`: the one place a run's temperature starts from
+    (`config.loss_init`). Unknown names raise ValueError."""
     unknown = sorted(set(values) - set(self.param_names))
     if unknown:
       raise ValueError(
@@ -70,7 +72,8 @@ class Loss:
 
   @property
   def pairs_per_example(self) -> float:
-    """Image-text pairs encoded per positive pair: (images + texts) / 2 (the compute-matching unit)."""
+    """Image-text pairs encoded per positive pair: (images + texts) / 2 (the compute-matching
+    unit)."""
     return sum(self.encodes_per_example) / 2
 
   @property

@@ -1,4 +1,5 @@
-"""Sigmoid (SigLIP) losses with hard negatives: siglip, negsiglip, tripletsiglip (formulas: docs/recipe.md).
+"""Sigmoid (SigLIP) losses with hard negatives: siglip, negsiglip, tripletsiglip (formulas:
+docs/recipe.md).
 
 SigLIP scores every image-text pair on its own: z = s <x, y> + b, loss -log sigmoid(+z) for a
 matching pair and -log sigmoid(-z) for any other, summed and divided by the batch size N. The hard
@@ -27,7 +28,8 @@ PARAMS = (
 
 
 def _block(x, y, s, b, diagonal_positive):
-  """-sum log sigmoid(label * (s x y^T + b)) over one block [n, m]; label +1 on the diagonal if asked."""
+  """-sum log sigmoid(label * (s x y^T + b)) over one block [n, m]; label +1 on the diagonal if
+  asked."""
   z = (
     s * jnp.einsum("nd,md->nm", x, y, preferred_element_type=jnp.result_type(x, y, jnp.float32)) + b
   )
@@ -38,8 +40,9 @@ def _block(x, y, s, b, diagonal_positive):
 
 
 def pair_sum(x, y, s, b, diagonal_positive: bool, rows: Rows):
-  """-sum over this device's rows x_i and all N columns y_j of log sigmoid(label z_ij); (x_i, y_i) positive if
-  asked. The text blocks travel the ring of devices: after k passes a device holds the block k devices behind."""
+  """-sum over this device's rows x_i and all N columns y_j of log sigmoid(label z_ij); (x_i, y_i)
+  positive if asked. The text blocks travel the ring of devices: after k passes a device holds the
+  block k devices behind."""
   total = _block(x, y, s, b, diagonal_positive)  # own block: the matching pairs sit on its diagonal
   for _ in range(rows.shards - 1):
     y = rows.pass_on(y)
@@ -48,7 +51,8 @@ def pair_sum(x, y, s, b, diagonal_positive: bool, rows: Rows):
 
 
 def _accuracy(x, y, rows: Rows):
-  """Shares of top-1 image-to-text and text-to-image accuracy of the matching pairs (metrics only)."""
+  """Shares of top-1 image-to-text and text-to-image accuracy of the matching pairs (metrics
+  only)."""
   x, y = jax.lax.stop_gradient(x), jax.lax.stop_gradient(y)
   target = rows.offset() + jnp.arange(x.shape[0])
 

@@ -22,7 +22,8 @@ def _sim(a, b, logit_scale):
 
 
 def _ce_rows(logits, rows: Rows):
-  """Shares of the cross-entropy and top-1 accuracy of `logits` [n, M] whose target is the row's global index."""
+  """Shares of the cross-entropy and top-1 accuracy of `logits` [n, M] whose target is the row's
+  global index."""
   target = rows.offset() + jnp.arange(logits.shape[0])
   logp = jax.nn.log_softmax(logits, axis=-1)
   loss = -jnp.sum(jnp.take_along_axis(logp, target[:, None], axis=1))
@@ -43,7 +44,8 @@ def clip_loss(img, txt, logit_scale, rows: Rows | None = None):
 
 
 def _negclip(img, txt, neg_txt, cols, logit_scale, rows: Rows):
-  """negclip with every device's columns already gathered: `cols` maps img, txt and neg_txt to [N, D]."""
+  """negclip with every device's columns already gathered: `cols` maps img, txt and neg_txt to [N,
+  D]."""
   i2t = jnp.concatenate(
     [_sim(img, cols["txt"], logit_scale), _sim(img, cols["neg_txt"], logit_scale)], axis=1
   )

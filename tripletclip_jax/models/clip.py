@@ -181,8 +181,8 @@ class CLIP(nn.Module):
     self.text = TextTransformer(self.config)
 
   def encode_image(self, images):
-    """images: normalised float [N, S, S, 3], or uint8 RGB [N, S, S, 3], normalised here on the device (a
-    quarter of the host-to-device bytes). Returns L2-normalised [N, D]."""
+    """images: normalised float [N, S, S, 3], or uint8 RGB [N, S, S, 3], normalised here on the
+    device (a quarter of the host-to-device bytes). Returns L2-normalised [N, D]."""
     if images.dtype == jnp.uint8:
       images = images.astype(jnp.float32) * PIXEL_SCALE + PIXEL_OFFSET
     return l2_normalize(self.visual(images))
@@ -195,7 +195,8 @@ class CLIP(nn.Module):
 
 
 def init_params(config: CLIPConfig, rng, batch_size: int = 1):
-  """Random parameters of the two towers for `config` (float32 pytree; no temperature, see `CLIP`)."""
+  """Random parameters of the two towers for `config` (float32 pytree; no temperature, see
+  `CLIP`)."""
   vc, tc = config.vision, config.text
   images = jnp.zeros((batch_size, vc.image_size, vc.image_size, 3), jnp.float32)
   text = jnp.zeros((batch_size, tc.context_length), jnp.int32)

@@ -98,7 +98,8 @@ def read_wds(path: str):
 
 
 def read_shards(pattern: str):
-  """[(where, item or reason)] from our shards, one entry per indexed record (a bad one is skipped alone)."""
+  """[(where, item or reason)] from our shards, one entry per indexed record (a bad one is skipped
+  alone)."""
   for shard in records.resolve_shards(pattern):
     reader = records.Reader(shard)
     try:
@@ -121,7 +122,8 @@ def read_shards(pattern: str):
 
 
 def read_inputs(spec: str) -> list:
-  """[(where, item or reason)] over a comma-separated list of sources, in order. Keys must be unique."""
+  """[(where, item or reason)] over a comma-separated list of sources, in order. Keys must be
+  unique."""
   entries = []
   for part in [p.strip() for p in spec.split(",") if p.strip()]:
     if not any(ch in part for ch in "*?[") and not fileio.exists(part):

@@ -65,7 +65,8 @@ class Captioner:
     return self.tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
   def __call__(self, items: list[dict]) -> list[dict]:
-    """items [{key, caption}] -> [{key, neg_caption, neg_source ('llm' | 'rule'), rejected: [reasons]}]."""
+    """items [{key, caption}] -> [{key, neg_caption, neg_source ('llm' | 'rule'), rejected:
+    [reasons]}]."""
     self.torch.manual_seed(self.seed + zlib.crc32(items[0]["key"].encode()) if items else self.seed)
     results = {it["key"]: {"key": it["key"], "rejected": []} for it in items}
     todo = list(items)
@@ -89,7 +90,8 @@ class Captioner:
 
 
 class Imager:
-  """Hard negative images from any pipeline AutoPipelineForText2Image loads (default: SDXL-Turbo's setting)."""
+  """Hard negative images from any pipeline AutoPipelineForText2Image loads (default: SDXL-Turbo's
+  setting)."""
 
   def __init__(
     self,
@@ -132,7 +134,8 @@ class Imager:
 
 
 class Scorer:
-  """The paper's high-quality filter score: (s(x, y) + s(x', y')) / 2 with a transformers CLIPModel."""
+  """The paper's high-quality filter score: (s(x, y) + s(x', y')) / 2 with a transformers
+  CLIPModel."""
 
   def __init__(self, model: str, device: str = "cpu"):
     import torch

@@ -33,7 +33,8 @@ def messages(caption: str) -> list[dict]:
 
 
 def render(tokenizer, caption: str) -> str:
-  """The prompt text: through the model's chat template when it has one, else a plain few-shot prompt."""
+  """The prompt text: through the model's chat template when it has one, else a plain few-shot
+  prompt."""
   if getattr(tokenizer, "chat_template", None):
     return tokenizer.apply_chat_template(
       messages(caption), tokenize=False, add_generation_prompt=True

@@ -55,7 +55,8 @@ class Options:
 
 
 def process_share(opts: Options) -> tuple[int, int]:
-  """(index, count) of this process: --num_shards/--shard_index, else torchrun / accelerate's RANK."""
+  """(index, count) of this process: --num_shards/--shard_index, else torchrun / accelerate's
+  RANK."""
   if opts.num_shards > 1:
     return opts.shard_index, opts.num_shards
   return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -82,7 +83,8 @@ def _read_jsonl(path: str) -> dict:
 
 
 def _remove_stale_tmp(shard_path: str, log) -> None:
-  """Temporary files of a writer killed mid-shard. Only this process writes this shard, so any are stale."""
+  """Temporary files of a writer killed mid-shard. Only this process writes this shard, so any are
+  stale."""
   for tmp in glob.glob(glob.escape(shard_path) + ".tmp-*") + glob.glob(
     glob.escape(shard_path + records.INDEX_SUFFIX) + ".tmp-*"
   ):
@@ -91,8 +93,9 @@ def _remove_stale_tmp(shard_path: str, log) -> None:
 
 
 def staging_dir(opts: Options) -> str:
-  """Where the captions stage appends: output_dir itself, or for a bucket (where nothing can be appended) a
-  local folder that lasts across reruns (--staging_dir, default one per output_dir under the temp dir)."""
+  """Where the captions stage appends: output_dir itself, or for a bucket (where nothing can be
+  appended) a local folder that lasts across reruns (--staging_dir, default one per output_dir under
+  the temp dir)."""
   if not fileio.is_remote(opts.output_dir):
     return opts.output_dir
   if opts.staging_dir:
@@ -296,7 +299,8 @@ def run(opts: Options, log=print) -> dict:
 
 
 def _keep_mask(scores, n: int, min_score, keep_top) -> list[bool]:
-  """Filters on clip_score: a minimum, and/or the top fraction of this chunk (everything without scores)."""
+  """Filters on clip_score: a minimum, and/or the top fraction of this chunk (everything without
+  scores)."""
   if scores is None:
     return [True] * n
   keep = [min_score is None or s >= min_score for s in scores]

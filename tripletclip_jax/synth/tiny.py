@@ -1,11 +1,13 @@
-"""Tiny random models for the negatives tool, built offline from configs and saved locally: what its tests,
-`benchmarks/negatives.py --tiny` and an offline smoke run load through the same path as real ones."""
+"""Tiny random models for the negatives tool, built offline from configs and saved locally: what its
+tests, `benchmarks/negatives.py --tiny` and an offline smoke run load through the same path as real
+ones."""
 
 import os
 
 
 def make_tiny_llm(out_dir: str) -> str:
-  """A 2-layer random LlamaForCausalLM with a byte-level BPE trained on a few sentences, plus a chat template."""
+  """A 2-layer random LlamaForCausalLM with a byte-level BPE trained on a few sentences, plus a chat
+  template."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
   from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
   import torch
@@ -54,7 +56,8 @@ def make_tiny_llm(out_dir: str) -> str:
 
 
 def make_tiny_t2i(out_dir: str) -> str:
-  """A tiny random StableDiffusionPipeline (UNet with block_out_channels=(4, 8), 2-layer CLIP text encoder)."""
+  """A tiny random StableDiffusionPipeline (UNet with block_out_channels=(4, 8), 2-layer CLIP text
+  encoder)."""
   import torch
   from diffusers import (
     AutoencoderKL,

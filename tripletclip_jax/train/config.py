@@ -1,5 +1,5 @@
-"""The trainer's config schema, declared once: every key's default, type, one-line help and what changing
-it on resume does. Every training config starts from `base_config()`, built from `SCHEMA`;
+"""The trainer's config schema, declared once: every key's default, type, one-line help and what
+changing it on resume does. Every training config starts from `base_config()`, built from `SCHEMA`;
 `python launch/main.py --help_config` lists it.
 
 What a changed key does when a workdir resumes (`train/resume.py` applies it):
@@ -14,34 +14,30 @@ What a changed key does when a workdir resumes (`train/resume.py` applies it):
 - REFUSED: the saved state or data position would mean something else: always refused in one line.
 """
 
-import dataclasses
 import importlib.util
 import math
-from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
-from tripletclip_jax import losses
-from tripletclip_jax.configlib import ConfigError, config_value, flat_items
+from tripletclip_jax import demo, losses
+from tripletclip_jax.configlib import (  # noqa: F401 - the tags are this module's vocabulary too
+  DRIVING,
+  MODEL,
+  NEUTRAL,
+  RECORDED,
+  REFUSED,
+  SCHEDULE,
+  ConfigError,
+  Key,
+  config_value,
+  flat_items,
+)
 from tripletclip_jax.data.pipeline import AUGMENTATIONS, PARTNERS
 from tripletclip_jax.models.flops import train_flops_per_example
 from tripletclip_jax.models.config import CLIPConfig
 from tripletclip_jax.train.metrics import WRITERS
 from tripletclip_jax.train.optim import DECAY_RULES
-
-DRIVING, NEUTRAL, RECORDED = "driving", "neutral", "recorded"
-SCHEDULE, MODEL, REFUSED = "schedule", "model", "refused"
-
-
-@dataclasses.dataclass(frozen=True)
-class Key:
-  """One config key: its default (None: unset, of `type`), its help line and its resume tag."""
-
-  default: Any
-  help: str
-  resume: str = RECORDED
-  kind: type | None = None
 
 
 def _group(**keys) -> dict:
@@ -158,27 +154,18 @@ SCHEMA = _group(
       'training transform: "random_resized_crop" or "center_crop" (the release)',
     ),
     crop_scale=Key((0.9, 1.0), "random_resized_crop's area range"),
-    demo_data_dir=Key(
-      None, "demo: where to generate the world (default WORKDIR/data)", DRIVING, str
-    ),
-    demo_num_train=Key(0, "demo: training triplets of the world (0: no demo world)", REFUSED),
-    demo_num_eval=Key(0, "demo: items per benchmark subset", NEUTRAL),
-    demo_num_base=Key(
-      0, "demo: single-object scenes for a CLIP base (launch/reproduce.py trains it)", REFUSED
-    ),
-    demo_train_set=Key(
-      "train", 'demo: which of the world\'s sets to train on: "train" or "base"', REFUSED
-    ),
-    demo_world_seed=Key(None, "demo: the world's seed (None: the run's seed)", REFUSED, int),
+    # A source that writes the training data before build, and names its evaluators: {type, ...options}
+    # (SOURCES; the demo world's options are demo.OPTIONS). data.train, when set, is read instead.
+    source=Key({}, "a data source prepared before build: {type, ...options} (SOURCES)", REFUSED),
     # A control (data/sources.py): every record carries another record's (x', y').
     partners=Key(
       "paired",
       '"paired", or "shuffled": every record carries another record\'s (x\', y\')',
       REFUSED,
     ),
-    # The saved data position counts batches in memory and records when streaming.
+    # Either way the stream is the same records in the same order, and its saved position counts records.
     in_memory=Key(
-      False, "decode the training set once into memory (needs augment=center_crop)", REFUSED
+      False, "decode the training set once into memory (needs augment=center_crop)", NEUTRAL
     ),
     uint8_images=Key(
       None,
@@ -228,9 +215,27 @@ def _schema_items(schema=None, prefix: str = ""):
       yield f"{prefix}{name}", v
 
 
+# The data sources `data.source` may name: type -> the module that declares its OPTIONS (Keys),
+# `check_options` and `prepare_source`.
+SOURCES = {"demo": demo}
+
+
 def schema_keys() -> dict[str, Key]:
-  """{'a.b': Key} for every declared key."""
-  return dict(_schema_items())
+  """{'a.b': Key} for every declared key, the data sources' options under data.source included."""
+  keys = dict(_schema_items())
+  keys["data.source.type"] = Key(None, f"the data source: {', '.join(SOURCES)}", REFUSED, str)
+  for source in SOURCES.values():
+    keys.update(_schema_items(source.OPTIONS, "data.source."))
+  return keys
+
+
+def source_config(type: str, **options) -> ml_collections.ConfigDict:  # noqa: A002 - the key's name
+  """A `data.source` value: `type`, and every option of that source at its default or in `options`
+  (so that each option is typed for `--config.data.source.KEY=VALUE`)."""
+  c = _build(SOURCES[type].OPTIONS)
+  c.type = type
+  c.update(options)
+  return c
 
 
 def resume_tag(key: str) -> str:
@@ -290,7 +295,8 @@ COMPUTE_RULES = ("pairs", "flops")
 
 
 def validate(config) -> None:
-  """Checks the values a typo or a slip makes impossible, before anything is built; raises ConfigError."""
+  """Checks the values a typo or a slip makes impossible, before anything is built; raises
+  ConfigError."""
 
   def need(ok, key, what):
     if not ok:
@@ -329,12 +335,17 @@ def validate(config) -> None:
   )
   need(config.data.augment in AUGMENTATIONS, "data.augment", f"choose one of {AUGMENTATIONS}")
   need(config.data.partners in PARTNERS, "data.partners", f"choose one of {PARTNERS}")
-  need(
-    config.data.demo_train_set in ("train", "base")
-    and (config.data.demo_train_set == "train" or config.data.demo_num_base > 0),
-    "data.demo_train_set",
-    'choose "train", or "base" with data.demo_num_base > 0',
-  )
+  source = config.data.source
+  if source:
+    need(source.get("type") in SOURCES, "data.source.type", f"choose one of {', '.join(SOURCES)}")
+    options = SOURCES[source.type].OPTIONS
+    unknown = sorted(set(source) - {"type"} - set(options))
+    if unknown:
+      raise ConfigError(
+        f"config.data.source.{unknown[0]}: not an option of the {source.type} source; its options "
+        f"are {', '.join(options)}."
+      )
+    SOURCES[source.type].check_options(source)
   need(
     not (config.data.in_memory and config.data.augment != "center_crop"),
     "data.in_memory",
@@ -366,7 +377,8 @@ def writers(config) -> tuple[str, ...]:
 
 
 def resolve_total_steps(config, loss: losses.Loss, model_config: CLIPConfig | None = None) -> int:
-  """Steps from total_steps or total_examples; under compute_matched, scaled to tripletclip's budget.
+  """Steps from total_steps or total_examples; under compute_matched, scaled to tripletclip's
+  budget.
 
   compute_rule "pairs" equalises image-text pairs encoded; "flops" equalises training FLOPs
   (needs `model_config`, since images and texts cost differently). `loss` is the run's `Loss`.

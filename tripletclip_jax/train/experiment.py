@@ -1,4 +1,5 @@
-"""`build(config, workdir) -> Experiment`: everything a run needs, built and checked once, before any step.
+"""`build(config, workdir) -> Experiment`: everything a run needs, built and checked once, before
+any step.
 
     exp = build(config, "runs/demo")     # data, evaluators, model, optimizer, step, checkpoints
     batch = {k: v for k, v in next(exp.train_data).items() if k in exp.loss.batch_keys}
@@ -8,8 +9,8 @@
     allocated: exp.train_step.jitted.lower(exp.state, exp.batch_spec())  # an ahead-of-time compile
     (tpu_plan.py)
 
-This is the one place that reads the training config and looks the loss up by name. Below it, modules are
-handed what they need: the `Loss` object, the model config, the mesh, numbers.
+This is the one place that reads the training config and looks the loss up by name. Below it,
+modules are handed what they need: the `Loss` object, the model config, the mesh, numbers.
 """
 
 import dataclasses
@@ -22,12 +23,12 @@ import optax
 from jax.sharding import Mesh
 
 from tripletclip_jax import checkpoint as ckpt
-from tripletclip_jax import demo, evaluate, losses, sharding
+from tripletclip_jax import evaluate, losses, sharding
 from tripletclip_jax.data import pipeline
 from tripletclip_jax.losses import Loss
 from tripletclip_jax.models import CLIPConfig, get_preset, init_params, train_flops_per_example
 from tripletclip_jax.configlib import ConfigError
-from tripletclip_jax.train.config import resolve_total_steps, validate
+from tripletclip_jax.train.config import SOURCES, resolve_total_steps, validate
 from tripletclip_jax.train.optim import check_groups, make_optimizer
 from tripletclip_jax.train.step import (
   TrainState,
@@ -40,7 +41,8 @@ from tripletclip_jax.train.step import (
 
 @dataclasses.dataclass
 class Experiment:
-  """A built run. `state` is initialised in its shardings (ShapeDtypeStructs when built `abstract`)."""
+  """A built run. `state` is initialised in its shardings (ShapeDtypeStructs when built
+  `abstract`)."""
 
   config: ml_collections.ConfigDict
   workdir: str | None
@@ -93,7 +95,8 @@ class Experiment:
 
 
 def model_config(config) -> CLIPConfig:
-  """CLIPConfig from the preset (or from a Hugging Face checkpoint for init_from) plus compute options."""
+  """CLIPConfig from the preset (or from a Hugging Face checkpoint for init_from) plus compute
+  options."""
   m = config.model
   if config.init_from:
     from tripletclip_jax.interop import hf
@@ -132,7 +135,8 @@ def loss_from_config(config) -> Loss:
 
 
 def check_layout(config, mesh: Mesh) -> None:
-  """One-line errors for a batch that does not split over the mesh, the micro-batches or the processes."""
+  """One-line errors for a batch that does not split over the mesh, the micro-batches or the
+  processes."""
   sharding.check_batch_divides(config.batch_size, mesh)
   if config.accum_steps > 1:
     if config.batch_size % config.accum_steps:
@@ -149,19 +153,12 @@ def check_layout(config, mesh: Mesh) -> None:
 
 
 def training_source(config, workdir: str, log=print) -> tuple[str, dict]:
-  """(training data, `config.evals` entries): the configured ones, or the demo world's (written once)."""
+  """(training data, `config.evals` entries): the configured ones, or those of `data.source` (such
+  as the demo world, written once), which `data.train` overrides."""
   d, evals = config.data, dict(config.evals)
-  if d.train is None and d.demo_num_train:
-    world = demo.prepare(
-      d.demo_data_dir or f"{workdir.rstrip('/')}/data",
-      d.demo_num_train,
-      d.demo_num_eval,
-      d.get("demo_world"),
-      seed=config.seed if d.demo_world_seed is None else d.demo_world_seed,
-      log=log,
-      num_base=d.demo_num_base,
-    )
-    return (world.base if d.demo_train_set == "base" else world.train), evals or world.evals
+  if d.train is None and d.source:
+    train, source_evals = SOURCES[d.source.type].prepare_source(d.source, workdir, config.seed, log)
+    return train, evals or source_evals
   if d.train is None:
     raise ConfigError(
       "config.data.train is not set: pass --config.data.train=GLOB_OR_DIR of TripletData shards."
@@ -208,10 +205,9 @@ class Plan:
 
 
 def resolve(config) -> Plan:
-  """Validates `config` (once per run) and resolves the loss, the model config (from the preset, or from
-  a Hugging Face directory for `init_from`) and the step count. Reads at most that directory's
-  config;
-  writes nothing. Raises ConfigError in one line naming the key."""
+  """Validates `config` (once per run) and resolves the loss, the model config (from the preset, or
+  from a Hugging Face directory for `init_from`) and the step count. Reads at most that directory's
+  config; writes nothing. Raises ConfigError in one line naming the key."""
   if isinstance(config, Plan):
     return config
   validate(config)

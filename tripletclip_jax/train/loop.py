@@ -29,7 +29,7 @@ from tripletclip_jax.inference import Model
 from tripletclip_jax.train import resume
 from tripletclip_jax.train.config import writers
 from tripletclip_jax.train.experiment import Experiment, build, hf_path, resolve
-from tripletclip_jax.train.metrics import MetricWriter, measure_matmul_peak
+from tripletclip_jax.train.metrics import MetricWriter, check_wandb, measure_matmul_peak
 from tripletclip_jax.train.step import with_loss_params
 from tripletclip_jax.train.workdir_lock import WorkdirLock
 
@@ -66,6 +66,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     plan = resolve(config)  # validated and resolved once, before anything is written
     maybe_initialize_distributed(config)
     workdir = fileio.absolute(workdir)  # a gs:// workdir stays as it is
+    if "wandb" in writers(config):
+      check_wandb(workdir)  # before the lock, the first write
     log = print if jax.process_index() == 0 else (lambda *_: None)
     # Process 0 speaks for the run; the lock is also the first write, so an unwritable workdir fails here.
     with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext() as lock:
@@ -84,7 +86,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def check_lock(lock, workdir: str, last_good: int | None) -> None:
-  """Stops the run, on every process, when a bucket lock's heartbeat found another trainer holding it."""
+  """Stops the run, on every process, when a bucket lock's heartbeat found another trainer holding
+  it."""
   lost = getattr(lock, "lost", None) is not None
   if jax.process_count() > 1:
     lost = bool(multihost_utils.broadcast_one_to_all(np.int32(lost)))
@@ -98,7 +101,8 @@ def check_lock(lock, workdir: str, last_good: int | None) -> None:
 
 
 class _Run:
-  """One run of a built experiment: the state that changes as it trains, and the four parts that change it."""
+  """One run of a built experiment: the state that changes as it trains, and the four parts that
+  change it."""
 
   def __init__(self, exp: Experiment, preempted: list, lock):
     self.exp, self.preempted, self.lock = exp, preempted, lock
@@ -120,7 +124,7 @@ class _Run:
     restored = ckpt.restore_intact(exp.checkpoints, exp.workdir, exp.abstract_state, check)
     if restored is not None:
       self.latest, self.state, meta, data_state = restored
-      resume.restore_iterator(exp.train_data, data_state, config.data.num_workers)
+      resume.restore_iterator(exp.train_data, data_state, meta, config.data.num_workers)
       self.history = list(meta.get("resume_changes", []))
       for k, (a, b) in resume.recorded_changes(meta, config).items():
         print(f"Resuming with {k} changed: {a} -> {b} (recorded in the checkpoint's meta)")
@@ -156,6 +160,8 @@ class _Run:
       "model_config": exp.model_config.to_dict(),
       "config": config.to_dict(),
       "resume_changes": self.history,
+      # The iterator state counts records of each process's stream (older in-memory runs: batches).
+      "data_position": "records",
       "pairs_seen": step * exp.pairs_per_step,
     }
 
@@ -173,7 +179,8 @@ class _Run:
     )
 
   def check_finite(self) -> dict | None:
-    """Fetches the pending metrics; the last step's, or FloatingPointError naming the last good checkpoint."""
+    """Fetches the pending metrics; the last step's, or FloatingPointError naming the last good
+    checkpoint."""
     host, self.pending = jax.device_get(self.pending), []
     for m in host:
       if not np.isfinite(m["loss"]):
@@ -276,7 +283,8 @@ class _Run:
 
   def metrics_record(self, s: int, seconds: float, data_seconds: float, peak: float) -> dict:
     """The record `log_every_steps` writes at step `s`: the last step's metrics (checked finite),
-    throughput and MFU over the `seconds` since the last record, the data wait, the bad records so far."""
+    throughput and MFU over the `seconds` since the last record, the data wait, the bad records so
+    far."""
     exp = self.exp
     interval, last = len(self.pending), self.check_finite()
     ex_s = interval * exp.config.batch_size / seconds
@@ -295,8 +303,8 @@ class _Run:
     }
 
   def checkpoint(self, s: int, preempted: bool) -> None:
-    """Saves step `s` once its loss is known finite, the lock still ours and the disk big enough; after
-    SIGTERM waits for it and raises Preempted."""
+    """Saves step `s` once its loss is known finite, the lock still ours and the disk big enough;
+    after SIGTERM waits for it and raises Preempted."""
     workdir = self.exp.workdir
     self.check_finite()
     self.saver.wait()  # the space check measures the previous checkpoint: it must be complete

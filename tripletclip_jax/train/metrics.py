@@ -1,9 +1,10 @@
-"""Metric sinks: stdout, WORKDIR/metrics.jsonl and the configured writers, TensorBoard event files and
-Weights & Biases (process 0 only)."""
+"""Metric sinks: stdout, WORKDIR/metrics.jsonl and the configured writers, TensorBoard event files
+and Weights & Biases (process 0 only)."""
 
 import json
 import logging
 import os
+import re
 import platform
 import shutil
 import tempfile
@@ -25,8 +26,33 @@ WRITERS = ("tensorboard", "wandb")
 RUN_ID_FILE = "wandb_run_id"  # in the workdir: a resumed run continues the same W&B run
 
 
+def check_wandb(workdir: str) -> str | None:
+  """The W&B run id kept in `workdir` (None: a new run), after checking that W&B can use the
+  workdir; raises ValueError in one line naming the file otherwise. Runs before the trainer writes
+  anything."""
+  if not fileio.is_remote(workdir):
+    folder = os.path.join(workdir, "wandb")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+      raise ValueError(
+        f"{folder} is not a folder, and W&B keeps its run there: move it away, or drop wandb from "
+        "config.writers."
+      )
+  id_path = fileio.join(workdir, RUN_ID_FILE)
+  if not fileio.exists(id_path):
+    return None
+  raw = fileio.read_bytes(id_path)
+  run_id = raw.decode("utf-8", "replace").strip()
+  if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
+    raise ValueError(
+      f"{id_path} does not hold a W&B run id ({raw[:40]!r}): delete it to start a new W&B run, or "
+      "write the id of the run to continue into it."
+    )
+  return run_id
+
+
 class WandbWriter:
-  """One Weights & Biases run per workdir (its id kept in WORKDIR/wandb_run_id, so a resume continues it).
+  """One Weights & Biases run per workdir (its id kept in WORKDIR/wandb_run_id, so a resume
+  continues it).
 
   `settings` holds project, entity and name (None: W&B's defaults); `config` is logged as the run's
   config. WANDB_MODE=offline keeps the run in WORKDIR/wandb for `wandb sync`.
@@ -40,22 +66,29 @@ class WandbWriter:
         "config.writers includes wandb, but the wandb package is not installed: pip install -e '.[wandb]'."
       ) from None
     self._wandb = wandb
-    id_path = fileio.join(workdir, RUN_ID_FILE)
-    run_id = fileio.read_bytes(id_path).decode().strip() if fileio.exists(id_path) else None
+    run_id = check_wandb(workdir)
     self._local = (
       tempfile.mkdtemp(prefix="tripletclip-wandb-") if fileio.is_remote(workdir) else workdir
     )
-    self.run = wandb.init(
-      project=settings.get("project"),
-      entity=settings.get("entity"),
-      name=settings.get("name"),
-      id=run_id,  # None: W&B makes one, kept below
-      resume="allow",
-      dir=self._local,
-      config=config,
-    )
+    try:
+      self.run = wandb.init(
+        project=settings.get("project"),
+        entity=settings.get("entity"),
+        name=settings.get("name"),
+        id=run_id,  # None: W&B makes one, kept below
+        resume="allow",
+        dir=self._local,
+        config=config,
+      )
+    except Exception as e:  # noqa: BLE001 - wandb raises its own errors, with pages of traceback
+      first = (str(e).strip().splitlines() or [""])[0][:300]
+      raise ValueError(
+        f"W&B could not start a run in {self._local} ({type(e).__name__}: {first}): check "
+        "`wandb login` and the wandb settings, set WANDB_MODE=offline, or drop wandb from "
+        "config.writers."
+      ) from None
     if run_id is None:
-      fileio.write_bytes(id_path, self.run.id.encode())
+      fileio.write_bytes(fileio.join(workdir, RUN_ID_FILE), self.run.id.encode())
 
   def log(self, step: int, metrics: dict) -> None:
     self.run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
@@ -159,7 +192,8 @@ class MetricWriter:
       self.echo(f"[step {step}] {shown}")
 
   def table(self, step: int, name: str, results: dict) -> None:
-    """An evaluation's {eval/EVALUATOR/METRIC: value} as one table (W&B; the scalars went to every sink)."""
+    """An evaluation's {eval/EVALUATOR/METRIC: value} as one table (W&B; the scalars went to every
+    sink)."""
     if self.enabled and self._wandb is not None:
       rows = [[*k.split("/", 2)[1:], float(v)] for k, v in results.items() if k.startswith("eval/")]
       self._wandb.table(step, name, ["evaluator", "metric", "value"], rows)
@@ -190,7 +224,8 @@ def _whole_lines(data: bytes, path: str) -> bytes:
 
 
 def read_metrics(workdir: str) -> dict[int, dict]:
-  """metrics.jsonl -> {step: merged record}; a step logged again after a resume keeps the last value.
+  """metrics.jsonl -> {step: merged record}; a step logged again after a resume keeps the last
+  value.
 
   A line that is not a JSON record with a step (torn by a kill) is skipped with a warning naming the
   file.

@@ -1,4 +1,5 @@
-"""AdamW with warmup + cosine, and parameter groups chosen by path regexes: frozen, no decay, own learning rate.
+"""AdamW with warmup + cosine, and parameter groups chosen by path regexes: frozen, no decay, own
+learning rate.
 
 Parameter paths are '/'-joined names, e.g. `visual/transformer/resblocks_0/attn/q_proj/kernel`,
 `text/text_projection`, `logit_scale`. A regex matches the whole path. Regexes run on RE2, which
@@ -51,7 +52,8 @@ def frozen_mask(params, frozen: str | None):
 
 
 def decay_mask(params, rule: str = "open_clip", no_decay: str | None = None):
-  """Pytree of bools, True where weight decay applies: by `rule` (DECAY_RULES), minus paths matching `no_decay`."""
+  """Pytree of bools, True where weight decay applies: by `rule` (DECAY_RULES), minus paths matching
+  `no_decay`."""
   return jax.tree_util.tree_map_with_path(
     lambda p, x: (
       (rule == "all" or x.ndim >= 2)
@@ -62,7 +64,8 @@ def decay_mask(params, rule: str = "open_clip", no_decay: str | None = None):
 
 
 def group_labels(params, frozen: str | None = None, lr_multipliers=()):
-  """Pytree of group names: FROZEN, 'lr0', 'lr1', ... (the first `lr_multipliers` regex that matches), or 'base'.
+  """Pytree of group names: FROZEN, 'lr0', 'lr1', ... (the first `lr_multipliers` regex that
+  matches), or 'base'.
 
   `check_groups` says, before training, when a regex matches nothing.
   """
@@ -76,8 +79,8 @@ def group_labels(params, frozen: str | None = None, lr_multipliers=()):
 
 
 def check_groups(params, o, pretrained: bool = False) -> list[str]:
-  """Checks the parameter groups against the parameters (a pytree of arrays or ShapeDtypeStructs); returns
-  one line per group with its parameter count, for the run's log.
+  """Checks the parameter groups against the parameters (a pytree of arrays or ShapeDtypeStructs);
+  returns one line per group with its parameter count, for the run's log.
 
   Raises ValueError naming the config key for a regex that matches nothing, a multiplier that is not
   positive, a config that trains nothing, and parameters frozen at their random initialisation

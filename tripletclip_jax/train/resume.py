@@ -22,8 +22,9 @@ _COMPUTE_OPTIONS = ("dtype", "remat", "attention_impl")
 
 
 def config_changes(meta: dict, config) -> dict:
-  """{key: (before, now)} for the config keys that changed since checkpoint `meta` was written, except
-  DRIVING and NEUTRAL ones and keys the checkpoint's config did not have (written by an older version)."""
+  """{key: (before, now)} for the config keys that changed since checkpoint `meta` was written,
+  except DRIVING and NEUTRAL ones and keys the checkpoint's config did not have (written by an older
+  version)."""
   saved = meta.get("config", {})
   known = dict(flat_items(saved))
   return {
@@ -35,7 +36,8 @@ def config_changes(meta: dict, config) -> dict:
 
 
 def changed_keys(meta: dict, config) -> list[str]:
-  """'key before -> now' for the config keys that changed since the checkpoint and may change the state."""
+  """'key before -> now' for the config keys that changed since the checkpoint and may change the
+  state."""
   return [f"{k} {a} -> {b}" for k, (a, b) in config_changes(meta, config).items()]
 
 
@@ -69,8 +71,8 @@ def _refuse(workdir: str, step: int, what: str, how: str) -> ConfigError:
 
 
 def check_schedule(meta: dict, config, total_steps: int, loss, workdir: str, step: int) -> None:
-  """Refuses a changed step count, batch size or loss unless `allow_schedule_change`, and always a loss
-  whose data stream is another kind (pairs vs the union of pairs and negatives)."""
+  """Refuses a changed step count, batch size or loss unless `allow_schedule_change`, and always a
+  loss whose data stream is another kind (pairs vs the union of pairs and negatives)."""
   now = {"total_steps": total_steps, "batch_size": config.batch_size, "loss": loss.name}
   changed = {
     k: (meta["schedule"][k], now[k]) for k in SCHEDULE_KEYS if meta["schedule"][k] != now[k]
@@ -97,7 +99,8 @@ def check_schedule(meta: dict, config, total_steps: int, loss, workdir: str, ste
 
 
 def check_model(meta: dict, model_cfg, config, workdir: str, step: int) -> None:
-  """Refuses a resume whose network differs from the checkpoint's (preset, activation, widths ...)."""
+  """Refuses a resume whose network differs from the checkpoint's (preset, activation, widths
+  ...)."""
 
   def network(d):
     return {
@@ -121,7 +124,8 @@ def check_model(meta: dict, model_cfg, config, workdir: str, step: int) -> None:
 
 
 def check_state(meta: dict, abstract_state, config, workdir: str, step: int) -> None:
-  """Refuses, naming the changed config keys, when the checkpoint's state does not fit this config's."""
+  """Refuses, naming the changed config keys, when the checkpoint's state does not fit this
+  config's."""
   saved_processes = meta.get("process_count", jax.process_count())
   if saved_processes != jax.process_count():
     raise _refuse(
@@ -145,16 +149,25 @@ def check_state(meta: dict, abstract_state, config, workdir: str, step: int) -> 
 
 
 def check_resume(meta: dict, step: int, exp) -> None:
-  """Every refusal above, in order, for the built experiment `exp`; returns nothing when checkpoint `step`
-  (its `meta`) may be resumed."""
+  """Every refusal above, in order, for the built experiment `exp`; returns nothing when checkpoint
+  `step` (its `meta`) may be resumed."""
   check_schedule(meta, exp.config, exp.total_steps, exp.loss, exp.workdir, step)
   check_model(meta, exp.model_config, exp.config, exp.workdir, step)
   check_state(meta, exp.abstract_state, exp.config, exp.workdir, step)
   check_refused(meta, exp.config, exp.workdir, step)
 
 
-def restore_iterator(data_iter, state: dict, num_workers: int, log=print) -> None:
-  """Sets the training iterator to a saved state, moved to `num_workers` workers if that changed."""
+def restore_iterator(data_iter, state: dict, meta: dict, num_workers: int, log=print) -> None:
+  """Sets the training iterator to a saved state (counting records of this process's stream), moved
+  to `num_workers` workers if that changed. A checkpoint that an older version wrote in memory
+  counted batches: its position is converted to records (exact, as a batch was that many
+  records)."""
+  if meta.get("data_position") != "records" and meta.get("config", {}).get("data", {}).get(
+    "in_memory"
+  ):
+    per_process = meta["schedule"]["batch_size"] // meta.get("process_count", 1)
+    state = {"next_index": state["next_index"] * per_process}
+    log(f"Data position: the checkpoint counted batches of {per_process}; read as {state} records.")
   state, repeated = pipeline.iterator_state_for(state, num_workers)
   if repeated:
     log(

@@ -53,8 +53,8 @@ def abstract_train_state(
   loss: Loss,
   min_fsdp_size: int = 2**16,
 ):
-  """(ShapeDtypeStructs with shardings, shardings) of the train state: nothing is allocated, so the mesh
-  may be one that this machine does not have (an ahead-of-time compile for a TPU topology)."""
+  """(ShapeDtypeStructs with shardings, shardings) of the train state: nothing is allocated, so the
+  mesh may be one that this machine does not have (an ahead-of-time compile for a TPU topology)."""
   shapes = jax.eval_shape(_init_fn(config, tx, loss), jax.random.key(0))
   shardings = sharding.tree_shardings(shapes, mesh, min_fsdp_size)
   return jax.tree.map(
@@ -70,7 +70,8 @@ def create_train_state(
   loss: Loss,
   min_fsdp_size: int = 2**16,
 ):
-  """Initialises parameters (towers and the loss's own) and optimizer state directly in their shardings.
+  """Initialises parameters (towers and the loss's own) and optimizer state directly in their
+  shardings.
 
   Returns (state, state_shardings); nothing is ever materialised whole on one host.
   """
@@ -80,7 +81,8 @@ def create_train_state(
 
 
 def encode_batch(model: CLIP, params, batch: dict, loss: Loss) -> dict:
-  """Encodes what `loss` needs; positives and negatives share one forward pass per tower ([x; x'], [y; y']).
+  """Encodes what `loss` needs; positives and negatives share one forward pass per tower ([x; x'],
+  [y; y']).
 
   Called on each device's own rows (inside the step's `shard_map`), so the concatenation moves
   nothing between devices. Returns L2-normalised float32 embeddings {'img', 'txt', 'neg_img',
@@ -98,9 +100,9 @@ def encode_batch(model: CLIP, params, batch: dict, loss: Loss) -> dict:
 
 
 def _shares_and_grads(model, params, batch, loss, rows, accum_steps, mask):
-  """This device's shares of (loss, metrics) and its unreduced gradient: d(sum of every device's shares) /
-  d(this device's copy of `params`). Summed over devices it is the gradient of the loss. Exact under
-  accumulation.
+  """This device's shares of (loss, metrics) and its unreduced gradient: d(sum of every device's
+  shares) / d(this device's copy of `params`). Summed over devices it is the gradient of the loss.
+  Exact under accumulation.
   """
   owned = loss.param_names  # the loss's parameters outside the towers (temperature, bias)
   owned_mask = None if mask is None else {k: mask[k] for k in owned}
@@ -209,7 +211,8 @@ def loss_and_grads(
   split_sum = mesh.devices.flat[0].platform == "cpu"
 
   def all_sum(xs: list, over: tuple) -> list:
-    """Each array of `xs` summed over the devices of the mesh axes `over` (every device gets the whole sums)."""
+    """Each array of `xs` summed over the devices of the mesh axes `over` (every device gets the
+    whole sums)."""
     if not over or not xs:
       return xs
     if not split_sum:
@@ -226,7 +229,8 @@ def loss_and_grads(
     return x if d is None else jax.lax.all_gather(x.astype(compute), "fsdp", axis=d, tiled=True)
 
   def reduce(grads, p):
-    """This device's gradients of the whole weights -> the sums over devices of the slices it keeps (float32).
+    """This device's gradients of the whole weights -> the sums over devices of the slices it keeps
+    (float32).
 
     Split weights: one reduce-scatter each over `fsdp`, then an all-reduce of the slices over
     `data`. Replicated ones: an all-reduce over every batch axis. Frozen ones are constants: zeros,

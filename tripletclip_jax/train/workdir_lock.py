@@ -69,7 +69,8 @@ def _busy(workdir: str, h: dict) -> WorkdirBusy:
 
 
 def WorkdirLock(workdir: str):  # noqa: N802 - a class-like factory
-  """Context manager: `with WorkdirLock(workdir): train()`; raises WorkdirBusy or ValueError (unwritable)."""
+  """Context manager: `with WorkdirLock(workdir): train()`; raises WorkdirBusy or ValueError
+  (unwritable)."""
   return BucketLock(workdir) if fileio.is_remote(workdir) else FileLock(workdir)
 
 
@@ -112,15 +113,17 @@ class FileLock:
 
 
 def _retry():
-  """google-cloud-storage's retry (transient errors, backoff) bounded by one heartbeat interval, so that a bucket
-  that is gone cannot hold a heartbeat (or a start) for the library's default 120 s."""
+  """google-cloud-storage's retry (transient errors, backoff) bounded by one heartbeat interval, so
+  that a bucket that is gone cannot hold a heartbeat (or a start) for the library's default 120
+  s."""
   from google.cloud.storage.retry import DEFAULT_RETRY
 
   return DEFAULT_RETRY.with_timeout(HEARTBEAT_S)
 
 
 class BucketLock:
-  """The lock object WORKDIR/trainer.lock in a bucket, with a heartbeat (see the module docstring)."""
+  """The lock object WORKDIR/trainer.lock in a bucket, with a heartbeat (see the module
+  docstring)."""
 
   def __init__(self, workdir: str):
     self.workdir, self.path = workdir, fileio.join(workdir, LOCK_FILE)
@@ -172,7 +175,8 @@ class BucketLock:
     return False
 
   def _write(self, if_generation: int) -> bool:
-    """Writes our holder record if the object is at `if_generation` (0: absent); False if it is not."""
+    """Writes our holder record if the object is at `if_generation` (0: absent); False if it is
+    not."""
     from google.api_core import exceptions
 
     blob = self._blob()
