@@ -195,16 +195,28 @@ def _wait_for(path, proc, timeout=240):
 def test_sigkill_then_restart_completes(data_dir, tmp_path):
   w = str(tmp_path / "k")
   args = _cli_overrides(data_dir, total_steps=12, checkpoint_every_steps=4, log_every_steps=4)
-  p = _main(w, *args, env=_cpu_env(2))
+  # No cache from the test session: the trainer's own, in the workdir by default.
+  env = {k: v for k, v in _cpu_env(2).items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  p = _main(w, *args, env=env)
   _wait_for(os.path.join(w, "checkpoints", "4"), p)
   p.kill()
   p.wait()
-  p = _main(w, *args, env=_cpu_env(2))
+  p = _main(w, *args, env=env)
   out, err = p.communicate(timeout=600)
   assert p.returncode == 0, err
   assert "Resumed from step" in out
   # the killed run's lock did not block it
   assert checkpoint.read_meta(w)[0] == 12 and 12 in read_metrics(w)
+  # The restart loaded what the killed run compiled, and said where its start-up went.
+  startup = re.search(
+    r"Start-up: [\d.]+ s to the first step: imports [\d.]+ s, .*restore [\d.]+ s, .*first step "
+    r"[\d.]+ s; compiling .* (\d+) of (\d+) from the persistent cache",
+    out,
+  )
+  assert startup and int(startup[1]) > 0, out
+  assert os.listdir(os.path.join(w, "jax_cache"))
+  first = read_metrics(w)[int(re.search(r"Resumed from step (\d+)", out)[1]) + 4]  # the restart's first
+  assert first["startup/cache_hits"] == int(startup[1]) and first["startup/total_s"] > 0
 
 
 def test_sigterm_leaves_a_checkpoint_and_the_lock_refuses_a_second_trainer(data_dir, tmp_path):

@@ -190,6 +190,13 @@ SCHEMA = _group(
     num_processes=Key(None, "processes of a multi-process run", DRIVING, int),
     process_id=Key(None, "this process's index", DRIVING, int),
   ),
+  compilation_cache_dir=Key(
+    None,
+    "JAX's persistent compilation cache: a restart loads the compiled step (None: WORKDIR/jax_cache"
+    " unless JAX_COMPILATION_CACHE_DIR is set; a gs:// path works; \"\" = off)",
+    DRIVING,
+    str,
+  ),
   peak_tflops_per_chip=Key(None, "for MFU; measured with a matmul when unset", DRIVING, float),
   progress_bar=Key(True, "a tqdm bar on a terminal", DRIVING),
   writers=Key(

@@ -70,6 +70,17 @@ class Experiment:
       self.state_shardings,
     )
 
+  def initial_state(self) -> TrainState:
+    """The initial state (parameters drawn from `config.seed`), made directly in its shardings."""
+    return create_train_state(
+      self.model_config,
+      self.tx,
+      self.mesh,
+      jax.random.key(self.config.seed),
+      self.loss,
+      self.config.mesh.min_fsdp_size,
+    )[0]
+
   @property
   def pairs_per_step(self) -> float:
     """Image-text pairs encoded per step (the compute-matching unit)."""
@@ -217,17 +228,26 @@ def resolve(config) -> Plan:
 
 
 def build(
-  config, workdir: str | None = None, *, devices=None, abstract: bool = False, log=print
+  config,
+  workdir: str | None = None,
+  *,
+  devices=None,
+  abstract: bool = False,
+  log=print,
+  clock=None,
 ) -> Experiment:
   """Builds and checks everything `config` (a config, or its `resolve`d Plan) trains with; nothing
   trains yet.
 
   With a `workdir`: the training data (the demo world is written first when configured), the
   evaluators (their paths checked now, not after training) and the checkpoint manager. Without one,
-  only the model, optimizer and step, for `devices` (default: all; e.g. a TPU topology's, with
-  `abstract=True`, which allocates nothing). Raises ConfigError (or ValueError) in one line naming
-  the key for what cannot work.
+  only the model, optimizer and step, for `devices` (default: all; e.g. a TPU topology's).
+  `abstract=True` allocates nothing: `exp.state` stays ShapeDtypeStructs until `exp.initial_state()`
+  (the trainer skips it when it resumes). Raises ConfigError (or ValueError) in one line naming
+  the key for what cannot work. `clock` (a `startup.StartupClock`) is told when the data, the model
+  and the checkpoints are ready.
   """
+  mark = clock.mark if clock is not None else lambda part: None
   plan = resolve(config)
   config, loss, model_cfg, total_steps = plan.config, plan.loss, plan.model_config, plan.total_steps
   # The data's paths first: a wrong one fails before anything is built.
@@ -246,15 +266,10 @@ def build(
     raise ConfigError(str(e)) from None
   # The data before the model: a wrong path or a damaged manifest fails before parameters are allocated.
   train_data = _training_data(config, source, model_cfg, loss) if workdir is not None else None
+  mark("data")
   tx, schedule = make_optimizer(config.optimizer, total_steps)
   shapes, state_sh = abstract_train_state(model_cfg, tx, mesh, loss, config.mesh.min_fsdp_size)
-  state = (
-    shapes
-    if abstract
-    else create_train_state(
-      model_cfg, tx, mesh, jax.random.key(config.seed), loss, config.mesh.min_fsdp_size
-    )[0]
-  )
+  mark("model")
   step = make_train_step(
     model_cfg,
     tx,
@@ -276,16 +291,19 @@ def build(
     total_steps=total_steps,
     tx=tx,
     schedule=schedule,
-    state=state,
+    state=shapes,
     state_shardings=state_sh,
     train_step=step,
     train_data=train_data,
     evaluators=evaluators,
     param_groups=groups,
   )
+  if not abstract:
+    exp.state = exp.initial_state()
   if workdir is not None:
     ckpt.check_reachable(workdir)
     exp.checkpoints = ckpt.make_manager(
       workdir, config.keep_checkpoints, use_ocdbt=config.checkpoint_ocdbt
     )
+  mark("checkpoints")
   return exp

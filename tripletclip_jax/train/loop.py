@@ -30,6 +30,7 @@ from tripletclip_jax.train import resume
 from tripletclip_jax.train.config import writers
 from tripletclip_jax.train.experiment import Experiment, build, hf_path, resolve
 from tripletclip_jax.train.metrics import MetricWriter, check_wandb, measure_matmul_peak
+from tripletclip_jax.train.startup import StartupClock, use_compilation_cache
 from tripletclip_jax.train.step import with_loss_params
 from tripletclip_jax.train.workdir_lock import WorkdirLock
 
@@ -58,23 +59,34 @@ def full_params(state):
   return multihost_utils.process_allgather(state.params, tiled=True)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final metrics."""
+def train_and_evaluate(config, workdir: str, *, started: float | None = None) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final metrics.
+
+  `started`: the process's start in `time.perf_counter()` seconds, so that the start-up report
+  (printed after the first step, and in its metrics as `startup/*`) counts the imports too.
+  """
+  clock = StartupClock(started)
   preempted = []  # SIGTERM (TPU preemption) only sets a flag: the loop checkpoints and exits cleanly
   previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
   try:
     plan = resolve(config)  # validated and resolved once, before anything is written
+    clock.mark("config")
     maybe_initialize_distributed(config)
+    jax.devices()  # the backend starts here
+    clock.mark("devices")
     workdir = fileio.absolute(workdir)  # a gs:// workdir stays as it is
+    use_compilation_cache(config.compilation_cache_dir, workdir)  # before the first compile
     if "wandb" in writers(config):
       check_wandb(workdir)  # before the lock, the first write
     log = print if jax.process_index() == 0 else (lambda *_: None)
     # Process 0 speaks for the run; the lock is also the first write, so an unwritable workdir fails here.
     with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext() as lock:
-      exp = build(plan, workdir, log=log)
+      clock.mark("workdir")
+      # The state is made (or restored) by the run: a resume never draws initial parameters.
+      exp = build(plan, workdir, abstract=True, log=log, clock=clock)
       try:
         log("Parameter groups: " + "; ".join(exp.param_groups))
-        run = _Run(exp, preempted, lock)
+        run = _Run(exp, preempted, lock, clock)
         run.restore()
         results = run.loop()
         return results if results.get("stopped") else run.finish(results)
@@ -104,8 +116,8 @@ class _Run:
   """One run of a built experiment: the state that changes as it trains, and the four parts that
   change it."""
 
-  def __init__(self, exp: Experiment, preempted: list, lock):
-    self.exp, self.preempted, self.lock = exp, preempted, lock
+  def __init__(self, exp: Experiment, preempted: list, lock, clock: StartupClock):
+    self.exp, self.preempted, self.lock, self.clock = exp, preempted, lock, clock
     self.is_main = jax.process_index() == 0
     self.state = exp.state
     self.start, self.latest = 0, None
@@ -114,18 +126,19 @@ class _Run:
     self.pending = []  # the device metrics of the steps since the last check
     self.saver = None
     self.eval_model = None  # made at the first evaluation
+    self.startup = {}  # the start-up's metrics, until the first record carries them
+    self.peak, self.saved_peak = None, None  # the MFU denominator; the resumed meta's
 
   # ---- Restore: the newest intact checkpoint, or a Hugging Face CLIP, or the initial state.
   def restore(self) -> None:
     exp, config = self.exp, self.exp.config
-    # Before any step: a full disk is known now, not at the first save.
-    ckpt.check_space(exp.workdir, self.state, exp.checkpoints.latest_step())
     check = lambda meta, step: resume.check_resume(meta, step, exp)  # noqa: E731
     restored = ckpt.restore_intact(exp.checkpoints, exp.workdir, exp.abstract_state, check)
     if restored is not None:
       self.latest, self.state, meta, data_state = restored
       resume.restore_iterator(exp.train_data, data_state, meta, config.data.num_workers)
       self.history = list(meta.get("resume_changes", []))
+      self.saved_peak = meta.get("matmul_peak")
       for k, (a, b) in resume.recorded_changes(meta, config).items():
         print(f"Resuming with {k} changed: {a} -> {b} (recorded in the checkpoint's meta)")
         self.history.append({"step": self.latest, "key": k, "before": a, "now": b})
@@ -133,16 +146,39 @@ class _Run:
       saved = np.asarray(meta["bad_counts"], np.int64)  # older checkpoints may count fewer reasons
       self.bad_totals[: len(saved)] = saved
       print(f"Resumed from step {self.latest} in {ckpt.checkpoint_dir(exp.workdir)}")
-    elif config.init_from:
-      from tripletclip_jax.interop import hf
+      self.clock.mark("restore")
+    else:
+      self.state = exp.initial_state()
+      if config.init_from:
+        self.state = self.init_from_hf(config.init_from)
+      self.clock.mark("init")
+    # Before any step: a full disk is known now, not at the first save.
+    ckpt.check_space(exp.workdir, self.state, exp.checkpoints.latest_step())
 
-      _, hf_params = hf.load_hf(hf_path(config.init_from))
-      hf_params = with_loss_params(hf_params, exp.loss, overwrite=False)  # e.g. SigLIP's bias, new
-      params = jax.device_put(hf_params, exp.state_shardings.params)
-      state, tx = self.state, exp.tx
-      self.state = jax.jit(
-        lambda p: state.replace(params=p, opt_state=tx.init(p)), out_shardings=exp.state_shardings
-      )(params)
+  def init_from_hf(self, init_from: str):
+    """The initial state with a Hugging Face CLIP's weights (and a fresh optimizer state)."""
+    from tripletclip_jax.interop import hf
+
+    exp, state = self.exp, self.state
+    _, hf_params = hf.load_hf(hf_path(init_from))
+    hf_params = with_loss_params(hf_params, exp.loss, overwrite=False)  # e.g. SigLIP's bias, new
+    params = jax.device_put(hf_params, exp.state_shardings.params)
+    return jax.jit(
+      lambda p: state.replace(params=p, opt_state=exp.tx.init(p)),
+      out_shardings=exp.state_shardings,
+    )(params)
+
+  def matmul_peak(self) -> float:
+    """FLOP/s per chip for MFU: the config's, the one measured earlier on this kind of device (in
+    the resumed checkpoint's meta: a restart does not measure again), or measured now."""
+    config = self.exp.config
+    if config.peak_tflops_per_chip:
+      return config.peak_tflops_per_chip * 1e12
+    dtype = self.exp.model_config.dtype
+    key = f"{jax.devices()[0].device_kind} {dtype}"
+    if self.saved_peak and self.saved_peak.get("device") == key:
+      return float(self.saved_peak["flops"])
+    return measure_matmul_peak(dtype)
 
   def meta(self, step: int) -> dict:
     exp, config = self.exp, self.exp.config
@@ -163,6 +199,10 @@ class _Run:
       # The iterator state counts records of each process's stream (older in-memory runs: batches).
       "data_position": "records",
       "pairs_seen": step * exp.pairs_per_step,
+      "matmul_peak": {
+        "device": f"{jax.devices()[0].device_kind} {exp.model_config.dtype}",
+        "flops": self.peak,
+      },
     }
 
   def evaluate(self, step: int) -> dict:
@@ -208,11 +248,9 @@ class _Run:
       wandb=config.wandb.to_dict(),
       config=config.to_dict(),
     )
-    peak = (
-      config.peak_tflops_per_chip * 1e12
-      if config.peak_tflops_per_chip
-      else measure_matmul_peak(exp.model_config.dtype)
-    )
+    self.clock.mark("writers")
+    peak = self.peak = self.matmul_peak()
+    self.clock.mark("peak")
     self.saver = ckpt.Saver(exp.checkpoints, workdir, self.latest)
     results: dict = {}
     t_data, t_last = 0.0, time.perf_counter()
@@ -238,8 +276,12 @@ class _Run:
         t_data += time.perf_counter() - t0
         self.bad_totals += batch.pop("bad_counts")
         del batch["key"]
+        if step == self.start:
+          self.clock.mark("first batch")
         self.state, m = exp.train_step(self.state, sharding.put_batch(batch, exp.mesh))
         s = step + 1
+        if step == self.start:
+          self.startup = self.first_step_done()
         self.pending.append(dict(m, _step=s))
         bar.update(1)
         if tracing and s >= profile[1]:
@@ -251,6 +293,8 @@ class _Run:
           )
         if s % config.log_every_steps == 0 or s == total:
           rec = self.metrics_record(s, time.perf_counter() - t_last, t_data, peak)
+          rec.update(self.startup)
+          self.startup = {}  # in the first record only
           writer.write(s, rec)
           bar.set_postfix(loss=f"{rec['loss']:.3f}")
           t_data, t_last = 0.0, time.perf_counter()
@@ -280,6 +324,14 @@ class _Run:
         exp.train_data.close()
       writer.close()
     return results
+
+  def first_step_done(self) -> dict:
+    """Waits for the first step, prints where the start-up went; its `startup/*` metrics."""
+    jax.block_until_ready(self.state)
+    self.clock.mark("first step")
+    if self.is_main:
+      tqdm.write(self.clock.report())
+    return self.clock.finish()
 
   def metrics_record(self, s: int, seconds: float, data_seconds: float, peak: float) -> dict:
     """The record `log_every_steps` writes at step `s`: the last step's metrics (checked finite),

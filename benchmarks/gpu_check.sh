@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One prepared accelerator check, every part with its own time limit and its own `key=value` line.
+#
+#   benchmarks/gpu_check.sh [OUT_DIR]        # PYTHON=... to pick the interpreter (default: python)
+#
+# Needs jax (with CUDA on a GPU), torch and the project's packages (open_clip, diffusers, grain,
+# ml_collections: wheels on a machine with no network); reaches nothing over the network. On a GPU
+# (about 8 minutes on one H200):
+#   1. train_step_b256, train_step_b1024: ViT-B/32 TripletCLIP step in bf16 against open_clip
+#      eager and torch.compiled, alternating rounds (benchmarks/train_step.py);
+#   2. demo_cold, demo_warm: `launch/main.py --config configs/demo.py`, first half of the run in a
+#      fresh workdir (world generation, compile, checkpoints), then a restart that resumes from the
+#      checkpoint through the persistent compilation cache and ends with the HF export; each prints
+#      its start-up breakdown, the line compares time to the first step cold and warm;
+#   3. negatives: benchmarks/negatives.py (random tiny models: the tool's path on the device).
+# Anywhere else (a CPU) the same parts run at smoke-test sizes, so the script is tested where it is
+# written. Logs go to OUT_DIR/PART.log; the last line sums up.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=${1:-/tmp/gpu_check}
+mkdir -p "$OUT"
+
+BACKEND=$($PY -c "import jax; print(jax.default_backend())" 2>/dev/null || echo none)
+if [ "$BACKEND" = gpu ]; then
+  BATCHES="256 1024"; DTYPE=bfloat16; COMPARE=open_clip,open_clip_compiled; STEPS=10; ROUNDS=3
+  STEP_LIMIT=170; DEMO_STEPS=400; DEMO_LIMIT=150; DEVICE=cuda; NEG_N=64; DEMO_SIZE=()
+else
+  BATCHES="4"; DTYPE=float32; COMPARE=open_clip; STEPS=1; ROUNDS=1
+  STEP_LIMIT=600; DEMO_STEPS=8; DEMO_LIMIT=300; DEVICE=cpu; NEG_N=4
+  DEMO_SIZE=(--config.batch_size=16 --config.data.source.num_train=64 --config.data.source.num_eval=8)
+fi
+echo "backend=$BACKEND out=$OUT"
+
+FAILED=0
+# part NAME LIMIT_S COMMAND...: runs COMMAND under its limit, logs it, prints its last key=value line.
+part() {
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  [ $rc -ne 0 ] && FAILED=$((FAILED + 1))
+  local kv
+  kv=$(grep -E '^[a-z_]+=[^ ]+( [a-z_]+=[^ ]*)*$' "$OUT/$name.log" | tail -1)
+  echo "part=$name rc=$rc wall_s=$((SECONDS - t0)) limit_s=$limit $kv"
+}
+
+for B in $BATCHES; do
+  part "train_step_b$B" $STEP_LIMIT $PY benchmarks/train_step.py --preset vit_b32 --dtype $DTYPE \
+    --batch_size "$B" --steps $STEPS --rounds $ROUNDS --compare $COMPARE
+done
+
+DEMO=(--config configs/demo.py --workdir "$OUT/demo" --config.total_steps=$DEMO_STEPS
+  --config.checkpoint_every_steps=$((DEMO_STEPS / 4)) --config.progress_bar=false "${DEMO_SIZE[@]}")
+rm -rf "$OUT/demo"
+part demo_cold $DEMO_LIMIT $PY launch/main.py "${DEMO[@]}" --config.stop_after_steps=$((DEMO_STEPS / 2))
+part demo_warm $DEMO_LIMIT $PY launch/main.py "${DEMO[@]}"
+first_step() { grep -o 'Start-up: [0-9.]* s' "$OUT/$1.log" | grep -o '[0-9.]*' | head -1; }
+COLD=$(first_step demo_cold) WARM=$(first_step demo_warm)
+echo "part=startup cold_s=${COLD:-none} warm_s=${WARM:-none}" \
+  "resumed=$(grep -c 'Resumed from step' "$OUT/demo_warm.log")" \
+  "exported=$(grep -c 'Exported a transformers CLIPModel' "$OUT/demo_warm.log")"
+
+part negatives 120 $PY benchmarks/negatives.py --tiny --device $DEVICE --n $NEG_N --batch_size 4 \
+  --image_batch_size 4 --image_size 64
+
+echo "gpu_check backend=$BACKEND failed_parts=$FAILED wall_s=$SECONDS"
+[ $FAILED -eq 0 ]
