@@ -140,6 +140,37 @@ def test_same_seed_and_key_give_the_same_image(models):
   b = imager(["x3", "x1"], ["a tree", "a red car"])
   assert a[0] == b[1] and a[2] == b[0]
   assert Imager(models[1], size=32, seed=4)(["x1"], ["a red car"])[0] != a[0]
+  # the tool's path: batches rendered while the previous batch encodes, order kept
+  assert imager.render_all(["x1", "x2", "x3"], ["a red car", "a cat", "a tree"], 2) == a
+
+
+def test_published_architectures_build_and_generate_through_the_tool():
+  """The benchmark's models: the published sizes (counted on the meta device, nothing allocated),
+  and, divided by 16, a fixed number of new tokens and an image through Captioner and Imager."""
+  import torch
+
+  from tripletclip_jax.synth import archs
+  from tripletclip_jax.synth.models import Captioner, Imager
+  from tripletclip_jax.synth.tiny import tiny_tokenizer
+
+  sizes = {n: archs.count_params(archs.llm(n, "meta", torch.float16)) for n in archs.LLMS}
+  assert sizes == {"mistral-7b": 7_241_732_096, "phi-3-mini": 3_821_079_552}
+  unet = archs.t2i(device="meta", dtype=torch.float16).unet
+  assert archs.count_params(unet) == 2_567_463_684
+  ids = torch.randint(300, 32000, (3, 10))
+  for static in (False, True):
+    cap = Captioner(
+      archs.llm("phi-3-mini", shrink=16),
+      tokenizer=tiny_tokenizer(),
+      max_new_tokens=5,
+      min_new_tokens=5,
+      static_cache=static,
+    )
+    assert cap.generate_tokens(ids, torch.ones_like(ids)).shape == (3, 5)
+  with pytest.raises(ValueError, match="tokenizer="):
+    Captioner(cap.model)
+  jpegs = Imager(archs.t2i(shrink=16), size=64).render_all(["a", "b"], ["a cat", "a dog"], 2)
+  assert [Image.open(io.BytesIO(j)).size for j in jpegs] == [(64, 64)] * 2
 
 
 def test_kill_and_rerun_gives_one_record_per_key(models, tmp_path):

@@ -175,15 +175,13 @@ def _caption(models: _Models, opts: Options, i: int, missing: list, done: dict, 
 
 def _render(models: _Models, opts: Options, i: int, chunk: list, done: dict) -> list:
   """The images stage for chunk i: the encoded negative image of every item, in order."""
-  imager, neg_images = models.imager(), []
   with tqdm(total=len(chunk), desc=f"images {i}", unit="img") as bar:
-    for b in range(0, len(chunk), opts.image_batch_size):
-      part = chunk[b : b + opts.image_batch_size]
-      neg_images += imager(
-        [it["key"] for it in part], [done[it["key"]]["neg_caption"] for it in part]
-      )
-      bar.update(len(part))
-  return neg_images
+    return models.imager().render_all(
+      [it["key"] for it in chunk],
+      [done[it["key"]]["neg_caption"] for it in chunk],
+      opts.image_batch_size,
+      bar.update,
+    )
 
 
 def _score(models: _Models, opts: Options, chunk: list, done: dict, neg_images: list) -> list:

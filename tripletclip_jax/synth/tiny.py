@@ -5,12 +5,11 @@ ones."""
 import os
 
 
-def make_tiny_llm(out_dir: str) -> str:
-  """A 2-layer random LlamaForCausalLM with a byte-level BPE trained on a few sentences, plus a chat
-  template."""
+def tiny_tokenizer():
+  """A byte-level BPE (300 tokens) trained on a few sentences, with a chat template: any text
+  encodes, so it stands in for a real LLM's tokenizer offline."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-  import torch
+  from transformers import PreTrainedTokenizerFast
 
   corpus = [
     "a dog sitting to the left of a cat on a sofa",
@@ -37,6 +36,15 @@ def make_tiny_llm(out_dir: str) -> str:
     "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<s>assistant:{% endif %}"
   )
+  return fast
+
+
+def make_tiny_llm(out_dir: str) -> str:
+  """A 2-layer random LlamaForCausalLM with tiny_tokenizer(), saved to out_dir."""
+  from transformers import LlamaConfig, LlamaForCausalLM
+  import torch
+
+  fast = tiny_tokenizer()
   torch.manual_seed(0)
   cfg = LlamaConfig(
     vocab_size=len(fast),

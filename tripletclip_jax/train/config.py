@@ -193,7 +193,7 @@ SCHEMA = _group(
   compilation_cache_dir=Key(
     None,
     "JAX's persistent compilation cache: a restart loads the compiled step (None: WORKDIR/jax_cache"
-    " unless JAX_COMPILATION_CACHE_DIR is set; a gs:// path works; \"\" = off)",
+    ' unless JAX_COMPILATION_CACHE_DIR is set; a gs:// path works; "" = off)',
     DRIVING,
     str,
   ),

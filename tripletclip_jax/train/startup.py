@@ -124,4 +124,3 @@ def use_compilation_cache(setting: str | None, workdir: str) -> str | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return path
-
