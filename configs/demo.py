@@ -25,7 +25,7 @@ from tripletclip_jax.train.config import base_config, source_config
 def world():
   """The demo world's parameters (tripletclip_jax.demo.world.WorldConfig), fixed before the final
   seeds (docs/demo_world.md, "How the parameters were fixed")."""
-  from tripletclip_jax.demo.world import TEXTURES, V4_COLORS, V4_SHAPES
+  from tripletclip_jax.demo.scenes import TEXTURES, V4_COLORS, V4_SHAPES
 
   return ml_collections.ConfigDict(
     dict(

@@ -9,7 +9,7 @@ The world's parameters are WorldConfig's defaults, which are configs/demo.py's (
 import argparse
 
 
-from tripletclip_jax.demo import world as demo_world
+from tripletclip_jax.demo import scenes, world as demo_world
 
 
 def main(argv=None):
@@ -24,7 +24,7 @@ def main(argv=None):
   p.add_argument("--image_size", type=int, default=48)
   p.add_argument("--num_shards", type=int, default=4)
   args = p.parse_args(argv)
-  cfg = demo_world.WorldConfig(image_size=args.image_size)
+  cfg = scenes.WorldConfig(image_size=args.image_size)
   out = demo_world.write_demo_data(
     args.output_dir, args.num_train, args.num_eval, args.seed, cfg, args.num_shards, args.num_base
   )

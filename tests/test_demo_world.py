@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from tripletclip_jax.demo import world as dw
+from tripletclip_jax.demo import render as demo_render, scenes as ds, world as dw
 from tripletclip_jax.data import records
 
-CFG = dw.WorldConfig()
+CFG = ds.WorldConfig()
 
 
 def _files(d):
@@ -50,11 +50,11 @@ def test_byte_identical_for_a_seed(tmp_path):
 
 
 def _obj(color, shape, row, col, size="small"):
-  return dw.Obj(color, shape, size, row, col)
+  return ds.Obj(color, shape, size, row, col)
 
 
 def _cap(*objs, relation=None):
-  return dw.Caption([(c, s, z, None) for c, s, z in objs], relation, "", list(range(len(objs))))
+  return ds.Caption([(c, s, z, None) for c, s, z in objs], relation, "", list(range(len(objs))))
 
 
 def test_the_scene_graph_check_rejects_false_negatives():
@@ -64,8 +64,8 @@ def test_the_scene_graph_check_rejects_false_negatives():
   # term would push a true caption away: a false negative, rejected.
   x_add = x + [_obj("green", "star", 2, 1)]
   y_add = _cap(("red", "circle", None), ("blue", "square", None), ("green", "star", None))
-  assert dw.holds(x, y) and not dw.holds(x, y_add) and dw.holds(x_add, y_add) and dw.holds(x_add, y)
-  assert not dw.check_triplet(x, y, x_add, y_add)
+  assert ds.holds(x, y) and not ds.holds(x, y_add) and ds.holds(x_add, y_add) and ds.holds(x_add, y)
+  assert not ds.check_triplet(x, y, x_add, y_add)
   # A colour replacement that the third, unnamed object already makes true of x: rejected.
   x3 = x + [_obj("blue", "circle", 2, 2)]
   y_rep = _cap(("blue", "circle", None), ("blue", "square", None))
@@ -74,17 +74,17 @@ def test_the_scene_graph_check_rejects_false_negatives():
     _obj("blue", "square", 0, 2),
     _obj("blue", "circle", 2, 2),
   ]
-  assert not dw.check_triplet(x3, y, x3_neg, y_rep)
+  assert not ds.check_triplet(x3, y, x3_neg, y_rep)
   # A genuine binding negative passes: swap the colours.
   x_swap = [_obj("blue", "circle", 0, 0), _obj("red", "square", 0, 2)]
   y_swap = _cap(("blue", "circle", None), ("red", "square", None))
-  assert dw.check_triplet(x, y, x_swap, y_swap)
+  assert ds.check_triplet(x, y, x_swap, y_swap)
   # Relations: "circle left of square" vs the mirrored scene.
   y_rel = _cap(("red", "circle", None), ("blue", "square", None), relation="left of")
   x_rel = [_obj("red", "circle", 0, 2), _obj("blue", "square", 0, 0)]
   y_rel_neg = _cap(("red", "circle", None), ("blue", "square", None), relation="right of")
-  assert dw.check_triplet(x, y_rel, x_rel, y_rel_neg)
-  assert dw.caption_text(y_rel) == "a red circle left of a blue square"
+  assert ds.check_triplet(x, y_rel, x_rel, y_rel_neg)
+  assert ds.caption_text(y_rel) == "a red circle left of a blue square"
 
 
 def test_every_training_triplet_passes_the_check_with_the_configured_mix():
@@ -94,14 +94,14 @@ def test_every_training_triplet_passes_the_check_with_the_configured_mix():
     kind = dw.sample_edit(CFG, rng)
     t = dw.make_triplet(CFG, rng, kind, counts=counts, training=True)
     kinds[kind] += 1
-    assert dw.check_triplet(t["scene"], t["cap"], t["neg_scene"], t["neg_cap"]), t["caption"]
+    assert ds.check_triplet(t["scene"], t["cap"], t["neg_scene"], t["neg_cap"]), t["caption"]
     assert t["caption"] != t["neg_caption"]
     assert len(t["cap"].objs) >= 2
     if kind in ("replace_att", "replace_obj"):  # the new colour / shape is already in the scene
       att = 0 if kind == "replace_att" else 1
       (new,) = [b[att] for a, b in zip(t["cap"].objs, t["neg_cap"].objs) if a != b]
       assert new in {(o.color, o.shape)[att] for o in t["scene"]}
-  assert set(kinds) == set(dw.TRAIN_EDITS)
+  assert set(kinds) == set(ds.TRAIN_EDITS)
   weights = dict(CFG.edit_weights)
   assert all(abs(n / 600 - weights[k] / sum(weights.values())) < 0.06 for k, n in kinds.items())
   assert sum(counts.values()) > 0  # rejected edits are counted
@@ -139,11 +139,11 @@ def test_heldout_split_is_a_latin_square_and_never_trained_on(tmp_path):
   for p in records.resolve_shards(str(tmp_path / "train")):
     for r in records.iter_records(p):
       ex = records.decode_example(r)
-      assert ex["neg_caption"].decode().startswith(dw.NEG_PREFIXES)
-      assert not ex["caption"].decode().startswith(dw.NEG_PREFIXES)
+      assert ex["neg_caption"].decode().startswith(ds.NEG_PREFIXES)
+      assert not ex["caption"].decode().startswith(ds.NEG_PREFIXES)
   world = json.load(open(tmp_path / "world.json"))
   assert (
-    dw.WorldConfig.from_dict(
+    ds.WorldConfig.from_dict(
       {k: v for k, v in world["world"].items() if k not in ("seed", "heldout_pairings")}
     )
     == CFG
@@ -155,9 +155,9 @@ def test_heldout_benchmark_is_familiarity_balanced(subset):
   rng = np.random.default_rng(2)
   for _ in range(40):
     t = dw.make_triplet(CFG, rng, subset, heldout=True)
-    assert dw.holds(t["scene"], t["cap"]) and not dw.holds(t["scene"], t["neg_cap"])
-    assert dw.num_heldout(CFG, t["cap"]) >= 1
-    assert dw.num_heldout(CFG, t["neg_cap"]) == dw.num_heldout(CFG, t["cap"])
+    assert ds.holds(t["scene"], t["cap"]) and not ds.holds(t["scene"], t["neg_cap"])
+    assert ds.num_heldout(CFG, t["cap"]) >= 1
+    assert ds.num_heldout(CFG, t["neg_cap"]) == ds.num_heldout(CFG, t["cap"])
 
 
 def test_sugarcrepe_format(tmp_path):
@@ -174,11 +174,11 @@ def test_sugarcrepe_format(tmp_path):
 
 def test_world_config_rejects_bad_parameters():
   with pytest.raises(ValueError, match="Latin square"):
-    dw.WorldConfig(colors=("red", "green"), shapes=("circle", "square", "star"))
+    ds.WorldConfig(colors=("red", "green"), shapes=("circle", "square", "star"))
   with pytest.raises(ValueError, match="edit_weights"):
-    dw.WorldConfig.from_dict({"edit_weights": {"add_obj": 1.0}})
+    ds.WorldConfig.from_dict({"edit_weights": {"add_obj": 1.0}})
   with pytest.raises(ValueError, match="Unknown demo world parameters"):
-    dw.WorldConfig.from_dict({"colours": ("red",)})
+    ds.WorldConfig.from_dict({"colours": ("red",)})
 
 
 def test_generator_defaults_are_the_demo_config():
@@ -189,7 +189,7 @@ def test_generator_defaults_are_the_demo_config():
   c = load_config_file(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
   )
-  assert dw.WorldConfig.from_dict(c.data.source.world) == dw.WorldConfig()
+  assert ds.WorldConfig.from_dict(c.data.source.world) == ds.WorldConfig()
   defaults = inspect.signature(dw.write_demo_data).parameters
   assert (defaults["num_train"].default, defaults["num_eval"].default) == (
     c.data.source.num_train,
@@ -205,7 +205,7 @@ def test_random_negatives_are_easy_as_on_web_data(tmp_path):
   assert out["accidental_hard_negatives_per_image"] <= 0.2
   world = json.load(open(tmp_path / "world.json"))
   assert world["accidental_hard_negatives_per_image"] == out["accidental_hard_negatives_per_image"]
-  v2 = dw.WorldConfig(
+  v2 = ds.WorldConfig(
     colors=("red", "green", "blue", "yellow", "purple"),
     shapes=("circle", "square", "triangle", "star", "diamond"),
     textures=("plain",),
@@ -214,14 +214,14 @@ def test_random_negatives_are_easy_as_on_web_data(tmp_path):
   )
   rng = np.random.default_rng(0)
   ts = [dw.make_triplet(v2, rng, dw.sample_edit(v2, rng)) for _ in range(300)]
-  rate = dw.accidental_hard_negatives([t["scene"] for t in ts], [t["cap"] for t in ts], rng)
+  rate = ds.accidental_hard_negatives([t["scene"] for t in ts], [t["cap"] for t in ts], rng)
   assert rate > 1.5
   # The counted captions are exactly "every word true, yet false": check one batch by hand.
   scene = [_obj("red", "circle", 0, 0), _obj("blue", "square", 0, 2)]
   swapped = _cap(("blue", "circle", None), ("red", "square", None))
   other = _cap(("green", "circle", None), ("blue", "square", None))
   own = _cap(("red", "circle", None), ("blue", "square", None))
-  n = dw.accidental_hard_negatives([scene] * 3, [own, swapped, other], rng, batch_size=3, batches=1)
+  n = ds.accidental_hard_negatives([scene] * 3, [own, swapped, other], rng, batch_size=3, batches=1)
   assert n == 2 / 3  # for each copy of the scene, the swapped caption (of another item) only
 
 
@@ -232,7 +232,11 @@ def test_failed_negatives_are_kept_at_rate_q(tmp_path):
   assert len(failed) == 10
   # The same world drawn with q = 0: the same triplets, except that exactly the listed x' now differ.
   dw.write_demo_data(
-    str(tmp_path / "q0"), num_train=50, num_eval=2, seed=1, cfg=dw.WorldConfig(failed_negatives=0.0)
+    str(tmp_path / "q0"),
+    num_train=50,
+    num_eval=2,
+    seed=1,
+    cfg=ds.WorldConfig(failed_negatives=0.0),
   )
 
   def train_records(d):
@@ -253,40 +257,42 @@ def test_failed_negatives_are_kept_at_rate_q(tmp_path):
     )
     assert (ex["neg_image"] != other["neg_image"]) == (key in failed), key
   rng = np.random.default_rng(4)
-  for kind in dw.TRAIN_EDITS:
+  for kind in ds.TRAIN_EDITS:
     t = dw.make_triplet(CFG, rng, kind, training=True, failed=True)
     # x' shows x's scene: y is true of it and y' false, the way a text-to-image model fails.
-    assert dw.holds(t["neg_scene"], t["cap"]) and not dw.holds(t["neg_scene"], t["neg_cap"])
-    assert not dw.holds(t["scene"], t["neg_cap"])
+    assert ds.holds(t["neg_scene"], t["cap"]) and not ds.holds(t["neg_scene"], t["neg_cap"])
+    assert not ds.holds(t["scene"], t["neg_cap"])
 
 
 def test_scene_graph_check_holds_under_the_domain_shift():
   rng = np.random.default_rng(6)
   for _ in range(200):
     t = dw.make_triplet(CFG, rng, dw.sample_edit(CFG, rng), training=True)
-    assert dw.check_triplet(t["scene"], t["cap"], t["neg_scene"], t["neg_cap"])
+    assert ds.check_triplet(t["scene"], t["cap"], t["neg_scene"], t["neg_cap"])
     x, xn = (np.asarray(t[k], np.float32) for k in ("image", "neg_image"))
     # x' is in another domain: its background is none of the real images' grey.
     assert np.abs(xn[0, 0] - np.asarray(CFG.background)).max() > 10
     assert np.abs(x[0, 0] - np.asarray(CFG.background)).max() == 0
   # Every colour stays legible under the shift: an object's centre is nearest its own colour.
-  names = list(dw.COLORS)
-  ref = np.asarray([dw.COLORS[c] for c in names], np.float32)
+  names = list(ds.COLORS)
+  ref = np.asarray([ds.COLORS[c] for c in names], np.float32)
   for k, color in enumerate(names):
-    for shift in (None, dw.draw_shift(np.random.default_rng(k))):
-      img = np.asarray(dw.render(CFG, [dw.Obj(color, "square", "large", 1, 1)], shift), np.float32)
+    for shift in (None, demo_render.draw_shift(np.random.default_rng(k))):
+      img = np.asarray(
+        demo_render.render(CFG, [ds.Obj(color, "square", "large", 1, 1)], shift), np.float32
+      )
       centre = img[21:27, 21:27].reshape(-1, 3).mean(0)
       assert names[int(np.argmin(((ref - centre) ** 2).sum(1)))] == color, (color, shift)
 
 
 def test_every_attribute_value_renders_differently():
   base = dict(color="red", shape="circle", size="large", row=1, col=1, texture="plain")
-  img = lambda **kw: np.asarray(dw.render(CFG, [dw.Obj(**dict(base, **kw))]), np.float32)  # noqa: E731
+  img = lambda **kw: np.asarray(demo_render.render(CFG, [ds.Obj(**dict(base, **kw))]), np.float32)  # noqa: E731
   for field, values in (
     ("color", CFG.colors),
     ("shape", CFG.shapes),
     ("texture", CFG.textures),
-    ("size", dw.SIZES),
+    ("size", ds.SIZES),
   ):
     renders = [img(**{field: v}) for v in values]
     for i in range(len(values)):
@@ -318,22 +324,22 @@ def test_benchmark_replacements_name_an_absent_value_and_the_oracle_scores_them(
         t = dw.make_triplet(CFG, rng, kind, heldout=heldout)
         (new,) = [b[att] for a, b in zip(t["cap"].objs, t["neg_cap"].objs) if a != b]
         assert new not in {(o.color, o.shape)[att] for o in t["scene"]}
-        assert dw.oracle_choice(t["scene"], t["cap"], t["neg_cap"]) == 1.0
+        assert ds.oracle_choice(t["scene"], t["cap"], t["neg_cap"]) == 1.0
         other = "shape" if att == 0 else "color"
-        assert dw.oracle_choice(t["scene"], t["cap"], t["neg_cap"], other) == 0.5
+        assert ds.oracle_choice(t["scene"], t["cap"], t["neg_cap"], other) == 0.5
   for kind in ("swap_att", "swap_obj"):
     for _ in range(40):
       t = dw.make_triplet(CFG, rng, kind, heldout=True)
-      assert all(dw.oracle_choice(t["scene"], t["cap"], t["neg_cap"], o) == 0.5 for o in dw.ORACLES)
+      assert all(ds.oracle_choice(t["scene"], t["cap"], t["neg_cap"], o) == 0.5 for o in ds.ORACLES)
   # By hand: the oracle reads words, not bindings, and counts a tie as half.
   scene = [_obj("red", "circle", 0, 0), _obj("blue", "square", 0, 2)]
   y = _cap(("red", "circle", None), ("blue", "square", None))
-  assert dw.oracle_choice(scene, y, _cap(("blue", "circle", None), ("red", "square", None))) == 0.5
-  assert dw.oracle_choice(scene, y, _cap(("green", "circle", None), ("blue", "square", None))) == 1
-  assert dw.oracle_choice(scene, _cap(("green", "star", None), ("blue", "square", None)), y) == 0
+  assert ds.oracle_choice(scene, y, _cap(("blue", "circle", None), ("red", "square", None))) == 0.5
+  assert ds.oracle_choice(scene, y, _cap(("green", "circle", None), ("blue", "square", None))) == 1
+  assert ds.oracle_choice(scene, _cap(("green", "star", None), ("blue", "square", None)), y) == 0
   # A bag counts: "a blue circle and a blue square" names two blue objects where the scene has one (v3's
   # replacements, which reused a value of the scene, were passed this way).
-  assert dw.oracle_choice(scene, y, _cap(("blue", "circle", None), ("blue", "square", None))) == 1
+  assert ds.oracle_choice(scene, y, _cap(("blue", "circle", None), ("blue", "square", None))) == 1
 
 
 def test_world_json_records_the_oracles_and_the_attribute_pressure(tmp_path):
@@ -342,7 +348,7 @@ def test_world_json_records_the_oracles_and_the_attribute_pressure(tmp_path):
   assert world["oracle"] == out["oracle"] and world["base"] == 300
   for split in ("heldout", "seen"):
     o = world["oracle"][split]
-    assert set(o) == set(dw.SUBSETS) and all(set(v) == set(dw.ORACLES) for v in o.values())
+    assert set(o) == set(dw.SUBSETS) and all(set(v) == set(ds.ORACLES) for v in o.values())
     assert o["swap_att"] == o["swap_obj"] == {"bow": 50.0, "color": 50.0, "shape": 50.0}
     assert o["replace_att"]["bow"] == o["replace_att"]["color"] == 100.0
     assert o["replace_obj"]["bow"] == o["replace_obj"]["shape"] == 100.0
@@ -353,7 +359,7 @@ def test_world_json_records_the_oracles_and_the_attribute_pressure(tmp_path):
     for ex in map(records.decode_example, records.iter_records(p)):
       words = ex["caption"].decode().split()
       color, shape = words[-2:]
-      assert (color, shape) in seen and not set(words) & set(CFG.textures + dw.SIZES)
+      assert (color, shape) in seen and not set(words) & set(CFG.textures + ds.SIZES)
   pressure = world["rejected_only_by_per_image"]
   assert pressure["base"]["shape"] > 4 and pressure["base"]["color"] > 4
   assert pressure["train"]["shape"] < 1
@@ -368,7 +374,7 @@ def test_rejected_only_by_counts_captions_false_for_one_attribute_alone():
     _cap(("blue", "circle", None)),  # only the colour is wrong
     _cap(("blue", "square", None)),  # both: neither attribute alone rejects it
   ]
-  by = lambda a: dw.rejected_only_by(a, scenes, caps, rng, batch_size=4, batches=1)  # noqa: E731
+  by = lambda a: ds.rejected_only_by(a, scenes, caps, rng, batch_size=4, batches=1)  # noqa: E731
   # Every scene is a red circle: "red square" counts for the 3 images it is not the caption of, and
   # "blue circle" likewise; "blue square" for neither.
   assert by("shape") == by("color") == 3 / 4

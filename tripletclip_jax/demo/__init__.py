@@ -15,7 +15,7 @@ import tempfile
 
 from tripletclip_jax import fileio
 from tripletclip_jax.configlib import DRIVING, NEUTRAL, REFUSED, ConfigError, Key
-from tripletclip_jax.demo import layout, world as world_lib
+from tripletclip_jax.demo import layout, scenes, world as world_lib
 from tripletclip_jax.demo.layout import BINDING_SUBSETS, scores
 
 __all__ = [
@@ -59,7 +59,7 @@ def prepare(
   log=print,
   num_base: int = 0,
 ) -> DemoWorld:
-  """Writes the world (parameters `world`: `world.WorldConfig` fields, drawn from `seed`) into
+  """Writes the world (parameters `world`: `scenes.WorldConfig` fields, drawn from `seed`) into
   `root` unless it is there; a world already there must have been drawn with the same settings.
 
   On several processes process 0 writes and every process waits for it. A gs:// root gets the
@@ -68,7 +68,7 @@ def prepare(
   import jax
   from jax.experimental import multihost_utils
 
-  cfg = world_lib.WorldConfig.from_dict(world or {})
+  cfg = scenes.WorldConfig.from_dict(world or {})
   # As world.json records them (JSON: tuples as lists), to tell a world drawn otherwise.
   want = json.loads(
     json.dumps(
