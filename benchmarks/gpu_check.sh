@@ -47,7 +47,7 @@ part() {
   local rc=$?
   [ $rc -ne 0 ] && FAILED=$((FAILED + 1))
   local kv
-  kv=$(grep -E '^[a-z_]+=[^ ]+( [a-z_]+=[^ ]*)*$' "$OUT/$name.log" | tail -1)
+  kv=$(grep -E '^[a-z][a-z0-9_]*=[^ ]+( [a-z][a-z0-9_]*=[^ ]*)*$' "$OUT/$name.log" | tail -1)
   echo "part=$name rc=$rc wall_s=$((SECONDS - t0)) limit_s=$limit $kv"
 }
 
@@ -65,7 +65,9 @@ part demo_cold $DEMO_LIMIT $PY launch/main.py "${DEMO[@]}" --config.stop_after_s
 part demo_warm $DEMO_LIMIT $PY launch/main.py "${DEMO[@]}"
 first_step() { grep -o 'Start-up: [0-9.]* s' "$OUT/$1.log" | grep -o '[0-9.]*' | head -1; }
 COLD=$(first_step demo_cold) WARM=$(first_step demo_warm)
-echo "part=startup cold_s=${COLD:-none} warm_s=${WARM:-none}" \
+RATIO=none
+[ -n "$COLD" ] && [ -n "$WARM" ] && RATIO=$(awk "BEGIN { printf \"%.3f\", $WARM / $COLD }")
+echo "part=startup cold_s=${COLD:-none} warm_s=${WARM:-none} warm_over_cold=$RATIO" \
   "resumed=$(grep -c 'Resumed from step' "$OUT/demo_warm.log")" \
   "exported=$(grep -c 'Exported a transformers CLIPModel' "$OUT/demo_warm.log")"
 

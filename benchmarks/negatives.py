@@ -190,6 +190,11 @@ def main():
         f"{label}: {params / 1e9:.3f} B parameters; {per}/s {each}; best ({best}) "
         f"{b / rates['naive']:.2f}x naive, {b * 3600:,.0f} per device-hour, CC3M's 2.6M in "
         f"{CC3M / b / 3600:,.1f} device-hours (set-up and all {time.perf_counter() - t:.0f} s)"
+        + (
+          f"; widths and depths / {args.shrink}: not the real model's cost"
+          if args.shrink > 1
+          else ""
+        )
       )
       key = label.replace("-", "_")
       kv.update({f"{key}_{k}_{per}_per_s": round(r, 3) for k, r in rates.items()})

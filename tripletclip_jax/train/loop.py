@@ -146,12 +146,15 @@ class _Run:
       saved = np.asarray(meta["bad_counts"], np.int64)  # older checkpoints may count fewer reasons
       self.bad_totals[: len(saved)] = saved
       print(f"Resumed from step {self.latest} in {ckpt.checkpoint_dir(exp.workdir)}")
-      self.clock.mark("restore")
+      what = "restore"
     else:
       self.state = exp.initial_state()
       if config.init_from:
         self.state = self.init_from_hf(config.init_from)
-      self.clock.mark("init")
+      what = "init"
+    # dispatch is asynchronous: without the wait the first batch would be charged for the init
+    jax.block_until_ready(self.state)
+    self.clock.mark(what)
     # Before any step: a full disk is known now, not at the first save.
     ckpt.check_space(exp.workdir, self.state, exp.checkpoints.latest_step())
 

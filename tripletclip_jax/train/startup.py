@@ -10,6 +10,7 @@ own monitoring events (tracing, lowering to StableHLO, the XLA compile or the pe
 load), because it happens inside whichever part first calls a jitted function.
 """
 
+import os
 import time
 
 import jax
@@ -121,6 +122,8 @@ def use_compilation_cache(setting: str | None, workdir: str) -> str | None:
   if path != current:
     compilation_cache.set_cache_dir(path)
     compilation_cache.reset_cache()  # JAX opens its cache once: a new folder needs a fresh start
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  # every program, unless the environment says otherwise
+  for name in ("min_compile_time_secs", "min_entry_size_bytes"):
+    if f"JAX_PERSISTENT_CACHE_{name.upper()}" not in os.environ:
+      jax.config.update(f"jax_persistent_cache_{name}", 0)
   return path
