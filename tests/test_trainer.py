@@ -215,9 +215,8 @@ def test_sigkill_then_restart_completes(data_dir, tmp_path):
   )
   assert startup and int(startup[1]) > 0, out
   assert os.listdir(os.path.join(w, "jax_cache"))
-  first = read_metrics(w)[
-    int(re.search(r"Resumed from step (\d+)", out)[1]) + 4
-  ]  # the restart's first
+  # the restart's first record
+  first = read_metrics(w)[int(re.search(r"Resumed from step (\d+)", out)[1]) + 4]
   assert first["startup/cache_hits"] == int(startup[1]) and first["startup/total_s"] > 0
 
 

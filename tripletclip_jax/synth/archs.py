@@ -11,8 +11,6 @@ downloads nothing. `shrink=k` divides every width and depth by k (heads and grou
 the same code path runs on a CPU in seconds; shrink=1 is the real size.
 """
 
-import tempfile
-
 LLMS = {
   "mistral-7b": dict(
     model_type="mistral",
@@ -202,10 +200,9 @@ def t2i(name: str = "sdxl-turbo", device: str = "cpu", dtype=None, shrink: int =
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
-    CLIPTokenizer,
   )
 
-  from tripletclip_jax.interop.hf import write_tokenizer
+  from tripletclip_jax.synth.tiny import clip_tokenizer
 
   if name != "sdxl-turbo":
     raise ValueError(f"Unknown text-to-image architecture {name!r}; choose sdxl-turbo.")
@@ -222,9 +219,7 @@ def t2i(name: str = "sdxl-turbo", device: str = "cpu", dtype=None, shrink: int =
       text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**c["text_encoder_2"]))
   finally:
     torch.set_default_dtype(default)
-  with tempfile.TemporaryDirectory() as tmp:
-    write_tokenizer(tmp)
-    tok = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+  tok = clip_tokenizer()
   pipe = StableDiffusionXLPipeline(
     vae=vae,
     text_encoder=text,

@@ -2,8 +2,6 @@
 tests, `benchmarks/negatives.py --tiny` and an offline smoke run load through the same path as real
 ones."""
 
-import os
-
 
 def tiny_tokenizer():
   """A byte-level BPE (300 tokens) trained on a few sentences, with a chat template: any text
@@ -63,6 +61,20 @@ def make_tiny_llm(out_dir: str) -> str:
   return out_dir
 
 
+def clip_tokenizer():
+  """A transformers CLIPTokenizer of this project's BPE (the same vocabulary as OpenAI CLIP's), built
+  offline: what the text-to-image pipelines here are given."""
+  import tempfile
+
+  from transformers import CLIPTokenizer
+
+  from tripletclip_jax.interop.hf import write_tokenizer
+
+  with tempfile.TemporaryDirectory() as tmp:
+    write_tokenizer(tmp)
+    return CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+
+
 def make_tiny_t2i(out_dir: str) -> str:
   """A tiny random StableDiffusionPipeline (UNet with block_out_channels=(4, 8), 2-layer CLIP text
   encoder)."""
@@ -73,8 +85,7 @@ def make_tiny_t2i(out_dir: str) -> str:
     StableDiffusionPipeline,
     UNet2DConditionModel,
   )
-  from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-  from tripletclip_jax.interop.hf import write_tokenizer
+  from transformers import CLIPTextConfig, CLIPTextModel
 
   torch.manual_seed(0)
   unet = UNet2DConditionModel(
@@ -109,10 +120,7 @@ def make_tiny_t2i(out_dir: str) -> str:
       max_position_embeddings=77,
     )
   )
-  tok_dir = os.path.join(out_dir, "_tok")
-  os.makedirs(tok_dir, exist_ok=True)
-  write_tokenizer(tok_dir)
-  tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
+  tokenizer = clip_tokenizer()
   pipe = StableDiffusionPipeline(
     unet=unet,
     vae=vae,
