@@ -30,11 +30,12 @@ demo: $(VENV)/.core
 	    --reference docs/results/v3/results.json
 
 # Formatting and lint first (ruff.toml; `.venv/bin/ruff format .` fixes the formatting), then two test
-# workers, a test module each at a time (module fixtures such as the storage server are built once).
+# workers, a test module each at a time (module fixtures such as the storage server are built once), the
+# slowest modules first (tests/conftest.py).
 test: $(VENV)/.test
 	$(VENV)/bin/ruff format --check --quiet . || (echo "Unformatted files: run .venv/bin/ruff format ." && exit 1)
 	$(VENV)/bin/ruff check --quiet .
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf $(VENV) runs

@@ -70,6 +70,8 @@ def _cli_overrides(data_dir, **extra):
     "data.source.num_base": 0,
     "data.source.world_seed": 0,
     "progress_bar": False,
+    # The export is test_demo_config_end_to_end's and test_gcs.py's (export_hf.py to a bucket).
+    "export_hf_dir": "",
     **extra,
   }
   return [f"--config.{k}={v}" for k, v in kv.items()]

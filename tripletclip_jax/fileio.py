@@ -13,6 +13,7 @@ where that is unreachable, waits about a minute per call before falling back; it
 """
 
 import builtins
+import concurrent.futures
 import os
 import shutil
 import time
@@ -129,8 +130,10 @@ def write_bytes(path, data: bytes) -> None:
   os.replace(tmp, path)
 
 
-def upload(local, remote) -> None:
-  """Copies a local file or folder (recursively) to a path that may be in a bucket."""
+def upload(local, remote, threads: int = 16) -> None:
+  """Copies a local file or folder (recursively) to a path that may be in a bucket; into a bucket,
+  `threads` objects at a time (each object is one round trip or more: one at a time, a folder of
+  many small files waits on latency)."""
   local, remote = os.fspath(local), os.fspath(remote)
   if not is_remote(remote):
     if os.path.isdir(local):
@@ -140,15 +143,17 @@ def upload(local, remote) -> None:
       shutil.copyfile(local, remote)
     return
   fs = fsspec_fs(remote)
-  if os.path.isdir(local):
-    files = [
-      os.path.relpath(os.path.join(r, f), local) for r, _, fs_ in os.walk(local) for f in fs_
-    ]
-    # manifest.json files last: their presence says a folder is complete
-    for rel in sorted(files, key=lambda f: os.path.basename(f) == "manifest.json"):
-      _put_file(fs, os.path.join(local, rel), f"{remote.rstrip('/')}/{rel}")
-  else:
+  if not os.path.isdir(local):
     _put_file(fs, local, remote)
+    return
+  files = [os.path.relpath(os.path.join(r, f), local) for r, _, fs_ in os.walk(local) for f in fs_]
+  put = lambda rel: _put_file(fs, os.path.join(local, rel), f"{remote.rstrip('/')}/{rel}")
+  # manifest.json files last, once the rest is written: their presence says a folder is complete
+  last = [f for f in files if os.path.basename(f) == "manifest.json"]
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    list(pool.map(put, [f for f in files if f not in last]))
+  for rel in last:
+    put(rel)
 
 
 def _put_file(fs, local: str, remote: str, tries: int = 5) -> None:

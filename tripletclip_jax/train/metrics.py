@@ -7,6 +7,7 @@ import os
 import re
 import platform
 import shutil
+import sys
 import tempfile
 import time
 
@@ -103,6 +104,25 @@ class WandbWriter:
     self.run.finish()
 
 
+def _tensorboardx_writer():
+  """tensorboardX's SummaryWriter, imported without torch when torch is not loaded yet.
+
+  tensorboardX imports torch whenever it is installed (to accept its tensors), which costs 1.5 s of
+  every start-up on a machine that also runs the negatives tool; the trainer only writes floats. A
+  None in sys.modules makes that import fail as if torch were absent, for this import only.
+  """
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter
+  sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """`write(step, {name: scalar})` to every sink; a no-op on processes other than 0.
 
@@ -149,8 +169,7 @@ class MetricWriter:
       self._jsonl = open(self._path, "a")
     if "tensorboard" not in writers:
       return
-    from tensorboardX import SummaryWriter
-
+    SummaryWriter = _tensorboardx_writer()
     # On a bucket the events are written to a local folder and each file is uploaded whole after every write:
     # tensorboardX's own bucket writer rewrites its object under a generation precondition and dies when a
     # retry of a write whose answer was lost meets that precondition (docs/storage.md, retries).
