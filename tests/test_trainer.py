@@ -633,3 +633,18 @@ def test_a_torn_metrics_line_is_cut_before_appending_and_skipped_when_read(tmp_p
   caplog.clear()
   assert {s: r["loss"] for s, r in read_metrics(w).items()} == {2: 1.5, 4: 1.2, 6: 1.0}
   assert f"Skipped line 4 of {path}" in caplog.text
+
+
+def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
+  """tensorboardX imports torch when it can (1.5 s of every start-up); the writer hides it, and
+  torch still imports afterwards."""
+  code = (
+    "import sys; from tripletclip_jax.train.metrics import MetricWriter\n"
+    f"w = MetricWriter({str(tmp_path)!r}, echo=None); w.write(2, {{'loss': 1.5}}); w.close()\n"
+    "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    "import torch; print('torch', torch.__version__)\n"
+  )
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0 and "torch " in r.stdout, r.stderr[-2000:]
+  events = os.listdir(tmp_path / "tensorboard")
+  assert len(events) == 1 and events[0].startswith("events.out.tfevents")

@@ -111,15 +111,14 @@ def _tensorboardx_writer():
   every start-up on a machine that also runs the negatives tool; the trainer only writes floats. A
   None in sys.modules makes that import fail as if torch were absent, for this import only.
   """
-  if "torch" in sys.modules:
-    from tensorboardX import SummaryWriter
-
-    return SummaryWriter
-  sys.modules["torch"] = None
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None
   try:
     from tensorboardX import SummaryWriter
   finally:
-    del sys.modules["torch"]
+    if hide:
+      del sys.modules["torch"]
   return SummaryWriter
 
 
