@@ -21,7 +21,8 @@ A finished run (DIR/runs/ARM-seedS/result.json, which records the settings it
 trained with and its CPU model) is reused when those equal the requested ones,
 so a killed study resumes; otherwise the script stops naming the keys that
 differ. An unfinished run resumes from its checkpoint. Runs of one shape share
-compiled executables through JAX's persistent cache in DIR/jax_cache.
+compiled executables through JAX's persistent cache in DIR/jax_cache (or the
+folder JAX_COMPILATION_CACHE_DIR names).
 
 Writes DIR/results.json, DIR/results.md (the paper's table layout, mean +- std
 over seeds, then the pre-registered contrasts: paired differences with 95%
@@ -267,14 +268,15 @@ def parse_args(argv):
       f"error: unknown arm {unknown[0] if unknown else ''!r} in --arms; choose from "
       f"{', '.join([*loss_lib.REGISTRY, *ARMS])}."
     )
+  given = args.seeds
   try:
-    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.seeds = [int(s) for s in given.split(",") if s.strip()]
   except ValueError:
     args.seeds = []
   if not args.seeds or min(args.seeds) < 0:
     raise SystemExit(
-      f"error: --seeds {','.join(map(str, args.seeds)) or 'empty'}: give comma-separated "
-      "non-negative integers, e.g. 0,1,2."
+      f"error: --seeds {given.strip() or 'empty'}: give comma-separated non-negative integers, "
+      "e.g. 0,1,2."
     )
   if not os.path.exists(args.config):
     raise SystemExit(f"error: --config {args.config} does not exist.")
@@ -377,22 +379,22 @@ def print_reference(path: str, summary: dict) -> None:
 
 def main(argv=None):
   args, overrides, base_overrides = parse_args(argv)
-  import jax
   from absl import flags, logging
 
   flags.FLAGS.mark_as_parsed()  # Grain reads absl flags; this script parses its own arguments
   logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every file operation at INFO
   from tripletclip_jax.configlib import ConfigError
   from tripletclip_jax.train.config import writers
+  from tripletclip_jax.train.startup import use_compilation_cache
 
   out_dir = os.path.abspath(args.output_dir)
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
     raise SystemExit(f"error: --output_dir {args.output_dir}: {e.strerror}.") from None
-  # Runs of one shape compile once: later runs (and later invocations) load the executables.
-  jax.config.update("jax_compilation_cache_dir", os.path.join(out_dir, "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  # Runs of one shape compile once: later runs (and later invocations) load the executables (the
+  # trainer's rule: OUT/jax_cache, unless JAX_COMPILATION_CACHE_DIR names one).
+  use_compilation_cache(None, out_dir)
   t0 = time.perf_counter()
   try:
     first = arm_config("tripletclip", args.config, 0, "", overrides)

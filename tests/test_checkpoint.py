@@ -15,8 +15,7 @@ import pytest
 
 from tripletclip_jax import checkpoint
 from tripletclip_jax.configlib import ConfigError
-from tripletclip_jax.train.loop import train_and_evaluate
-from test_trainer import _losses, data_dir, small_config  # noqa: F401 - the module-scoped demo data fixture
+from test_trainer import _losses, data_dir, small_config, train  # noqa: F401 - the module-scoped demo data fixture
 
 
 def _largest_state_file(workdir, step):
@@ -55,13 +54,13 @@ def test_checksum_sees_one_flipped_bit_and_a_swap_but_not_the_sharding():
 def test_damaged_newest_checkpoints_fall_back_to_the_intact_one(data_dir, tmp_path, capsys):
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   cfg = dict(total_steps=8, checkpoint_every_steps=2, eval_every_steps=100, log_every_steps=2)
-  train_and_evaluate(small_config(data_dir, stop_after_steps=6, **cfg), b)  # checkpoints 2, 4 and 6
+  train(small_config(data_dir, stop_after_steps=6, **cfg), b)  # checkpoints 2, 4 and 6
   # silent before checksums: it resumed with 3.4e38 in the embedding
   _flip(_largest_state_file(b, 6))
   victim = _largest_state_file(b, 4)
   os.truncate(victim, os.path.getsize(victim) // 3)
   capsys.readouterr()
-  train_and_evaluate(small_config(data_dir, **cfg), b)
+  train(small_config(data_dir, **cfg), b)
   out = capsys.readouterr().out
   # Flipped bytes in compressed data either decode to other values (the checksum) or fail to decode at all.
   assert re.search(
@@ -71,13 +70,13 @@ def test_damaged_newest_checkpoints_fall_back_to_the_intact_one(data_dir, tmp_pa
   assert "falling back to checkpoint 4" in out and "falling back to checkpoint 2" in out
   assert "Resumed from step 2" in out
   assert len(os.listdir(os.path.join(b, "damaged_checkpoints"))) == 2
-  train_and_evaluate(small_config(data_dir, **cfg), a)  # uninterrupted
+  train(small_config(data_dir, **cfg), a)  # uninterrupted
   assert _losses(a) == _losses(b) and max(_losses(b)) == 8
 
 
 def test_export_and_trainer_refuse_when_every_checkpoint_is_damaged(data_dir, tmp_path):
   w = str(tmp_path / "w")
-  train_and_evaluate(small_config(data_dir, stop_after_steps=4, checkpoint_every_steps=4), w)
+  train(small_config(data_dir, stop_after_steps=4, checkpoint_every_steps=4), w)
   os.remove(_largest_state_file(w, 4))
   # The message names the array and the folder that failed to read (not tensorstore's bound method).
   with pytest.raises(
@@ -87,13 +86,13 @@ def test_export_and_trainer_refuse_when_every_checkpoint_is_damaged(data_dir, tm
     checkpoint.load_params(w)
   assert "bound method" not in str(e.value)
   with pytest.raises(checkpoint.DamagedCheckpoint, match="Every checkpoint in .* is damaged"):
-    train_and_evaluate(small_config(data_dir, checkpoint_every_steps=4), w)
+    train(small_config(data_dir, checkpoint_every_steps=4), w)
 
 
 def test_a_changed_setting_is_refused_in_one_line_and_moves_nothing(data_dir, tmp_path, capsys):
   w = str(tmp_path / "w")
   cfg = dict(total_steps=8, checkpoint_every_steps=2, eval_every_steps=100)
-  train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), w)
+  train(small_config(data_dir, stop_after_steps=4, **cfg), w)
   before = sorted(os.listdir(os.path.join(w, "checkpoints")))
   for change, needle in [  # each used to set both intact checkpoints aside as "damaged"
     (
@@ -120,15 +119,13 @@ def test_a_changed_setting_is_refused_in_one_line_and_moves_nothing(data_dir, tm
     with pytest.raises(
       ConfigError, match=r"Refusing to resume .* from checkpoint 4: .*" + needle
     ) as e:
-      train_and_evaluate(small_config(data_dir, **cfg, **change), w)
+      train(small_config(data_dir, **cfg, **change), w)
     assert "\n" not in str(e.value) and "Nothing was changed" in str(e.value)
     assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == before
     assert not os.path.exists(os.path.join(w, "damaged_checkpoints"))
   # As before, and a changed worker count resumes from the same position (moved to the workers' layout).
   capsys.readouterr()
-  out = train_and_evaluate(
-    small_config(data_dir, stop_after_steps=2, **{"data.num_workers": 2}, **cfg), w
-  )
+  out = train(small_config(data_dir, stop_after_steps=2, **{"data.num_workers": 2}, **cfg), w)
   assert (
     out["step"] == 6 and "Resuming with data.num_workers changed: 0 -> 2" in capsys.readouterr().out
   )
@@ -139,28 +136,28 @@ def test_a_changed_setting_is_refused_in_one_line_and_moves_nothing(data_dir, tm
 def test_settings_that_leave_the_state_alone_resume_exactly(data_dir, tmp_path):
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   cfg = dict(total_steps=8, checkpoint_every_steps=4, eval_every_steps=100)
-  train_and_evaluate(small_config(data_dir, **cfg), a)
-  train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), b)
+  train(small_config(data_dir, **cfg), a)
+  train(small_config(data_dir, stop_after_steps=4, **cfg), b)
   neutral = {
     "data.read_threads": 1,
     "eval_every_steps": 8,
     "log_every_steps": 1,
     "keep_checkpoints": 5,
   }
-  train_and_evaluate(small_config(data_dir, **{**cfg, **neutral}), b)
+  train(small_config(data_dir, **{**cfg, **neutral}), b)
   assert _losses(a) == {s: v for s, v in _losses(b).items() if s % 2 == 0}
 
 
 def test_an_edited_iterator_state_is_damage(data_dir, tmp_path, capsys):
   w = str(tmp_path / "w")
   cfg = dict(total_steps=8, checkpoint_every_steps=2, eval_every_steps=100)
-  train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), w)
+  train(small_config(data_dir, stop_after_steps=4, **cfg), w)
   path = os.path.join(w, "checkpoints", "4", "data", "process_0-of-1.json")
   state = json.load(open(path))
   state["next_index"] += 1  # one digit: it used to resume silently, one example off
   json.dump(state, open(path, "w"))
   capsys.readouterr()
-  train_and_evaluate(small_config(data_dir, stop_after_steps=2, **cfg), w)
+  train(small_config(data_dir, stop_after_steps=2, **cfg), w)
   out = capsys.readouterr().out
   assert (
     "Checkpoint 4 in" in out
@@ -171,7 +168,7 @@ def test_an_edited_iterator_state_is_damage(data_dir, tmp_path, capsys):
 
 def test_a_checkpoint_from_8_devices_loads_on_1(data_dir, tmp_path):
   w, out = str(tmp_path / "w"), str(tmp_path / "params.npz")
-  train_and_evaluate(small_config(data_dir, total_steps=2, checkpoint_every_steps=2), w)
+  train(small_config(data_dir, total_steps=2, checkpoint_every_steps=2), w, devices=8)
   assert jax.device_count() == 8
   code = (
     "import jax, numpy as np, tripletclip_jax as tc; assert jax.device_count() == 1; "

@@ -104,7 +104,9 @@ def test_the_temperature_has_one_owner_and_it_changes_training(data_dir, tmp_pat
 
   def first_step(name, **init):
     exp = build(
-      small_config(data_dir, **{f"loss_init.{k}": v for k, v in init.items()}), str(tmp_path / name)
+      small_config(data_dir, **{f"loss_init.{k}": v for k, v in init.items()}),
+      str(tmp_path / name),
+      devices=jax.devices()[:2],
     )
     batch = {k: v for k, v in next(exp.train_data).items() if k not in ("key", "bad_counts")}
     start = float(exp.state.params["logit_scale"])

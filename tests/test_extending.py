@@ -52,7 +52,7 @@ def test_a_loss(monkeypatch, data_dir, tmp_path):
   assert exp.total_steps == round(2 * 2 / 1.5)  # matched to TripletCLIP's image-text pairs
   with config.unlocked():
     config.export_hf_dir = "hf"
-  out = train_and_evaluate(config, str(tmp_path))
+  out = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:2])
   assert out["step"] == 3 and "logit_scale" not in out and "eval/sugarcrepe_heldout/mean" in out
   assert np.isfinite(read_metrics(str(tmp_path))[3]["loss"])
   assert os.path.exists(tmp_path / "hf" / "model.safetensors")
@@ -110,7 +110,9 @@ def test_a_parameter_group(data_dir, tmp_path):
 
   def first_delta(name, **over):
     exp = build(
-      small_config(data_dir, **{"optimizer.warmup_steps": 0, **over}), str(tmp_path / name)
+      small_config(data_dir, **{"optimizer.warmup_steps": 0, **over}),
+      str(tmp_path / name),
+      devices=jax.devices()[:2],
     )
     batch = {k: v for k, v in next(exp.train_data).items() if k not in ("key", "bad_counts")}
     before = jax.device_get(exp.state.params)

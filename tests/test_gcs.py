@@ -18,7 +18,16 @@ import pytest
 import tripletclip_jax as tc
 
 from gcs_server import _point_clients_at, bucket, faulty_bucket, faulty_gcs, gcs  # noqa: F401 - fixtures
-from test_trainer import ROOT, _cli_overrides, _cpu_env, _losses, _main, data_dir, small_config  # noqa: F401
+from test_trainer import (
+  ROOT,
+  _cli_overrides,
+  _cpu_env,
+  _losses,
+  _main,
+  data_dir,
+  small_config,
+  train,
+)  # noqa: F401
 from tripletclip_jax import fileio
 
 
@@ -219,14 +228,13 @@ def test_a_damaged_checkpoint_in_a_bucket_falls_back_and_the_run_finishes(
   step fails ("already exists"). The resumed run saves that step again and ends as an uninterrupted
   local run does."""
   from test_checkpoint import _flip
-  from tripletclip_jax.train.loop import train_and_evaluate
 
   bucket, _ = bucket
   cfg = dict(total_steps=6, checkpoint_every_steps=2, eval_every_steps=100)
   local, remote = str(tmp_path / "local"), f"{bucket}/fallback"
-  train_and_evaluate(small_config(data_dir, **cfg), local)
+  train(small_config(data_dir, **cfg), local)
   # checkpoints 2 and 4
-  train_and_evaluate(small_config(data_dir, stop_after_steps=4, **cfg), remote)
+  train(small_config(data_dir, stop_after_steps=4, **cfg), remote)
   state = f"{remote}/checkpoints/4/state"
   fs = fileio.fsspec_fs(state)
   victim = "gs://" + max(fs.find(state), key=fs.size)  # the largest object: an OCDBT data file
@@ -234,7 +242,7 @@ def test_a_damaged_checkpoint_in_a_bucket_falls_back_and_the_run_finishes(
   _flip(str(tmp_path / "victim"))
   fileio.write_bytes(victim, (tmp_path / "victim").read_bytes())
   capfd.readouterr()
-  train_and_evaluate(small_config(data_dir, **cfg), remote)
+  train(small_config(data_dir, **cfg), remote)
   out, err = capfd.readouterr()
   assert re.search(r"Checkpoint 4 in .* is damaged: .*falling back to checkpoint 2", out), out
   assert "Resumed from step 2" in out and err.count("Exception ignored") <= 1, err[-3000:]

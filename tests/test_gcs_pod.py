@@ -1,5 +1,5 @@
-"""gs:// at scale, through the fault proxy (5% of requests fail; the data tools also clean): the
-data tools read from and write to the bucket, and a simulated pod is preempted and resumed there. (A
+"""gs:// at scale, through the fault proxy (5% of requests fail): the data tools read from and
+write to the bucket, and a simulated pod is preempted and resumed there. (A
 module of its own so that `make test`'s two workers share the bucket tests.)"""
 
 import json
@@ -13,26 +13,26 @@ import time
 import numpy as np
 import pytest
 
-from gcs_server import bucket, faulty_bucket, faulty_gcs, gcs  # noqa: F401 - the server fixtures
-from test_trainer import ROOT, _cli_overrides, _cpu_env, _finish, _losses, _main, _pod, data_dir  # noqa: F401
+from gcs_server import faulty_bucket, faulty_gcs, gcs  # noqa: F401 - the server fixtures
+from test_trainer import ROOT, _cli_overrides, _finish, _losses, _pod, data_dir, train  # noqa: F401
 from tripletclip_jax import fileio
+from tripletclip_jax.configlib import parse_command_line
 from tripletclip_jax.train.metrics import read_metrics
 
 
-@pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
-def test_converted_and_generated_data_go_straight_to_a_bucket(faults, tmp_path, request):
-  """Clean and through the fault proxy (5% of requests fail): convert_wds.py reads tars from and
-  writes shards to the bucket; make_negatives.py reads a table and its images from the bucket,
-  stages its captions locally and publishes finished shards; reruns skip what the bucket already
-  holds."""
+def test_converted_and_generated_data_go_straight_to_a_bucket(faulty_bucket, tmp_path):
+  """Through the fault proxy (5% of requests fail): convert_wds.py reads tars from and writes shards
+  to the bucket; make_negatives.py reads a table and its images from the bucket, stages its captions
+  locally and publishes finished shards; reruns skip what the bucket already holds. (A clean run makes
+  the same assertions; the clean path to the server is test_gcs.py's.)"""
   pytest.importorskip("diffusers")
   from test_import_formats import _write_tar
   from test_negatives import _inputs
   from tripletclip_jax.synth.tiny import make_tiny_llm, make_tiny_t2i
   from tripletclip_jax.data import records
 
-  bucket, env = request.getfixturevalue("faulty_bucket" if faults else "bucket")
-  bucket = f"{bucket}/{'faults' if faults else 'clean'}"  # one server for the module: a folder each
+  bucket, env = faulty_bucket
+  bucket = f"{bucket}/tools"  # one server for the module: a folder for each test
   (tmp_path / "wds").mkdir()
   _write_tar(tmp_path / "wds" / "a.tar", 5)
   _write_tar(tmp_path / "wds" / "b.tar", 4, start=5, broken=True)
@@ -112,28 +112,29 @@ _POD_ARGS = dict(
 
 @pytest.fixture(scope="module")
 def one_process(data_dir, tmp_path_factory):
-  """The reference for both pod runs: one process with the same 8 devices, on a local disk."""
+  """The reference for the pod's runs: one process (this one) with the same 4 devices, on a local
+  disk."""
   one = str(tmp_path_factory.mktemp("one"))
-  _finish([_main(one, *_cli_overrides(data_dir, **_POD_ARGS), env=_cpu_env(8))])
+  args = ["--config", os.path.join(ROOT, "configs/demo.py"), *_cli_overrides(data_dir, **_POD_ARGS)]
+  train(parse_command_line(args)[0], one, devices=4)
   return one
 
 
 # Through the fault proxy only: its assertions are the clean run's, and the clean path to the server is covered
 # by the single-process bucket run (test_gcs.py); a clean pod run would add two minutes to `make test`.
-@pytest.mark.parametrize("faults", [True], ids=["faults"])
 def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(
-  faults, data_dir, one_process, request
+  faulty_bucket, data_dir, one_process
 ):
-  """Through the fault proxy (5% of requests fail), 2 processes x 4 devices share a workdir and read
+  """Through the fault proxy (5% of requests fail), 2 processes x 2 devices share a workdir and read
   their slices of the data, both in the bucket: SIGTERM to every process (each at its own moment)
   leaves one checkpoint at a step they agreed on; the restart finishes the run, whose losses and
-  evaluation (each process scores its slice) equal one process with the same 8 devices up to the
+  evaluation (each process scores its slice) equal one process with the same 4 devices up to the
   collectives' summation order."""
-  bucket, env = request.getfixturevalue("faulty_bucket" if faults else "bucket")
-  bucket = f"{bucket}/{'faults' if faults else 'clean'}"  # one server for the module: a folder each
+  bucket, env = faulty_bucket
+  bucket = f"{bucket}/pod"
   fileio.upload(data_dir, f"{bucket}/poddata")
   args = _cli_overrides(data_dir, **_POD_ARGS)
-  one, pod = one_process, f"{bucket}/pod"
+  one, pod = one_process, f"{bucket}/run"
   args = [a for a in args if not a.startswith("--config.data.source.dir")] + [
     f"--config.data.source.dir={bucket}/poddata"
   ]
@@ -158,7 +159,7 @@ def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(
     )
   evals = {k: v for k, v in want[6].items() if k.startswith("eval/")}
   assert evals["eval/sugarcrepe_heldout/n"] > 0 and evals["eval/triplet_heldout/n"] > 0
-  # Equal counts `n` too: each process scored only its slice (all of it on every process would count 4x).
+  # Equal counts `n` too: each process scored only its slice (all of it on each would inflate n).
   assert {k: got[6][k] for k in evals} == pytest.approx(evals, abs=1e-6)
   # The pod's checkpoint loads in one process with one device (its checksums are verified on the way).
   code = f"import jax, tripletclip_jax as tc; assert jax.device_count() == 1; tc.load({pod!r}); print('loaded')"

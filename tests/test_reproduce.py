@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tripletclip_jax.evaluate.sugarcrepe import SUBSETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +24,15 @@ SMALL = [
   "--set",
   "export_hf_dir=''",
 ]  # --set is an alias
+
+
+def _reproduce_module():
+  spec = importlib.util.spec_from_file_location(
+    "reproduce", os.path.join(ROOT, "launch/reproduce.py")
+  )
+  reproduce = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(reproduce)
+  return reproduce
 
 
 def _run(out, *args):
@@ -53,12 +64,7 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   assert runs[("tripletclip", 0)]["config"]["data"]["partners"] == "paired"
   # The shuffled-partner control is TripletCLIP's config with data.partners=shuffled (its data:
   # tests/test_pipeline.py): checked on the config reproduce.py builds, without training it here.
-  spec = importlib.util.spec_from_file_location(
-    "reproduce", os.path.join(ROOT, "launch/reproduce.py")
-  )
-  reproduce = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(reproduce)
-  cfg = reproduce.arm_config(
+  cfg = _reproduce_module().arm_config(
     "tripletclip_shuffled", os.path.join(ROOT, "configs/demo.py"), 0, "d", [], base="b"
   )
   assert (cfg.loss, cfg.data.partners, cfg.init_from) == ("tripletclip", "shuffled", "hf:b")
@@ -113,10 +119,11 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   assert os.path.getsize(f"{out}/results.png") > 10_000
   assert "Paired differences" in log
 
-  # A second invocation skips finished runs; a new seed trains only that seed.
+  # A second invocation skips finished runs, and its table holds the runs asked for (--losses: an alias
+  # of --arms).
   log = _run(
     out,
-    "--arms",
+    "--losses",
     "clip,tripletclip",
     "--seeds",
     "0",
@@ -125,6 +132,8 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
     f"{out}/results.json",
   )
   assert log.count("finished earlier with these settings, reused") == 3 and "Reference" in log
+  res = json.load(open(f"{out}/results.json"))
+  assert sorted((r["arm"], r["seed"]) for r in res["runs"]) == [("clip", 0), ("tripletclip", 0)]
   # Other settings than a finished run trained with: stop, naming them (the table would mislabel the run).
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   p = subprocess.run(
@@ -149,26 +158,29 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   err = p.stderr.strip().splitlines()
   assert p.returncode != 0 and len(err) == 1, p.stderr[-2000:]
   assert "negclip seed 0:" in err[0] and "(sugarcrepe_per_subset 4 -> 6)" in err[0], err
-  # --losses: an alias of --arms; the table holds the runs asked for, all reused here.
-  log = _run(out, "--losses", "tripletclip", "--seeds", "0,1", *SMALL)
-  res = json.load(open(f"{out}/results.json"))
-  assert log.count("reused") == 4  # the bases and the runs of seeds 0 and 1
-  assert sorted((r["arm"], r["seed"]) for r in res["runs"]) == [("tripletclip", s) for s in (0, 1)]
-  assert res["summary"]["tripletclip"]["heldout"]["mean"][2] == 2
 
 
-def test_reproduce_rejects_bad_arguments(tmp_path):
+def test_reproduce_rejects_bad_arguments(tmp_path, capsys):
+  # The argument checks, in this process (a subprocess each cost 2 s of start-up) ...
   for args, msg in (
     (["--arms", "clip,bogus"], "unknown arm 'bogus'"),
-    (["--seeds", "a"], "--seeds"),
-    (["--seeds", ","], "--seeds empty"),
-    (["--seeds", "-1"], "--seeds -1"),
-    (["--set", "nope=1"], "Unknown config key 'nope'"),
-    (["--config.batch_sise=8"], "Unknown config key 'batch_sise'; did you mean batch_size"),
-    (["--config.batch_size=eight"], "config.batch_size='eight': give an integer"),
+    (["--seeds", "a"], "--seeds a:"),
+    (["--seeds", ","], "--seeds ,:"),
+    (["--seeds", ""], "--seeds empty:"),
+    (["--seeds", "-1"], "--seeds -1:"),
     (["--config.seed=7"], "--config.seed=7: loss, seed, init_from, data.source.dir"),
     (["--base.init_from=hf:x"], "--base.init_from=hf:x: loss, seed, init_from"),
     (["--config.data.partners=shuffled"], "are set by this script for each run"),
+  ):
+    with pytest.raises(SystemExit) as e:
+      _reproduce_module().parse_args(["--output_dir", str(tmp_path), *args])
+    said = capsys.readouterr().err + str(e.value.code)
+    assert e.value.code != 0 and msg in said, said
+  # ... and the config's own checks, which the script meets once it runs: one line, nothing started.
+  for args, msg in (
+    (["--set", "nope=1"], "Unknown config key 'nope'"),
+    (["--config.batch_sise=8"], "Unknown config key 'batch_sise'; did you mean batch_size"),
+    (["--config.batch_size=eight"], "config.batch_size='eight': give an integer"),
   ):
     p = subprocess.run(
       [

@@ -62,8 +62,9 @@ def test_eight_fake_devices():
 
 def test_step_is_the_same_on_every_mesh():
   ref_params, ref_m, _ = _one_step(sharding.make_mesh(1, 1, jax.devices()[:1]))
-  # Mixed and pure fsdp (pure data parallelism: the accumulation tests, on a 4 x 2 mesh, and others).
-  for data, fsdp in [(2, 4), (1, 8)]:
+  # Both axes at once (pure data parallelism: test_images_and_their_negatives_stay_on_their_device and the
+  # trainer's tests; pure fsdp adds a compile and no new path).
+  for data, fsdp in [(2, 4)]:
     params, m, state = _one_step(sharding.make_mesh(data, fsdp))
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-5)
     np.testing.assert_allclose(m["grad_norm"], ref_m["grad_norm"], rtol=1e-4)
@@ -125,7 +126,8 @@ def test_accumulation_gives_the_full_batch_gradient(loss):
 
 
 def test_tiny_tripletclip_loss_falls_on_a_fixed_batch():
-  mesh = sharding.make_mesh(-1, 1)
+  # One device: 40 steps of learning, which the mesh does not change (test_step_is_the_same_on_every_mesh).
+  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   tx, schedule = make_optimizer(
     optimizer_config(learning_rate=1e-3, warmup_steps=3, weight_decay=0.1), 40
   )

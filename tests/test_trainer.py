@@ -56,6 +56,12 @@ def small_config(data_dir, **overrides):
   return c
 
 
+def train(config, workdir, devices=2):
+  """`train_and_evaluate` on the first `devices` of the 8 fake devices: two shard the batch as eight
+  do, at about half the CPU time (the tests whose subject is the 8-device mesh pass 8)."""
+  return train_and_evaluate(config, workdir, devices=jax.devices()[:devices])
+
+
 def _cli_overrides(data_dir, **extra):
   kv = {
     "batch_size": 16,
@@ -87,14 +93,14 @@ def _losses(workdir):
 
 def test_resume_is_bit_identical(data_dir, tmp_path):
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
-  train_and_evaluate(small_config(data_dir, profile_steps=(2, 4)), a)  # a trace changes no number
+  train(small_config(data_dir, profile_steps=(2, 4)), a)  # a trace changes no number
   traces = [
     f for _, _, fs in os.walk(os.path.join(a, "profile")) for f in fs if f.endswith(".xplane.pb")
   ]
   assert len(traces) == 1
-  out = train_and_evaluate(small_config(data_dir, stop_after_steps=4), b)
+  out = train(small_config(data_dir, stop_after_steps=4), b)
   assert out == {"step": 4, "stopped": True}
-  train_and_evaluate(small_config(data_dir), b)
+  train(small_config(data_dir), b)
   assert _losses(a) == _losses(b) and sorted(_losses(a)) == [2, 4, 6, 8]
   _, pa = checkpoint.load_params(a)
   _, pb = checkpoint.load_params(b)
@@ -104,14 +110,16 @@ def test_resume_is_bit_identical(data_dir, tmp_path):
   assert "eval/sugarcrepe_heldout/mean" in final and "eval/triplet_heldout/group" in final
   assert final["pairs_seen"] == 8 * 16 * 2
   assert all(final[f"bad_records/{r}"] == 0 for r in ("undecodable_image", "crc_mismatch"))
+  # The run's mesh is the 2 devices it was given, not the process's 8.
+  assert final["examples_per_s_per_chip"] == pytest.approx(final["examples_per_s"] / 2)
 
 
 def test_changed_schedule_is_refused(data_dir, tmp_path):
   w = str(tmp_path / "w")
-  train_and_evaluate(small_config(data_dir, stop_after_steps=2, checkpoint_every_steps=2), w)
+  train(small_config(data_dir, stop_after_steps=2, checkpoint_every_steps=2), w)
   with pytest.raises(ValueError, match=r"schedule changed \(total_steps 8 -> 10\)"):
-    train_and_evaluate(small_config(data_dir, total_steps=10), w)
-  out = train_and_evaluate(
+    train(small_config(data_dir, total_steps=10), w)
+  out = train(
     small_config(data_dir, total_steps=10, allow_schedule_change=True, stop_after_steps=2), w
   )
   assert out["step"] == 4
@@ -121,18 +129,18 @@ def test_changed_schedule_is_refused(data_dir, tmp_path):
 
 def test_resume_refuses_a_changed_model_and_records_changed_data(data_dir, tmp_path):
   w = str(tmp_path / "w")
-  train_and_evaluate(small_config(data_dir, stop_after_steps=2, checkpoint_every_steps=2), w)
+  train(small_config(data_dir, stop_after_steps=2, checkpoint_every_steps=2), w)
   with pytest.raises(ValueError, match=r"the model changed \(act gelu -> quick_gelu\)"):
-    train_and_evaluate(small_config(data_dir, **{"model.act": "quick_gelu"}), w)
+    train(small_config(data_dir, **{"model.act": "quick_gelu"}), w)
   with pytest.raises(ValueError, match=r"the model changed \(.*vision.patch_size 16 -> 8"):
-    train_and_evaluate(small_config(data_dir, **{"model.preset": "tiny"}), w)
+    train(small_config(data_dir, **{"model.preset": "tiny"}), w)
   # A setting whose change would make the saved data position mean something else: one line, nothing moved.
   with pytest.raises(ValueError, match=r"data.partners paired -> shuffled changes what the saved"):
-    train_and_evaluate(small_config(data_dir, **{"data.partners": "shuffled"}), w)
+    train(small_config(data_dir, **{"data.partners": "shuffled"}), w)
   # Settings tagged RECORDED may change: said in one line and kept in the meta; DRIVING ones silently.
   # Streaming -> in memory reads on from the same record (the position counts records either way).
   lr = {"optimizer.learning_rate": 1e-3, "log_every_steps": 1, "data.in_memory": True}
-  out = train_and_evaluate(small_config(data_dir, seed=7, stop_after_steps=2, **lr), w)
+  out = train(small_config(data_dir, seed=7, stop_after_steps=2, **lr), w)
   assert out["step"] == 4
   with open(os.path.join(w, "checkpoints", "4", "data", "process_0-of-1.json")) as f:
     assert json.load(f) == {"next_index": 4 * 16}
@@ -157,7 +165,7 @@ def test_non_finite_loss_names_the_step(data_dir, tmp_path):
   with pytest.raises(
     FloatingPointError, match=r"Non-finite loss .* at step \d+; last good checkpoint: none yet"
   ):
-    train_and_evaluate(cfg, str(tmp_path / "nan"))
+    train(cfg, str(tmp_path / "nan"))
 
 
 def _main(workdir, *args, env=None, **kw):
@@ -235,7 +243,7 @@ def test_sigterm_leaves_a_checkpoint_and_the_lock_refuses_a_second_trainer(data_
   while not open(os.path.join(w, "metrics.jsonl")).read():  # training has started
     time.sleep(0.2)
   with pytest.raises(WorkdirBusy, match=rf"{w} is in use by another trainer \(pid {p.pid} on "):
-    train_and_evaluate(small_config(data_dir), w)
+    train(small_config(data_dir), w)
   p.send_signal(signal.SIGTERM)
   out, err = p.communicate(timeout=120)
   assert p.returncode == 75, err  # a scheduler that restarts only failed jobs wants non-zero
@@ -272,18 +280,18 @@ def test_read_only_and_full_workdirs_are_one_line(data_dir, small_disk):
   with pytest.raises(
     ValueError, match=r"Cannot write to the workdir .*\(Read-only file system\): choose a writable"
   ):
-    train_and_evaluate(small_config(data_dir), os.path.join(small_disk(ro=True), "run"))
+    train(small_config(data_dir), os.path.join(small_disk(ro=True), "run"))
   with pytest.raises(
     ValueError, match=r"No space for a checkpoint in .*MiB free, about .*MiB needed.*none yet"
   ):
-    train_and_evaluate(small_config(data_dir), os.path.join(small_disk("2m"), "run"))
+    train(small_config(data_dir), os.path.join(small_disk("2m"), "run"))
   # Room for one checkpoint (~34 MB compressed; 83 MiB raw, which the first estimate used to demand), not two.
   w = os.path.join(small_disk("50m"), "run")
   cfg = small_config(data_dir, checkpoint_every_steps=2, eval_every_steps=100)
   with pytest.raises(ValueError, match=r"No space .*the last complete checkpoint is step 2\."):
-    train_and_evaluate(cfg, w)
+    train(cfg, w)
   with pytest.raises(ValueError, match=r"No space .*the last complete checkpoint is step 2\."):
-    train_and_evaluate(cfg, w)  # the restart knows it too
+    train(cfg, w)  # the restart knows it too
   state = ocp.StandardCheckpointer().restore(os.path.join(w, "checkpoints", "2", "state"))
   estimate, measured = (
     checkpoint.checkpoint_bytes(w, None, state),
@@ -319,13 +327,15 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _pod(workdir, args, processes=2, env=None):
-  """`processes` trainers x 8/`processes` CPU devices on one coordinator: a simulated pod slice
-  sharing `workdir`."""
+def _pod(workdir, args, processes=2, devices=4, env=None):
+  """`processes` trainers x `devices`/`processes` CPU devices on one coordinator: a simulated pod
+  slice sharing `workdir`."""
   port = _free_port()
   env = dict(
     env or os.environ,
-    **{k: v for k, v in _cpu_env(8 // processes).items() if k in ("XLA_FLAGS", "JAX_PLATFORMS")},
+    **{
+      k: v for k, v in _cpu_env(devices // processes).items() if k in ("XLA_FLAGS", "JAX_PLATFORMS")
+    },
   )
   return [
     _main(
@@ -397,7 +407,7 @@ def test_init_from_hugging_face(data_dir, tmp_path):
   hf.export_hf(cfg, src, str(tmp_path / "hf_src"))
   w = str(tmp_path / "ft")
   # The first step of a warmup has learning rate 0: the checkpoint after it must hold exactly the imported weights.
-  train_and_evaluate(
+  train(
     small_config(
       data_dir,
       init_from=f"hf:{tmp_path / 'hf_src'}",
@@ -443,7 +453,7 @@ def test_lit_config_locks_the_pretrained_image_tower(data_dir, tmp_path):
     ],
   )
   w = str(tmp_path / "lit")
-  train_and_evaluate(c, w)
+  train(c, w)
   _, got = checkpoint.load_params(w)
   for x, y in zip(jax.tree.leaves(got["visual"]), jax.tree.leaves(src["visual"])):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -491,7 +501,7 @@ def test_named_evaluators_run_on_their_own_schedules(data_dir, tmp_path):
     "unset": {"type": "winoground", "path": None},
   }  # declared without data: skipped, said once
   w = str(tmp_path / "w")
-  out = train_and_evaluate(
+  out = train(
     small_config(data_dir, total_steps=2, log_every_steps=1, checkpoint_every_steps=2, evals=evals),
     w,
   )
@@ -507,7 +517,7 @@ def test_named_evaluators_run_on_their_own_schedules(data_dir, tmp_path):
     "sugarcrepe_dir": str(json_dir),
   }  # the images are elsewhere
   with pytest.raises(FileNotFoundError, match=r"--config.evals.NAME.image_dir"):
-    train_and_evaluate(
+    train(
       small_config(data_dir, total_steps=2, checkpoint_every_steps=2, evals=evals),
       str(tmp_path / "w2"),
     )
@@ -532,7 +542,7 @@ def test_named_evaluators_run_on_their_own_schedules(data_dir, tmp_path):
 )
 def test_impossible_config_values_are_one_line(data_dir, tmp_path, key, value, needle):
   with pytest.raises(ConfigError, match=f"config.{key}=") as e:
-    train_and_evaluate(small_config(data_dir, **{key: value}), str(tmp_path / "w"))
+    train(small_config(data_dir, **{key: value}), str(tmp_path / "w"))
   assert needle in str(e.value) and "\n" not in str(e.value)
   assert not os.path.exists(tmp_path / "w")  # refused before anything is written
 

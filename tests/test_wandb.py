@@ -12,8 +12,7 @@ import pytest
 wandb = pytest.importorskip("wandb")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_trainer import data_dir, small_config  # noqa: E402, F401 - the shared demo world
-from tripletclip_jax.train.loop import train_and_evaluate  # noqa: E402
+from test_trainer import data_dir, small_config, train  # noqa: E402, F401 - the shared demo world
 from tripletclip_jax.train.metrics import RUN_ID_FILE, read_metrics  # noqa: E402
 
 
@@ -67,10 +66,10 @@ def test_wandb_run_holds_the_metrics_and_config_and_a_resume_continues_it(
   monkeypatch.setenv("WANDB_SILENT", "true")
   w = str(tmp_path / "w")
   over = {"writers": "tensorboard,wandb", "wandb.name": "tc-test", "eval_every_steps": 8}
-  out = train_and_evaluate(small_config(data_dir, stop_after_steps=4, **over), w)
+  out = train(small_config(data_dir, stop_after_steps=4, **over), w)
   assert out["stopped"]
   run_id = open(os.path.join(w, RUN_ID_FILE)).read().strip()
-  train_and_evaluate(small_config(data_dir, **over), w)
+  train(small_config(data_dir, **over), w)
   runs = sorted(glob.glob(os.path.join(w, "wandb", f"offline-run-*-{run_id}*")))
   assert len(runs) == 2, runs  # the same run id, resumed
   history = {}
@@ -100,7 +99,7 @@ def test_an_unknown_writer_is_one_line(data_dir, tmp_path):
   with pytest.raises(
     ConfigError, match=r"config.writers='tensorboard,wandbb': a comma-separated list of"
   ):
-    train_and_evaluate(small_config(data_dir, writers="tensorboard,wandbb"), str(tmp_path))
+    train(small_config(data_dir, writers="tensorboard,wandbb"), str(tmp_path))
 
 
 def test_wandb_problems_are_one_line_before_anything_is_written(data_dir, tmp_path, monkeypatch):
@@ -110,10 +109,10 @@ def test_wandb_problems_are_one_line_before_anything_is_written(data_dir, tmp_pa
   w.mkdir()
   (w / "wandb").write_text("not a folder")
   with pytest.raises(ValueError, match=r"file/wandb is not a folder, and W&B keeps its run there"):
-    train_and_evaluate(small_config(data_dir, **over), str(w))
+    train(small_config(data_dir, **over), str(w))
   w = tmp_path / "corrupt"
   w.mkdir()
   (w / RUN_ID_FILE).write_bytes(b"\x00\xffgarbage/..")
   with pytest.raises(ValueError, match=r"corrupt/wandb_run_id does not hold a W&B run id"):
-    train_and_evaluate(small_config(data_dir, **over), str(w))
+    train(small_config(data_dir, **over), str(w))
   assert sorted(os.listdir(w)) == [RUN_ID_FILE]  # no lock, no checkpoints

@@ -59,11 +59,13 @@ def full_params(state):
   return multihost_utils.process_allgather(state.params, tiled=True)
 
 
-def train_and_evaluate(config, workdir: str, *, started: float | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, *, started: float | None = None, devices=None) -> dict:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final metrics.
 
   `started`: the process's start in `time.perf_counter()` seconds, so that the start-up report
   (printed after the first step, and in its metrics as `startup/*`) counts the imports too.
+  `devices`: the devices the mesh spans (default: all); a subset, such as the first two of a
+  host's eight, only in a single-process run.
   """
   clock = StartupClock(started)
   preempted = []  # SIGTERM (TPU preemption) only sets a flag: the loop checkpoints and exits cleanly
@@ -73,6 +75,10 @@ def train_and_evaluate(config, workdir: str, *, started: float | None = None) ->
     clock.mark("config")
     maybe_initialize_distributed(config)
     jax.devices()  # the backend starts here
+    if devices is not None and jax.process_count() > 1:
+      raise ValueError(
+        "train_and_evaluate(devices=...) is for one process; a pod's mesh spans every device."
+      )
     clock.mark("devices")
     workdir = fileio.absolute(workdir)  # a gs:// workdir stays as it is
     use_compilation_cache(config.compilation_cache_dir, workdir)  # before the first compile
@@ -83,7 +89,7 @@ def train_and_evaluate(config, workdir: str, *, started: float | None = None) ->
     with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext() as lock:
       clock.mark("workdir")
       # The state is made (or restored) by the run: a resume never draws initial parameters.
-      exp = build(plan, workdir, abstract=True, log=log, clock=clock)
+      exp = build(plan, workdir, devices=devices, abstract=True, log=log, clock=clock)
       try:
         log("Parameter groups: " + "; ".join(exp.param_groups))
         run = _Run(exp, preempted, lock, clock)
@@ -346,7 +352,7 @@ class _Run:
     bad = self.bad_totals
     if jax.process_count() > 1:
       bad = multihost_utils.process_allgather(bad).reshape(-1, len(bad)).sum(0)
-    n_chips = jax.device_count()
+    n_chips = exp.mesh.size  # the run's devices (every device, unless a subset was given)
     return {
       **{k: v for k, v in last.items() if k != "_step"},
       "examples_per_s": ex_s,
