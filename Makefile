@@ -9,16 +9,14 @@ WORKDIR ?= runs/demo
 
 .PHONY: demo test install install-test clean
 
-# --no-compile: pip would byte-compile all of site-packages (torch, TensorFlow, the CUDA wheels), about 50 s
-# of a fresh `make test` on 2 cores; Python compiles the modules it imports on first use instead.
 $(VENV)/.core: setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --no-compile --upgrade pip
-	$(VENV)/bin/pip install -q --no-compile -e .
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e .
 	touch $@
 
 $(VENV)/.test: setup.py $(VENV)/.core
-	$(VENV)/bin/pip install -q --no-compile -e ".[test]" $(TORCH_PINS)
+	$(VENV)/bin/pip install -q -e ".[test]" $(TORCH_PINS)
 	touch $@
 
 install: $(VENV)/.core
