@@ -9,6 +9,9 @@ WORKDIR ?= runs/demo
 
 .PHONY: demo test install install-test clean
 
+# Keep pip's byte-compilation: these machines set PYTHONDONTWRITEBYTECODE=1, so Python never caches what it
+# compiles at import, and with `pip install --no-compile` every test process recompiled torch, TensorFlow and
+# JAX from source (a fresh `make test`: 17:34 against about 12).
 $(VENV)/.core: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
