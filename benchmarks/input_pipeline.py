@@ -82,9 +82,8 @@ def run_webdataset(tar_path: str, n: int, batch: int) -> float:
     ]
   )
 
-  def prep(
-    s,
-  ):  # the members have no image extension: decode them with PIL, as the released code does
+  # The members have no image extension: decode them with PIL, as the released code does.
+  def prep(s):
     img = lambda b: tf(Image.open(io.BytesIO(b)).convert("RGB"))
     return (
       img(s["image"]),

@@ -33,21 +33,23 @@ import jax  # noqa: E402
 from tripletclip_jax.configlib import ConfigError, parse_command_line  # noqa: E402
 from tripletclip_jax.train.experiment import build  # noqa: E402
 
-# Per chip: bf16 peak FLOP/s, HBM bytes, HBM bytes/s and ICI bytes/s (Google Cloud's published figures; the ICI
-# figure is the "interchip interconnect bandwidth" of each generation's page: 2400, 1600, 4800, 3584 Gbps).
+# Per chip: bf16 peak FLOP/s, HBM bytes, HBM bytes/s and ICI bytes/s (Google Cloud's published
+# figures; the ICI figure is the "interchip interconnect bandwidth" of each generation's page: 2400,
+# 1600, 4800, 3584 Gbps).
 CHIPS = {
   "v4": (275e12, 32 * 2**30, 1.2e12, 300e9),
   "v5e": (197e12, 16 * 2**30, 0.82e12, 200e9),
   "v5p": (459e12, 95 * 2**30, 2.76e12, 600e9),
   "v6e": (918e12, 32 * 2**30, 1.64e12, 448e9),
 }
-# A collective in the lowered step's HLO text (names with or without %); its result shape may be a tuple (several
-# arrays summed at once), so everything up to the opcode is the shape.
+# A collective in the lowered step's HLO text (names with or without %); its result shape may be a
+# tuple (several arrays summed at once), so everything up to the opcode is the shape.
 _COLLECTIVE = re.compile(
   r"^\s*(?:ROOT )?%?\S+ = (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)\(",
   re.M,
 )
-# An array in the HLO text: dtype[dims] and, when printed, its layout {...}; "S(1)" in a layout is TPU on-chip memory.
+# An array in the HLO text: dtype[dims] and, when printed, its layout {...}; "S(1)" in a layout is
+# TPU on-chip memory.
 _ARRAY = re.compile(r"\b(bf16|f32|f16|s32|u32|u8|s8|pred|f64|s64)\[([\d,]*)\](\{[^}]*\})?")
 _BYTES = {
   "bf16": 2,
@@ -172,10 +174,9 @@ def hbm_bytes_by_op(hlo: str) -> dict[str, int]:
     if not m or m.group(2) in _NOT_TRAFFIC or m.group(2).endswith("-done"):
       continue
     result, op, rest = m.groups()
-    if op.endswith(
-      "-start"
-    ):  # async move: its result tuple holds both ends (copy-start: target, source;
-      # slice-start: (source), target), then a context; the bytes moved are the smaller end's
+    # An async move: its result tuple holds both ends (copy-start: target, source; slice-start:
+    # (source), target), then a context; the bytes moved are the smaller end's.
+    if op.endswith("-start"):
       (src, src_hbm), (dst, dst_hbm) = _arrays(result)[:2]
       traffic = min(src, dst) * src_hbm + dst * dst_hbm
     else:
@@ -301,7 +302,8 @@ def _devices(topology: str):
   chip = topology.split(":")[0]
   if chip not in CHIPS:
     raise SystemExit(f"error: unknown chip {chip!r} in --topology; choose one of {sorted(CHIPS)}")
-  # v4 and v5p chips have two TensorCores that JAX drives as one device ("megacore"), as on a real VM.
+  # v4 and v5p chips have two TensorCores that JAX drives as one device ("megacore"), as on a real
+  # VM.
   kw = {"chip_config_name": "megacore"} if chip in ("v4", "v5p") else {}
   return topologies.get_topology_desc(platform="tpu", topology_name=topology, **kw).devices, CHIPS[
     chip
@@ -333,16 +335,18 @@ def analyse(compiled, hlo: str, exp, asked, config, n: int, chip) -> types.Simpl
   # what the compiled step executes (remat's recompute included)
   r.flops = float(cost.get("flops", 0.0))
   r.seconds, r.uncosted = step_estimate(cost, hlo)
-  # The model's FLOPs (analytic: forward and backward of every encoded image and text, no recompute) per chip.
+  # The model's FLOPs (analytic: forward and backward of every encoded image and text, no recompute)
+  # per chip.
   r.model_flops = exp.flops_per_example * config.batch_size / n
   r.by_op = hbm_bytes_by_op(hlo)
   r.hbm_bytes = sum(r.by_op.values())
   r.coll = collectives(asked, n)
   r.sent = sum(t for _, t in r.coll.values())
   r.floor = collective_floor(exp, n)
-  # A roofline: the slowest of compute at peak, HBM traffic at full bandwidth and the bytes each chip sends at its
-  # ICI bandwidth (a lower bound: every link busy, nothing overlapped). The compiler's `bytes accessed` counts
-  # every memory space (on-chip reads too), so HBM traffic is estimated from the HLO.
+  # A roofline: the slowest of compute at peak, HBM traffic at full bandwidth and the bytes each
+  # chip sends at its ICI bandwidth (a lower bound: every link busy, nothing overlapped). The
+  # compiler's `bytes accessed` counts every memory space (on-chip reads too), so HBM traffic is
+  # estimated from the HLO.
   r.parts = {"compute": r.flops / peak, "HBM": r.hbm_bytes / bandwidth, "ICI": r.sent / ici}
   r.bound = max(r.parts, key=r.parts.get)
   r.roofline = r.parts[r.bound]

@@ -81,7 +81,8 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
-# The built-in tasks' options as flags; every option of every task is also --config.evals.TASK.KEY=VALUE.
+# The built-in tasks' options as flags; every option of every task is also
+# --config.evals.TASK.KEY=VALUE.
 FLAGS = {
   "sugarcrepe": dict(sugarcrepe_dir="sugarcrepe_dir", image_dir="coco_image_dir"),
   "winoground": dict(path="winoground", image_dir="winoground_image_dir"),

@@ -48,9 +48,10 @@ DEFAULT_ARMS = (
   "tripletclip",
   "tripletclip_shuffled",
 )
-# An arm is a loss and what the arm changes of the config. Every registered loss is an arm of itself.
-# clip_union_steps: TripletCLIP's step count, with a batch of 2B union pairs (equal steps and pairs);
-# tripletclip_shuffled: every x' and y' from another item (the extra data, without the pairing).
+# An arm is a loss and what the arm changes of the config. Every registered loss is an arm of
+# itself. clip_union_steps: TripletCLIP's step count, with a batch of 2B union pairs (equal steps
+# and pairs); tripletclip_shuffled: every x' and y' from another item (the extra data, without the
+# pairing).
 ARMS = {
   "clip_union_steps": (
     "clip_union",
@@ -78,8 +79,8 @@ def settings_differ(saved: dict | None, now: dict) -> list[str]:
 
   if saved is None:
     return ["the run recorded no settings (an older reproduce.py)"]
-  # How a run was driven never changes what it trained or how it was scored; nor does the number of data
-  # workers (the order is the same for any), which a resume records.
+  # How a run was driven never changes what it trained or how it was scored; nor does the number of
+  # data workers (the order is the same for any), which a resume records.
   return config_changes(saved, now, keys_tagged(DRIVING) + ("data.num_workers",))
 
 

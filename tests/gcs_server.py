@@ -18,7 +18,8 @@ def gcs(tmp_path_factory):
   proc.wait(timeout=30)
 
 
-# 5% of requests fail: unavailable (503), rate limited (429), dropped after the server acted, or delayed.
+# 5% of requests fail: unavailable (503), rate limited (429), dropped after the server acted, or
+# delayed.
 FAULTS = dict(unavailable=0.02, rate_limited=0.01, drop=0.01, delay=0.01, delay_s=0.5)
 
 

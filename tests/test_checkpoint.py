@@ -62,7 +62,8 @@ def test_damaged_newest_checkpoints_fall_back_to_the_intact_one(data_dir, tmp_pa
   capsys.readouterr()
   train(small_config(data_dir, **cfg), b)
   out = capsys.readouterr().out
-  # Flipped bytes in compressed data either decode to other values (the checksum) or fail to decode at all.
+  # Flipped bytes in compressed data either decode to other values (the checksum) or fail to decode
+  # at all.
   assert re.search(
     r"Checkpoint 6 in .* is damaged: (.*differ from their save-time checksum|.*error while reading)",
     out,
@@ -123,7 +124,8 @@ def test_a_changed_setting_is_refused_in_one_line_and_moves_nothing(data_dir, tm
     assert "\n" not in str(e.value) and "Nothing was changed" in str(e.value)
     assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == before
     assert not os.path.exists(os.path.join(w, "damaged_checkpoints"))
-  # As before, and a changed worker count resumes from the same position (moved to the workers' layout).
+  # As before, and a changed worker count resumes from the same position (moved to the workers'
+  # layout).
   capsys.readouterr()
   out = train(small_config(data_dir, stop_after_steps=2, **{"data.num_workers": 2}, **cfg), w)
   assert (

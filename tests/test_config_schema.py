@@ -24,8 +24,9 @@ TAGS = {
   schema.REFUSED,
 }
 
-# Library defaults that differ from the trainer's on purpose: a library call spawns no worker processes,
-# and the trainer decides uint8 transfer by backend (None), which the data layer cannot see.
+# Library defaults that differ from the trainer's on purpose: a library call spawns no worker
+# processes, and the trainer decides uint8 transfer by backend (None), which the data layer cannot
+# see.
 LIBRARY_DEFAULTS = {"num_workers", "uint8_images"}
 # Parameters that share a key's name but not its meaning: make_dataset's `train` says training or
 # evaluation order, config.data.train is the training shards' path.
@@ -88,7 +89,8 @@ def test_resume_tags_say_what_a_change_does():
   assert schema.resume_tag("data.partners") == schema.REFUSED
   assert schema.resume_tag("progress_bar") == schema.DRIVING
   assert schema.resume_tag("evals.sugarcrepe.every_steps") == schema.NEUTRAL  # inside a dict value
-  # A data source's options carry their own tags; inside a dict value, the nearest declared parent's.
+  # A data source's options carry their own tags; inside a dict value, the nearest declared
+  # parent's.
   assert schema.resume_tag("data.source.num_eval") == schema.NEUTRAL
   assert schema.resume_tag("data.source.world.zipf") == schema.REFUSED
   assert schema.resume_tag("my_added_key") == schema.RECORDED  # a key a config file added

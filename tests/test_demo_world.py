@@ -120,9 +120,8 @@ def test_heldout_split_is_a_latin_square_and_never_trained_on(tmp_path):
   seen = set(CFG.pairings(heldout_ok=False)[0])
   assert {c for c, _ in seen} == set(CFG.colors) and {s for _, s in seen} == set(CFG.shapes)
   rng = np.random.default_rng(1)
-  for _ in range(
-    300
-  ):  # no held-out pairing in any training scene, positive or negative, named or not
+  # No held-out pairing in any training scene, positive or negative, named or not.
+  for _ in range(300):
     t = dw.make_triplet(CFG, rng, dw.sample_edit(CFG, rng))
     assert all((o.color, o.shape) in seen for o in t["scene"] + t["neg_scene"])
   out = dw.write_demo_data(str(tmp_path), num_train=60, num_eval=30, seed=0, cfg=CFG)
@@ -182,7 +181,8 @@ def test_world_config_rejects_bad_parameters():
 
 
 def test_generator_defaults_are_the_demo_config():
-  # launch/make_demo_data.py uses WorldConfig's defaults, the trainer uses configs/demo.py: one world.
+  # launch/make_demo_data.py uses WorldConfig's defaults, the trainer uses configs/demo.py: one
+  # world.
   import inspect
   from tripletclip_jax.configlib import load_config_file
 
@@ -198,9 +198,10 @@ def test_generator_defaults_are_the_demo_config():
 
 
 def test_random_negatives_are_easy_as_on_web_data(tmp_path):
-  # World v4's vocabulary with textures always named: a random batch of 64 holds at most 0.2 captions per
-  # image whose every word describes something in it yet which are false of it (the measured rate is in
-  # world.json). v2's 5 x 5 uniform vocabulary without texture words held about 3.
+  # World v4's vocabulary with textures always named: a random batch of 64 holds at most 0.2
+  # captions per image whose every word describes something in it yet which are false of it (the
+  # measured rate is in world.json). v2's 5 x 5 uniform vocabulary without texture words held about
+  # 3.
   out = dw.write_demo_data(str(tmp_path), num_train=600, num_eval=2, seed=5)
   assert out["accidental_hard_negatives_per_image"] <= 0.2
   world = json.load(open(tmp_path / "world.json"))
@@ -230,7 +231,8 @@ def test_failed_negatives_are_kept_at_rate_q(tmp_path):
   assert out["failed_negatives"]["count"] == 10 and out["failed_negatives"]["q"] == 0.2
   failed = set(out["failed_negatives"]["keys"])
   assert len(failed) == 10
-  # The same world drawn with q = 0: the same triplets, except that exactly the listed x' now differ.
+  # The same world drawn with q = 0: the same triplets, except that exactly the listed x' now
+  # differ.
   dw.write_demo_data(
     str(tmp_path / "q0"),
     num_train=50,
@@ -315,8 +317,8 @@ def test_prepare_refuses_a_world_drawn_otherwise(tmp_path):
 
 def test_benchmark_replacements_name_an_absent_value_and_the_oracle_scores_them():
   # SugarCrepe's rule: a replace item's new colour / shape is in no object of the scene, so a
-  # bag-of-words scorer passes it (it measures recognising the value); swaps use the same words, so the
-  # oracle is at chance there. Training replacements keep a value present in the scene.
+  # bag-of-words scorer passes it (it measures recognising the value); swaps use the same words, so
+  # the oracle is at chance there. Training replacements keep a value present in the scene.
   rng = np.random.default_rng(3)
   for kind, att in (("replace_att", 0), ("replace_obj", 1)):
     for heldout in (False, True):
@@ -337,8 +339,8 @@ def test_benchmark_replacements_name_an_absent_value_and_the_oracle_scores_them(
   assert ds.oracle_choice(scene, y, _cap(("blue", "circle", None), ("red", "square", None))) == 0.5
   assert ds.oracle_choice(scene, y, _cap(("green", "circle", None), ("blue", "square", None))) == 1
   assert ds.oracle_choice(scene, _cap(("green", "star", None), ("blue", "square", None)), y) == 0
-  # A bag counts: "a blue circle and a blue square" names two blue objects where the scene has one (v3's
-  # replacements, which reused a value of the scene, were passed this way).
+  # A bag counts: "a blue circle and a blue square" names two blue objects where the scene has one
+  # (v3's replacements, which reused a value of the scene, were passed this way).
   assert ds.oracle_choice(scene, y, _cap(("blue", "circle", None), ("blue", "square", None))) == 1
 
 
@@ -352,8 +354,8 @@ def test_world_json_records_the_oracles_and_the_attribute_pressure(tmp_path):
     assert o["swap_att"] == o["swap_obj"] == {"bow": 50.0, "color": 50.0, "shape": 50.0}
     assert o["replace_att"]["bow"] == o["replace_att"]["color"] == 100.0
     assert o["replace_obj"]["bow"] == o["replace_obj"]["shape"] == 100.0
-  # The base set: one object of a seen pairing, named by colour and shape alone; a random batch of 64
-  # holds several captions per image that only the shape word rejects (and as many for colour).
+  # The base set: one object of a seen pairing, named by colour and shape alone; a random batch of
+  # 64 holds several captions per image that only the shape word rejects (and as many for colour).
   seen = set(CFG.pairings(heldout_ok=False)[0])
   for p in records.resolve_shards(str(tmp_path / "base")):
     for ex in map(records.decode_example, records.iter_records(p)):

@@ -99,7 +99,8 @@ def test_sugarcrepe_gaps_and_ties(tmp_path):
   assert all(out[s] == pytest.approx(100 / 3) for s in sugarcrepe.SUBSETS)
   assert out["mean"] == pytest.approx(100 / 3) and out["skipped_missing_images"] == 0
   assert out["skipped_unreadable_images"] == 0 and out["skipped_bad_entries"] == 0
-  # A corrupt image and a null caption are skipped and counted in every subset; the rest still scores.
+  # A corrupt image and a null caption are skipped and counted in every subset; the rest still
+  # scores.
   (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
   for sub in sugarcrepe.SUBSETS:
     entries = json.load(open(tmp_path / f"{sub}.json"))

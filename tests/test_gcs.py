@@ -31,9 +31,9 @@ from test_trainer import (
 from tripletclip_jax import fileio
 
 
-# Through the fault proxy only (deterministic: each request's fault is drawn from the proxy's fixed seed and
-# the request itself); a clean run would add a minute and a half to `make test`, and a kill after a
-# committed checkpoint is test_trainer.py's.
+# Through the fault proxy only (deterministic: each request's fault is drawn from the proxy's fixed
+# seed and the request itself); a clean run would add a minute and a half to `make test`, and a kill
+# after a committed checkpoint is test_trainer.py's.
 def test_train_kill_resume_export_and_load_in_a_bucket(faulty_bucket, data_dir, tmp_path):
   """The workdir in the bucket, through the fault proxy: SIGKILL as soon as checkpoint 4 is being
   written (checkpoint 2 is committed by then), restart, and the losses equal an uninterrupted local
@@ -44,8 +44,8 @@ def test_train_kill_resume_export_and_load_in_a_bucket(faulty_bucket, data_dir, 
   fileio.upload(os.path.join(data_dir, "sugarcrepe"), f"{bucket}/sugarcrepe")
   args = _cli_overrides(data_dir, total_steps=6, checkpoint_every_steps=2, log_every_steps=2)
   local = str(tmp_path / "local")
-  # The uninterrupted reference, on a local disk, alongside the bucket runs (which mostly wait on the
-  # storage's retries).
+  # The uninterrupted reference, on a local disk, alongside the bucket runs (which mostly wait on
+  # the storage's retries).
   ref = _main(local, *args, env=_cpu_env(2))
 
   remote = f"{bucket}/run"

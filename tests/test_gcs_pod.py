@@ -110,8 +110,9 @@ _POD_ARGS = dict(
 )
 
 
-# Through the fault proxy only: its assertions are the clean run's, and the clean path to the server is covered
-# by the single-process bucket run (test_gcs.py); a clean pod run would add two minutes to `make test`.
+# Through the fault proxy only: its assertions are the clean run's, and the clean path to the server
+# is covered by the single-process bucket run (test_gcs.py); a clean pod run would add two minutes
+# to `make test`.
 def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(
   faulty_bucket, data_dir, tmp_path
 ):
@@ -141,8 +142,8 @@ def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(
   assert len(saved) == 1 and fileio.listdir(f"{pod}/checkpoints") == list(saved), saved
   assert 2 <= int(saved.pop()) < 6
   procs = _pod(pod, args, env=env)
-  # The reference, while the restart mostly waits on the storage's retries: one process (this one) with
-  # the same 4 devices, on a local disk.
+  # The reference, while the restart mostly waits on the storage's retries: one process (this one)
+  # with the same 4 devices, on a local disk.
   train(reference, one, devices=4)
   outs = _finish(procs)
   assert "Resumed from step" in outs[0]
@@ -156,7 +157,8 @@ def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(
   assert evals["eval/sugarcrepe_heldout/n"] > 0 and evals["eval/triplet_heldout/n"] > 0
   # Equal counts `n` too: each process scored only its slice (all of it on each would inflate n).
   assert {k: got[6][k] for k in evals} == pytest.approx(evals, abs=1e-6)
-  # The pod's checkpoint loads in one process with one device (its checksums are verified on the way).
+  # The pod's checkpoint loads in one process with one device (its checksums are verified on the
+  # way).
   code = f"import jax, tripletclip_jax as tc; assert jax.device_count() == 1; tc.load({pod!r}); print('loaded')"
   r = subprocess.run(
     [sys.executable, "-c", code],

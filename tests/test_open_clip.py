@@ -83,7 +83,8 @@ def bench(tmp_path_factory):
   entries = []
   for i, (name, c) in enumerate(list(colours.items()) * 2):
     image(c, (80, 64 + i)).save(root / f"{i}.png")
-    # Every caption distinct: a duplicate would tie, and the two harnesses break ties differently (docs).
+    # Every caption distinct: a duplicate would tie, and the two harnesses break ties differently
+    # (docs).
     sentences = [
       {"raw": f"a {name} square, {i}"},
       {"raw": f"a photo that is mostly {name}, number {i}"},
@@ -129,8 +130,8 @@ def test_zero_shot_and_retrieval_agree_with_clip_benchmark(bench):
     "something {c}.",
   ]  # CLIP_benchmark's placeholder is {c}, ours {}
   folder = ImageFolder(str(bench / "zs"), transform=preprocess)
-  # CLIP_benchmark's classifier and logits; its `accuracy` calls float() on a one-element array, which numpy
-  # >= 2.4 refuses, so its top-1 is taken here from the same logits.
+  # CLIP_benchmark's classifier and logits; its `accuracy` calls float() on a one-element array,
+  # which numpy >= 2.4 refuses, so its top-1 is taken here from the same logits.
   weights = zeroshot_classification.zero_shot_classifier(
     model, tokenizer, folder.classes, templates, "cpu", amp=False
   )
@@ -161,7 +162,8 @@ def test_zero_shot_and_retrieval_agree_with_clip_benchmark(bench):
     ours["zeroshot"]["top1"] == pytest.approx(100 * theirs["acc1"]) and ours["zeroshot"]["n"] == 12
   )
   assert 0 < ours["zeroshot"]["top1"] < 100  # a random model: the comparison is not all-or-nothing
-  # CLIP_benchmark's "text retrieval" is image -> text (our i2t); no two captions or images are alike here.
+  # CLIP_benchmark's "text retrieval" is image -> text (our i2t); no two captions or images are
+  # alike here.
   assert ours["retrieval"]["i2t_R@1"] == pytest.approx(100 * theirs_ret["text_retrieval_recall@1"])
   assert ours["retrieval"]["t2i_R@1"] == pytest.approx(100 * theirs_ret["image_retrieval_recall@1"])
 
@@ -192,8 +194,8 @@ def test_sugarcrepe_agrees_with_clip_benchmark_and_its_cli_runs_on_the_export(be
     loader = DataLoader(ds, batch_size=4, collate_fn=image_captions_collate_fn)
     theirs = image_caption_selection.evaluate(model, loader, tokenizer, "cpu", amp=False)
     assert ours[subset] == pytest.approx(100 * theirs["text_acc"]), subset
-  # The README's command: CLIP_benchmark's own CLI on the open_clip export, offline (its files laid out as it
-  # expects them: ROOT/val2017/ and ROOT/TASK.json).
+  # The README's command: CLIP_benchmark's own CLI on the open_clip export, offline (its files laid
+  # out as it expects them: ROOT/val2017/ and ROOT/TASK.json).
   root = tmp_path / "sugar_crepe"
   root.mkdir()
   (root / "val2017").symlink_to(sc / "images")

@@ -56,8 +56,8 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   res = json.load(open(f"{out}/results.json"))
   runs = {(r["arm"], r["seed"]): r for r in res["runs"]}
   assert set(runs) == {(a, s) for a in arms.split(",") for s in (0, 1)}
-  # Equal image-text pairs encoded: CLIP takes twice TripletCLIP's steps; the equal-steps union control
-  # takes TripletCLIP's steps at twice the batch.
+  # Equal image-text pairs encoded: CLIP takes twice TripletCLIP's steps; the equal-steps union
+  # control takes TripletCLIP's steps at twice the batch.
   steps = {a: runs[(a, 0)]["steps"] for a in arms.split(",")}
   assert steps == {"clip": 8, "clip_union_steps": 4, "tripletclip": 4}
   assert runs[("clip_union_steps", 0)]["config"]["batch_size"] == 16
@@ -79,7 +79,8 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   assert [w["world"]["seed"] for w in worlds] == [0, 1]
   assert res["world"]["q"] == 0.2 and "accidental_hard_negatives_per_image" in res["world"]
   assert res["world"]["heldout_symbols"] == [0, 1] and "image-text pairs" in res["rule"]
-  # The pre-registered analysis: paired contrasts with 95% t-intervals and a verdict, relations vs chance.
+  # The pre-registered analysis: paired contrasts with 95% t-intervals and a verdict, relations vs
+  # chance.
   contrasts = {(c["a"], c["b"]): c for c in res["analysis"]["contrasts"]}
   primary = contrasts[("tripletclip", "clip_union_steps")]
   assert primary["role"] == "primary"
@@ -92,7 +93,8 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
     runs[("tripletclip", 0)]["heldout"]["swap_att"]
     - runs[("clip_union_steps", 0)]["heldout"]["swap_att"]
   )
-  # The precondition is checked on the baselines; unmet (a 4-step run learns nothing), so no verdict.
+  # The precondition is checked on the baselines; unmet (a 4-step run learns nothing), so no
+  # verdict.
   pre = res["analysis"]["precondition"]
   assert not pre["met"] and any(
     c["check"].startswith("clip held-out replace_obj") for c in pre["checks"]
@@ -119,8 +121,8 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   assert os.path.getsize(f"{out}/results.png") > 10_000
   assert "Paired differences" in log
 
-  # A second invocation skips finished runs, and its table holds the runs asked for (--losses: an alias
-  # of --arms).
+  # A second invocation skips finished runs, and its table holds the runs asked for (--losses: an
+  # alias of --arms).
   log = _run(
     out,
     "--losses",
@@ -134,7 +136,8 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   assert log.count("finished earlier with these settings, reused") == 3 and "Reference" in log
   res = json.load(open(f"{out}/results.json"))
   assert sorted((r["arm"], r["seed"]) for r in res["runs"]) == [("clip", 0), ("tripletclip", 0)]
-  # Other settings than a finished run trained with: stop, naming them (the table would mislabel the run).
+  # Other settings than a finished run trained with: stop, naming them (the table would mislabel the
+  # run).
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   p = subprocess.run(
     [sys.executable, os.path.join(ROOT, "launch/reproduce.py"), "--output_dir", out, "--losses", "clip",
@@ -199,8 +202,9 @@ def test_reproduce_rejects_bad_arguments(tmp_path, capsys):
 
 
 def test_an_unfinished_run_never_resumes_under_other_settings(tmp_path):
-  # Stopped after 2 of 4 steps (a kill after the first checkpoint), then rerun with another learning rate:
-  # one line naming the key; with --restart_changed the old run is moved aside and trained again.
+  # Stopped after 2 of 4 steps (a kill after the first checkpoint), then rerun with another learning
+  # rate: one line naming the key; with --restart_changed the old run is moved aside and trained
+  # again.
   out = str(tmp_path / "r")
   arm = ["--arms", "clip", "--seeds", "0", "--no_base", *SMALL, "--config.checkpoint_every_steps=2"]
   _run(out, *arm, "--config.stop_after_steps=2")

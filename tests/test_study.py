@@ -43,7 +43,8 @@ def test_precondition_needs_learned_values_and_room_above():
   low[1] = _run("clip", 1, **dict(good, replace_obj=95.0))
   failed = [c["check"] for c in study.precondition(low, {0: 0.1})["checks"] if not c["ok"]]
   assert failed == ["clip held-out replace_obj every seed >= 70"]
-  # No room above on a binding subset, a world with too many accidental hard negatives, a missing arm.
+  # No room above on a binding subset, a world with too many accidental hard negatives, a missing
+  # arm.
   full = [_run(a, s, **dict(good, swap_att=71.0)) for a in study.BASELINES for s in (0, 1)]
   assert not study.precondition(full, {0: 0.1})["met"]
   assert not study.precondition(runs, {0: 0.1, 1: 0.21})["met"]

@@ -42,8 +42,8 @@ def test_plan_of_the_demo_step_on_a_v5e_slice():
     and float(fields["hbm_gib"]) > 0
     and float(fields["roofline_ms"]) > 0
   )
-  # The compiler's estimate: libtpu scores each sliced prefetch -1 s; the plan counts them as free, and agrees
-  # with the same step compiled without sliced prefetches.
+  # The compiler's estimate: libtpu scores each sliced prefetch -1 s; the plan counts them as free,
+  # and agrees with the same step compiled without sliced prefetches.
   assert float(fields["est_ms"]) > 0 and 0 < float(fields["mfu"]) < 1
   _, plain = _plan(
     "--topology",
@@ -53,9 +53,9 @@ def test_plan_of_the_demo_step_on_a_v5e_slice():
     env={"LIBTPU_INIT_ARGS": "--xla_tpu_sliced_prefetch_max_slices=1"},
   )
   assert float(plain["est_ms"]) == pytest.approx(float(fields["est_ms"]), rel=0.15)
-  # Data parallel: the gradients are all-reduced, at the floor of bytes for this parallelism; the images and their
-  # hard negatives stay on the device that holds them (a batch concatenation used to move them with an
-  # all-to-all).
+  # Data parallel: the gradients are all-reduced, at the floor of bytes for this parallelism; the
+  # images and their hard negatives stay on the device that holds them (a batch concatenation used
+  # to move them with an all-to-all).
   line = next(x for x in out.splitlines() if x.startswith("collectives per device"))
   assert "all-reduce" in line and "all-to-all" not in line
   assert float(fields["sent_mib"]) <= 1.05 * float(fields["floor_mib"])

@@ -42,8 +42,8 @@ def _batch(n, seed=0):
 
 def _one_step(mesh, loss="tripletclip", batch_size=16, accum_steps=1):
   # Adam's first update is lr * g / (|g| + eps): with a tiny eps it is lr * sign(g), and gradients
-  # that are exactly zero in exact arithmetic (the key bias) are rounding noise whose sign depends on
-  # the reduction order. A larger eps keeps the comparison about the sharding, not that noise.
+  # that are exactly zero in exact arithmetic (the key bias) are rounding noise whose sign depends
+  # on the reduction order. A larger eps keeps the comparison about the sharding, not that noise.
   tx, schedule = make_optimizer(
     optimizer_config(
       learning_rate=LR, warmup_steps=0, weight_decay=0.1, grad_clip_norm=1.0, eps=1e-4
@@ -62,8 +62,8 @@ def test_eight_fake_devices():
 
 def test_step_is_the_same_on_every_mesh():
   ref_params, ref_m, _ = _one_step(sharding.make_mesh(1, 1, jax.devices()[:1]))
-  # Both axes at once (pure data parallelism: test_images_and_their_negatives_stay_on_their_device and the
-  # trainer's tests; pure fsdp adds a compile and no new path).
+  # Both axes at once (pure data parallelism: test_images_and_their_negatives_stay_on_their_device
+  # and the trainer's tests; pure fsdp adds a compile and no new path).
   for data, fsdp in [(2, 4)]:
     params, m, state = _one_step(sharding.make_mesh(data, fsdp))
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-5)
@@ -98,8 +98,9 @@ def test_images_and_their_negatives_stay_on_their_device():
   assert kinds == {"all-gather", "all-reduce", "reduce-scatter"}, kinds
 
 
-# Both use both negative paths; tripletsiglip adds a second loss-owned parameter (the bias), whose gradient
-# must come once, not once per micro-batch, and runs its ring over the mesh inside the accumulation.
+# Both use both negative paths; tripletsiglip adds a second loss-owned parameter (the bias), whose
+# gradient must come once, not once per micro-batch, and runs its ring over the mesh inside the
+# accumulation.
 @pytest.mark.parametrize("loss", ["tripletclip", "tripletsiglip"])
 def test_accumulation_gives_the_full_batch_gradient(loss):
   mesh = sharding.make_mesh(4, 2)
@@ -113,8 +114,9 @@ def test_accumulation_gives_the_full_batch_gradient(loss):
   (full, _), g_full = f(state.params, batch, 1)
   (acc, _), g_acc = f(state.params, batch, 2)
   np.testing.assert_allclose(acc, full, rtol=1e-5)
-  # Per leaf, relative to its norm: float32 sums in another order differ by up to ~2e-6 of the norm (1e-8 absolute
-  # on the key biases, whose true gradient is 0), while a micro-batch counted twice or missed is off by ~1/4. (Elementwise, one cancelling entry in 6.3M, the end-of-text token's
+  # Per leaf, relative to its norm: float32 sums in another order differ by up to ~2e-6 of the norm
+  # (1e-8 absolute on the key biases, whose true gradient is 0), while a micro-batch counted twice
+  # or missed is off by ~1/4. (Elementwise, one cancelling entry in 6.3M, the end-of-text token's
   # embedding row, differed by 0.6% on one machine.)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_acc), jax.tree.leaves(g_full)):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -126,7 +128,8 @@ def test_accumulation_gives_the_full_batch_gradient(loss):
 
 
 def test_tiny_tripletclip_loss_falls_on_a_fixed_batch():
-  # One device: 40 steps of learning, which the mesh does not change (test_step_is_the_same_on_every_mesh).
+  # One device: 40 steps of learning, which the mesh does not change
+  # (test_step_is_the_same_on_every_mesh).
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   tx, schedule = make_optimizer(
     optimizer_config(learning_rate=1e-3, warmup_steps=3, weight_decay=0.1), 40
@@ -192,8 +195,8 @@ def test_a_frozen_tower_is_untouched_holds_no_state_and_costs_less():
   for a, b in zip(jax.tree.leaves(after["visual"]), jax.tree.leaves(before["visual"])):
     np.testing.assert_array_equal(a, b)  # bit-identical
   assert not np.allclose(after["text"]["text_projection"], before["text"]["text_projection"])
-  # No backward pass through the image tower: the compiled step saves its FLOPs (2x the forward, per the
-  # analytic count) and the activations it would have kept for it.
+  # No backward pass through the image tower: the compiled step saves its FLOPs (2x the forward, per
+  # the analytic count) and the activations it would have kept for it.
   saved = full.cost_analysis()["flops"] - compiled.cost_analysis()["flops"]
   assert saved == pytest.approx(2 * 16 * forward_flops(CFG)["image"], rel=0.05)
   assert (
@@ -245,9 +248,9 @@ def test_fsdp_gradients_are_reduce_scattered_in_the_chosen_dtype():
   assert not full_shapes & all_reduced  # (the replicated leaves are all smaller than min_fsdp_size)
   scattered = {shape for kind, arrays in colls if kind == "reduce-scatter" for _, shape in arrays}
   assert slice_shapes <= scattered, slice_shapes - scattered
-  # The dtype of each sum as the step asks for it (XLA's CPU backend then runs bf16 collectives in float32, so
-  # the compiled CPU module cannot show it): the weights' gradients in the chosen dtype, and nothing else in
-  # bfloat16 (the loss's embeddings and metrics are float32).
+  # The dtype of each sum as the step asks for it (XLA's CPU backend then runs bf16 collectives in
+  # float32, so the compiled CPU module cannot show it): the weights' gradients in the chosen dtype,
+  # and nothing else in bfloat16 (the loss's embeddings and metrics are float32).
   for reduce_dtype, dtype in (("float32", "f32"), ("bfloat16", "bf16")):
     asked = _collectives(lowered[reduce_dtype].as_text(dialect="hlo"))
     summed = {(dt, shape) for _, arrays in asked for dt, shape in arrays}

@@ -134,11 +134,13 @@ def test_resume_refuses_a_changed_model_and_records_changed_data(data_dir, tmp_p
     train(small_config(data_dir, **{"model.act": "quick_gelu"}), w)
   with pytest.raises(ValueError, match=r"the model changed \(.*vision.patch_size 16 -> 8"):
     train(small_config(data_dir, **{"model.preset": "tiny"}), w)
-  # A setting whose change would make the saved data position mean something else: one line, nothing moved.
+  # A setting whose change would make the saved data position mean something else: one line, nothing
+  # moved.
   with pytest.raises(ValueError, match=r"data.partners paired -> shuffled changes what the saved"):
     train(small_config(data_dir, **{"data.partners": "shuffled"}), w)
-  # Settings tagged RECORDED may change: said in one line and kept in the meta; DRIVING ones silently.
-  # Streaming -> in memory reads on from the same record (the position counts records either way).
+  # Settings tagged RECORDED may change: said in one line and kept in the meta; DRIVING ones
+  # silently. Streaming -> in memory reads on from the same record (the position counts records
+  # either way).
   lr = {"optimizer.learning_rate": 1e-3, "log_every_steps": 1, "data.in_memory": True}
   out = train(small_config(data_dir, seed=7, stop_after_steps=2, **lr), w)
   assert out["step"] == 4
@@ -285,7 +287,8 @@ def test_read_only_and_full_workdirs_are_one_line(data_dir, small_disk):
     ValueError, match=r"No space for a checkpoint in .*MiB free, about .*MiB needed.*none yet"
   ):
     train(small_config(data_dir), os.path.join(small_disk("2m"), "run"))
-  # Room for one checkpoint (~34 MB compressed; 83 MiB raw, which the first estimate used to demand), not two.
+  # Room for one checkpoint (~34 MB compressed; 83 MiB raw, which the first estimate used to
+  # demand), not two.
   w = os.path.join(small_disk("50m"), "run")
   cfg = small_config(data_dir, checkpoint_every_steps=2, eval_every_steps=100)
   with pytest.raises(ValueError, match=r"No space .*the last complete checkpoint is step 2\."):
@@ -378,7 +381,8 @@ def test_demo_config_end_to_end(tmp_path):
   cfg = json.load(open(os.path.join(w, "hf", "config.json")))
   assert cfg["model_type"] == "clip"
   assert os.path.exists(os.path.join(w, "tensorboard"))
-  # The workdir's checkpoint for open_clip, through the exporter's command line; it reads back bit for bit.
+  # The workdir's checkpoint for open_clip, through the exporter's command line; it reads back bit
+  # for bit.
   sys.path.insert(0, os.path.join(ROOT, "launch"))
   import export_hf
 
@@ -406,7 +410,8 @@ def test_init_from_hugging_face(data_dir, tmp_path):
   src = clip_params(cfg, 7)
   hf.export_hf(cfg, src, str(tmp_path / "hf_src"))
   w = str(tmp_path / "ft")
-  # The first step of a warmup has learning rate 0: the checkpoint after it must hold exactly the imported weights.
+  # The first step of a warmup has learning rate 0: the checkpoint after it must hold exactly the
+  # imported weights.
   train(
     small_config(
       data_dir,
@@ -483,7 +488,8 @@ def test_missing_training_data_is_one_line(tmp_path):
 
 
 def test_named_evaluators_run_on_their_own_schedules(data_dir, tmp_path):
-  # SugarCrepe's JSON files in one folder, its images (COCO val2017 for the real benchmark) in another.
+  # SugarCrepe's JSON files in one folder, its images (COCO val2017 for the real benchmark) in
+  # another.
   json_dir = tmp_path / "sugarcrepe"
   json_dir.mkdir()
   for f in os.listdir(os.path.join(data_dir, "sugarcrepe")):

@@ -2,8 +2,9 @@
 
 __version__ = "0.1.0"
 
-# The package's layers, lowest first. A module may import from its own layer and the ones below it, never from
-# a layer above (tests/test_layers.py checks every import, including those inside functions).
+# The package's layers, lowest first. A module may import from its own layer and the ones below it,
+# never from a layer above (tests/test_layers.py checks every import, including those inside
+# functions).
 LAYERS = (
   ("configlib", "fileio", "sharding"),  # config files and overrides; storage; device placement
   ("models", "losses"),  # the towers; the losses and their registry

@@ -251,9 +251,8 @@ def _leaf_checksum(x):
   )
   pos = jnp.zeros(x.shape, jnp.uint32)
   stride = 1
-  for d in reversed(
-    range(x.ndim)
-  ):  # flat position from broadcast iotas: no reshape, so no resharding
+  # The flat position from broadcast iotas: no reshape, so no resharding.
+  for d in reversed(range(x.ndim)):
     pos = pos + jax.lax.broadcasted_iota(jnp.uint32, x.shape, d) * jnp.uint32(stride % 2**32)
     stride *= x.shape[d]
   return jnp.sum(bits.astype(jnp.uint32) * (pos * _GOLDEN + jnp.uint32(1)), dtype=jnp.uint32)

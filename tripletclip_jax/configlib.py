@@ -207,9 +207,8 @@ def apply_overrides(config, overrides: list[str], flag: str = "--config.") -> No
         + (f"; did you mean {', '.join(close)}?" if close else "; see the config file.")
       )
     kind = node.get_type(leaf)
-    if issubclass(
-      kind, (ml_collections.ConfigDict, dict)
-    ):  # a whole group, as a dict literal (e.g. evals={})
+    # A whole group, as a dict literal (e.g. evals={}).
+    if issubclass(kind, (ml_collections.ConfigDict, dict)):
       value = _typed(raw, dict, key)
       if not isinstance(value, dict):
         raise ConfigError(

@@ -229,8 +229,7 @@ def move(src, dst) -> None:
   fs = fsspec_fs(src)
   fs.mv(src, dst, recursive=True)
   fs.invalidate_cache()
-  if fs.exists(
-    src
-  ):  # what mv leaves: folder placeholder objects ("NAME/"), which keep the folder listed
+  # What mv leaves: folder placeholder objects ("NAME/"), which keep the folder listed.
+  if fs.exists(src):
     fs.rm(src, recursive=True)
     fs.invalidate_cache()

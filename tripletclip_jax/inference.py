@@ -57,9 +57,8 @@ class Model:
     # Pad every chunk to one size so that a single compiled program serves every call.
     size, longest = self.batch_size, len(arrays)
     spec = None if self.mesh is None else sharding.batch_sharding(self.mesh).spec
-    if (
-      self.mesh is not None
-    ):  # this process's rows of each global batch; the longest input sets the calls
+    # This process's rows of each global batch; the longest input sets the calls.
+    if self.mesh is not None:
       per_device = max(1, self.batch_size // sharding.num_batch_shards(self.mesh))
       size = per_device * sharding.num_batch_shards(self.mesh) // jax.process_count()
       if jax.process_count() > 1:

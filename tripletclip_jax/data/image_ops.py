@@ -53,8 +53,8 @@ def try_load(path: str) -> tuple[Image.Image | None, str | None]:
     return None, "unreadable"
 
 
-# Evaluation images are small and many: on a bucket each costs a round trip, so they are read this many at a
-# time (order kept). Local disks gain little from it and lose nothing.
+# Evaluation images are small and many: on a bucket each costs a round trip, so they are read this
+# many at a time (order kept). Local disks gain little from it and lose nothing.
 LOAD_THREADS = 16
 
 

@@ -265,7 +265,8 @@ def make_dataset(
   prep = Preprocess(image_size, context_length, train, crop_scale, fields, augment, uint8_images)
   # In memory, every record is decoded once now and looked up after; the stream that follows is the
   # same one (same positions, same order, bad records met at the same places), so a saved position
-  # counts records whichever way the set is read, and resumes exactly across in_memory and batch_size.
+  # counts records whichever way the set is read, and resumes exactly across in_memory and
+  # batch_size.
   read = _Lookup(_decode_all(source, prep, max_bad_fraction)) if in_memory else prep
   ds = grain.MapDataset.range(len(source)) if in_memory else grain.MapDataset.source(source)
   if shuffle:
@@ -291,9 +292,8 @@ def make_dataset(
   if num_workers > 0:
     from absl import flags
 
-    if (
-      not flags.FLAGS.is_parsed()
-    ):  # Grain's workers read an absl flag; a library caller has parsed none
+    # Grain's workers read an absl flag; a library caller has parsed none.
+    if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds

@@ -40,8 +40,8 @@ SHAPES = (
   "semicircle",
 )
 TEXTURES = ("plain", "striped", "spotted", "checkered")
-# World v4's vocabulary: 8 hues and 8 silhouettes that stay distinct at 48 px, drawn uniformly, so that a
-# small model learns every value (v3's 12 x 12 long-tailed vocabulary left shapes unlearned).
+# World v4's vocabulary: 8 hues and 8 silhouettes that stay distinct at 48 px, drawn uniformly, so
+# that a small model learns every value (v3's 12 x 12 long-tailed vocabulary left shapes unlearned).
 V4_COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 V4_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "heart", "bar")
 PREFIXES = ("", "a photo of ", "an image of ", "there is ", "a picture showing ")
@@ -73,7 +73,8 @@ class WorldConfig:
   texture_word_prob: float = 1.0
   # Latin-square symbols (i + j) mod n of colour i and shape j that are held out of training.
   heldout_symbols: tuple[int, ...] = (0, 1)
-  # Relative frequency of each edit among the training negatives (the binding edits only), sorted by name.
+  # Relative frequency of each edit among the training negatives (the binding edits only), sorted by
+  # name.
   edit_weights: tuple[tuple[str, float], ...] = (
     ("replace_att", 1.0),
     ("replace_obj", 1.0),
@@ -88,10 +89,10 @@ class WorldConfig:
   background: tuple[int, int, int] = (128, 128, 128)
   # Radius of a small and of a large object, as a fraction of a cell (v3: 0.3 and 0.42).
   object_radius: tuple[float, float] = (0.36, 0.46)
-  # The new value of a benchmark's replace_att / replace_obj item: "absent" from the scene (SugarCrepe's
-  # rule, so that the subset measures recognising the value) or "present" in another object (v3's rule,
-  # which a bag-of-words scorer passes for add/replace items alike). Training edits always take a present
-  # value, so that every word of y' also describes something in x.
+  # The new value of a benchmark's replace_att / replace_obj item: "absent" from the scene
+  # (SugarCrepe's rule, so that the subset measures recognising the value) or "present" in another
+  # object (v3's rule, which a bag-of-words scorer passes for add/replace items alike). Training
+  # edits always take a present value, so that every word of y' also describes something in x.
   benchmark_replace: str = "absent"
 
   def __post_init__(self):

@@ -36,8 +36,9 @@ COLUMNS = (
   ("add_obj", "Add obj"),
   ("add_att", "Add att"),
 )
-# Endpoints: (name, split, key of the split's scores). The primary is a subset the bag-of-words oracle
-# scores 50 on (both captions use the same words); the binding mean is v3's, kept for comparison.
+# Endpoints: (name, split, key of the split's scores). The primary is a subset the bag-of-words
+# oracle scores 50 on (both captions use the same words); the binding mean is v3's, kept for
+# comparison.
 PRIMARY = ("heldout_swap_att", "heldout", "swap_att")
 SECONDARY = ("heldout_binding", "heldout", "binding_mean")
 ENDPOINTS = (PRIMARY, SECONDARY, ("heldout_mean", "heldout", "mean"), ("seen_mean", "seen", "mean"))
@@ -48,9 +49,9 @@ CONTRASTS = (
   ("tripletclip", "tripletclip_shuffled", "secondary"),
 )
 RELATION_SUBSETS = ("replace_rel", "swap_obj")
-# The precondition (a baseline that learned objects and attributes, with room above on binding), checked
-# on these arms, held-out pairings: each of LEARNED with a mean >= 75 and no seed below 70; each of
-# ROOM with a mean <= 70; the world's accidental hard-negative rate <= 0.2 per image.
+# The precondition (a baseline that learned objects and attributes, with room above on binding),
+# checked on these arms, held-out pairings: each of LEARNED with a mean >= 75 and no seed below 70;
+# each of ROOM with a mean <= 70; the world's accidental hard-negative rate <= 0.2 per image.
 BASELINES = ("clip", "clip_union_steps")
 LEARNED, LEARNED_MEAN, LEARNED_MIN = ("replace_obj", "replace_att"), 75.0, 70.0
 ROOM, ROOM_MAX = ("swap_att", "swap_obj", "replace_rel"), 70.0

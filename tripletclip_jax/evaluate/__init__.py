@@ -95,9 +95,8 @@ def option_types(kind: str) -> dict[str, tuple[type | None, object]]:
   out = {}
   for p in list(inspect.signature(fn).parameters.values())[1:]:
     hint = hints.get(p.name)
-    if (
-      isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-    ):  # `str | None` -> str
+    # `str | None` -> str
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
       hint = next((a for a in typing.get_args(hint) if a is not type(None)), None)
     if hint is None and p.default is not inspect.Parameter.empty and p.default is not None:
       hint = type(p.default)

@@ -14,7 +14,8 @@ from tripletclip_jax.evaluate import multihost, triplet
 def evaluate(model, pattern: str, batch_size: int = 64) -> dict:
   """Held-out TripletData shards -> i2t_R@1, t2i_R@1, i2t_hardneg_top1, t2i_hardneg_top1 (%), n."""
   parts = list(triplet.encoded(model, pattern, batch_size))
-  # Every process encodes its slice; the ranking needs the whole gallery, so every process gathers it.
+  # Every process encodes its slice; the ranking needs the whole gallery, so every process gathers
+  # it.
   x, xn, y, yn = (
     multihost.gathered(np.concatenate([getattr(p, f) for p in parts]))
     for f in ("image", "neg_image", "text", "neg_text")

@@ -43,9 +43,8 @@ def encoded(model, pattern: str, batch_size: int = 64):
   batches = iter(ds)
   while True:
     b = next(batches, None)
-    if not multihost.any_process(
-      b is not None
-    ):  # slices differ by a batch at most; the encoders are collective
+    # Slices differ by a batch at most; the encoders are collective.
+    if not multihost.any_process(b is not None):
       return
     b = nothing if b is None else b
     yield Encoded(

@@ -401,9 +401,8 @@ def export_hf(
   from safetensors.numpy import save_file
 
   os.makedirs(out_dir, exist_ok=True)
-  if (
-    "logit_scale" not in params
-  ):  # a loss without a temperature: transformers' CLIPModel needs one anyway
+  # A loss without a temperature: transformers' CLIPModel needs one anyway.
+  if "logit_scale" not in params:
     params = dict(params, logit_scale=np.float32(dict(TEMPERATURE)["logit_scale"]))
   config_to_hf(config, np.asarray(params["logit_scale"])).save_pretrained(out_dir)
   state = params_to_hf_state(config, params)

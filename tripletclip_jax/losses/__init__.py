@@ -96,8 +96,8 @@ class Loss:
 
 _ENTRIES = (
   Loss("clip", softmax.clip),
-  # The clip loss over real and negative pairs as ordinary pairs (the release's "LaCLIP+HN" control): it
-  # separates the effect of the extra data from that of the loss.
+  # The clip loss over real and negative pairs as ordinary pairs (the release's "LaCLIP+HN"
+  # control): it separates the effect of the extra data from that of the loss.
   Loss("clip_union", softmax.clip, union=True),
   Loss("negclip", softmax.negclip, neg_texts=True),
   Loss("negimage", softmax.negimage, neg_images=True),

@@ -88,7 +88,8 @@ def tripletclip_loss(img, txt, neg_img, neg_txt, logit_scale, rows: Rows | None 
   return l1 + l2, {k: 0.5 * (m1[k] + m2[k]) for k in m1}
 
 
-# Registry adapters: (this device's embeddings, loss parameters as stored, Rows) -> shares of (loss, metrics).
+# Registry adapters: (this device's embeddings, loss parameters as stored, Rows) -> shares of (loss,
+# metrics).
 def clip(e, p, rows=None):
   return clip_loss(e["img"], e["txt"], jnp.exp(p["logit_scale"]), rows)
 

@@ -5,8 +5,9 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-# OpenAI CLIP's pixel statistics (RGB in [0, 1]): what every preset's image tower expects. numpy, not jnp: a jnp
-# constant at import time would start the XLA backend before jax.distributed.initialize.
+# OpenAI CLIP's pixel statistics (RGB in [0, 1]): what every preset's image tower expects. numpy,
+# not jnp: a jnp constant at import time would start the XLA backend before
+# jax.distributed.initialize.
 OPENAI_MEAN = np.asarray([0.48145466, 0.4578275, 0.40821073], np.float32)
 OPENAI_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32)
 # (x / 255 - mean) / std for uint8 x, as one multiply-add.
@@ -14,8 +15,8 @@ PIXEL_SCALE = (1 / (255.0 * OPENAI_STD)).astype(np.float32)
 PIXEL_OFFSET = (-OPENAI_MEAN / OPENAI_STD).astype(np.float32)
 
 
-# Keys older checkpoints' model configs hold that no longer define anything: the temperature's initial value
-# moved to the loss (`losses.Loss.params`, `config.loss_init`).
+# Keys older checkpoints' model configs hold that no longer define anything: the temperature's
+# initial value moved to the loss (`losses.Loss.params`, `config.loss_init`).
 LEGACY_KEYS = ("logit_scale_init",)
 
 

@@ -46,7 +46,8 @@ LLMS = {
 }
 
 # stabilityai/sdxl-turbo: unet/, vae/, text_encoder/ (CLIP ViT-L/14's text tower), text_encoder_2/
-# (OpenCLIP ViT-bigG/14's), scheduler/ (Euler ancestral, trailing timesteps: one step from pure noise)
+# (OpenCLIP ViT-bigG/14's), scheduler/ (Euler ancestral, trailing timesteps: one step from pure
+# noise)
 SDXL_TURBO = dict(
   unet=dict(
     act_fn="silu",

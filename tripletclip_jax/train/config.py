@@ -61,8 +61,9 @@ SCHEMA = _group(
     'the budget matched: image-text pairs encoded ("pairs") or training FLOPs ("flops")',
     SCHEDULE,
   ),
-  # Initial values of the loss's own parameters, outside the towers: unset ones start at the loss's registry
-  # value (logit_scale ln(1/0.07) for the softmax losses; ln 10 and -10 for SigLIP's scale and bias).
+  # Initial values of the loss's own parameters, outside the towers: unset ones start at the loss's
+  # registry value (logit_scale ln(1/0.07) for the softmax losses; ln 10 and -10 for SigLIP's scale
+  # and bias).
   loss_init={
     name: Key(
       None, f"initial {name} of the losses that own it (unset: the registry's)", NEUTRAL, float
@@ -120,7 +121,8 @@ SCHEMA = _group(
     decay_rule=Key(
       "open_clip", 'which parameters decay: "open_clip" (ndim >= 2) or "all" (the release)'
     ),
-    # Parameter groups by path regex (re.fullmatch on names like "visual/transformer/resblocks_0/attn/q_proj/kernel").
+    # Parameter groups by path regex (re.fullmatch on names like
+    # "visual/transformer/resblocks_0/attn/q_proj/kernel").
     no_decay=Key(None, "also exempt these parameters from weight decay (regex)", RECORDED, str),
     frozen=Key(
       None, "no update, no optimizer state, no backward pass through these (regex)", RECORDED, str
@@ -154,8 +156,9 @@ SCHEMA = _group(
       'training transform: "random_resized_crop" or "center_crop" (the release)',
     ),
     crop_scale=Key((0.9, 1.0), "random_resized_crop's area range"),
-    # A source that writes the training data before build, and names its evaluators: {type, ...options}
-    # (SOURCES; the demo world's options are demo.OPTIONS). data.train, when set, is read instead.
+    # A source that writes the training data before build, and names its evaluators: {type,
+    # ...options} (SOURCES; the demo world's options are demo.OPTIONS). data.train, when set, is
+    # read instead.
     source=Key({}, "a data source prepared before build: {type, ...options} (SOURCES)", REFUSED),
     # A control (data/sources.py): every record carries another record's (x', y').
     partners=Key(
@@ -163,7 +166,8 @@ SCHEMA = _group(
       '"paired", or "shuffled": every record carries another record\'s (x\', y\')',
       REFUSED,
     ),
-    # Either way the stream is the same records in the same order, and its saved position counts records.
+    # Either way the stream is the same records in the same order, and its saved position counts
+    # records.
     in_memory=Key(
       False, "decode the training set once into memory (needs augment=center_crop)", NEUTRAL
     ),
@@ -174,8 +178,8 @@ SCHEMA = _group(
       bool,
     ),
   ),
-  # Named evaluators, big_vision style: {name: {type, every_steps, ...options}}; the types and their options
-  # are tripletclip_jax/evaluate REGISTRY. Entries with an unset path are skipped.
+  # Named evaluators, big_vision style: {name: {type, every_steps, ...options}}; the types and their
+  # options are tripletclip_jax/evaluate REGISTRY. Entries with an unset path are skipped.
   evals=Key({}, "named evaluators: {name: {type, every_steps, ...}}", NEUTRAL),
   export_hf_dir=Key(
     None,

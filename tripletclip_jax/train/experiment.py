@@ -264,7 +264,8 @@ def build(
     groups = check_groups(params, config.optimizer, pretrained=bool(config.init_from))
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  # The data before the model: a wrong path or a damaged manifest fails before parameters are allocated.
+  # The data before the model: a wrong path or a damaged manifest fails before parameters are
+  # allocated.
   train_data = _training_data(config, source, model_cfg, loss) if workdir is not None else None
   mark("data")
   tx, schedule = make_optimizer(config.optimizer, total_steps)

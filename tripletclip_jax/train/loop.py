@@ -85,7 +85,8 @@ def train_and_evaluate(config, workdir: str, *, started: float | None = None, de
     if "wandb" in writers(config):
       check_wandb(workdir)  # before the lock, the first write
     log = print if jax.process_index() == 0 else (lambda *_: None)
-    # Process 0 speaks for the run; the lock is also the first write, so an unwritable workdir fails here.
+    # Process 0 speaks for the run; the lock is also the first write, so an unwritable workdir fails
+    # here.
     with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext() as lock:
       clock.mark("workdir")
       # The state is made (or restored) by the run: a resume never draws initial parameters.
@@ -217,8 +218,9 @@ class _Run:
   def evaluate(self, step: int) -> dict:
     """{eval/NAME/METRIC} of the evaluators due at `step`, on the live, sharded parameters."""
     if self.eval_model is None:
-      # One evaluation model for the run: its encoders compile once, and each evaluation hands it the live
-      # parameters (no gather of the whole model to every host). The training bar owns the terminal.
+      # One evaluation model for the run: its encoders compile once, and each evaluation hands it
+      # the live parameters (no gather of the whole model to every host). The training bar owns the
+      # terminal.
       self.eval_model = Model(
         self.exp.model_config, self.state.params, progress=False, mesh=self.exp.mesh
       )
@@ -270,8 +272,8 @@ class _Run:
       dynamic_ncols=True,
       disable=not (self.is_main and config.progress_bar and sys.stdout.isatty()),
     )
-    # On a pod each host gets its SIGTERM at a different step; jax.distributed's preemption service (which
-    # takes over the signal) agrees on the first step that every host can still reach.
+    # On a pod each host gets its SIGTERM at a different step; jax.distributed's preemption service
+    # (which takes over the signal) agrees on the first step that every host can still reach.
     multi_process = jax.process_count() > 1
     profile = tuple(config.profile_steps) if config.profile_steps and self.is_main else None
     tracing = False

@@ -150,7 +150,8 @@ class MetricWriter:
     if "wandb" in writers:
       self._wandb = WandbWriter(workdir, dict(wandb or {}), config)
     self._path = fileio.join(workdir, "metrics.jsonl")
-    # A bucket object cannot be appended to: there the whole file is rewritten at each write (it stays small).
+    # A bucket object cannot be appended to: there the whole file is rewritten at each write (it
+    # stays small).
     self._remote = fileio.is_remote(workdir)
     if self._remote:
       self._lines = (
@@ -169,9 +170,10 @@ class MetricWriter:
     if "tensorboard" not in writers:
       return
     SummaryWriter = _tensorboardx_writer()
-    # On a bucket the events are written to a local folder and each file is uploaded whole after every write:
-    # tensorboardX's own bucket writer rewrites its object under a generation precondition and dies when a
-    # retry of a write whose answer was lost meets that precondition (docs/storage.md, retries).
+    # On a bucket the events are written to a local folder and each file is uploaded whole after
+    # every write: tensorboardX's own bucket writer rewrites its object under a generation
+    # precondition and dies when a retry of a write whose answer was lost meets that precondition
+    # (docs/storage.md, retries).
     self._tb_remote = fileio.join(workdir, "tensorboard") if self._remote else None
     self._tb_local = (
       tempfile.mkdtemp(prefix="tripletclip-tb-")
@@ -281,7 +283,8 @@ def measure_matmul_peak(dtype="float32") -> float:
   import jax
   import jax.numpy as jnp
 
-  # Big enough to reach the peak, small enough not to delay the first step (on a CPU 1024 does both).
+  # Big enough to reach the peak, small enough not to delay the first step (on a CPU 1024 does
+  # both).
   n = 1024 if jax.default_backend() == "cpu" else 8192
   a = jnp.ones((n, n), dtype)
   f = jax.jit(lambda a: a @ a)

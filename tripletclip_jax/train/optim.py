@@ -17,7 +17,8 @@ import re2
 
 MAX_LOG_LOGIT_SCALE = math.log(100.0)
 # "open_clip": decay matrices and embeddings only (ndim >= 2), not gains, biases or the logit scale.
-# "all": decay every parameter, as the released TripletCLIP code does (AdamW over model.parameters()).
+# "all": decay every parameter, as the released TripletCLIP code does (AdamW over
+# model.parameters()).
 DECAY_RULES = ("open_clip", "all")
 FROZEN = "frozen"
 
@@ -173,7 +174,8 @@ def make_optimizer(o, total_steps: int):
       **{f"lr{i}": adamw(f) for i, (_, f) in enumerate(lr_multipliers)},
     }
     tx = optax.multi_transform(groups, lambda p: group_labels(p, frozen, lr_multipliers))
-  # Frozen gradients are exact zeros (the step stops them), so clipping by the global norm sees the rest.
+  # Frozen gradients are exact zeros (the step stops them), so clipping by the global norm sees the
+  # rest.
   return (
     optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx) if o.grad_clip_norm else tx
   ), schedule

@@ -17,7 +17,8 @@ from tripletclip_jax.models.config import LEGACY_KEYS
 from tripletclip_jax.train.config import DRIVING, NEUTRAL, REFUSED, resume_tag
 
 SCHEDULE_KEYS = ("total_steps", "batch_size", "loss")
-# Compute options may change across a resume; everything else in the model config defines the network.
+# Compute options may change across a resume; everything else in the model config defines the
+# network.
 _COMPUTE_OPTIONS = ("dtype", "remat", "attention_impl")
 
 

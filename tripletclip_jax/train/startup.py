@@ -18,7 +18,8 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from tripletclip_jax import fileio
 
-# JAX's monitoring events (jax/_src/dispatch.py and compiler.py); the listener sums them per process.
+# JAX's monitoring events (jax/_src/dispatch.py and compiler.py); the listener sums them per
+# process.
 _DURATIONS = {
   "/jax/core/compile/jaxpr_trace_duration": "trace",
   "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",

@@ -132,8 +132,8 @@ def _shares_and_grads(model, params, batch, loss, rows, accum_steps, mask):
     )
   m = n // accum_steps
 
-  # Micro-batch j takes this device's examples j, j+A, j+2A, ...; every array is permuted the same way, and the
-  # losses are invariant to that.
+  # Micro-batch j takes this device's examples j, j+A, j+2A, ...; every array is permuted the same
+  # way, and the losses are invariant to that.
   micro = {
     k: jnp.swapaxes(batch[k].reshape((m, accum_steps) + batch[k].shape[1:]), 0, 1)
     for k in loss.batch_keys
@@ -142,8 +142,9 @@ def _shares_and_grads(model, params, batch, loss, rows, accum_steps, mask):
   all_e = jax.lax.map(lambda mb: encode(constant, mb), micro)  # each [A, m, D]
   flat = lambda e: jax.tree.map(lambda x: x.reshape((n,) + x.shape[2:]), e)
 
-  # The loss's own parameters get their gradient once, from the full set of embeddings; the micro-batch
-  # passes below see them as constants (else each would add its gradient accum_steps times).
+  # The loss's own parameters get their gradient once, from the full set of embeddings; the
+  # micro-batch passes below see them as constants (else each would add its gradient accum_steps
+  # times).
   (total, metrics), g_owned = jax.value_and_grad(
     lambda o: loss_of(flat(all_e), freeze(o, owned_mask)), has_aux=True
   )({k: params[k] for k in owned})
@@ -219,10 +220,11 @@ def loss_and_grads(
   reduce_dtype = jnp.dtype(grad_reduce_dtype)
   data_axes = tuple(a for a in axes if a != "fsdp" and mesh.shape[a] > 1)
   all_axes = tuple(a for a in axes if mesh.shape[a] > 1)
-  # On CPU backends (gloo across processes) a large all-reduce in the same program as the loss's reduce-scatters
-  # stalled for ~25 s a step on a 4-process pod; the same sum as a reduce-scatter then an all-gather, of one flat
-  # buffer, sends the same bytes and does not. TPUs and GPUs get the all-reduces, which XLA combines itself
-  # (a flat buffer there costs a copy of every gradient: +0.25 GiB and 39 GiB of HBM traffic in the cc3m plan).
+  # On CPU backends (gloo across processes) a large all-reduce in the same program as the loss's
+  # reduce-scatters stalled for ~25 s a step on a 4-process pod; the same sum as a reduce-scatter
+  # then an all-gather, of one flat buffer, sends the same bytes and does not. TPUs and GPUs get the
+  # all-reduces, which XLA combines itself (a flat buffer there costs a copy of every gradient:
+  # +0.25 GiB and 39 GiB of HBM traffic in the cc3m plan).
   split_sum = mesh.devices.flat[0].platform == "cpu"
 
   def gather(x, spec):
