@@ -410,9 +410,8 @@ def main(argv=None):
     + "the world is drawn from the run's seed"
   )
   bases, runs = [], []
-  for (
-    seed
-  ) in args.seeds:  # seed-major: each seed's world and base are made once, shared by its arms
+  # Seed-major: each seed's world and base are made once, shared by its arms.
+  for seed in args.seeds:
     base, seed_runs = run_seed(args, seed, out_dir, overrides, base_overrides)
     bases += [base] if base else []
     runs += seed_runs

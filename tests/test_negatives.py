@@ -299,9 +299,8 @@ def test_csv_tsv_and_webdataset_inputs(tmp_path):
 def test_exactly_once_survives_readability_changes_torn_chunks_and_leftover_files(models, tmp_path):
   inp, out = _inputs(tmp_path, n=20), tmp_path / "out"
   (tmp_path / "img" / "notes.png").write_text("not an image")
-  with open(
-    inp, "a"
-  ) as f:  # valid JSON that is no object, and a file that is no image: skipped, counted
+  # Valid JSON that is no object, and a file that is no image: skipped, counted.
+  with open(inp, "a") as f:
     f.write(
       "[1, 2]\nnull\n"
       + json.dumps({"key": "txt", "caption": "a cat", "image": "img/notes.png"})
