@@ -1,7 +1,7 @@
 """launch/reproduce.py end to end on a small world: the results layout, compute matching,
 resumability."""
 
-import importlib.util
+import glob
 import json
 import os
 import subprocess
@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from test_trainer import launcher
 from tripletclip_jax.evaluate.sugarcrepe import SUBSETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,12 +28,7 @@ SMALL = [
 
 
 def _reproduce_module():
-  spec = importlib.util.spec_from_file_location(
-    "reproduce", os.path.join(ROOT, "launch/reproduce.py")
-  )
-  reproduce = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(reproduce)
-  return reproduce
+  return launcher("reproduce")
 
 
 def _run(out, *args):
@@ -49,21 +45,23 @@ def _run(out, *args):
   return p.stdout
 
 
-def _refused(out, *args) -> str:
+def _refused(capsys, out, *args) -> str:
   """reproduce.py's refusal of `args`, run in this process (a process costs 3 s of start-up): its
-  one-line message, after checking that no checkpoint was written."""
-  runs = os.path.join(out, "runs")
-  before = set(os.listdir(runs))
+  one-line message, after checking that it is the only thing said and that no checkpoint (of any run
+  or base, old or new) was written."""
+  checkpoints = lambda: set(glob.glob(os.path.join(out, "*", "*", "checkpoints", "*")))
+  before = checkpoints()
+  assert before  # the runs this check guards are there
+  capsys.readouterr()
   with pytest.raises(SystemExit) as e:
     _reproduce_module().main(["--output_dir", out, *args])
   msg = str(e.value.code)
-  assert msg.startswith("error: ") and "\n" not in msg, msg
-  for new in set(os.listdir(runs)) - before:
-    assert not os.listdir(os.path.join(runs, new, "checkpoints")), new
+  assert msg.startswith("error: ") and "\n" not in msg and not capsys.readouterr().err, msg
+  assert checkpoints() == before
   return msg
 
 
-def test_reproduce_writes_the_table_and_resumes(tmp_path):
+def test_reproduce_writes_the_table_and_resumes(tmp_path, capsys):
   out = str(tmp_path / "r")
   arms = "clip,clip_union_steps,tripletclip"
   log = _run(out, "--arms", arms, "--seeds", "0,1", *SMALL)
@@ -152,14 +150,14 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path):
   assert sorted((r["arm"], r["seed"]) for r in res["runs"]) == [("clip", 0), ("tripletclip", 0)]
   # Other settings than a finished run trained with: stop, naming them (the table would mislabel the
   # run).
-  err = _refused(out, "--losses", "clip", "--seeds", "0", *SMALL, "--config.total_steps=10",
-                 "--config.progress_bar=True")  # fmt: skip
+  changed = ["--config.total_steps=10", "--config.progress_bar=True"]
+  err = _refused(capsys, out, "--losses", "clip", "--seeds", "0", *SMALL, *changed)
   assert "base/seed0/result.json was trained with other settings" in err
   assert "total_steps 4 -> 10" in err and "progress_bar" not in err, err
   # A new arm (from scratch) on a seed whose world was drawn with other settings: one line, nothing
   # trained.
-  err = _refused(out, "--arms", "negclip", "--seeds", "0", *SMALL, "--config.data.source.num_eval=6",
-                 "--no_base")  # fmt: skip
+  changed = ["--config.data.source.num_eval=6", "--no_base"]
+  err = _refused(capsys, out, "--arms", "negclip", "--seeds", "0", *SMALL, *changed)
   assert "negclip seed 0:" in err and "(sugarcrepe_per_subset 4 -> 6)" in err, err
 
 
@@ -201,7 +199,7 @@ def test_reproduce_rejects_bad_arguments(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "runs")  # nothing started, no lock left behind
 
 
-def test_an_unfinished_run_never_resumes_under_other_settings(tmp_path):
+def test_an_unfinished_run_never_resumes_under_other_settings(tmp_path, capsys):
   # Stopped after 2 of 4 steps (a kill after the first checkpoint), then rerun with another learning
   # rate: one line naming the key; with --restart_changed the old run is moved aside and trained
   # again.
@@ -210,7 +208,7 @@ def test_an_unfinished_run_never_resumes_under_other_settings(tmp_path):
   _run(out, *arm, "--config.stop_after_steps=2")
   assert not os.path.exists(f"{out}/runs/clip-seed0/result.json")
   changed = [*arm, "--config.optimizer.learning_rate=1e-3"]
-  err = _refused(out, *changed)
+  err = _refused(capsys, out, *changed)
   assert "unfinished run (checkpoint 2)" in err and "optimizer.learning_rate 0.002 -> 0.001" in err
   log = _run(out, *changed, "--restart_changed")
   assert "moved an unfinished run with other settings" in log
