@@ -10,10 +10,10 @@ WORKDIR ?= runs/demo
 .PHONY: demo test install install-test clean
 
 # Bytecode is written on first import, not at install: pip's byte-compilation of all ~25,000 modules (torch,
-# TensorFlow, transformers...) took about 63 s of a fresh install, while a test run imports about 9,700 of them
-# (the first import of torch, TensorFlow, JAX and the rest compiles 6,300 in about 13 s). These machines set PYTHONDONTWRITEBYTECODE=1; with it and --no-compile, every
-# test process recompiled its imports from source (a fresh `make test`: 17:34 against about 12), so make's
-# recipes run without it.
+# TensorFlow, transformers...) took about 63 s of a fresh install, while a test run imports about 9,700 of
+# them (the first import of torch, TensorFlow, JAX and the rest compiles 6,300 in about 13 s). These machines
+# set PYTHONDONTWRITEBYTECODE=1; with it and --no-compile, every test process recompiled its imports from
+# source (a fresh `make test`: 17:34 against about 12), so make's recipes run without it.
 unexport PYTHONDONTWRITEBYTECODE
 NEW_VENV = [ -x $(PY) ] || ($(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q --upgrade pip)
 

@@ -27,10 +27,6 @@ SMALL = [
 ]  # --set is an alias
 
 
-def _reproduce_module():
-  return launcher("reproduce")
-
-
 def _run(out, *args):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   p = subprocess.run(
@@ -54,7 +50,7 @@ def _refused(capsys, out, *args) -> str:
   assert before  # the runs this check guards are there
   capsys.readouterr()
   with pytest.raises(SystemExit) as e:
-    _reproduce_module().main(["--output_dir", out, *args])
+    launcher("reproduce").main(["--output_dir", out, *args])
   msg = str(e.value.code)
   assert msg.startswith("error: ") and "\n" not in msg and not capsys.readouterr().err, msg
   assert checkpoints() == before
@@ -76,7 +72,7 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path, capsys):
   assert runs[("tripletclip", 0)]["config"]["data"]["partners"] == "paired"
   # The shuffled-partner control is TripletCLIP's config with data.partners=shuffled (its data:
   # tests/test_pipeline.py): checked on the config reproduce.py builds, without training it here.
-  cfg = _reproduce_module().arm_config(
+  cfg = launcher("reproduce").arm_config(
     "tripletclip_shuffled", os.path.join(ROOT, "configs/demo.py"), 0, "d", [], base="b"
   )
   assert (cfg.loss, cfg.data.partners, cfg.init_from) == ("tripletclip", "shuffled", "hf:b")
@@ -174,7 +170,7 @@ def test_reproduce_rejects_bad_arguments(tmp_path, capsys):
     (["--config.data.partners=shuffled"], "are set by this script for each run"),
   ):
     with pytest.raises(SystemExit) as e:
-      _reproduce_module().parse_args(["--output_dir", str(tmp_path), *args])
+      launcher("reproduce").parse_args(["--output_dir", str(tmp_path), *args])
     said = capsys.readouterr().err + str(e.value.code)
     assert e.value.code != 0 and msg in said, said
   # ... and the config's own checks, which the script meets once it runs: one line, nothing started.
