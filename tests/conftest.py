@@ -33,9 +33,9 @@ except ImportError:
   pass
 
 # The slowest modules first (about 100-300 s each on 2 cores). `make test` sends a whole module to
-# each of its two workers in collection order (--dist loadfile --no-loadscope-reorder); xdist's
-# default order (modules with the most tests first) started a 3-minute module last, on one worker,
-# while the other sat idle. The longest first keeps both busy to the end.
+# each of its workers in collection order (--dist loadfile --no-loadscope-reorder); xdist's default
+# order (modules with the most tests first) started a 3-minute module last, on one worker, while the
+# others sat idle. The longest first keeps them all busy to the end.
 SLOW_FIRST = (
   "test_trainer.py",
   "test_train_step.py",
