@@ -25,6 +25,7 @@ from test_trainer import (
   _losses,
   _main,
   data_dir,
+  launcher,
   small_config,
   train,
 )  # noqa: F401
@@ -34,7 +35,7 @@ from tripletclip_jax import fileio
 # Through the fault proxy only (deterministic: each request's fault is drawn from the proxy's fixed
 # seed and the request itself); a clean run would add a minute and a half to `make test`, and a kill
 # after a committed checkpoint is test_trainer.py's.
-def test_train_kill_resume_export_and_load_in_a_bucket(faulty_bucket, data_dir, tmp_path):
+def test_train_kill_resume_export_and_load_in_a_bucket(faulty_bucket, data_dir, tmp_path, capsys):
   """The workdir in the bucket, through the fault proxy: SIGKILL as soon as checkpoint 4 is being
   written (checkpoint 2 is committed by then), restart, and the losses equal an uninterrupted local
   run bit for bit; export to the bucket, load and evaluate from it. (Training data read from the
@@ -68,39 +69,19 @@ def test_train_kill_resume_export_and_load_in_a_bucket(faulty_bucket, data_dir, 
 
   leftovers = lambda: set(glob.glob(os.path.join(tempfile.gettempdir(), "tripletclip-hf-*")))
   before = leftovers()
-  r = subprocess.run(
-    [sys.executable, "launch/export_hf.py", "--workdir", remote, "--output_dir", f"{bucket}/hf"],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=ROOT,
-  )
-  assert r.returncode == 0, r.stderr[-3000:]
+  # The two command-line tools in this process (its storage clients use the same proxy): a process
+  # each would add about 4 s of start-up.
+  launcher("export_hf").main(["--workdir", remote, "--output_dir", f"{bucket}/hf"])
   hf, ckpt, on_disk = (
     tc.load(m).encode_texts(["a red circle"]) for m in (f"{bucket}/hf", remote, local)
   )
   assert np.abs(hf - ckpt).max() < 1e-5 and np.array_equal(ckpt, on_disk)
-  r = subprocess.run(
-    [
-      sys.executable,
-      "launch/eval.py",
-      "--model",
-      f"{bucket}/hf",
-      "--tasks",
-      "sugarcrepe",
-      "--sugarcrepe_dir",
-      f"{bucket}/sugarcrepe",
-      "--output",
-      f"{bucket}/eval/results.json",
-    ],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=ROOT,
+  capsys.readouterr()
+  launcher("eval").main(
+    ["--model", f"{bucket}/hf", "--tasks", "sugarcrepe", "--sugarcrepe_dir", f"{bucket}/sugarcrepe"]
+    + ["--output", f"{bucket}/eval/results.json"]
   )
-  assert r.returncode == 0 and "sugarcrepe: " in r.stdout, r.stderr[-3000:]
+  assert "sugarcrepe: " in capsys.readouterr().out
   assert {"results.json", "results.md"} <= set(fileio.listdir(f"{bucket}/eval"))
   # tc.load and eval.py --model gs://... removed their local copies of the model
   assert leftovers() == before
