@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -19,7 +18,6 @@ import tripletclip_jax as tc
 
 from gcs_server import _point_clients_at, bucket, faulty_bucket, faulty_gcs, gcs  # noqa: F401 - fixtures
 from test_trainer import (
-  ROOT,
   _cli_overrides,
   _cpu_env,
   _losses,
