@@ -86,6 +86,23 @@ def test_train_kill_resume_export_and_load_in_a_bucket(faulty_bucket, data_dir, 
   assert {"checkpoints", "metrics.jsonl", "tensorboard"} <= set(fileio.listdir(remote))
 
 
+def test_a_checkpoint_written_by_another_process_is_seen_by_a_process_that_listed_before(bucket):
+  """This process's listing cache is forgotten where it reads a workdir's checkpoints: a notebook
+  that listed a run once still loads the run's newest checkpoint later (test_gcs_pod.py loads a
+  pod's final checkpoint this way, in the process that listed its preemption checkpoint)."""
+  import gcsfs
+
+  url, _ = bucket
+  folder = f"{url}/listed/checkpoints"
+  fileio.write_bytes(f"{folder}/2/x", b"1")
+  assert fileio.listdir(folder) == ["2"]  # cached from here on
+  other = gcsfs.GCSFileSystem(skip_instance_cache=True)  # another process's client
+  other.pipe(f"{folder}/4/x", b"1")
+  assert fileio.listdir(folder) == ["2"]  # what gcsfs's cache still says
+  fileio.forget_listings(folder)
+  assert sorted(fileio.listdir(folder)) == ["2", "4"]
+
+
 def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_dead_one(bucket, monkeypatch):
   from tripletclip_jax.train import workdir_lock
 

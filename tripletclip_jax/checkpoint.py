@@ -405,7 +405,9 @@ def restore_intact(
 
 
 def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
-  """(step, metadata) of the latest (or given) complete checkpoint in `workdir`."""
+  """(step, metadata) of the latest (or given) complete checkpoint in `workdir`, as the storage
+  lists it now (not as this process last listed it)."""
+  fileio.forget_listings(checkpoint_dir(workdir))
   manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("state", "data", "meta"))
   steps = manager.all_steps()
   if step is None:

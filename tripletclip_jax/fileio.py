@@ -107,6 +107,20 @@ def fsspec_fs(path):
   return fsspec.core.url_to_fs(path)[0]  # epath maps schemes it does not know to the local disk
 
 
+def forget_listings(path) -> None:
+  """Drops this process's cached listings of a bucket folder and everything below it, so that the
+  next listing asks the server: another process may have written there since (a notebook that
+  listed a run's checkpoints an hour ago would otherwise load the newest checkpoint of then)."""
+  path = os.fspath(path)
+  if not is_remote(path):
+    return
+  fs = fsspec_fs(path)
+  root = fs._strip_protocol(path).rstrip("/")
+  for key in [k for k in list(fs.dircache) if k == root or k.startswith(root + "/")]:
+    fs.dircache.pop(key, None)
+  fs.invalidate_cache(path)  # and its parents' listings, which name it
+
+
 def read_bytes(path) -> bytes:
   """A whole file; on a bucket one GET (epath's open asks for the object's metadata first: two round
   trips)."""
