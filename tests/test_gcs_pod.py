@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from gcs_server import faulty_bucket, faulty_gcs, gcs  # noqa: F401 - the server fixtures
 from test_trainer import ROOT, _cli_overrides, _finish, _losses, _pod, data_dir, train  # noqa: F401
 import tripletclip_jax as tc
-from tripletclip_jax import fileio
+from tripletclip_jax import checkpoint, fileio
 from tripletclip_jax.configlib import parse_command_line
 from tripletclip_jax.train.metrics import read_metrics
 
@@ -164,3 +165,11 @@ def test_a_preempted_pod_in_a_bucket_resumes_and_matches_one_process(
   np.testing.assert_allclose(
     tc.load(pod).encode_texts(texts), tc.load(one).encode_texts(texts), rtol=1e-4, atol=1e-5
   )
+  # Each process's iterator state has the crc the pod recorded for it, also above 2**31 (the final
+  # state's), which the gather of an int64 once wrapped negative: a restart called it damaged.
+  step, meta = checkpoint.read_meta(pod)
+  crcs = [
+    zlib.crc32(fileio.read_bytes(f"{pod}/checkpoints/{step}/data/process_{i}-of-2.json"))
+    for i in range(2)
+  ]
+  assert step == 6 and meta["data_checksums"] == crcs and max(crcs) >= 2**31, crcs

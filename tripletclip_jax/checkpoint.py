@@ -141,13 +141,17 @@ class _IteratorState:
     pass
 
 
-def _per_process(value: int) -> list[int]:
-  """[value of process 0, value of process 1, ...] on every process."""
+def _per_process(crc: int) -> list[int]:
+  """[crc of process 0, crc of process 1, ...] on every process, for a 32-bit checksum `crc`.
+
+  Gathered as uint32: JAX without x64 gathers an int64 as int32, which wrapped every crc of 2**31 or
+  more to a negative number (half of a pod's checkpoints then failed their check on restart).
+  """
   if jax.process_count() == 1:
-    return [value]
+    return [crc]
   from jax.experimental import multihost_utils
 
-  return [int(v) for v in multihost_utils.process_allgather(np.int64(value)).reshape(-1)]
+  return [int(v) for v in multihost_utils.process_allgather(np.uint32(crc)).reshape(-1)]
 
 
 def save(
@@ -303,7 +307,8 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
   if (
     expected
     and len(expected) == jax.process_count()
-    and zlib.crc32(holder.data) != expected[jax.process_index()]
+    # modulo 2**32: checkpoints of earlier versions hold the wrapped negative crcs (see _per_process)
+    and zlib.crc32(holder.data) != expected[jax.process_index()] % 2**32
   ):
     raise DamagedCheckpoint(
       f"checkpoint {step}: the data iterator's state (data/process_{jax.process_index()}"
