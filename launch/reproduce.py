@@ -163,6 +163,7 @@ def train_or_reuse(label: str, workdir: str, config, record, restart_changed: bo
   keys that differ), or trained now and written. `record(out)` makes the row from the trainer's
   result."""
   from tripletclip_jax.configlib import ConfigError
+  from tripletclip_jax.train.experiment import training_source
   from tripletclip_jax.train.loop import train_and_evaluate
   from tripletclip_jax.train.metrics import cpu_model
 
@@ -183,6 +184,9 @@ def train_or_reuse(label: str, workdir: str, config, record, restart_changed: bo
   t_run = time.perf_counter()
   print(f"[reproduce] {label}: training in {workdir}", flush=True)
   try:
+    # The seed's world first (written once, outside the run's folder): a world drawn with other
+    # settings is refused before the trainer creates the folder, its lock and checkpoints/.
+    training_source(config, workdir)
     out = train_and_evaluate(config, workdir)
   except (ConfigError, ValueError, FileNotFoundError) as e:  # e.g. DIR/data holds another world
     raise SystemExit(f"error: {label}: {e}") from None

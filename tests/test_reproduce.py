@@ -151,6 +151,7 @@ def test_reproduce_writes_the_table_and_resumes(tmp_path, capsys):
   changed = ["--config.data.source.num_eval=6", "--no_base"]
   err = _refused(capsys, out, "--arms", "negclip", "--seeds", "0", *SMALL, *changed)
   assert "negclip seed 0:" in err and "(sugarcrepe_per_subset 4 -> 6)" in err, err
+  assert not os.path.exists(f"{out}/runs/negclip-seed0")  # no folder, no lock file left behind
 
 
 def test_reproduce_rejects_bad_arguments(tmp_path, capsys):

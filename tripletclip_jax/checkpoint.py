@@ -412,23 +412,21 @@ def restore_intact(
 def read_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
   """(step, metadata) of the latest (or given) complete checkpoint in `workdir`, as the storage
   lists it now (not as this process last listed it)."""
-  fileio.forget_listings(checkpoint_dir(workdir))
-  manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=("state", "data", "meta"))
-  steps = manager.all_steps()
+  root = checkpoint_dir(workdir)
+  fileio.forget_listings(root)
+  # Orbax's manager creates a folder that is missing: a workdir without one has no checkpoint.
+  items = ("state", "data", "meta")
+  steps = ocp.CheckpointManager(root, item_names=items).all_steps() if fileio.exists(root) else []
   if step is None:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(
-        f"{workdir} holds no complete checkpoint (looked in {checkpoint_dir(workdir)})."
-      )
+    if not steps:
+      raise FileNotFoundError(f"{workdir} holds no complete checkpoint (looked in {root}).")
+    step = max(steps)
   elif step not in steps:
     raise FileNotFoundError(
       f"{workdir} has no checkpoint at step {step}; it has steps "
       f"{', '.join(map(str, sorted(steps))) or 'none'}."
     )
-  return step, json.loads(
-    fileio.read_bytes(fileio.join(checkpoint_dir(workdir), str(step), "meta", "metadata"))
-  )
+  return step, json.loads(fileio.read_bytes(fileio.join(root, str(step), "meta", "metadata")))
 
 
 def load_params(workdir: str, step: int | None = None):
