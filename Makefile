@@ -43,7 +43,8 @@ demo: $(VENV)/.core
 # a module to a worker at a time (module fixtures such as the storage server are built once), the slowest
 # modules first (tests/conftest.py). Three workers on two cores: the bucket and pod tests spend much of
 # their time waiting on the storage server's retries and on their own subprocesses, and a third worker
-# fills those waits (a whole run: 560 s against 592 s with two, on a 2-vCPU Xeon).
+# fills those waits (a whole run: 560 s against 592 s with two on a 2-vCPU Xeon; within the run-to-run
+# noise on a 2-vCPU AMD EPYC, benchmarks/RESULTS.md).
 test: $(VENV)/.test
 	$(VENV)/bin/ruff format --check --quiet . || (echo "Unformatted files: run .venv/bin/ruff format ." && exit 1)
 	$(VENV)/bin/ruff check --quiet .
