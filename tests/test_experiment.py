@@ -55,6 +55,13 @@ def test_build_refuses_configs_that_cannot_train(data_dir):
     load_config_file(os.path.join(ROOT, "configs", "lit.py"), "world=dmo")
 
 
+def test_the_depth_is_an_ablation_of_the_preset(data_dir):
+  exp = build(small_config(data_dir, **{"model.layers": 3}), abstract=True)
+  assert (exp.model_config.vision.layers, exp.model_config.text.layers) == (3, 3)
+  assert "resblocks_2" in exp.state.params["text"]["transformer"]
+  _refused(small_config(data_dir, **{"model.layers": 0}), "config.model.layers=0: must be positive")
+
+
 def test_a_regex_that_backtracks_badly_is_answered_at_once(data_dir):
   """`(.*)*x` makes Python's `re` run for hours on a long path (and ignore SIGTERM); RE2 answers at
   once."""

@@ -20,6 +20,7 @@ import pytest
 from tripletclip_jax.demo import world as demo_world
 from tripletclip_jax import checkpoint
 from tripletclip_jax.configlib import ConfigError
+from tripletclip_jax.train.experiment import build
 from tripletclip_jax.train.loop import train_and_evaluate
 from tripletclip_jax.train.metrics import read_metrics
 from tripletclip_jax.train.workdir_lock import WorkdirBusy
@@ -46,6 +47,9 @@ def small_config(data_dir, **overrides):
     c.data.source.num_train, c.data.source.num_eval, c.data.source.world_seed = 96, 6, 0
     c.data.source.num_base = 0
     c.data.in_memory = False  # the streaming pipeline, which every real dataset takes
+    # One residual block a tower: these tests are about the trainer, and XLA compiles a one-block
+    # step in about two thirds of the time of the demo's two (benchmarks/RESULTS.md).
+    c.model.layers = 1
     c.export_hf_dir = None
     c.progress_bar = False
     for k, v in overrides.items():
@@ -76,6 +80,7 @@ def _cli_overrides(data_dir, **extra):
     "data.source.num_eval": 6,
     "data.source.num_base": 0,
     "data.source.world_seed": 0,
+    "model.layers": 1,  # as small_config's
     "progress_bar": False,
     # The export is test_demo_config_end_to_end's and test_gcs.py's (export_hf.py to a bucket).
     "export_hf_dir": "",
@@ -423,12 +428,15 @@ def test_demo_config_end_to_end(tmp_path):
 
 def test_init_from_hugging_face(data_dir, tmp_path):
   from tripletclip_jax.interop import hf
-  from tiny_models import clip_params
+  from tiny_models import clip_params, one_block
   from tripletclip_jax.models import get_preset
 
-  cfg = get_preset("tiny", act="quick_gelu")
+  cfg = one_block(get_preset("tiny", act="quick_gelu"))
   src = clip_params(cfg, 7)
   hf.export_hf(cfg, src, str(tmp_path / "hf_src"))
+  # The network is the checkpoint's: an ablation key may restate its depth, not change it.
+  with pytest.raises(ConfigError, match=r"model.layers=2, but config.init_from=.* has 1: the"):
+    build(small_config(data_dir, init_from=f"hf:{tmp_path / 'hf_src'}", **{"model.layers": 2}))
   w = str(tmp_path / "ft")
   # The first step of a warmup has learning rate 0: the checkpoint after it must hold exactly the
   # imported weights.
@@ -451,11 +459,11 @@ def test_lit_config_locks_the_pretrained_image_tower(data_dir, tmp_path):
   """configs/lit.py on the demo world from a Hugging Face directory: the image tower stays
   bit-identical."""
   from tripletclip_jax.interop import hf
-  from tiny_models import clip_params
+  from tiny_models import clip_params, one_block
   from tripletclip_jax.models import get_preset
   from tripletclip_jax.configlib import apply_overrides, load_config_file
 
-  cfg = get_preset("tiny", act="quick_gelu")
+  cfg = one_block(get_preset("tiny", act="quick_gelu"))
   src = clip_params(cfg, 7)
   hf.export_hf(cfg, src, str(tmp_path / "hf_src"))
   c = load_config_file(os.path.join(ROOT, "configs/lit.py"), "loss=negclip,world=demo")

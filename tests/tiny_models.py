@@ -13,3 +13,13 @@ def clip_params(cfg, seed: int = 0) -> dict:
   return jax.device_get(
     with_loss_params(init_params(cfg, jax.random.key(seed)), losses.get("clip"))
   )
+
+
+def one_block(cfg):
+  """`cfg` with one residual block a tower: XLA compiles a train step of it in about two thirds of
+  the time of two blocks, and the step's code paths are the same (benchmarks/RESULTS.md)."""
+  import dataclasses
+
+  return cfg.replace(
+    vision=dataclasses.replace(cfg.vision, layers=1), text=dataclasses.replace(cfg.text, layers=1)
+  )

@@ -107,6 +107,9 @@ SCHEMA = _group(
       None, "jax.nn.dot_product_attention's implementation (None: XLA's choice)", RECORDED, str
     ),
     patch_size=Key(None, "ablate the preset's patch size (None: the preset's)", MODEL, int),
+    layers=Key(
+      None, "ablate both towers' depth, in residual blocks (None: the preset's)", MODEL, int
+    ),
   ),
   optimizer=_group(
     learning_rate=Key(5e-4, "peak learning rate (AdamW)"),

@@ -112,9 +112,17 @@ def model_config(config) -> CLIPConfig:
   if config.init_from:
     from tripletclip_jax.interop import hf
 
-    return hf.config_from_hf(hf_path(config.init_from)).replace(
-      dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl
-    )
+    cfg = hf.config_from_hf(hf_path(config.init_from))
+    # The network is the checkpoint's: an ablation key may restate it, not change it.
+    layers = {cfg.vision.layers, cfg.text.layers}
+    for key, have in (("patch_size", {cfg.vision.patch_size}), ("layers", layers)):
+      if m[key] is not None and {m[key]} != have:
+        have = " and ".join(map(str, sorted(have)))
+        raise ConfigError(
+          f"config.model.{key}={m[key]}, but config.init_from={config.init_from!r} has {have}: "
+          f"the network is the checkpoint's; unset config.model.{key}."
+        )
+    return cfg.replace(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl)
   cfg = get_preset(
     m.preset, dtype=m.dtype, remat=m.remat, act=m.act, attention_impl=m.attention_impl
   )
@@ -125,6 +133,15 @@ def model_config(config) -> CLIPConfig:
         f"{cfg.vision.image_size}."
       )
     cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, patch_size=m.patch_size))
+  if m.layers is not None:  # an ablation of the preset's depth, both towers alike
+    if m.layers <= 0:
+      raise ConfigError(
+        f"config.model.layers={m.layers}: must be positive (residual blocks a tower)."
+      )
+    cfg = cfg.replace(
+      vision=dataclasses.replace(cfg.vision, layers=m.layers),
+      text=dataclasses.replace(cfg.text, layers=m.layers),
+    )
   return cfg
 
 
