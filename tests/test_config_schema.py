@@ -136,3 +136,43 @@ def test_main_lists_every_key_and_refuses_a_typo_in_one_line():
   assert p.returncode == 2 and line.startswith(
     "error: Unknown config key 'optimizer.weight_dacay'; did you mean optimizer.weight_decay"
   )
+
+
+def test_every_config_flag_in_the_docs_is_a_key_and_its_value_parses():
+  """Each `--config.KEY=VALUE` in README.md and docs/ names a key of the trainer's configs or an
+  option of an evaluation task (as launch/eval.py takes it), and a concrete VALUE parses as the
+  key's type."""
+  import glob
+  import re
+
+  from tripletclip_jax import evaluate
+
+  docs = [os.path.join(ROOT, "README.md"), *glob.glob(f"{ROOT}/docs/**/*.md", recursive=True)]
+  flags = {
+    (os.path.relpath(path, ROOT), *m.groups())
+    for path in docs
+    for m in re.finditer(r"--config\.([\w.]+)=([^\s`)\"'|]*)", open(path).read())
+  }
+  assert len(flags) > 30
+  configs = {name: f"{ROOT}/configs/{name}.py" for name in ("demo", "cc3m")}
+  for path, key, value in sorted(flags):
+    where = f"{path}: --config.{key}={value}"
+    if "KEY" in key or key.startswith("evals.mybench."):  # docs/extending.md's new key, its example
+      continue
+    task, _, option = key.removeprefix("evals.").partition(".")
+    if (
+      key.startswith("evals.")
+      and task in evaluate.REGISTRY
+      and option in evaluate.option_types(task)
+    ):
+      continue
+    known = [
+      f for f in configs.values() if key in configlib.flat_keys(configlib.load_config_file(f))
+    ]
+    assert known, f"{where}: not a key of {sorted(configs)}"
+    # A value, not a placeholder such as N or ...
+    if not re.fullmatch(r"[A-Z_:]+|.*\.\.\.|", value):
+      try:
+        configlib.apply_overrides(configlib.load_config_file(known[0]), [f"{key}={value}"])
+      except ConfigError as e:
+        pytest.fail(f"{where}: {e}")

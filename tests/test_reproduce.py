@@ -22,6 +22,8 @@ SMALL = [
   "--config.data.source.num_train=32",
   "--config.data.source.num_eval=4",
   "--config.data.source.num_base=32",
+  # One block a tower: the base trains with it, and each arm, starting from the base, restates it.
+  "--config.model.layers=1",
   "--set",
   "export_hf_dir=''",
 ]  # --set is an alias
