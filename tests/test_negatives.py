@@ -174,7 +174,7 @@ def test_published_architectures_build_and_generate_through_the_tool():
 
 
 def test_kill_and_rerun_gives_one_record_per_key(models, tmp_path):
-  inp, out = _inputs(tmp_path, n=24), tmp_path / "out"
+  inp, out = _inputs(tmp_path, n=16), tmp_path / "out"
   cmd = [
     sys.executable,
     "launch/make_negatives.py",
@@ -189,14 +189,14 @@ def test_kill_and_rerun_gives_one_record_per_key(models, tmp_path):
     "--image_size",
     "32",
     "--batch_size",
-    "2",
+    "4",
     "--chunk_size",
     "8",
     "--max_new_tokens",
     "12",
   ]
   p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  first = out / records.shard_name("negatives", 0, 3)
+  first = out / records.shard_name("negatives", 0, 2)
   t = time.time()
   while not first.exists() and p.poll() is None and time.time() - t < 300:
     time.sleep(0.1)
@@ -208,7 +208,7 @@ def test_kill_and_rerun_gives_one_record_per_key(models, tmp_path):
     for s in records.resolve_shards(str(out))
     for r in records.iter_records(s)
   ]
-  assert sorted(keys) == sorted({k for k in keys}) and len(keys) == 24
+  assert sorted(keys) == sorted({k for k in keys}) and len(keys) == 16
 
 
 def test_score_stage_and_filter(models, tmp_path):

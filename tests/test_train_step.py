@@ -137,7 +137,7 @@ def test_tiny_tripletclip_loss_falls_on_a_fixed_batch():
   )
   state, sh = create_train_state(CFG, tx, mesh, jax.random.key(0), loss_lib.get("tripletclip"))
   step = make_train_step(CFG, tx, schedule, loss_lib.get("tripletclip"), mesh, sh)
-  batch = sharding.put_batch(_batch(16, seed=2), mesh)
+  batch = sharding.put_batch(_batch(8, seed=2), mesh)
   losses = []
   for _ in range(40):
     state, m = step(state, batch)
