@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from tiny_models import one_block
 from tripletclip_jax import losses as loss_lib
 from tripletclip_jax import sharding
 from tripletclip_jax.data import image_ops, pipeline, records
@@ -21,7 +22,7 @@ from tripletclip_jax.train.config import base_config, resolve_total_steps
 from tripletclip_jax.train.optim import MAX_LOG_LOGIT_SCALE, decay_mask
 
 flags.FLAGS.mark_as_parsed()
-CFG = get_preset("tiny")
+CFG = one_block(get_preset("tiny"))  # the recipe, not the depth, is the subject
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

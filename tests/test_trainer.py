@@ -632,7 +632,9 @@ def test_evaluation_runs_on_sharded_params_and_compiles_once(data_dir):
   from tripletclip_jax import evaluate
   from tripletclip_jax.train.experiment import training_source
 
-  cfg = get_preset("demo")
+  from tiny_models import one_block
+
+  cfg = one_block(get_preset("demo"))
   params = init_params(cfg, jax.random.key(0))
   mesh = sharding.make_mesh(-1, 2)
   sharded = jax.device_put(params, sharding.tree_shardings(params, mesh, min_size=1024))
