@@ -160,16 +160,9 @@ def test_resume_refuses_a_changed_model_and_records_changed_data(data_dir, tmp_p
 
 
 def test_non_finite_loss_names_the_step(data_dir, tmp_path):
-  cfg = small_config(
-    data_dir,
-    **{
-      "optimizer.learning_rate": 1e12,
-      "optimizer.warmup_steps": 0,
-      "total_steps": 6,
-      "log_every_steps": 6,
-      "checkpoint_every_steps": 6,
-    },
-  )
+  # A temperature whose exponential overflows: the first loss is not finite. (An initial value, not
+  # a constant of the compiled step, which is the one the other tests compiled.)
+  cfg = small_config(data_dir, **{"loss_init.logit_scale": 1e4, "checkpoint_every_steps": 8})
   with pytest.raises(
     FloatingPointError, match=r"Non-finite loss .* at step \d+; last good checkpoint: none yet"
   ):
@@ -427,30 +420,29 @@ def test_demo_config_end_to_end(tmp_path):
 
 
 def test_init_from_hugging_face(data_dir, tmp_path):
+  """The network and the weights come from the Hugging Face directory. (Its network is
+  small_config's, so the step is the one the other tests compiled.)"""
   from tripletclip_jax.interop import hf
   from tiny_models import clip_params, one_block
   from tripletclip_jax.models import get_preset
 
-  cfg = one_block(get_preset("tiny", act="quick_gelu"))
+  cfg = one_block(get_preset("demo"))
   src = clip_params(cfg, 7)
   hf.export_hf(cfg, src, str(tmp_path / "hf_src"))
-  # The network is the checkpoint's: an ablation key may restate its depth, not change it.
+  hf.export_hf(cfg.replace(act="quick_gelu"), src, str(tmp_path / "hf_quick"))
+  # The network is the checkpoint's, not the preset's (gelu)...
+  exp = build(small_config(data_dir, init_from=f"hf:{tmp_path / 'hf_quick'}"), abstract=True)
+  assert exp.model_config.act == "quick_gelu"
+  # ...and an ablation key may restate its depth, not change it.
   with pytest.raises(ConfigError, match=r"model.layers=2, but config.init_from=.* has 1: the"):
     build(small_config(data_dir, init_from=f"hf:{tmp_path / 'hf_src'}", **{"model.layers": 2}))
-  w = str(tmp_path / "ft")
-  # The first step of a warmup has learning rate 0: the checkpoint after it must hold exactly the
+  # The first step of the warmup has learning rate 0: the checkpoint after it holds exactly the
   # imported weights.
-  train(
-    small_config(
-      data_dir,
-      init_from=f"hf:{tmp_path / 'hf_src'}",
-      total_steps=1,
-      **{"optimizer.warmup_steps": 10},
-    ),
-    w,
-  )
+  w = str(tmp_path / "ft")
+  init = {"init_from": f"hf:{tmp_path / 'hf_src'}", "stop_after_steps": 1}
+  train(small_config(data_dir, checkpoint_every_steps=1, **init), w)
   got_cfg, got = checkpoint.load_params(w)
-  assert got_cfg.act == "quick_gelu"
+  assert got_cfg == cfg
   for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(src)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -463,7 +455,7 @@ def test_lit_config_locks_the_pretrained_image_tower(data_dir, tmp_path):
   from tripletclip_jax.models import get_preset
   from tripletclip_jax.configlib import apply_overrides, load_config_file
 
-  cfg = one_block(get_preset("tiny", act="quick_gelu"))
+  cfg = one_block(get_preset("demo", act="quick_gelu"))
   src = clip_params(cfg, 7)
   hf.export_hf(cfg, src, str(tmp_path / "hf_src"))
   c = load_config_file(os.path.join(ROOT, "configs/lit.py"), "loss=negclip,world=demo")
