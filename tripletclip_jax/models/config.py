@@ -67,6 +67,13 @@ class CLIPConfig:
   def replace(self, **kw) -> "CLIPConfig":
     return dataclasses.replace(self, **kw)
 
+  def with_layers(self, layers: int) -> "CLIPConfig":
+    """This network with `layers` residual blocks in each tower (`config.model.layers`)."""
+    return self.replace(
+      vision=dataclasses.replace(self.vision, layers=layers),
+      text=dataclasses.replace(self.text, layers=layers),
+    )
+
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 

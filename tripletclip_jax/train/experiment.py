@@ -138,10 +138,7 @@ def model_config(config) -> CLIPConfig:
       raise ConfigError(
         f"config.model.layers={m.layers}: must be positive (residual blocks a tower)."
       )
-    cfg = cfg.replace(
-      vision=dataclasses.replace(cfg.vision, layers=m.layers),
-      text=dataclasses.replace(cfg.text, layers=m.layers),
-    )
+    cfg = cfg.with_layers(m.layers)
   return cfg
 
 
