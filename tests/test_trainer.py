@@ -434,10 +434,13 @@ def test_init_from_hugging_face(data_dir, tmp_path):
   exp = build(small_config(data_dir, init_from=f"hf:{tmp_path / 'hf_quick'}"), abstract=True)
   assert exp.model_config.act == "quick_gelu"
   # ...and an ablation key may restate its depth, not change it.
-  with pytest.raises(ConfigError, match=r"model.layers=2, but config.init_from=.* has 1: the"):
-    build(small_config(data_dir, init_from=f"hf:{tmp_path / 'hf_src'}", **{"model.layers": 2}))
+  for key, value, have in (("layers", 2, "1"), ("patch_size", 8, "16")):
+    with pytest.raises(ConfigError, match=rf"model.{key}={value}, but .* has {have}: the network"):
+      build(
+        small_config(data_dir, init_from=f"hf:{tmp_path / 'hf_src'}", **{f"model.{key}": value})
+      )
   # The first step of the warmup has learning rate 0: the checkpoint after it holds exactly the
-  # imported weights.
+  # imported weights. (small_config's model.layers=1 restates the checkpoint's depth: accepted.)
   w = str(tmp_path / "ft")
   init = {"init_from": f"hf:{tmp_path / 'hf_src'}", "stop_after_steps": 1}
   train(small_config(data_dir, checkpoint_every_steps=1, **init), w)

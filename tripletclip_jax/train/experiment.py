@@ -114,13 +114,16 @@ def model_config(config) -> CLIPConfig:
 
     cfg = hf.config_from_hf(hf_path(config.init_from))
     # The network is the checkpoint's: an ablation key may restate it, not change it.
-    layers = {cfg.vision.layers, cfg.text.layers}
-    for key, have in (("patch_size", {cfg.vision.patch_size}), ("layers", layers)):
-      if m[key] is not None and {m[key]} != have:
-        have = " and ".join(map(str, sorted(have)))
+    restated = {
+      "patch_size": [cfg.vision.patch_size],
+      "layers": [cfg.vision.layers, cfg.text.layers],
+    }
+    for key, have in restated.items():
+      if m[key] is not None and any(h != m[key] for h in have):
         raise ConfigError(
-          f"config.model.{key}={m[key]}, but config.init_from={config.init_from!r} has {have}: "
-          f"the network is the checkpoint's; unset config.model.{key}."
+          f"config.model.{key}={m[key]}, but config.init_from={config.init_from!r} has "
+          f"{' and '.join(map(str, sorted(set(have))))}: the network is the checkpoint's; unset "
+          f"config.model.{key}."
         )
     return cfg.replace(dtype=m.dtype, remat=m.remat, attention_impl=m.attention_impl)
   cfg = get_preset(
